@@ -1,0 +1,121 @@
+"""Tests for facto.models: every registered model builds, runs and trains on 32x32 inputs."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facto.models import create_model, list_models, model_info, register_model
+
+REGISTERED = ["simple_cnn", "resnet20", "resnet18", "vgg11_bn", "mobilenet_v2"]
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_list_models_fixed_order():
+    assert list_models() == REGISTERED
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name, in_channels):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=in_channels)
+    assert _convs(model)[0].in_channels == in_channels
+    logits = model.train()(torch.randn(2, in_channels, 32, 32))
+    assert logits.shape == (2, 10)
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "resnet20"])
+def test_num_classes(name):
+    model = create_model(name, num_classes=7, in_channels=3)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_deterministic_given_seed(name):
+    torch.manual_seed(123)
+    first = create_model(name, in_channels=3).state_dict()
+    torch.manual_seed(123)
+    second = create_model(name, in_channels=3).state_dict()
+    torch.manual_seed(124)
+    other = create_model(name, in_channels=3).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_info_is_one_line(name):
+    info = model_info(name)
+    assert info and "\n" not in info
+
+
+def test_simple_cnn_layout():
+    model = create_model("simple_cnn", in_channels=1)
+    convs = _convs(model)
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128]
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 6
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 6
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 1
+
+
+def test_resnet20_layout():
+    model = create_model("resnet20", in_channels=3)
+    convs = _convs(model)
+    three_by_three = [c for c in convs if c.kernel_size == (3, 3)]
+    projections = [c for c in convs if c.kernel_size == (1, 1)]
+    assert len(three_by_three) == 19  # 19 convs + 1 Linear = 20 weighted layers
+    assert len(projections) == 2  # option B shortcuts at the two down-sampling blocks
+    assert sorted({c.out_channels for c in convs}) == [16, 32, 64]
+    assert sum(p.numel() for p in model.parameters()) < 300_000
+
+
+def test_torchvision_adaptations():
+    resnet = create_model("resnet18", in_channels=1)
+    assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1)
+    assert isinstance(resnet.maxpool, nn.Identity)
+    mobilenet = create_model("mobilenet_v2", in_channels=1)
+    assert mobilenet.features[0][0].stride == (1, 1)
+    vgg = create_model("vgg11_bn", in_channels=1)
+    assert sum(p.numel() for p in vgg.parameters()) < 10_000_000
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenet_v2_x0_5"])
+def test_any_torchvision_model_by_name(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1)
+    assert _convs(model)[0].in_channels == 1
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert name in model_info(name)
+
+
+def test_unknown_model_raises_value_error_naming_it():
+    with pytest.raises(ValueError, match="no_such_net") as err:
+        create_model("no_such_net")
+    assert "simple_cnn" in str(err.value)
+    with pytest.raises(ValueError, match="no_such_net"):
+        model_info("no_such_net")
+
+
+@pytest.mark.parametrize(
+    "arg, value", [("num_classes", 0), ("in_channels", -1), ("in_channels", 1.5)]
+)
+def test_bad_sizes_raise_value_error(arg, value):
+    with pytest.raises(ValueError, match=arg):
+        create_model("simple_cnn", **{arg: value})
+
+
+def test_register_model_rejects_duplicates():
+    with pytest.raises(ValueError, match="simple_cnn"):
+        register_model("simple_cnn")(lambda num_classes, in_channels: nn.Identity())
+    assert list_models() == REGISTERED
