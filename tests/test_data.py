@@ -1,0 +1,312 @@
+"""Tests for facto.data: the offline digits set and torchvision datasets from tiny local files.
+
+No network is used. The torchvision datasets are read from small files written in
+their real on-disk formats. CIFAR and SVHN files are md5-checked by torchvision
+against the checksums of the real files, so the tests patch those class-level
+checksum tables (with monkeypatch) to the md5 of the files written here: the
+integrity check itself still runs. MNIST only checks that the files exist.
+"""
+
+import hashlib
+import pickle
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+from torchvision import transforms as T
+
+from facto.data import (
+    DataBundle,
+    DataNotFoundError,
+    DatasetInfo,
+    dataset_info,
+    list_datasets,
+    load_data,
+)
+
+RNG = np.random.default_rng(0)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_list_datasets():
+    assert list_datasets() == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_dataset_info(name):
+    info = dataset_info(name)
+    assert isinstance(info, DatasetInfo) and info.name == name
+    assert info.image_size == 32 and info.description
+    assert info.in_channels == (3 if name.startswith(("cifar", "svhn")) else 1)
+    assert info.num_classes == (100 if name == "cifar100" else 10)
+    assert info.needs_download == (name != "digits")
+
+
+def test_unknown_dataset_raises_value_error():
+    with pytest.raises(ValueError, match="imagenet") as err:
+        load_data("imagenet")
+    assert "digits" in str(err.value)
+    with pytest.raises(ValueError, match="imagenet"):
+        dataset_info("imagenet")
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_train": 0}, "max_train"),
+        ({"num_workers": -1}, "num_workers"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        load_data("digits", **kwargs)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_sizes_shapes_labels():
+    data = load_data("digits", batch_size=32)
+    assert isinstance(data, DataBundle)
+    assert (data.train_size, data.test_size) == (1400, 397)
+    assert data.info == dataset_info("digits") and data.augment is False
+    images, labels = next(iter(data.train_loader))
+    assert images.shape == (32, 1, 32, 32) and images.dtype == torch.float32
+    assert images.device.type == "cpu" and labels.dtype == torch.long
+    all_labels = torch.cat([y for _, y in data.test_loader])
+    assert len(all_labels) == 397 and set(all_labels.tolist()) == set(range(10))
+
+
+def test_digits_normalised_with_train_statistics():
+    data = load_data("digits")
+    train = torch.cat([x for x, _ in data.train_loader])
+    test = torch.cat([x for x, _ in data.test_loader])
+    assert abs(train.mean().item()) < 1e-3 and abs(train.std().item() - 1) < 1e-3
+    assert abs(test.mean().item()) < 0.1 and abs(test.std().item() - 1) < 0.1
+
+
+def test_digits_seeded_order():
+    first = next(iter(load_data("digits", seed=1).train_loader))
+    again = next(iter(load_data("digits", seed=1).train_loader))
+    other = next(iter(load_data("digits", seed=2).train_loader))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    test_a = next(iter(load_data("digits", seed=1).test_loader))[0]
+    test_b = next(iter(load_data("digits", seed=2).test_loader))[0]
+    assert torch.equal(test_a, test_b)  # the test split and order do not depend on seed
+
+
+def test_digits_subsets_are_fixed_by_seed():
+    a = load_data("digits", max_train=100, max_test=50, seed=3)
+    b = load_data("digits", max_train=100, max_test=50, seed=3)
+    assert (a.train_size, a.test_size) == (100, 50)
+    assert torch.equal(a.train_loader.dataset.tensors[0], b.train_loader.dataset.tensors[0])
+    assert len(torch.cat([y for _, y in a.train_loader])) == 100
+
+
+def test_digits_augment_shifts_images():
+    data = load_data("digits", augment=True, max_train=64, batch_size=64)
+    assert data.augment is True
+    images, _ = next(iter(data.train_loader))
+    assert images.shape == (64, 1, 32, 32)
+    dataset = data.train_loader.dataset
+    torch.manual_seed(0)
+    draws = [dataset[0][0] for _ in range(8)]
+    assert all(d.shape == (1, 32, 32) for d in draws)
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    assert load_data("digits").augment is False  # off by default for digits
+
+
+# --------------------------------------------------------------------------- file writers
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX file: magic 0x0000 08 <ndim> (2049 labels, 2051 images), big-endian sizes, uint8 data."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _write_mnist(root: Path, folder: str, n_train: int = 20, n_test: int = 10) -> None:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", RNG.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def _pickle(path: Path, obj: dict) -> list[str]:
+    # The real files are Python 2 pickles with str keys; torchvision loads them with
+    # encoding="latin1", which gives str keys, so str keys are the faithful format.
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    return [path.name, _md5(path)]
+
+
+def _cifar_batch(n: int, label_key: str, num_classes: int) -> dict:
+    return {
+        "data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key: [i % num_classes for i in range(n)],
+    }
+
+
+def _write_cifar10(root: Path, monkeypatch) -> None:
+    folder = root / tvd.CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    train = [
+        _pickle(folder / f"data_batch_{i}", _cifar_batch(4, "labels", 10)) for i in range(1, 6)
+    ]
+    test = [_pickle(folder / "test_batch", _cifar_batch(10, "labels", 10))]
+    _, meta_md5 = _pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", train)
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", test)
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": meta_md5})
+
+
+def _write_cifar100(root: Path, monkeypatch) -> None:
+    folder = root / tvd.CIFAR100.base_folder
+    folder.mkdir(parents=True)
+    train = [_pickle(folder / "train", _cifar_batch(200, "fine_labels", 100))]
+    test = [_pickle(folder / "test", _cifar_batch(10, "fine_labels", 100))]
+    names = {"fine_label_names": [f"c{i}" for i in range(100)]}
+    _, meta_md5 = _pickle(folder / "meta", names)
+    monkeypatch.setattr(tvd.CIFAR100, "train_list", train)
+    monkeypatch.setattr(tvd.CIFAR100, "test_list", test)
+    monkeypatch.setattr(tvd.CIFAR100, "meta", {**tvd.CIFAR100.meta, "md5": meta_md5})
+
+
+def _write_svhn(folder: Path, monkeypatch) -> None:
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True)
+    split_list = {key: list(value) for key, value in tvd.SVHN.split_list.items()}
+    for split, n in (("train", 20), ("test", 10)):
+        path = folder / f"{split}_32x32.mat"
+        labels = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 1..10, 10 is digit 0
+        savemat(path, {"X": RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": labels})
+        split_list[split][2] = _md5(path)
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+
+
+# --------------------------------------------------------------------------- torchvision datasets
+
+
+def _transform_types(loader) -> list[type]:
+    dataset = loader.dataset
+    while hasattr(dataset, "dataset"):  # torch Subset
+        dataset = dataset.dataset
+    return [type(t) for t in dataset.transform.transforms]
+
+
+def _check_batches(data: DataBundle, channels: int, num_classes: int) -> None:
+    for loader in (data.train_loader, data.test_loader):
+        labels = []
+        for images, y in loader:
+            assert images.shape[1:] == (channels, 32, 32) and images.dtype == torch.float32
+            labels.append(y)
+        labels = torch.cat(labels)
+        assert labels.dtype == torch.long
+        assert 0 <= labels.min() and labels.max() < num_classes
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_like_from_idx_files(tmp_path, name, folder):
+    _write_mnist(tmp_path, folder)
+    data = load_data(name, data_dir=tmp_path, batch_size=8)
+    assert (data.train_size, data.test_size) == (20, 10)
+    assert data.augment is False
+    _check_batches(data, channels=1, num_classes=10)
+    labels = torch.cat([y for _, y in data.test_loader])
+    assert labels.tolist() == list(range(10))
+    assert T.RandomCrop not in _transform_types(data.train_loader)
+
+
+def test_cifar10_from_pickles_with_augmentation(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+    data = load_data("cifar10", data_dir=str(tmp_path), batch_size=8)
+    assert (data.train_size, data.test_size) == (20, 10)
+    assert data.augment is True
+    _check_batches(data, channels=3, num_classes=10)
+    train_types = _transform_types(data.train_loader)
+    test_types = _transform_types(data.test_loader)
+    assert T.RandomCrop in train_types and T.RandomHorizontalFlip in train_types
+    assert T.RandomCrop not in test_types and T.RandomHorizontalFlip not in test_types
+    plain = load_data("cifar10", data_dir=tmp_path, augment=False)
+    assert plain.augment is False and T.RandomCrop not in _transform_types(plain.train_loader)
+
+
+def test_cifar100_subset(tmp_path, monkeypatch):
+    _write_cifar100(tmp_path, monkeypatch)
+    data = load_data("cifar100", data_dir=tmp_path, batch_size=16, max_train=50, max_test=5)
+    assert (data.train_size, data.test_size) == (50, 5)
+    assert data.info.num_classes == 100
+    _check_batches(data, channels=3, num_classes=100)
+
+
+def test_svhn_from_mat_files_crop_without_flip(tmp_path, monkeypatch):
+    _write_svhn(tmp_path / "svhn", monkeypatch)
+    data = load_data("svhn", data_dir=tmp_path, batch_size=8)
+    assert (data.train_size, data.test_size) == (20, 10)
+    _check_batches(data, channels=3, num_classes=10)
+    assert sorted(torch.cat([y for _, y in data.test_loader]).tolist()) == list(range(10))
+    train_types = _transform_types(data.train_loader)
+    assert T.RandomCrop in train_types and T.RandomHorizontalFlip not in train_types
+
+
+def test_torchvision_train_order_is_seeded(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+
+    def train_labels(seed: int) -> torch.Tensor:
+        loader = load_data("cifar10", data_dir=tmp_path, seed=seed, batch_size=4).train_loader
+        return torch.cat([y for _, y in loader])
+
+    orders = [train_labels(5), train_labels(5), train_labels(6)]
+    assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
+
+
+# --------------------------------------------------------------------------- missing data
+
+
+@pytest.mark.parametrize(
+    "name, subdir",
+    [
+        ("mnist", "MNIST/raw"),
+        ("fashion_mnist", "FashionMNIST/raw"),
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("svhn", "svhn"),
+    ],
+)
+def test_missing_data_raises_clear_error(tmp_path, name, subdir):
+    with pytest.raises(DataNotFoundError) as err:
+        load_data(name, data_dir=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / subdir) in message
+    assert "download" in message and "digits" in message and name in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_failed_download_raises_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(tvd.cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataNotFoundError, match="no network") as err:
+        load_data("cifar10", data_dir=tmp_path, download=True)
+    assert str(tmp_path) in str(err.value) and "download" in str(err.value)
+
+
+def test_data_dir_expands_user(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataNotFoundError) as err:
+        load_data("mnist", data_dir="~/facto-data")
+    assert str(tmp_path / "facto-data" / "MNIST" / "raw") in str(err.value)
