@@ -1,0 +1,491 @@
+"""Tests for facto.compress: bit packing, block quantization, lossless helpers."""
+
+import math
+
+import pytest
+import torch
+
+from facto.compress import (
+    HalfPacked,
+    NarrowInt,
+    Packed,
+    PackedMask,
+    compress,
+    half_pack,
+    narrow_int,
+    pack_bits,
+    pack_mask,
+    quantize,
+    unpack_bits,
+    validate_bits,
+    validate_block,
+)
+
+EPS32 = torch.finfo(torch.float32).eps
+ALL_BITS = list(range(1, 9))
+
+
+def per_element(meta: torch.Tensor, numel: int, block: int) -> torch.Tensor:
+    """Per-block metadata expanded to one value per element (float64)."""
+    return meta.double().repeat_interleave(block)[:numel]
+
+
+def check_bound(x: torch.Tensor, p: Packed, factor: float) -> torch.Tensor:
+    """Assert |dequantize - x| <= factor * stored scale (+ float32 rounding); return errors."""
+    flat = x.contiguous().view(-1).double()
+    out = p.dequantize().contiguous().view(-1).double()
+    scale = per_element(p.scale, flat.numel(), p.block)
+    lo = per_element(p.lo, flat.numel(), p.block)
+    err = (out - flat).abs()
+    tol = 8 * EPS32 * (flat.abs() + lo.abs() + scale)
+    worst = (err - factor * scale - tol).max().item()
+    assert worst <= 0, f"error exceeds bound by {worst}"
+    return err
+
+
+def random_input(shape, seed=0, offset=0.0, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * spread + offset
+
+
+# ---------------------------------------------------------------- bit packing
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
+def test_pack_round_trip_and_size(bits, n):
+    g = torch.Generator().manual_seed(bits * 1000 + n)
+    codes = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == math.ceil(n / 8) * bits
+    out = unpack_bits(packed, bits, n)
+    assert out.dtype == torch.uint8 and out.shape == (n,)
+    assert torch.equal(out, codes)
+
+
+def test_pack_layout_is_bit_planes():
+    codes = torch.tensor([1, 2, 3, 4, 5, 6, 7, 0], dtype=torch.uint8)
+    # byte j holds bit j of the 8 values, value k at bit position k
+    expected = [0b01010101, 0b01100110, 0b01111000]
+    assert pack_bits(codes, 3).tolist() == expected
+
+
+def test_pack_extreme_values():
+    codes = torch.tensor([255, 0, 255, 128, 1, 127, 254, 3, 200], dtype=torch.uint8)
+    assert torch.equal(unpack_bits(pack_bits(codes, 8), 8, 9), codes)
+    ones = torch.ones(13, dtype=torch.uint8)
+    assert torch.equal(unpack_bits(pack_bits(ones, 1), 1, 13), ones)
+
+
+def test_pack_rejects_bad_input():
+    with pytest.raises(ValueError, match="bits=9"):
+        pack_bits(torch.zeros(8, dtype=torch.uint8), 9)
+    with pytest.raises(ValueError, match="bits=0"):
+        unpack_bits(torch.zeros(8, dtype=torch.uint8), 0, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        pack_bits(torch.zeros(8, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="bytes"):
+        unpack_bits(torch.zeros(5, dtype=torch.uint8), 2, 16)
+
+
+# ---------------------------------------------------------------- deterministic
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+@pytest.mark.parametrize("block", [1, 7, 64, 256])
+def test_deterministic_error_within_half_step(bits, block):
+    for shape in [(1,), (63,), (1001,), (3, 5, 7, 11)]:
+        x = random_input(shape, seed=bits + block)
+        p = quantize(x, bits, block, stochastic=False)
+        check_bound(x, p, 0.5)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_stored_range_covers_each_block(bits):
+    block = 64
+    x = random_input((1000,), seed=3, offset=1000.0, spread=0.5)
+    p = quantize(x, bits, block, stochastic=False)
+    levels = 2**bits - 1
+    xb = torch.cat([x, x[-1:].expand(24)]).view(-1, block).double()
+    lo, scale = p.lo.double(), p.scale.double()
+    assert p.lo.dtype == torch.float16 and p.scale.dtype == torch.float16
+    assert (lo <= xb.amin(1)).all()
+    assert (lo + levels * scale >= xb.amax(1)).all()
+    check_bound(x, p, 0.5)
+
+
+def test_deterministic_large_offsets():
+    for bits in ALL_BITS:
+        x = random_input((2, 3, 9, 13), seed=bits, offset=1000.0, spread=3.0)
+        check_bound(x, quantize(x, bits, 64, stochastic=False), 0.5)
+        neg = -x
+        check_bound(neg, quantize(neg, bits, 7, stochastic=False), 0.5)
+
+
+def test_deterministic_error_is_not_trivially_zero():
+    x = random_input((4096,), seed=5)
+    p = quantize(x, 2, 64, stochastic=False)
+    err = check_bound(x, p, 0.5)
+    scale = per_element(p.scale, x.numel(), 64)
+    assert (err / scale).max() > 0.4  # the bound is tight, not slack
+
+
+def test_constant_blocks():
+    exact = torch.full((130,), 2.5)  # representable in float16: scale 0, exact
+    for bits in ALL_BITS:
+        for stochastic in (False, True):
+            p = quantize(exact, bits, 64, stochastic=stochastic)
+            assert (p.scale == 0).all()
+            assert torch.equal(p.dequantize(), exact)
+    zeros = torch.zeros(2, 3, 4, 5)
+    assert torch.equal(quantize(zeros, 3).dequantize(), zeros)
+    inexact = torch.full((100,), 3.3)  # lo rounds down: tiny positive scale
+    for bits in ALL_BITS:
+        check_bound(inexact, quantize(inexact, bits, 64, stochastic=False), 0.5)
+    mixed = torch.cat([torch.full((64,), -1.25), random_input((64,)), torch.full((10,), 7.0)])
+    p = quantize(mixed, 4, 64, stochastic=False)
+    out = p.dequantize()
+    assert torch.equal(out[:64], mixed[:64]) and torch.equal(out[128:], mixed[128:])
+    check_bound(mixed, p, 0.5)
+
+
+# ---------------------------------------------------------------- stochastic
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_stochastic_is_unbiased(bits):
+    block, draws = 64, 10000
+    pattern = random_input((block,), seed=bits)
+    x = pattern.repeat(draws)  # every block is identical: same lo and scale
+    g = torch.Generator().manual_seed(123)
+    p = quantize(x, bits, block, stochastic=True, generator=g)
+    assert (p.scale == p.scale[0]).all() and (p.lo == p.lo[0]).all()
+    lo, scale = p.lo[0].double().item(), p.scale[0].double().item()
+    assert scale > 0
+    out = p.dequantize().view(draws, block).double()
+    mean_err = (out.mean(0) - pattern.double()).abs()
+    # the code is floor(t) or floor(t) + 1 with P = frac(t): a Bernoulli mean
+    t = (pattern.double() - lo) / scale
+    frac = t - t.floor()
+    sigma = scale * (frac * (1 - frac) / draws).sqrt()
+    assert (mean_err <= 5 * sigma + 1e-4 * scale).all()
+    assert mean_err.max().item() < 4 * scale / math.sqrt(draws)
+    # deterministic rounding on the same data is visibly biased: the test has power
+    det = quantize(x, bits, block, stochastic=False).dequantize().view(draws, block)
+    det_err = (det.double().mean(0) - pattern.double()).abs()
+    assert det_err.max().item() > 4 * scale / math.sqrt(draws)
+    # each single draw is still within one step
+    check_bound(x, p, 1.0)
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_stochastic_error_below_one_step(bits):
+    for block in (1, 7, 64, 256):
+        x = random_input((3, 5, 7, 11), seed=block, offset=50.0)
+        p = quantize(x, bits, block, generator=torch.Generator().manual_seed(bits))
+        check_bound(x, p, 1.0)
+
+
+def test_stochastic_seeded_and_random():
+    x = random_input((5000,), seed=9)
+
+    def run(seed):
+        p = quantize(x, 3, generator=torch.Generator().manual_seed(seed))
+        return p.dequantize()
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+# ---------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_exact_nbytes(bits):
+    for numel in (1, 63, 65, 1000, 3 * 5 * 7 * 11):
+        for block in (1, 64, 100):
+            x = random_input((numel,), seed=numel)
+            p = quantize(x, bits, block)
+            expected = math.ceil(numel / 8) * bits + math.ceil(numel / block) * 2 * 2
+            assert p.nbytes == expected
+            assert p.codes.numel() == math.ceil(numel / 8) * bits
+
+
+def test_wide_range_uses_bfloat16_metadata():
+    x = random_input((1000,), seed=1, spread=1e6)
+    p = quantize(x, 4, 64, stochastic=False)
+    assert p.lo.dtype == torch.bfloat16 and p.scale.dtype == torch.bfloat16
+    assert p.nbytes == 125 * 4 + 16 * 4
+    check_bound(x, p, 0.5)
+
+
+def test_float64_wide_range_uses_float32_metadata():
+    x = random_input((1000,), seed=1, spread=1e6).double()
+    p = quantize(x, 4, 64, stochastic=False)
+    assert p.lo.dtype == torch.float32 and p.scale.dtype == torch.float32
+    assert p.nbytes == 125 * 4 + 16 * 2 * 4
+    assert p.dequantize().dtype == torch.float64
+    check_bound(x, p, 0.5)
+    small = quantize(x / 1e6, 4, 64)
+    assert small.lo.dtype == torch.float16
+
+
+def test_non_finite_input_does_not_crash():
+    x = random_input((256,), seed=2)
+    x[5], x[70] = float("nan"), float("inf")
+    p = quantize(x, 4, 64, stochastic=False)
+    out = p.dequantize()
+    assert out.shape == x.shape
+    # blocks without non-finite values are unaffected
+    xs = x[128:]
+    scale = per_element(p.scale, 256, 64)[128:]
+    assert ((out[128:].double() - xs.double()).abs() <= scale / 2 + 1e-5).all()
+
+
+# ---------------------------------------------------------------- dtypes, shapes
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+)
+def test_dtype_shape_device_round_trip(dtype):
+    x = random_input((2, 3, 5, 7), seed=4).to(dtype)
+    for bits in (2, 8):
+        p = quantize(x, bits, 64, stochastic=False)
+        out = p.dequantize()
+        assert out.dtype == dtype and out.shape == x.shape
+        assert out.device == x.device and out.is_contiguous()
+        scale = per_element(p.scale, x.numel(), 64).view(x.shape)
+        ulp = torch.finfo(dtype).eps * x.double().abs()
+        assert ((out.double() - x.double()).abs() <= scale / 2 + ulp + 1e-6).all()
+
+
+def test_non_contiguous_input():
+    base = random_input((6, 40), seed=6)
+    xt = base.t()  # (40, 6), not contiguous
+    assert not xt.is_contiguous()
+    p = quantize(xt, 4, 16, stochastic=False)
+    out = p.dequantize()
+    assert out.shape == xt.shape and out.is_contiguous()
+    check_bound(xt, p, 0.5)
+    # blocks follow the memory order of xt.contiguous()
+    ref = quantize(xt.contiguous(), 4, 16, stochastic=False)
+    assert torch.equal(ref.codes, p.codes) and torch.equal(ref.lo, p.lo)
+
+
+def test_scalar_and_empty_tensors():
+    s = torch.tensor(1.75)
+    out = quantize(s, 3).dequantize()
+    assert out.shape == () and out.item() == 1.75
+    e = torch.empty(0, 3)
+    p = quantize(e, 4)
+    assert p.nbytes == 0 and p.dequantize().shape == (0, 3)
+
+
+def test_block_larger_than_tensor():
+    x = random_input((10,), seed=8)
+    p = quantize(x, 4, 1000, stochastic=False)
+    assert p.lo.numel() == 1 and p.nbytes == 2 * 4 + 4
+    check_bound(x, p, 0.5)
+
+
+# ---------------------------------------------------------------- 16 bits
+
+
+def test_half_packed():
+    x = random_input((3, 4, 5), seed=1)
+    h = half_pack(x)
+    assert isinstance(h, HalfPacked) and h.data.dtype == torch.float16
+    assert h.nbytes == x.numel() * 2
+    out = h.restore()
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.equal(out, x.half().float())
+
+
+def test_half_packed_large_values_use_bfloat16():
+    x = random_input((100,), seed=1, spread=1e6)
+    h = half_pack(x)
+    assert h.data.dtype == torch.bfloat16 and h.nbytes == 200
+    out = h.dequantize()
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, x, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_packed_is_lossless_for_16_bit_input(dtype):
+    x = random_input((50,), seed=2).to(dtype)
+    h = half_pack(x)
+    assert torch.equal(h.restore(), x) and h.restore().dtype == dtype
+
+
+def test_half_packed_non_contiguous():
+    x = random_input((4, 6), seed=3).t()
+    out = half_pack(x).restore()
+    assert out.shape == x.shape and torch.equal(out, x.half().float())
+
+
+# ---------------------------------------------------------------- masks, ints
+
+
+@pytest.mark.parametrize("shape", [(1,), (9,), (3, 5, 7), (2, 0, 4), ()])
+def test_packed_mask(shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.5
+    pm = pack_mask(mask)
+    assert isinstance(pm, PackedMask)
+    assert pm.nbytes == math.ceil(mask.numel() / 8)
+    out = pm.unpack()
+    assert out.dtype == torch.bool and out.shape == mask.shape
+    assert torch.equal(out, mask) and torch.equal(pm.restore(), mask)
+
+
+def test_packed_mask_non_contiguous_and_bad_dtype():
+    mask = torch.rand(5, 12) > 0.3
+    assert torch.equal(pack_mask(mask.t()).unpack(), mask.t())
+    with pytest.raises(ValueError, match="bool"):
+        pack_mask(torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "lo, hi, expected",
+    [
+        (0, 100, torch.uint8),
+        (0, 200, torch.uint8),
+        (0, 255, torch.uint8),
+        (-5, 5, torch.int8),
+        (-128, 127, torch.int8),
+        (0, 256, torch.int16),
+        (-129, 0, torch.int16),
+        (-32768, 32767, torch.int16),
+        (0, 40000, torch.int32),
+        (-(2**31), 2**31 - 1, torch.int32),
+        (0, 2**31, torch.int64),
+        (-(2**40), 7, torch.int64),
+    ],
+)
+def test_narrow_int_picks_narrowest(lo, hi, expected):
+    for dtype in (torch.int64, torch.int32):
+        if torch.iinfo(dtype).min > lo or torch.iinfo(dtype).max < hi:
+            continue
+        x = torch.tensor([[lo, hi], [hi, lo], [lo, lo]], dtype=dtype)
+        n = narrow_int(x)
+        assert isinstance(n, NarrowInt) and n.data.dtype == expected
+        assert n.nbytes == x.numel() * torch.empty(0, dtype=expected).element_size()
+        out = n.restore()
+        assert out.dtype == dtype and out.shape == x.shape and torch.equal(out, x)
+
+
+def test_narrow_int_empty_and_small_dtypes():
+    e = narrow_int(torch.empty(0, 5, dtype=torch.int64))
+    assert e.data.dtype == torch.uint8 and e.nbytes == 0
+    assert e.restore().dtype == torch.int64 and e.restore().shape == (0, 5)
+    u = torch.tensor([0, 255], dtype=torch.uint8)
+    assert narrow_int(u).data.dtype == torch.uint8
+    i16 = torch.tensor([-3, 100], dtype=torch.int16)
+    n = narrow_int(i16)
+    assert n.data.dtype == torch.int8 and torch.equal(n.restore(), i16)
+    with pytest.raises(ValueError, match="integer"):
+        narrow_int(torch.zeros(3))
+
+
+# ---------------------------------------------------------------- compress
+
+
+def test_compress_dispatch():
+    x = random_input((4, 8), seed=1)
+    assert compress(x, None) is x
+    assert isinstance(compress(x, 16), HalfPacked)
+    p = compress(x, 4, block=8, stochastic=False)
+    assert isinstance(p, Packed) and p.bits == 4 and p.block == 8
+    assert torch.equal(p.restore(), p.dequantize())
+    check_bound(x, p, 0.5)
+    mask = x > 0
+    for bits in (None, 4, 16):
+        assert isinstance(compress(mask, bits), PackedMask)
+        assert torch.equal(compress(mask, bits).restore(), mask)
+    idx = torch.arange(12).view(3, 4)
+    stored = compress(idx, 2)
+    assert isinstance(stored, NarrowInt) and stored.data.dtype == torch.uint8
+    assert torch.equal(stored.restore(), idx) and stored.nbytes == 12
+    g = torch.Generator().manual_seed(0)
+    a = compress(x, 2, generator=g).restore()
+    g.manual_seed(0)
+    assert torch.equal(a, compress(x, 2, generator=g).restore())
+
+
+def test_compress_nbytes_interface():
+    x = random_input((1000,), seed=1)
+    for bits in ALL_BITS + [16]:
+        stored = compress(x, bits)
+        assert stored.nbytes < x.numel() * 4
+        assert stored.restore().shape == x.shape
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("bits", [0, 9, 15, 17, 32, -1, True, 4.0, "4"])
+def test_validate_bits_rejects(bits):
+    with pytest.raises(ValueError, match=f"bits={bits!r}") as info:
+        validate_bits(bits)
+    assert "None" in str(info.value) and "1..8" in str(info.value)
+    with pytest.raises(ValueError, match="bits="):
+        compress(torch.zeros(3), bits)
+
+
+def test_validate_bits_accepts():
+    for bits in [None, 16] + ALL_BITS:
+        assert validate_bits(bits) == bits
+
+
+@pytest.mark.parametrize("block", [0, -3, 2.5, True, None])
+def test_validate_block_rejects(block):
+    with pytest.raises(ValueError, match=f"block={block!r}"):
+        validate_block(block)
+    with pytest.raises(ValueError, match=f"block={block!r}"):
+        quantize(torch.zeros(3), 4, block)
+    with pytest.raises(ValueError, match=f"block={block!r}"):
+        compress(torch.zeros(3), 4, block)
+
+
+def test_quantize_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="bits=16"):
+        quantize(torch.zeros(3), 16)
+    with pytest.raises(ValueError, match="bits=0"):
+        quantize(torch.zeros(3), 0)
+    with pytest.raises(ValueError, match="int64"):
+        quantize(torch.zeros(3, dtype=torch.int64), 4)
+    assert validate_block(1) == 1
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_semantics():
+    dev = torch.device("cuda")
+    codes = torch.randint(0, 32, (1001,), dtype=torch.uint8)
+    assert torch.equal(pack_bits(codes.to(dev), 5).cpu(), pack_bits(codes, 5))
+    assert torch.equal(unpack_bits(pack_bits(codes, 5).to(dev), 5, 1001).cpu(), codes)
+    x = random_input((4, 8, 9, 9), seed=1, offset=3.0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dev, dtype)
+        p = quantize(xd, 4, 64, stochastic=False)
+        assert p.codes.device.type == "cuda" and p.lo.device.type == "cuda"
+        out = p.dequantize()
+        assert out.device.type == "cuda" and out.dtype == dtype and out.shape == x.shape
+        ref = quantize(x.to(dtype), 4, 64, stochastic=False)
+        assert torch.equal(p.lo.cpu(), ref.lo)
+        assert torch.allclose(p.scale.cpu().float(), ref.scale.float(), rtol=1e-3, atol=0)
+        g = torch.Generator(device=dev).manual_seed(0)
+        s = quantize(xd, 4, 64, generator=g)
+        err = (s.dequantize().double() - xd.double()).abs().cpu().view(-1)
+        scale = per_element(s.scale.cpu(), x.numel(), 64)
+        assert (err <= scale + 1e-2 * x.abs().view(-1)).all()
+    mask = torch.rand(3, 5, device=dev) > 0.5
+    assert torch.equal(compress(mask, 4).restore(), mask)
+    idx = torch.arange(300, device=dev)
+    assert compress(idx, 4).data.dtype == torch.int16
+    assert torch.equal(compress(idx, 4).restore(), idx)
+    assert compress(x.to(dev), 16).restore().device.type == "cuda"
