@@ -1,0 +1,164 @@
+"""saved_activations: honest accounting (shared storages once, params excluded, address reuse)
+and gradient quality of compressed training on a whole factorized ResNet."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import facto
+from facto.activations import measure_activations
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def conv_bn_relu_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+
+
+def test_shared_storage_is_counted_once():
+    """ReLU's output is also the next conv's input: one storage, counted once."""
+    net = conv_bn_relu_net()
+    x = torch.randn(4, 1, 16, 16)
+    meter = measure_activations(net, x)
+    act = 4 * 4 * 16 * 16  # bytes per channel of a (4, C, 16, 16) float map
+    expected = (
+        x.numel() * 4  # conv1 input
+        + 8 * act + 8 * act  # bn1 input, relu1 output (= conv2 input, shared)
+        + 16 * act + 16 * act  # bn2 input, relu2 output (= maxpool input, shared)
+        + 4 * 16 * 8 * 8 * 8  # maxpool int64 indices, kept exact (dtype int64 at bits=None? narrowed)
+        + 4 * 16 * 8 * 8 * 4  # linear input (view of the pool output)
+    )
+    bn_stats = 2 * (8 + 16) * 4
+    index_record = [r for r in meter.records if r.dtype == "int64"]
+    assert len(index_record) == 1
+    index_bytes = index_record[0].stored_bytes
+    assert index_bytes == 4 * 16 * 8 * 8 * 1  # indices < 256 fit uint8, stored losslessly
+    assert meter.bytes == expected - 4 * 16 * 8 * 8 * 8 + index_bytes + bn_stats
+    shapes = [r.shape for r in meter.records]
+    assert shapes.count((4, 8, 16, 16)) == 2  # bn1 input and the shared relu1/conv2 tensor
+    assert sum(meter.by_module.values()) == meter.bytes
+
+
+def test_parameters_and_buffers_are_excluded():
+    lin = nn.Linear(300, 200)
+    x = torch.randn(8, 300)
+    with facto.saved_activations(model=lin) as with_model:
+        lin(x).sum()
+    with facto.saved_activations() as without_model:
+        lin(x).sum()
+    assert with_model.bytes == x.numel() * 4
+    assert without_model.bytes == x.numel() * 4
+
+
+def test_address_reuse_gets_its_own_packed_data():
+    """Originals are freed once packed; a later tensor at the same address must not hit the cache."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(64, 64) / 8)
+
+    def forward(x):
+        ptrs = []
+        for _ in range(8):
+            x = torch.tanh(x @ w)  # tanh saves its output; matmul saves its input
+            ptrs.append(x.data_ptr())
+        return x.sum(), ptrs
+
+    x0 = torch.randn(256, 64)
+    loss, _ = forward(x0)
+    (exact,) = torch.autograd.grad(loss, w)
+    with facto.saved_activations(bits=8, model=nn.ParameterList([w])) as meter:
+        loss, ptrs = forward(x0)
+    (approx,) = torch.autograd.grad(loss, w)
+    assert len(set(ptrs)) < len(ptrs), "the allocator did not reuse an address: test is void"
+    assert len(meter.records) == 8 + 1  # x0 + 8 tanh outputs (each also the next matmul input: shared)
+    assert cosine(approx, exact) > 0.99
+
+
+def test_integer_tensors_kept_losslessly_in_narrow_type():
+    pool = nn.MaxPool2d(2)
+    x = torch.randn(2, 3, 40, 40, requires_grad=True)
+    with facto.saved_activations(bits=4) as meter:
+        y = pool(x)
+    (ind,) = [r for r in meter.records if r.dtype == "int64"]
+    assert ind.stored_as == "NarrowInt"
+    assert ind.stored_bytes == y.numel() * 2  # indices up to 1599 -> int16
+    g = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, x, g)
+    (want,) = torch.autograd.grad(pool(x), x, g)
+    assert torch.equal(got != 0, want != 0)  # gradients routed to the exact argmax positions
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_compressed_bytes_match_formula(bits):
+    x = torch.randn(3, 5, 17, 13, requires_grad=True)
+    with facto.saved_activations(bits=bits, block=64) as meter:
+        torch.sin(x * 1)  # a non-leaf: without `model`, grad-requiring leaves count as parameters
+    n = x.numel()
+    expected = n * 2 if bits == 16 else math.ceil(n / 8) * bits + math.ceil(n / 64) * 4
+    assert meter.bytes == expected
+    assert meter.raw_bytes == n * 4
+
+
+@pytest.mark.parametrize("bits", [0, 9, 3.5, "4"])
+def test_bad_bits_rejected(bits):
+    with pytest.raises(ValueError, match=str(bits)):
+        with facto.saved_activations(bits=bits):
+            pass
+
+
+def test_bad_block_rejected():
+    with pytest.raises(ValueError, match="block"):
+        with facto.saved_activations(bits=4, block=0):
+            pass
+
+
+def _resnet_grads(model, x, y, bits=None, draws=1, seed=0):
+    """Mean gradient (flattened over trainable parameters) over `draws` compressed passes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = None
+    torch.manual_seed(seed)
+    for _ in range(draws):
+        with facto.saved_activations(bits=bits, model=model):
+            out = model(x)
+        loss = F.cross_entropy(out, y)
+        g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)])
+        total = g if total is None else total + g
+    return total / draws
+
+
+@pytest.fixture(scope="module")
+def factorized_resnet():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = facto.factorize(torchvision.models.resnet18(num_classes=10), rank=0.5, update="core")
+    model.train()
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    # BN running stats change each pass but gradients depend only on batch statistics
+    exact = _resnet_grads(model, x, y)
+    return model, x, y, exact
+
+
+def test_8bit_gradients_of_factorized_resnet(factorized_resnet):
+    model, x, y, exact = factorized_resnet
+    approx = _resnet_grads(model, x, y, bits=8)
+    assert cosine(approx, exact) >= 0.99
+
+
+def test_4bit_mean_of_stochastic_gradients_is_unbiased(factorized_resnet, capsys):
+    model, x, y, exact = factorized_resnet
+    mean4 = _resnet_grads(model, x, y, bits=4, draws=16)
+    one4 = _resnet_grads(model, x, y, bits=4, draws=1, seed=1)
+    mean2 = _resnet_grads(model, x, y, bits=2, draws=16)
+    with capsys.disabled():
+        print(f"\n  factorized resnet18 gradient cosine to exact: 4-bit one draw {cosine(one4, exact):.4f}, "
+              f"4-bit mean of 16 {cosine(mean4, exact):.4f}, 2-bit mean of 16 {cosine(mean2, exact):.4f}")
+    assert cosine(mean4, exact) >= 0.99
