@@ -68,6 +68,14 @@ def _torchvision_models() -> list[str]:
     return list(torchvision.models.list_models(module=torchvision.models))
 
 
+def check_model_name(name: object) -> str:
+    """Return the normalised name if it is a registered or torchvision model, else ValueError."""
+    key = _normalise_name(name)
+    if key in _MODEL_BUILDERS or key in _torchvision_models():
+        return key
+    raise _unknown_model_error(name)
+
+
 def _unknown_model_error(name: object) -> ValueError:
     choices = ", ".join(list_models())
     return ValueError(
