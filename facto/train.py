@@ -427,7 +427,18 @@ def compare(config: RunConfig, store=None, variants: tuple[str, ...] = ("baselin
 
 
 def _loop(config, running, train_loader, test_loader, device, total, steps_per_epoch, tracker, store, run_id):
-    step, pending = 0, []
+    pending: list = []
+    try:
+        yield from _steps(config, running, train_loader, test_loader, device, total, steps_per_epoch,
+                          tracker, store, run_id, pending)
+    finally:  # also on Stop (generator closed) and on errors: keep what was done
+        if store is not None and run_id is not None:
+            _flush(store, run_id, pending)
+
+
+def _steps(config, running, train_loader, test_loader, device, total, steps_per_epoch, tracker, store,
+           run_id, pending):
+    step = 0
     epochs = math.ceil(total / steps_per_epoch)
     for epoch in range(epochs):
         distributed.set_epoch(train_loader, epoch)
@@ -460,8 +471,6 @@ def _loop(config, running, train_loader, test_loader, device, total, steps_per_e
                 _flush(store, run_id, pending)
         if step >= total:
             break
-    if store is not None and run_id is not None:
-        _flush(store, run_id, pending)
 
 
 def _flush(store, run_id: int, pending: list) -> None:

@@ -1,0 +1,121 @@
+"""The training engine: config validation, compare() events, Stop, determinism, store, sweep."""
+import dataclasses
+
+import pytest
+import torch
+
+from facto.store import RunStore
+from facto.sweep import pareto_front, sweep
+from facto.train import (EvalEvent, RunConfig, StartEvent, StepEvent, SummaryEvent, compare, consume,
+                         preset, run)
+
+TINY = dict(max_train=192, max_test=64, batch_size=32, epochs=1, device="cpu")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model", "nope"), ("dataset", "imagenet"), ("rank", 2.0), ("rank", 0), ("update", "middle"),
+    ("bits", 0), ("bits", 9), ("block", 0), ("epochs", 0), ("batch_size", -1), ("lr", 0.0),
+    ("optimizer", "lbfgs"), ("device", "tpu"), ("warm_start_steps", -1), ("max_steps", 0),
+])
+def test_bad_config_values_raise_value_error_naming_them(field, value):
+    with pytest.raises(ValueError, match=field):
+        RunConfig(**{field: value})
+
+
+def test_presets_are_valid_configs():
+    for name in ("paper", "balanced", "max-saving"):
+        assert isinstance(preset(name), RunConfig)
+    with pytest.raises(ValueError, match="preset"):
+        preset("magic")
+
+
+def test_compare_yields_typed_events_and_a_consistent_summary():
+    events = list(compare(RunConfig(**TINY, eval_every=3)))
+    assert isinstance(events[0], StartEvent)
+    assert set(events[0].layer_bytes) == {"baseline", "facto"}
+    assert events[0].report, "the factorization report travels with the start event"
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    summary = events[-1]
+    assert isinstance(summary, SummaryEvent) and summary.status == "completed"
+    # interleaved: baseline step 1, facto step 1, baseline step 2, ...
+    assert [(s.variant, s.step) for s in steps[:4]] == [("baseline", 1), ("facto", 1), ("baseline", 2), ("facto", 2)]
+    assert summary.steps == {"baseline": 6, "facto": 6}
+    assert {e.step for e in evals} == {3, 6}
+    assert summary.act_bytes["facto"] < summary.act_bytes["baseline"]
+    assert summary.saving_pct == pytest.approx(100 * (1 - summary.act_bytes["facto"] / summary.act_bytes["baseline"]))
+    assert summary.accuracy["facto"] == evals[-1].test_accuracy if evals[-1].variant == "facto" else True
+    assert summary.params["facto"] < summary.params["baseline"]
+
+
+def test_baseline_and_facto_start_from_the_same_weights():
+    """Full rank, update=all, no compression: the two variants train identically."""
+    config = RunConfig(**TINY, rank=1.0, update="all", bits=None, max_steps=2)
+    steps = [e for e in compare(config) if isinstance(e, StepEvent)]
+    first = {s.variant: s.loss for s in steps if s.step == 1}
+    assert first["baseline"] == pytest.approx(first["facto"], rel=1e-4)
+
+
+def test_same_seed_same_numbers_on_cpu():
+    config = RunConfig(**TINY, max_steps=3)
+    a = [(e.variant, e.loss, e.act_bytes) for e in compare(config) if isinstance(e, StepEvent)]
+    b = [(e.variant, e.loss, e.act_bytes) for e in compare(config) if isinstance(e, StepEvent)]
+    assert a == b
+
+
+def test_stop_leaves_an_interrupted_run_in_the_store(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    events = compare(RunConfig(**TINY), store=store)
+    for event in events:
+        if isinstance(event, StepEvent) and event.step == 3 and event.variant == "facto":
+            break
+    events.close()  # the app's Stop
+    (record,) = store.list_runs()
+    assert record.status == "interrupted"
+    assert record.summary["steps"] == {"baseline": 3, "facto": 3}
+    assert len(store.metrics(record.id, kind="step")) == 6
+    assert set(store.layer_bytes(record.id)) == {"baseline", "facto"}
+
+
+def test_completed_run_is_stored_with_every_metric(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    summary = consume(compare(RunConfig(**TINY), store=store))
+    (record,) = store.list_runs()
+    assert record.status == "completed"
+    assert record.summary["saving_pct"] == pytest.approx(summary.saving_pct)
+    assert len(store.metrics(record.id, kind="step")) == 2 * summary.steps["facto"]
+    assert record.config["model"] == "simple_cnn"
+
+
+def test_warm_start_trains_dense_first_then_factorizes_it():
+    config = RunConfig(**TINY, warm_start_steps=2, max_steps=2)
+    events = list(compare(config))
+    warm = [e for e in events if isinstance(e, StepEvent) and e.variant == "warmup"]
+    assert len(warm) == 2
+    assert events[-1].steps == {"baseline": 2, "facto": 2}
+
+
+def test_cycle_schedule_switches_the_trained_factor():
+    config = RunConfig(**TINY, update="cycle", cycle_every=2, max_steps=6, bits=None)
+    mem = [e.act_bytes for e in compare(config) if isinstance(e, StepEvent) and e.variant == "facto"]
+    assert len(set(mem[0:2])) == 1 and mem[1] != mem[2], "stored bytes change with the trained factor"
+
+
+def test_run_trains_one_variant():
+    summary = consume(run(RunConfig(**TINY, max_steps=2), "facto"))
+    assert set(summary.steps) == {"facto"} and summary.saving_pct is None
+
+
+def test_sweep_trains_baseline_once_and_reports_points(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    points = [e for e in sweep(RunConfig(**TINY, max_steps=2), [0.25, 0.5], [4], ["core"], store=store)
+              if getattr(e, "type", "") == "point"]
+    assert [p.variant for p in points] == ["baseline", "facto", "facto"]
+    assert all(p.saving_pct > 0 for p in points[1:])
+    assert len(store.list_runs()) == 3
+    assert pareto_front(points)
+
+
+def test_events_are_plain_dataclasses():
+    e = StepEvent("facto", 1, 1, 0.5, 50.0, 10, 20, None, 0.1, 1e-3)
+    assert dataclasses.asdict(e)["type"] == "step"
