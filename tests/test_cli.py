@@ -1,0 +1,80 @@
+"""`python -m facto`: user mistakes are one line + exit 2; train/sweep/inspect/runs work end to end."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facto.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--max-train", "128", "--max-test", "64", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def facto_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--model", "nope"], "nope"),
+    (["train", "--bits", "0"], "bits=0"),
+    (["train", "--rank", "2.0"], "rank=2.0"),
+    (["train", "--update", "middle"], "middle"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
+    (["train", "--no-such-flag"], "no-such-flag"),
+    (["runs", "show", "4242"], "4242"),
+])
+def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_module_entry_point_exit_code(facto_home):
+    env = {**os.environ, "FACTO_HOME": str(facto_home)}
+    proc = subprocess.run([sys.executable, "-m", "facto", "train", "--bits", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: bits=0") and "Traceback" not in proc.stderr
+
+
+def test_train_json_summary_and_runs_commands(capsys, tmp_path):
+    assert main(["train", *TINY, "--max-steps", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["saving_pct"] > 50
+    assert main(["runs", "list"]) == 0
+    assert "completed" in capsys.readouterr().out
+    out_csv = tmp_path / "run.csv"
+    assert main(["runs", "export", "1", "-o", str(out_csv)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert {r["variant"] for r in rows} == {"baseline", "facto"}
+    assert main(["runs", "show", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    assert main(["runs", "rm", "1"]) == 0
+    assert main(["runs", "show", "1"]) == 2
+
+
+def test_train_table_output(capsys):
+    assert main(["train", *TINY, "--max-steps", "2", "--quiet", "--no-store"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "facto" in out and "saves" in out
+
+
+def test_sweep_table_and_html(capsys, tmp_path):
+    html = tmp_path / "sweep.html"
+    assert main(["sweep", *TINY, "--max-steps", "2", "--ranks", "0.5", "--bits-list", "4,8",
+                 "--html", str(html), "--no-store"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[") >= 3  # one line per configuration (baseline + 2)
+    assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+
+
+def test_inspect_prints_report_and_layer_bytes(capsys):
+    assert main(["inspect", "--model", "resnet20", "--rank", "0.25", "--bits", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "factorized" in out and "TOTAL" in out and "saving:" in out
