@@ -100,21 +100,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .store import RunStore
     from .train import StartEvent, StepEvent, SummaryEvent, compare
 
+    from . import distributed
+
     config = config_from_args(args)
-    store = None if args.no_store else RunStore()
+    main_process = not distributed.init_from_env() or distributed.is_main_process()
+    store = None if (args.no_store or not main_process) else RunStore()
+    quiet = args.quiet or not main_process
     bars: dict[str, tqdm] = {}
     summary = None
     events = compare(config, store=store, variants=tuple(args.variants.split(",")))
     try:
         for event in events:
             if isinstance(event, StartEvent):
-                if not args.json:
+                if not args.json and main_process:
                     print(f"device: {event.device_name} | {config.model} on {config.dataset} "
                           f"({event.train_size} train / {event.test_size} test) | {event.total_steps} steps",
                           file=sys.stderr)
                 for i, name in enumerate(event.params):
                     bars[name] = tqdm(total=event.total_steps, desc=f"{name:>8}", position=i, leave=True,
-                                      disable=args.json or args.quiet, file=sys.stderr)
+                                      disable=args.json or quiet, file=sys.stderr)
             elif isinstance(event, StepEvent) and event.variant in bars:
                 bars[event.variant].update(1)
                 bars[event.variant].set_postfix(loss=f"{event.loss:.3f}", mem=f"{event.act_bytes / MB:.1f}MB")
@@ -127,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    if not main_process:
+        return 0
     if args.json:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
     else:

@@ -78,3 +78,19 @@ def test_inspect_prints_report_and_layer_bytes(capsys):
     assert main(["inspect", "--model", "resnet20", "--rank", "0.25", "--bits", "4"]) == 0
     out = capsys.readouterr().out
     assert "factorized" in out and "TOTAL" in out and "saving:" in out
+
+
+def test_torchrun_two_processes_gloo(facto_home):
+    """DDP on CPU: 2 processes with gloo; rank 0 prints and stores, metrics reduced across ranks."""
+    env = {**os.environ, "FACTO_HOME": str(facto_home), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "facto",
+         "train", *TINY, "--max-steps", "3", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # exactly one JSON document: only rank 0 prints
+    assert summary["steps"] == {"baseline": 3, "facto": 3}
+    from facto.store import RunStore
+
+    runs = RunStore(facto_home / "runs.db").list_runs()
+    assert len(runs) == 1 and runs[0].status == "completed"
