@@ -295,7 +295,7 @@ def _check_names(model: nn.Module, names: Iterable[str], argument: str) -> None:
 def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
               skip: Iterable[str] | None = None, *, skip_first_conv: bool = True,
               skip_output_layer: bool = True, relu_masks: bool = True,
-              n_iter_max: int = 0) -> nn.Module:
+              n_iter_max: int = 0, recompute: bool = False) -> nn.Module:
     """Return a factorized copy of `model`; the input model is not modified.
 
     Args:
@@ -307,6 +307,8 @@ def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
         n_iter_max: Tucker (HOOI) iterations after the HOSVD init; 0 is plain HOSVD.
+        recompute: fuse each FactoConv2d with its BatchNorm2d and recompute BN's input in
+            backward instead of storing it; max-pools keep indices only (`facto.fuse.fuse_recompute`).
     """
     validate_update(update)
     skip = list(skip or [])
@@ -336,6 +338,9 @@ def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
         _replace_relus(new)
     new.facto_skipped = skipped
     new.facto_update = update
+    if recompute:
+        from .fuse import fuse_recompute  # late import: fuse imports layers, as this module does
+        fuse_recompute(new)
     return new
 
 

@@ -1,0 +1,330 @@
+"""Recompute instead of store: fuse FactoConv2d + BatchNorm2d, and max-pools that keep indices only.
+
+After factorization a Conv-BN-ReLU block still stores BatchNorm's full-width input
+y (Cout x H x W). `FactoConvBN` stores only the input `s` of the layer's trainable stage
+(x for update first/all, z1 for core, z2 for last: stored anyway for the weight gradient),
+BN's per-channel batch statistics, and nothing else; in backward it recomputes y from `s`
+with the remaining (cheap, mostly 1x1) stages. The stages before `s` are frozen and run
+through `FrozenConv2d`, which stores nothing. Together with 1-bit ReLU masks a block keeps
+`s` (compressed by `saved_activations` like any saved tensor) + 2 x Cout floats + 1 bit
+per output value.
+
+`IndexMaxPool2d` keeps only the argmax indices (narrowed losslessly by the hook), not the
+full-width input that PyTorch's max-pool keeps.
+
+`fuse_recompute(model)` finds the pairs (torch.fx trace; a Sequential-only fallback when
+the forward cannot be traced) and swaps the modules in place.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .layers import FactoConv2d, MaskReLU, _Factorized, conv_stage
+
+BN_STATS = ("forward", "recomputed")
+DEFAULT_BN_STATS = "forward"  # measured: closer to the exact gradient at 4 and 2 bits (see tests)
+
+__all__ = ["BN_STATS", "FactoConvBN", "IndexMaxPool2d", "fuse_recompute"]
+
+
+def validate_bn_stats(bn_stats: str) -> str:
+    """Return `bn_stats` if allowed, else raise ValueError naming it."""
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats={bn_stats!r} is not allowed: choose one of {', '.join(BN_STATS)}")
+    return bn_stats
+
+
+def _keep(t: Tensor) -> Tensor:
+    return t
+
+
+def _run_stages(z: Tensor, weights, confs) -> Tensor:
+    for w, (stride, padding, dilation) in zip(weights, confs):
+        z = F.conv2d(z, w, None, stride, padding, dilation)
+    return z
+
+
+class _RecomputeBN(torch.autograd.Function):
+    """s -> remaining factor stages (+bias) -> training-mode BatchNorm, storing only s.
+
+    Saved for backward: s (an activation: the surrounding hooks compress and count it),
+    BN's batch mean and inverse std (1-D), and parameters (never counted). Backward
+    recomputes y = stages(s) + bias, runs BN's backward, then the stages' backward.
+    """
+
+    @staticmethod
+    def forward(ctx, s, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
+                confs, recomputed_stats, *weights):
+        y = _run_stages(s, weights, confs)
+        if bias is not None:
+            y = y + bias.view(1, -1, 1, 1)
+        out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
+                                                    running_var, True, momentum, eps)
+        ctx.conf = (confs, eps, recomputed_stats, bias is not None)
+        ctx.save_for_backward(s, bias, bn_weight, mean, invstd, *weights)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        confs, eps, recomputed_stats, has_bias = ctx.conf
+        s, bias, bn_weight, mean, invstd, *weights = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        need_s, need_bias, need_gamma, need_beta = need[0], need[1], need[2], need[3]
+        need_w = need[10:]
+        want_graph = need_s or any(need_w)
+        # The recomputation is transient: a pass-through hook pair keeps an enclosing
+        # saved_activations context from compressing or counting it a second time.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            s_ = s.detach().requires_grad_(need_s)
+            ws = [w.detach().requires_grad_(n) for w, n in zip(weights, need_w)]
+            z = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
+        y = z.detach()
+        if has_bias:
+            y = y + bias.view(1, -1, 1, 1)
+        if recomputed_stats:
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+            invstd = torch.rsqrt(var + eps)
+        grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous(), y, bn_weight, None, None, mean, invstd, True, eps,
+            [want_graph or need_bias, need_gamma, need_beta])
+        g_bias = grad_y.sum((0, 2, 3)) if need_bias else None
+        grads = [None] * (1 + len(weights))
+        wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
+        if wanted:
+            leaves = [s_, *ws]
+            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_y)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (grads[0], g_bias, g_gamma if need_gamma else None, g_beta if need_beta else None,
+                None, None, None, None, None, None, *grads[1:])
+
+
+class FactoConvBN(FactoConv2d):
+    """A FactoConv2d fused with the BatchNorm2d after it: BN's input is recomputed, not stored.
+
+    Holds the conv's own Parameter objects (same names: first/core/last/bias) and the
+    BatchNorm as `bn`. Training mode with grad: the frozen stages before the trainable one
+    run activation-free, then one autograd Function stores only the trainable stage's input.
+    Eval mode, no grad, or autocast: the plain conv -> BN computation.
+
+    Args:
+        bn_stats: statistics BN's backward uses with the recomputed (possibly decompressed)
+            input: "forward" (the batch statistics of the forward pass) or "recomputed"
+            (statistics of the recomputed input, so its normalization is self-consistent).
+    """
+
+    def __init__(self, conv: FactoConv2d, bn: nn.BatchNorm2d, bn_stats: str = DEFAULT_BN_STATS):
+        nn.Module.__init__(self)
+        if not isinstance(conv, FactoConv2d) or isinstance(conv, FactoConvBN):
+            raise ValueError(f"conv={type(conv).__name__} is not allowed: use a FactoConv2d")
+        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
+            raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
+        for key, value in vars(conv).items():
+            if not key.startswith("_") and key != "training":
+                setattr(self, key, value)
+        for name, p in conv._parameters.items():
+            self.register_parameter(name, p)
+        self.training = conv.training
+        self.bn = bn
+        self.bn_stats = validate_bn_stats(bn_stats)
+
+    def stages(self) -> list[tuple[Tensor, tuple]]:
+        """(weight, (stride, padding, dilation)) per stage, in order."""
+        one, zero = (1, 1), (0, 0)
+        if self.pointwise:
+            return [(self.first, (self.stride, zero, one)), (self.last, (one, zero, one))]
+        return [(self.first, (one, zero, one)),
+                (self.core, (self.stride, self.padding, self.dilation)),
+                (self.last, (one, zero, one))]
+
+    def split(self) -> int:
+        """Index of the stage whose input is stored: the first trainable one (else the last)."""
+        stages = self.stages()
+        return next((i for i, (w, _) in enumerate(stages) if w.requires_grad), len(stages) - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        if not (batch_stats and torch.is_grad_enabled()) or torch.is_autocast_enabled(x.device.type):
+            return bn(super().forward(x))
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        use_running = not bn.training or bn.track_running_stats
+        running_mean = bn.running_mean if use_running else None
+        running_var = bn.running_var if use_running else None
+        stages = self.stages()
+        k = self.split()
+        s = x
+        for w, (stride, padding, dilation) in stages[:k]:  # frozen: store nothing
+            s = conv_stage(s, w, stride, padding, dilation)
+        weights = [w for w, _ in stages[k:]]
+        confs = tuple(c for _, c in stages[k:])
+        return _RecomputeBN.apply(s, self.bias, bn.weight, bn.bias, running_mean, running_var,
+                                  momentum, bn.eps, confs, self.bn_stats == "recomputed", *weights)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
+
+
+# ----------------------------------------------------------------------------- max-pool
+
+
+class _IndexMaxPool(torch.autograd.Function):
+    """max_pool2d that saves only its argmax indices (int64, narrowed by the hook)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        out, idx = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                return_indices=True)
+        ctx.input_shape = x.shape
+        ctx.save_for_backward(idx)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (idx,) = ctx.saved_tensors
+        shape = ctx.input_shape
+        planes = shape[:-2].numel()
+        grad_in = grad_out.new_zeros(planes, shape[-2] * shape[-1])
+        # scatter_add: a value that is the max of several overlapping windows gets them all
+        grad_in.scatter_add_(1, idx.reshape(planes, -1), grad_out.reshape(planes, -1))
+        return grad_in.view(shape), None, None, None, None, None
+
+
+class IndexMaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d whose backward keeps the argmax indices only, not the full-width input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.return_indices or not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return _IndexMaxPool.apply(x, self.kernel_size, self.stride, self.padding,
+                                   self.dilation, self.ceil_mode)
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d) -> "IndexMaxPool2d":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                   pool.return_indices, pool.ceil_mode)
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+_LEAVES = (_Factorized, MaskReLU, IndexMaxPool2d)
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps Facto's layers (with their Python control flow) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def _is_candidate(m: nn.Module) -> bool:
+    return isinstance(m, FactoConv2d) and not isinstance(m, FactoConvBN)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _pairs_from_graph(root: nn.Module, graph: fx.Graph, prefix: str,
+                      pairs: list, reasons: dict) -> None:
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module" or not _is_candidate(root.get_submodule(node.target)):
+            continue
+        name = _join(prefix, node.target)
+        users = list(node.users)
+        user = users[0] if len(users) == 1 else None
+        bn = root.get_submodule(user.target) if user is not None and user.op == "call_module" else None
+        if user is None:
+            reasons[name] = f"its output has {len(users)} users, not one BatchNorm2d"
+        elif not isinstance(bn, nn.BatchNorm2d):
+            what = type(bn).__name__ if bn is not None else f"{user.op} {getattr(user.target, '__name__', user.target)}"
+            reasons[name] = f"followed by {what}, not BatchNorm2d"
+        elif user.args != (node,) or user.kwargs:
+            reasons[name] = "the BatchNorm2d after it takes other arguments"
+        elif calls[node.target] != 1 or calls[user.target] != 1:
+            reasons[name] = "the conv or its BatchNorm2d is called more than once"
+        else:
+            pairs.append((name, _join(prefix, user.target)))
+
+
+def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict) -> None:
+    """Find (conv, bn) pairs under `module`: fx trace, else Sequential siblings, recursively."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:  # dynamic control flow, unsupported ops, ...
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:160]
+        children = list(module.named_children())
+        if isinstance(module, nn.Sequential):
+            for (n1, a), (n2, b) in zip(children, children[1:]):
+                if _is_candidate(a) and isinstance(b, nn.BatchNorm2d):
+                    pairs.append((_join(prefix, n1), _join(prefix, n2)))
+        for name, child in children:
+            full = _join(prefix, name)
+            if _is_candidate(child):
+                reasons.setdefault(full, f"the forward of {prefix or type(module).__name__!s} "
+                                         f"could not be traced ({why}) and it is not followed "
+                                         "by a BatchNorm2d in a Sequential")
+            elif not isinstance(child, _LEAVES):
+                _scan(child, full, pairs, reasons)
+        return
+    _pairs_from_graph(module, graph, prefix, pairs, reasons)
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS) -> nn.Module:
+    """Fuse every FactoConv2d + BatchNorm2d pair and swap max-pools, in place; returns `model`.
+
+    Each pair becomes a `FactoConvBN` at the conv's name and an nn.Identity at the BN's.
+    Every nn.MaxPool2d (return_indices False) becomes an `IndexMaxPool2d`.
+    Sets `model.facto_fused` (["conv+bn", ...], cumulative), `model.facto_not_fused`
+    ({conv: reason}) and `model.facto_index_pools` ([names]).
+    """
+    validate_bn_stats(bn_stats)
+    pairs: list[tuple[str, str]] = []
+    reasons: dict[str, str] = {}
+    if isinstance(model, _LEAVES):
+        reasons[""] = "a single layer: no BatchNorm2d after it in this module"
+    else:
+        _scan(model, "", pairs, reasons)
+    done = set()
+    fused = list(getattr(model, "facto_fused", []))
+    for conv_name, bn_name in pairs:
+        if conv_name in done:
+            continue
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        _set_module(model, conv_name, FactoConvBN(conv, bn, bn_stats))
+        _set_module(model, bn_name, nn.Identity())
+        fused.append(f"{conv_name}+{bn_name}")
+        done.add(conv_name)
+    for name, m in model.named_modules():
+        if _is_candidate(m) and name not in reasons:
+            reasons[name] = "not seen in the traced forward"
+    pools = list(getattr(model, "facto_index_pools", []))
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.MaxPool2d and not m.return_indices and name:
+            _set_module(model, name, IndexMaxPool2d.from_pool(m))
+            pools.append(name)
+    model.facto_fused = fused
+    model.facto_not_fused = {n: r for n, r in reasons.items() if n not in done and n}
+    model.facto_index_pools = pools
+    return model

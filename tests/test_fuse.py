@@ -1,0 +1,329 @@
+"""Recompute instead of store: FactoConvBN and IndexMaxPool2d are exact and store less."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import facto
+from facto.fuse import DEFAULT_BN_STATS, FactoConvBN, IndexMaxPool2d, fuse_recompute
+from facto.layers import MaskReLU
+from facto.models import BasicBlock, create_model
+
+UPDATES = ["first", "core", "last", "all"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: on busy 2-core machines OpenMP spinning made them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_cnn() -> nn.Module:
+    """Conv-BN-ReLU blocks (bias, stride, 1x1, momentum=None, affine=False) and max-pools."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8, momentum=None), nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12, affine=False), nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+
+
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("resnet20", num_classes=10, in_channels=3)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).double().norm() / b.double().norm().clamp_min(1e-30))
+
+
+def train_steps(model: nn.Module, xs: list[torch.Tensor]):
+    """Two training forward/backward passes (grads accumulate); everything worth comparing."""
+    model.train()
+    outs, input_grads = [], []
+    for x in xs:
+        x = x.clone().requires_grad_()
+        out = model(x)
+        (out.square().mean() + out[:, 0].sum()).backward()
+        outs.append(out.detach())
+        input_grads.append(x.grad)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    return outs, input_grads, grads, [b.clone() for b in model.buffers()]
+
+
+def assert_same_training(unfused: nn.Module, fused: nn.Module, xs: list[torch.Tensor]):
+    o0, gx0, gp0, b0 = train_steps(unfused, xs)
+    o1, gx1, gp1, b1 = train_steps(fused, xs)
+    for a, b in zip(o1, o0):
+        assert rel(a, b) < 1e-5
+    for a, b in zip(gx1, gx0):
+        assert rel(a, b) < 1e-5
+    assert [g.shape for g in gp1] == [g.shape for g in gp0]
+    total = float(torch.cat([g.flatten() for g in gp0]).norm())
+    for a, b in zip(gp1, gp0):
+        # a bias right before BatchNorm has gradient 0 up to rounding: hence the floor
+        assert float((a - b).norm()) <= 1e-5 * (float(b.norm()) + 0.01 * total)
+    assert len(b1) == len(b0)
+    for a, b in zip(b1, b0):
+        assert a.dtype == b.dtype and rel(a.double(), b.double()) < 1e-5  # running stats, counts
+    with torch.no_grad():
+        unfused.eval(), fused.eval()
+        assert rel(fused(xs[0]), unfused(xs[0])) < 1e-5
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_fused_small_cnn_trains_exactly_like_unfused(update):
+    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert sum(isinstance(m, FactoConvBN) for m in fused.modules()) == 3
+    assert sum(isinstance(m, IndexMaxPool2d) for m in fused.modules()) == 2
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_fused_basic_block_trains_exactly_like_unfused(update):
+    torch.manual_seed(0)
+    unfused = facto.factorize(BasicBlock(16, 32, stride=2), rank=0.5, update=update,
+                              skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert fused.facto_fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(4, 16, 12, 12), torch.randn(4, 16, 12, 12)])
+
+
+def test_factorize_recompute_resnet20_trains_exactly_like_unfused():
+    model = resnet20()
+    unfused = facto.factorize(model, rank=0.5, update="last")
+    fused = facto.factorize(model, rank=0.5, update="last", recompute=True)
+    assert len(fused.facto_fused) == 20 and fused.facto_not_fused == {}
+    assert "layer2.0.shortcut.0+layer2.0.shortcut.1" in fused.facto_fused
+    assert isinstance(fused.layer1[0].bn1, nn.Identity) and not hasattr(model, "facto_fused")
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(4, 3, 16, 16)])
+
+
+def test_set_update_after_fusion_moves_the_stored_stage():
+    unfused = facto.factorize(small_cnn(), rank=0.5, update="last", skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    for model in (unfused, fused):
+        for m in model.modules():
+            if isinstance(m, facto.FactoConv2d):
+                m.set_update("core")
+    torch.manual_seed(2)
+    assert_same_training(unfused, fused, [torch.randn(4, 3, 16, 16)])
+
+
+def _shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
+    shapes, handles = {}, []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_hook(
+            lambda m, a, o, name=name: shapes.__setitem__(name, (tuple(a[0].shape), tuple(o.shape)))))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def _stored_input(m: FactoConvBN, shape_in: tuple, shape_out: tuple) -> int:
+    """Bytes of the trainable stage's input (float32)."""
+    n, cin, h, w = shape_in
+    _, _, ho, wo = shape_out
+    r_out, r_in = m.ranks
+    update = m.trainable_stage(m.update)
+    if update in (None, "first"):
+        return 4 * n * cin * h * w
+    if update == "core":
+        return 4 * n * r_in * h * w
+    return 4 * n * r_out * ho * wo  # last: z2 (3x3) or z (1x1), both after the stride
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_fused_block_stores_exactly_s_stats_and_mask(update):
+    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    shapes = _shapes(fused, x)
+    with facto.saved_activations(model=unfused) as before:
+        unfused(x).sum().backward()
+    with facto.saved_activations(model=fused) as meter:
+        fused(x).sum().backward()
+        after_backward = meter.bytes
+    assert after_backward == meter.bytes  # the recomputation in backward is not counted again
+    expected = {}
+    for name, m in fused.named_modules():
+        if isinstance(m, FactoConvBN):
+            expected[name] = _stored_input(m, *shapes[name]) + 2 * m.out_channels * 4
+        elif isinstance(m, MaskReLU):
+            expected[name] = math.ceil(math.prod(shapes[name][1]) / 8)
+        elif isinstance(m, IndexMaxPool2d):
+            h, w = shapes[name][0][2:]
+            expected[name] = math.prod(shapes[name][1]) * (1 if h * w <= 256 else 2)  # narrowed
+        elif isinstance(m, nn.Linear):
+            expected[name] = 4 * math.prod(shapes[name][0])  # the dense classifier's input
+    stored = {k: v for k, v in meter.by_module.items() if v}
+    assert stored == expected
+    assert meter.bytes == sum(expected.values())
+    assert meter.bytes < before.bytes
+    print(f"\nsmall CNN update={update}: stored {before.bytes} -> {meter.bytes} bytes")
+
+
+@pytest.mark.parametrize("update", ["core", "last"])
+def test_fused_basic_block_stores_no_full_width_tensor(update):
+    torch.manual_seed(0)
+    block = BasicBlock(16, 32, stride=2)
+    unfused = facto.factorize(block, rank=0.5, update=update, skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert fused.facto_fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
+    ranks = {r for m in fused.modules() if isinstance(m, FactoConvBN) for r in m.ranks}
+    x = torch.randn(4, 16, 16, 16, requires_grad=True)
+    for model, full_width_expected in [(unfused, True), (fused, False)]:
+        with facto.saved_activations(model=model) as meter:
+            model(x).sum().backward()
+        full_width = False
+        for r in meter.records:
+            if len(r.shape) == 4:
+                assert r.dtype == "float32"
+                full_width |= r.shape[1] not in ranks or r.shape[1] >= 32
+            else:  # 1-bit masks (uint8) and BN statistics (Cout floats)
+                assert r.dtype == "uint8" or (len(r.shape) == 1 and r.shape[0] == 32)
+        assert full_width == full_width_expected
+
+
+POOLS = {
+    "k2s2": dict(kernel_size=2),
+    "k3s2p1-overlap": dict(kernel_size=3, stride=2, padding=1),
+    "k3s1-overlap": dict(kernel_size=3, stride=1),
+    "k3s2-ceil": dict(kernel_size=3, stride=2, ceil_mode=True),
+    "k2-dil2-ceil": dict(kernel_size=2, stride=2, dilation=2, ceil_mode=True),
+}
+
+
+@pytest.mark.parametrize("cfg", POOLS.values(), ids=POOLS.keys())
+@pytest.mark.parametrize("ties", [False, True])
+def test_index_max_pool_matches_max_pool_and_stores_only_indices(cfg, ties):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 13)
+    if ties:
+        x = x.round()
+    ref_pool, pool = nn.MaxPool2d(**cfg), IndexMaxPool2d(**cfg)
+    results = []
+    for p in (ref_pool, pool):
+        xi = (x * 1).requires_grad_()
+        with facto.saved_activations(model=p) as meter:
+            y = p(xi)
+        g = torch.arange(y.numel(), dtype=y.dtype).view_as(y) % 7 - 3
+        y.backward(g)
+        results.append((y.detach(), xi.grad, meter))
+    (y0, g0, m0), (y1, g1, m1) = results
+    assert torch.equal(y1, y0)
+    assert torch.allclose(g1, g0, rtol=0, atol=1e-6)
+    assert [r.stored_as for r in m1.records] == ["NarrowInt"]
+    assert m1.bytes == y1.numel() * 1  # indices < 11 * 13 fit in uint8
+    assert m0.bytes > x.numel() * 4  # PyTorch's max-pool keeps the float input
+
+
+def test_index_max_pool_unbatched_and_eval():
+    pool = IndexMaxPool2d(3, 2, 1)
+    x = torch.randn(4, 9, 9, requires_grad=True)
+    (g,) = torch.autograd.grad(pool(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(F.max_pool2d(x, 3, 2, 1).sum(), x)
+    assert torch.equal(g, g_ref)
+    with torch.no_grad():
+        assert torch.equal(pool(x), F.max_pool2d(x, 3, 2, 1))
+
+
+class Dynamic(nn.Module):
+    """Data-dependent control flow (torch.fx cannot trace it) around fusable pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                  nn.BatchNorm2d(8), nn.ReLU())
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = self.body(x)
+        if x.mean() > 0:
+            x = x * 2
+        return self.bn(self.conv(x)) + self.branch(x)
+
+
+def test_fuse_reports_what_it_fused_and_what_not():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8))
+    fused = facto.factorize(plain, rank=0.5, recompute=True)
+    assert fused.facto_fused == ["3+4"]
+    assert "followed by MaskReLU" in fused.facto_not_fused["1"]
+    assert isinstance(fused[3], FactoConvBN) and isinstance(fused[4], nn.Identity)
+    assert fuse_recompute(fused).facto_fused == ["3+4"]  # idempotent
+
+    dynamic = facto.factorize(Dynamic(), rank=0.5, skip_first_conv=False)
+    fused = fuse_recompute(copy.deepcopy(dynamic))
+    assert fused.facto_fused == ["body.1+body.2"]
+    assert set(fused.facto_not_fused) == {"body.0", "conv", "branch"}
+    assert "could not be traced" in fused.facto_not_fused["conv"]
+    torch.manual_seed(1)
+    assert_same_training(dynamic, fused, [torch.randn(2, 3, 8, 8)])
+
+
+def test_fuse_finds_torchvision_blocks():
+    from torchvision.models.resnet import BasicBlock as TVBlock
+    from torchvision.ops import Conv2dNormActivation
+
+    torch.manual_seed(0)
+    down = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(3, 2, 1),
+                          TVBlock(8, 16, stride=2, downsample=down),
+                          Conv2dNormActivation(16, 16, 3))
+    unfused = facto.factorize(model, rank=0.5, update="core")
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert fused.facto_fused == ["2.conv1+2.bn1", "2.conv2+2.bn2", "2.downsample.0+2.downsample.1",
+                                 "3.0+3.1"]
+    assert fused.facto_index_pools == ["1"]
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(2, 3, 16, 16)])
+
+
+def test_bn_stats_is_validated():
+    with pytest.raises(ValueError, match="'batch'"):
+        fuse_recompute(nn.Sequential(), bn_stats="batch")
+
+
+def _grad(model, x, target, bits):
+    model.zero_grad(set_to_none=True)
+    with facto.saved_activations(bits=bits, model=model):
+        loss = F.cross_entropy(model(x), target)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+def test_low_bit_gradient_is_unbiased_with_the_default_bn_stats():
+    """Mean of 16 stochastic draws vs the exact gradient; bn_stats options printed."""
+    unfused = facto.factorize(resnet20(), rank=0.5, update="last")
+    torch.manual_seed(1)
+    x, target = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    exact = _grad(unfused, x, target, None)
+    cosines = {}
+    for bn_stats in ["forward", "recomputed"]:
+        fused = fuse_recompute(copy.deepcopy(unfused), bn_stats=bn_stats)
+        for bits in [4, 2]:
+            draws = 16 if (bn_stats, bits) == (DEFAULT_BN_STATS, 4) else 6
+            torch.manual_seed(2)
+            mean = torch.stack([_grad(fused, x, target, bits) for _ in range(draws)]).mean(0)
+            cosines[bn_stats, bits] = float(F.cosine_similarity(mean, exact, dim=0))
+            print(f"\nbn_stats={bn_stats} bits={bits}: cosine of the mean of {draws} draws "
+                  f"{cosines[bn_stats, bits]:.4f}")
+    assert cosines[DEFAULT_BN_STATS, 4] >= 0.99
