@@ -26,7 +26,10 @@ from torch.autograd.function import once_differentiable
 from .layers import FactoConv2d, MaskReLU, _Factorized, conv_stage
 
 BN_STATS = ("forward", "recomputed")
-DEFAULT_BN_STATS = "forward"  # measured: closer to the exact gradient at 4 and 2 bits (see tests)
+# Measured (resnet20, batch 8 x 3 x 32 x 32, rank 0.5, update=last, cosine of the mean of 16
+# stochastic draws to the exact gradient): "forward" 0.9998 at 4 bits, 0.9925 at 2 bits;
+# "recomputed" 0.9987 and 0.8516 (the noisy recomputed input inflates the variance: biased).
+DEFAULT_BN_STATS = "forward"
 
 __all__ = ["BN_STATS", "FactoConvBN", "IndexMaxPool2d", "fuse_recompute"]
 
