@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -122,6 +123,19 @@ class _Packer:
         packed = compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic)
         return packed, packed.nbytes
 
+    def hold(self, x: Tensor) -> None:
+        """Count a tensor kept alive outside autograd's saved tensors (e.g. a checkpoint input)."""
+        if self.is_parameter(x):
+            return
+        skey = _storage_key(x)
+        ref = self.storages.get(skey)
+        if ref is not None and ref() is not None:
+            return
+        self.storages[skey] = weakref.ref(x)
+        size = x.untyped_storage().nbytes()
+        module = self.stack[-1] if self.stack else ""
+        self.meter.add(SavedRecord(module, tuple(x.shape), str(x.dtype).replace("torch.", ""), size, size, "held"))
+
     @staticmethod
     def unpack(stored):
         return stored if isinstance(stored, Tensor) else stored.restore()
@@ -134,6 +148,16 @@ class _Packer:
     def leave_module(self, module, args, output):
         if self.stack:
             self.stack.pop()
+
+
+_ACTIVE: ContextVar[_Packer | None] = ContextVar("facto_active_packer", default=None)
+
+
+def hold(x: Tensor) -> None:
+    """Inside `saved_activations`: count `x` as kept for backward by other means (checkpointing)."""
+    packer = _ACTIVE.get()
+    if packer is not None:
+        packer.hold(x)
 
 
 @contextmanager
@@ -161,10 +185,12 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
     cuda = torch.cuda.is_available() and _on_cuda(model)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    token = _ACTIVE.set(packer)
     try:
         with torch.autograd.graph.saved_tensors_hooks(packer.pack, packer.unpack):
             yield meter
     finally:
+        _ACTIVE.reset(token)
         for h in handles:
             h.remove()
         packer.views.clear()

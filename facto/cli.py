@@ -262,12 +262,6 @@ def _need_id(args) -> int:
     return args.id
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m facto", description="Facto: memory-efficient CNN training.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -296,14 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="CSV file for export (default stdout)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_runs)
-    p = sub.add_parser("bench", help="the method comparison benchmark (benchmarks/compare.py)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
+    sub.add_parser("bench", help="the method comparison benchmark (see python -m facto bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["bench"]:  # its own parser: every flag passes through
+            from .bench import main as bench_main
+
+            return bench_main(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (UsageError, ValueError) as exc:  # includes DataNotFoundError, RunNotFoundError

@@ -1,0 +1,278 @@
+"""Method comparison: dense, checkpointing, compression only (ActNN-style), Facto, Facto + recompute.
+
+Same model, data and seeds for every method, in one process. `python -m facto bench` and
+`benchmarks/compare.py` run `main`. Memory is measured as everywhere in Facto (stored bytes
+for backward, once per storage, compressed size incl. metadata); step time by alternating
+the methods on one batch (median of several rounds); accuracy by the short training.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .activations import hold, measure_activations, saved_activations
+from .data import load_data
+from .factorize import factorize, with_relu_masks
+from .models import create_model
+from .train import RunConfig, Variant, evaluate, make_optimizer, set_model_update, train_step
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+class Checkpointed(nn.Module):
+    """Runs `module` under torch.utils.checkpoint (non-reentrant); only its input is kept."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        if not (torch.is_grad_enabled() and self.training):
+            return self.module(x)
+        hold(x)  # checkpoint keeps the segment input alive: count it
+        return checkpoint(self.module, x, use_reentrant=False)
+
+
+def with_checkpointing(model: nn.Module, segments: int = 3) -> nn.Module:
+    """A copy with each stage checkpointed: top-level Sequentials of blocks as a whole,
+    a flat Sequential of layers (e.g. `features`) split into `segments` pieces at pooling layers."""
+    new = copy.deepcopy(model)
+    for name, child in list(new.named_children()):
+        if not isinstance(child, nn.Sequential) or not any(True for _ in child.parameters()):
+            continue
+        flat = all(not isinstance(c, nn.Sequential) and len(list(c.children())) == 0 for c in child)
+        if flat:
+            setattr(new, name, nn.Sequential(*[Checkpointed(s) for s in _split(child, segments)]))
+        else:
+            setattr(new, name, Checkpointed(child))
+    return new
+
+
+def _split(seq: nn.Sequential, segments: int) -> list[nn.Sequential]:
+    """Split at pooling layers when there are some, else into equal pieces."""
+    cuts = [i for i, m in enumerate(seq) if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    bounds = [0, *cuts, len(seq)] if cuts else [round(i * len(seq) / segments) for i in range(segments + 1)]
+    pieces = [nn.Sequential(*list(seq)[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return pieces
+
+
+# ----------------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class Method:
+    """A way to train: how to build the model from the dense one, and the bits for its maps."""
+
+    name: str
+    build: Callable[[nn.Module], nn.Module]
+    bits: int | None
+    cycle: tuple[str, ...] = ()
+
+
+def _has_recompute() -> bool:
+    return "recompute" in inspect.signature(factorize).parameters
+
+
+def methods(rank: float = 0.5) -> list[Method]:
+    """The methods compared, the dense fp32 baseline first."""
+    out = [
+        Method("dense fp32", lambda m: copy.deepcopy(m), None),
+        Method("checkpointing (per stage)", with_checkpointing, None),
+        Method("compression only 4-bit (ActNN-style)", with_relu_masks, 4),
+        Method("compression only 2-bit (ActNN-style)", with_relu_masks, 2),
+        Method(f"Facto paper (rank {rank}, last, 4-bit)", lambda m: factorize(m, rank, "last"), 4),
+        Method(f"Facto (rank {rank}, core, 4-bit)", lambda m: factorize(m, rank, "core"), 4),
+    ]
+    if _has_recompute():
+        out += [
+            Method(f"Facto + recompute (rank {rank}, core, 4-bit)",
+                   lambda m: factorize(m, rank, "core", recompute=True), 4),
+            Method(f"Facto + recompute (rank {rank}, core, 2-bit)",
+                   lambda m: factorize(m, rank, "core", recompute=True), 2),
+            Method(f"Facto + recompute + cycle (rank {rank}, 4-bit)",
+                   lambda m: factorize(m, rank, "core", recompute=True), 4, cycle=("core", "last")),
+        ]
+    return out
+
+
+# ----------------------------------------------------------------------------- measurements
+
+@dataclass
+class Row:
+    """One method's measured numbers on one model."""
+
+    model: str
+    method: str
+    bits: int | None
+    stored_mb: float
+    saving_pct: float
+    peak_cuda_mb: float | None
+    step_time_rel: float
+    step_seconds: float
+    accuracy_mean: float | None
+    accuracy_std: float | None
+    accuracies: list[float]
+
+
+def stored_bytes(model: nn.Module, x: torch.Tensor, bits: int | None) -> int:
+    return measure_activations(model, x, bits).bytes
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: int | None) -> None:
+    model.train()
+    with saved_activations(bits, model=model):
+        out = model(x)
+    F.cross_entropy(out, y).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def peak_cuda(model: nn.Module, x, y, bits) -> float | None:
+    """Allocator peak (MB) of one training step above what the model and batch already hold."""
+    if x.device.type != "cuda":
+        return None
+    _step(model, x, y, bits)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _step(model, x, y, bits)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e6
+
+
+def step_times(models: Sequence[nn.Module], bits: Sequence, x, y, rounds: int = 7) -> list[float]:
+    """Median seconds per forward+backward, the methods alternating round by round."""
+    times: list[list[float]] = [[] for _ in models]
+    for m, b in zip(models, bits):  # warm-up
+        _step(m, x, y, b)
+    for _ in range(rounds):
+        for i, (m, b) in enumerate(zip(models, bits)):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            _step(m, x, y, b)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+def train_accuracy(method: Method, model_name: str, seed: int, epochs: int, device: torch.device,
+                   dataset: str = "digits") -> float:
+    """Test accuracy (%) after the short training of `method` from the seed's dense init."""
+    config = RunConfig(model=model_name, dataset=dataset, seed=seed, epochs=epochs, device=str(device.type))
+    data = load_data(dataset, batch_size=config.batch_size, seed=seed)
+    torch.manual_seed(seed)
+    dense = create_model(model_name, data.info.num_classes, data.info.in_channels)
+    model = method.build(dense).to(device)
+    total = len(data.train_loader) * epochs
+    v = Variant(method.name, model, *make_optimizer(config, model, total), bits=method.bits, block=config.block)
+    for epoch in range(epochs):
+        if method.cycle:
+            set_model_update(model, method.cycle[epoch % len(method.cycle)])
+        for x, y in data.train_loader:
+            train_step(v, x.to(device), y.to(device), device)
+    return evaluate(model, data.test_loader, device)[1]
+
+
+def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, device: torch.device,
+                rank: float = 0.5, train: bool = True, log=print) -> list[Row]:
+    """All methods on one model: memory, peak, step time, accuracy over seeds."""
+    torch.manual_seed(0)
+    dense = create_model(model_name, 10, 1).to(device)
+    built = [(m, m.build(dense).to(device)) for m in methods(rank)]
+    x = torch.randn(batch, 1, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    mem = [stored_bytes(model, x, m.bits) for m, model in built]
+    times = step_times([model for _, model in built], [m.bits for m, _ in built], x, y)
+    rows = []
+    for (m, model), b, t in zip(built, mem, times):
+        accs = []
+        if train:
+            for seed in seeds:
+                accs.append(train_accuracy(m, model_name, seed, epochs, device))
+                log(f"  {model_name} | {m.name} | seed {seed}: {accs[-1]:.2f} %")
+        rows.append(Row(model=model_name, method=m.name, bits=m.bits, stored_mb=b / 1e6,
+                        saving_pct=100 * (1 - b / mem[0]), peak_cuda_mb=peak_cuda(model, x, y, m.bits),
+                        step_time_rel=t / times[0], step_seconds=t,
+                        accuracy_mean=statistics.mean(accs) if accs else None,
+                        accuracy_std=statistics.pstdev(accs) if accs else None, accuracies=accs))
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    lines = ["| model | method | stored MB | saving % | peak CUDA MB | step time vs dense | test acc % (mean ± sd) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = "-" if r.accuracy_mean is None else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
+        peak = "n/a" if r.peak_cuda_mb is None else f"{r.peak_cuda_mb:.1f}"
+        lines.append(f"| {r.model} | {r.method} | {r.stored_mb:.2f} | {r.saving_pct:.1f} | {peak} | "
+                     f"{r.step_time_rel:.2f}x | {acc} |")
+    return "\n".join(lines)
+
+
+def chart(rows: Sequence[Row]):
+    """Saving vs accuracy change, every method of every model as a point."""
+    from .plots import tradeoff_scatter
+
+    points = []
+    for r in rows:
+        dense = next(d for d in rows if d.model == r.model)
+        if r.accuracy_mean is None or dense.accuracy_mean is None or r is dense:
+            continue
+        points.append({"saving_pct": r.saving_pct, "accuracy_delta": r.accuracy_mean - dense.accuracy_mean,
+                       "label": f"{r.model}: {r.method}", "source": "session"})
+    return tradeoff_scatter(points, title="Methods: activation memory saved vs accuracy change")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m facto bench", description=__doc__)
+    p.add_argument("--models", default="simple_cnn,resnet20")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=RunConfig().epochs)
+    p.add_argument("--batch", type=int, default=64, help="batch for memory and step time")
+    p.add_argument("--rank", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-train", action="store_true", help="memory and speed only")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", help="write the saving-vs-accuracy chart here")
+    args = p.parse_args(argv)
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    log = (lambda *a: None) if args.json else (lambda msg: print(msg, flush=True))
+    log(f"machine: {machine()}; device {device}; digits, {args.epochs} epochs, seeds {seeds}, batch {args.batch}")
+    rows = []
+    for name in args.models.split(","):
+        rows += bench_model(name, seeds, args.epochs, args.batch, device, args.rank, not args.no_train, log)
+    if args.json:
+        print(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
+    else:
+        print(markdown(rows))
+    if args.html:
+        chart(rows).write_html(args.html, include_plotlyjs=True)
+    return 0
