@@ -3,13 +3,23 @@
 The public API, re-exported; nothing is defined here.
 """
 from . import compress
-from .activations import ActivationMeter, measure_activations, saved_activations
+from .activations import ActivationMeter, hold, measure_activations, saved_activations
+from .data import DataNotFoundError, dataset_info, list_datasets, load_data
 from .factorize import (LayerReport, describe, factorize, format_report, parse_rank,
                         with_relu_masks)
+from .fuse import FactoConvBN, IndexMaxPool2d, fuse_recompute
 from .layers import FactoConv2d, FactoLinear, MaskReLU
+from .models import create_model, list_models
+from .store import RunStore
+from .sweep import sweep
+from .train import (PRESETS, EvalEvent, RunConfig, StartEvent, StepEvent, SummaryEvent, compare,
+                    preset, run)
 
 __all__ = [
-    "ActivationMeter", "FactoConv2d", "FactoLinear", "LayerReport", "MaskReLU", "compress",
-    "describe", "factorize", "format_report", "measure_activations", "parse_rank",
-    "saved_activations", "with_relu_masks",
+    "PRESETS", "ActivationMeter", "DataNotFoundError", "EvalEvent", "FactoConv2d", "FactoConvBN",
+    "FactoLinear", "IndexMaxPool2d", "LayerReport", "MaskReLU", "RunConfig", "RunStore", "StartEvent",
+    "StepEvent", "SummaryEvent", "compare", "compress", "create_model", "dataset_info", "describe",
+    "factorize", "format_report", "fuse_recompute", "hold", "list_datasets", "list_models",
+    "load_data", "measure_activations", "parse_rank", "preset", "run", "saved_activations", "sweep",
+    "with_relu_masks",
 ]

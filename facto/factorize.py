@@ -302,7 +302,7 @@ def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
         rank: one spec for every layer, or a dict layer name -> spec (key '*' for the rest;
             layers missing from a dict without '*' stay dense).
         update: which factor trains: first | core | last | all.
-        skip: names of layers to leave dense.
+        skip: names of layers to leave dense (a block's name leaves every layer inside it dense).
         skip_first_conv: leave the first conv (on the image, few input channels) dense.
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
@@ -346,7 +346,7 @@ def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
 
 def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
                  first_conv: str | None, output_layer: str | None) -> str | None:
-    if name in skip:
+    if any(name == s or name.startswith(s + ".") for s in skip):
         return "skipped by request (skip=)"
     if name not in policies and "*" not in policies:
         return "not in the rank dict"
@@ -390,7 +390,7 @@ def describe(model: nn.Module) -> list[LayerReport]:
     skipped = getattr(model, "facto_skipped", {})
     rows = []
     for name, m in model.named_modules():
-        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad)
         if isinstance(m, _Factorized):
             info: FactorInfo | None = getattr(m, "facto_info", None)
             clamped = bool(info and info.clamped)
@@ -403,7 +403,7 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 params_after=m.factor_parameters(), trainable_params=trainable,
                 rel_error=info.rel_error if info else None, update=m.update,
                 reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped else None)))
-        elif type(m) in (nn.Conv2d, nn.Linear):
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             params = _params(m)
             rows.append(LayerReport(
                 name=name, kind="dense", layer_type=type(m).__name__, method=None,
