@@ -22,6 +22,26 @@ def validate_update(update: str) -> str:
     return update
 
 
+def pointwise(x: Tensor, weight: Tensor) -> Tensor:
+    """A 1x1 conv (stride 1, no padding) as one bmm: ~10x faster than conv2d on CPU here.
+
+    bmm saves the input as a view of `x` itself (so it is deduplicated with other savers of
+    `x`) and the weight as an expanded view of the parameter (excluded from the count).
+    """
+    n, c, h, w = x.shape
+    w2d = weight.reshape(weight.shape[0], c)
+    return torch.bmm(w2d.expand(n, *w2d.shape), x.reshape(n, c, h * w)).view(n, -1, h, w)
+
+
+def _is_pointwise(weight: Tensor, padding) -> bool:
+    return weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0)
+
+
+def _subsample(x: Tensor, stride) -> Tensor:
+    """What a strided 1x1 conv sees: every stride-th row and column."""
+    return x if tuple(stride) == (1, 1) else x[:, :, :: stride[0], :: stride[1]]
+
+
 class FrozenConv2d(torch.autograd.Function):
     """conv2d with a frozen weight that saves no activation: backward needs only the weight."""
 
@@ -30,6 +50,8 @@ class FrozenConv2d(torch.autograd.Function):
         ctx.weight = weight  # a parameter: held by the module anyway, not an activation
         ctx.input_shape = x.shape
         ctx.conf = (stride, padding, dilation)
+        if _is_pointwise(weight, padding) and tuple(stride) == (1, 1):
+            return pointwise(x, weight)
         return F.conv2d(x, weight, None, stride, padding, dilation)
 
     @staticmethod
@@ -38,8 +60,9 @@ class FrozenConv2d(torch.autograd.Function):
             return None, None, None, None, None
         stride, padding, dilation = ctx.conf
         weight = ctx.weight
-        if weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0):
-            grad_in = torch.einsum("nohw,oi->nihw", grad_out, weight[:, :, 0, 0])
+        if _is_pointwise(weight, padding) and tuple(stride) == (1, 1):
+            w2d = weight.view(weight.shape[0], weight.shape[1])
+            grad_in = pointwise(grad_out, w2d.t())
         else:
             grad_in = torch.nn.grad.conv2d_input(
                 ctx.input_shape, weight, grad_out, stride, padding, dilation
@@ -48,10 +71,20 @@ class FrozenConv2d(torch.autograd.Function):
 
 
 def conv_stage(x: Tensor, weight: Tensor, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> Tensor:
-    """One stage: a normal conv when its weight trains, else the activation-free frozen conv."""
-    if weight.requires_grad and torch.is_grad_enabled():
+    """One stage: a normal conv when its weight trains, else the activation-free frozen conv.
+
+    1x1 stages run as a matmul (strided ones on the subsampled input): same result, and a
+    trainable one stores only the (subsampled) input it really needs.
+    """
+    grad = torch.is_grad_enabled()
+    if _is_pointwise(weight, padding):
+        x = _subsample(x, stride)
+        stride = (1, 1)
+        if not (grad and not weight.requires_grad and x.requires_grad):
+            return pointwise(x, weight)
+    if weight.requires_grad and grad:
         return F.conv2d(x, weight, None, stride, padding, dilation)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if grad and x.requires_grad:
         return FrozenConv2d.apply(x, weight, stride, padding, dilation)
     return F.conv2d(x, weight, None, stride, padding, dilation)
 
