@@ -188,7 +188,7 @@ class SimpleCNN(nn.Module):
         self,
         num_classes: int = 10,
         in_channels: int = 1,
-        widths: tuple[int, int, int] = (32, 64, 128),
+        widths: tuple[int, int, int] = (16, 32, 64),
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -210,7 +210,7 @@ class SimpleCNN(nn.Module):
 
 @register_model("simple_cnn")
 def simple_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """Fast default: 6 Conv-BN-ReLU layers (32-32-64-64-128-128), ~0.29M params."""
+    """Fast default: 6 Conv-BN-ReLU layers (16-16-32-32-64-64), ~73k params; a 2-core CPU trains it in seconds."""
     return SimpleCNN(num_classes, in_channels)
 
 
