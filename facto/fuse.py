@@ -9,6 +9,11 @@ through `FrozenConv2d`, which stores nothing. Together with 1-bit ReLU masks a b
 `s` (compressed by `saved_activations` like any saved tensor) + 2 x Cout floats + 1 bit
 per output value.
 
+`ConvBN` does the same for a dense nn.Conv2d (any groups: the stem on the image, depthwise
+convs, 1x1 shortcuts left dense) followed by a BatchNorm2d: it stores only the conv's input x,
+which the conv keeps anyway for its weight gradient, plus BN's statistics, and recomputes
+BN's input y = conv(x) (often far wider: the stem goes 1 -> 32 channels) in backward.
+
 `IndexMaxPool2d` keeps only the argmax indices (narrowed losslessly by the hook), not the
 full-width input that PyTorch's max-pool keeps.
 
@@ -31,7 +36,7 @@ BN_STATS = ("forward", "recomputed")
 # "recomputed" 0.9987 and 0.8516 (the noisy recomputed input inflates the variance: biased).
 DEFAULT_BN_STATS = "forward"
 
-__all__ = ["BN_STATS", "FactoConvBN", "IndexMaxPool2d", "fuse_recompute"]
+__all__ = ["BN_STATS", "ConvBN", "FactoConvBN", "IndexMaxPool2d", "fuse_recompute"]
 
 
 def validate_bn_stats(bn_stats: str) -> str:
@@ -49,6 +54,26 @@ def _run_stages(z: Tensor, weights, confs) -> Tensor:
     for w, (stride, padding, dilation) in zip(weights, confs):
         z = F.conv2d(z, w, None, stride, padding, dilation)
     return z
+
+
+def _fusable_call(bn: nn.BatchNorm2d, x: Tensor) -> bool:
+    """True when BN normalizes with batch statistics under grad (the fused path applies)."""
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    return batch_stats and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+
+
+def _bn_step(bn: nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, float]:
+    """(running_mean, running_var, momentum) for native_batch_norm, counting the batch as
+    nn.BatchNorm2d does (num_batches_tracked, cumulative average when momentum is None)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_running = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if use_running else None
+    running_var = bn.running_var if use_running else None
+    return running_mean, running_var, momentum
 
 
 class _RecomputeBN(torch.autograd.Function):
@@ -152,17 +177,9 @@ class FactoConvBN(FactoConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         bn = self.bn
-        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        if not (batch_stats and torch.is_grad_enabled()) or torch.is_autocast_enabled(x.device.type):
+        if not _fusable_call(bn, x):
             return bn(super().forward(x))
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
-                momentum = 1.0 / float(bn.num_batches_tracked)
-        use_running = not bn.training or bn.track_running_stats
-        running_mean = bn.running_mean if use_running else None
-        running_var = bn.running_var if use_running else None
+        running_mean, running_var, momentum = _bn_step(bn)
         stages = self.stages()
         k = self.split()
         s = x
@@ -172,6 +189,111 @@ class FactoConvBN(FactoConv2d):
         confs = tuple(c for _, c in stages[k:])
         return _RecomputeBN.apply(s, self.bias, bn.weight, bn.bias, running_mean, running_var,
                                   momentum, bn.eps, confs, self.bn_stats == "recomputed", *weights)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
+
+
+# ----------------------------------------------------------------------------- dense conv + BN
+
+
+def _dense_conv(x: Tensor, weight: Tensor, bias: Tensor | None, conf: tuple) -> Tensor:
+    """nn.Conv2d's own forward (any groups, padding mode, 'same'/'valid' padding)."""
+    stride, padding, dilation, groups, padding_mode, pad_twice = conf
+    if padding_mode != "zeros":
+        x = F.pad(x, pad_twice, mode=padding_mode)
+        padding = (0, 0)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class _DenseConvBN(torch.autograd.Function):
+    """x -> dense conv2d (+bias) -> training-mode BatchNorm, storing only x.
+
+    Saved for backward: x (an activation: the surrounding hooks compress and count it; the
+    conv alone would store it too), BN's batch mean and inverse std (1-D), and parameters
+    (never counted). Backward recomputes y = conv(x), runs BN's backward, then the conv's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum,
+                eps, conf, recomputed_stats):
+        y = _dense_conv(x, weight, bias, conf)
+        out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
+                                                    running_var, True, momentum, eps)
+        ctx.conf = (conf, eps, recomputed_stats)
+        ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        conf, eps, recomputed_stats = ctx.conf
+        x, weight, bias, bn_weight, mean, invstd = ctx.saved_tensors
+        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
+        need_b = need_b and bias is not None
+        # Transient recomputation: pass-through hooks keep an enclosing saved_activations
+        # context from compressing or counting it a second time.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            leaves = [x.detach().requires_grad_(need_x), weight.detach().requires_grad_(need_w),
+                      bias.detach().requires_grad_(need_b) if bias is not None else None]
+            z = _dense_conv(*leaves, conf)  # builds a graph only where grads are wanted
+        y = z.detach()
+        if recomputed_stats:
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+            invstd = torch.rsqrt(var + eps)
+        wanted = [i for i, n in enumerate((need_x, need_w, need_b)) if n]
+        grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous(), y, bn_weight, None, None, mean, invstd, True, eps,
+            [bool(wanted), need_gamma, need_beta])
+        grads = [None, None, None]
+        if wanted:
+            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_y)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (*grads, g_gamma if need_gamma else None, g_beta if need_beta else None,
+                None, None, None, None, None, None)
+
+
+class ConvBN(nn.Conv2d):
+    """A dense nn.Conv2d fused with the BatchNorm2d after it: BN's input is recomputed.
+
+    Holds the conv's own Parameter objects (same names: weight/bias) and the BatchNorm as
+    `bn`. Training mode with grad: one autograd Function stores only the conv's input x
+    and BN's statistics. Eval mode, no grad, or autocast: the plain conv -> BN computation.
+    A subclass of nn.Conv2d, so code that looks for convs (isinstance) still finds it.
+
+    Args:
+        bn_stats: as for `FactoConvBN`: "forward" or "recomputed" batch statistics in BN's
+            backward.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_stats: str = DEFAULT_BN_STATS):
+        nn.Module.__init__(self)
+        if type(conv) is not nn.Conv2d:
+            raise ValueError(f"conv={type(conv).__name__} is not allowed: use an nn.Conv2d")
+        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
+            raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
+        for key, value in vars(conv).items():
+            if (not key.startswith("_") and key != "training") or key == "_reversed_padding_repeated_twice":
+                setattr(self, key, value)
+        for name, p in conv._parameters.items():
+            self.register_parameter(name, p)
+        self.training = conv.training
+        self.bn = bn
+        self.bn_stats = validate_bn_stats(bn_stats)
+
+    def conf(self) -> tuple:
+        return (self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
+                self._reversed_padding_repeated_twice)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        if not _fusable_call(bn, x):
+            return bn(super().forward(x))
+        running_mean, running_var, momentum = _bn_step(bn)
+        return _DenseConvBN.apply(x, self.weight, self.bias, bn.weight, bn.bias, running_mean,
+                                  running_var, momentum, bn.eps, self.conf(),
+                                  self.bn_stats == "recomputed")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
@@ -221,7 +343,7 @@ class IndexMaxPool2d(nn.MaxPool2d):
 # ----------------------------------------------------------------------------- detection
 
 
-_LEAVES = (_Factorized, MaskReLU, IndexMaxPool2d)
+_LEAVES = (_Factorized, ConvBN, MaskReLU, IndexMaxPool2d)
 
 
 class _Tracer(fx.Tracer):
@@ -231,8 +353,11 @@ class _Tracer(fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
-def _is_candidate(m: nn.Module) -> bool:
-    return isinstance(m, FactoConv2d) and not isinstance(m, FactoConvBN)
+def _is_candidate(m: nn.Module, dense: bool = True) -> bool:
+    """A conv that could be fused: a FactoConv2d, or (dense) a plain nn.Conv2d, not yet fused."""
+    if isinstance(m, FactoConv2d):
+        return not isinstance(m, FactoConvBN)
+    return dense and type(m) is nn.Conv2d
 
 
 def _join(prefix: str, name: str) -> str:
@@ -240,13 +365,13 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _pairs_from_graph(root: nn.Module, graph: fx.Graph, prefix: str,
-                      pairs: list, reasons: dict) -> None:
+                      pairs: list, reasons: dict, dense: bool) -> None:
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     for node in graph.nodes:
-        if node.op != "call_module" or not _is_candidate(root.get_submodule(node.target)):
+        if node.op != "call_module" or not _is_candidate(root.get_submodule(node.target), dense):
             continue
         name = _join(prefix, node.target)
         users = list(node.users)
@@ -265,7 +390,7 @@ def _pairs_from_graph(root: nn.Module, graph: fx.Graph, prefix: str,
             pairs.append((name, _join(prefix, user.target)))
 
 
-def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict) -> None:
+def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict, dense: bool) -> None:
     """Find (conv, bn) pairs under `module`: fx trace, else Sequential siblings, recursively."""
     try:
         graph = _Tracer().trace(module)
@@ -274,18 +399,18 @@ def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict) -> None:
         children = list(module.named_children())
         if isinstance(module, nn.Sequential):
             for (n1, a), (n2, b) in zip(children, children[1:]):
-                if _is_candidate(a) and isinstance(b, nn.BatchNorm2d):
+                if _is_candidate(a, dense) and isinstance(b, nn.BatchNorm2d):
                     pairs.append((_join(prefix, n1), _join(prefix, n2)))
         for name, child in children:
             full = _join(prefix, name)
-            if _is_candidate(child):
+            if _is_candidate(child, dense):
                 reasons.setdefault(full, f"the forward of {prefix or type(module).__name__!s} "
                                          f"could not be traced ({why}) and it is not followed "
                                          "by a BatchNorm2d in a Sequential")
             elif not isinstance(child, _LEAVES):
-                _scan(child, full, pairs, reasons)
+                _scan(child, full, pairs, reasons, dense)
         return
-    _pairs_from_graph(module, graph, prefix, pairs, reasons)
+    _pairs_from_graph(module, graph, prefix, pairs, reasons, dense)
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -294,13 +419,16 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS) -> nn.Module:
-    """Fuse every FactoConv2d + BatchNorm2d pair and swap max-pools, in place; returns `model`.
+def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bool = True) -> nn.Module:
+    """Fuse every conv + BatchNorm2d pair and swap max-pools, in place; returns `model`.
 
-    Each pair becomes a `FactoConvBN` at the conv's name and an nn.Identity at the BN's.
+    Each FactoConv2d + BN pair becomes a `FactoConvBN` at the conv's name, each dense
+    nn.Conv2d + BN pair (when `dense`) a `ConvBN`, and the BN's name an nn.Identity.
+    A conv is fused only when its output goes to nothing but the BatchNorm2d.
     Every nn.MaxPool2d (return_indices False) becomes an `IndexMaxPool2d`.
     Sets `model.facto_fused` (["conv+bn", ...], cumulative), `model.facto_not_fused`
-    ({conv: reason}) and `model.facto_index_pools` ([names]).
+    ({conv: reason}, FactoConv2d and, when `dense`, nn.Conv2d layers) and
+    `model.facto_index_pools` ([names]).
     """
     validate_bn_stats(bn_stats)
     pairs: list[tuple[str, str]] = []
@@ -308,19 +436,20 @@ def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS) -> nn.Mod
     if isinstance(model, _LEAVES):
         reasons[""] = "a single layer: no BatchNorm2d after it in this module"
     else:
-        _scan(model, "", pairs, reasons)
+        _scan(model, "", pairs, reasons, dense)
     done = set()
     fused = list(getattr(model, "facto_fused", []))
     for conv_name, bn_name in pairs:
         if conv_name in done:
             continue
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        _set_module(model, conv_name, FactoConvBN(conv, bn, bn_stats))
+        fused_cls = FactoConvBN if isinstance(conv, FactoConv2d) else ConvBN
+        _set_module(model, conv_name, fused_cls(conv, bn, bn_stats))
         _set_module(model, bn_name, nn.Identity())
         fused.append(f"{conv_name}+{bn_name}")
         done.add(conv_name)
     for name, m in model.named_modules():
-        if _is_candidate(m) and name not in reasons:
+        if _is_candidate(m, dense) and name not in reasons:
             reasons[name] = "not seen in the traced forward"
     pools = list(getattr(model, "facto_index_pools", []))
     for name, m in list(model.named_modules()):

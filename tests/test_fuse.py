@@ -1,4 +1,4 @@
-"""Recompute instead of store: FactoConvBN and IndexMaxPool2d are exact and store less."""
+"""Recompute instead of store: FactoConvBN, ConvBN and IndexMaxPool2d are exact and store less."""
 import copy
 import math
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import facto
-from facto.fuse import DEFAULT_BN_STATS, FactoConvBN, IndexMaxPool2d, fuse_recompute
+from facto.fuse import DEFAULT_BN_STATS, ConvBN, FactoConvBN, IndexMaxPool2d, fuse_recompute
 from facto.layers import MaskReLU
 from facto.models import BasicBlock, create_model
 
@@ -104,8 +104,9 @@ def test_factorize_recompute_resnet20_trains_exactly_like_unfused():
     model = resnet20()
     unfused = facto.factorize(model, rank=0.5, update="last")
     fused = facto.factorize(model, rank=0.5, update="last", recompute=True)
-    assert len(fused.facto_fused) == 20 and fused.facto_not_fused == {}
+    assert len(fused.facto_fused) == 21 and fused.facto_not_fused == {}
     assert "layer2.0.shortcut.0+layer2.0.shortcut.1" in fused.facto_fused
+    assert fused.facto_fused[0] == "conv1+bn1" and isinstance(fused.conv1, ConvBN)  # dense stem
     assert isinstance(fused.layer1[0].bn1, nn.Identity) and not hasattr(model, "facto_fused")
     torch.manual_seed(1)
     assert_same_training(unfused, fused, [torch.randn(4, 3, 16, 16)])
@@ -191,12 +192,126 @@ def test_fused_basic_block_stores_no_full_width_tensor(update):
             model(x).sum().backward()
         full_width = False
         for r in meter.records:
-            if len(r.shape) == 4:
+            if len(r.shape) >= 3:  # N x C x H x W, or N x C x HW where a 1x1 stage runs as bmm
                 assert r.dtype == "float32"
                 full_width |= r.shape[1] not in ranks or r.shape[1] >= 32
             else:  # 1-bit masks (uint8) and BN statistics (Cout floats)
                 assert r.dtype == "uint8" or (len(r.shape) == 1 and r.shape[0] == 32)
         assert full_width == full_width_expected
+
+
+# ----------------------------------------------------------------------------- dense conv + BN
+
+DENSE_CONVS = {
+    "stem-1ch": lambda: nn.Conv2d(1, 32, 3, padding=1, bias=False),
+    "depthwise": lambda: nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False),
+    "1x1-stride2-bias": lambda: nn.Conv2d(8, 12, 1, stride=2, bias=True),
+    "grouped-dilated-reflect-same": lambda: nn.Conv2d(4, 8, 3, padding="same", dilation=2,
+                                                      groups=2, padding_mode="reflect"),
+}
+
+
+def dense_block(conv: nn.Conv2d, momentum=0.1) -> nn.Module:
+    c = conv.out_channels
+    return nn.Sequential(conv, nn.BatchNorm2d(c, momentum=momentum), MaskReLU(),
+                         nn.Conv2d(c, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, 5))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("make", DENSE_CONVS.values(), ids=DENSE_CONVS.keys())
+def test_fused_dense_conv_trains_exactly_like_unfused(make, momentum):
+    torch.manual_seed(0)
+    unfused = dense_block(make(), momentum)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert fused.facto_fused == ["0+1"] and isinstance(fused[0], ConvBN)
+    assert isinstance(fused[0], nn.Conv2d) and isinstance(fused[1], nn.Identity)
+    assert "followed by AdaptiveAvgPool2d" in fused.facto_not_fused["3"]  # dense, no BN after it
+    # parameters keep their names: the conv's at the conv's name, the BN's under `.bn`
+    renamed = {k.replace("1.", "0.bn.", 1) if k.startswith("1.") else k: v
+               for k, v in unfused.state_dict().items()}
+    assert fused.state_dict().keys() == renamed.keys()
+    assert fused[0].weight is fused.get_parameter("0.weight")
+    cin = unfused[0].in_channels
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(4, cin, 11, 11), torch.randn(4, cin, 11, 11)])
+
+
+def test_fused_dense_conv_frozen_weight_and_input_without_grad():
+    torch.manual_seed(0)
+    unfused = dense_block(nn.Conv2d(3, 8, 3, padding=1, bias=True))
+    unfused[0].weight.requires_grad_(False)
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 8, 8)
+    grads = []
+    for model in (unfused, fused):
+        model.zero_grad(set_to_none=True)
+        model(x).square().sum().backward()
+        grads.append([p.grad for p in model.parameters() if p.requires_grad])
+    assert fused[0].weight.grad is None
+    for a, b in zip(*grads):
+        assert float((b - a).norm()) <= 1e-5 * float(a.norm()) + 1e-7
+
+
+def test_fused_stem_stores_exactly_its_input_and_bn_stats():
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=10, in_channels=1)
+    unfused = fuse_recompute(facto.factorize(model, 0.5, "core"), dense=False)  # the stem only differs
+    fused = facto.factorize(model, 0.5, "core", recompute=True)
+    assert isinstance(fused.features[0], ConvBN) and fused.facto_fused[0] == "features.0+features.1"
+    assert "features.0" in fused.facto_skipped  # still the dense stem factorize left alone
+    n, h, w = 4, 16, 16
+    x = torch.randn(n, 1, h, w)
+    with facto.saved_activations(model=unfused) as before:
+        unfused(x).sum().backward()
+    with facto.saved_activations(model=fused) as meter:
+        fused(x).sum().backward()
+        after_backward = meter.bytes
+    assert after_backward == meter.bytes  # the recomputation in backward is not counted again
+    c = fused.features[0].out_channels
+    x_bytes, stats_bytes = 4 * n * 1 * h * w, 2 * c * 4
+    stem = sorted((r.shape, r.stored_bytes) for r in meter.records if r.module == "features.0")
+    assert stem == [((n, 1, h, w), x_bytes), ((c,), 4 * c), ((c,), 4 * c)]  # x, mean, invstd
+    assert meter.by_module["features.0"] == x_bytes + stats_bytes
+    y_bytes = 4 * n * c * h * w
+    unfused_stem = before.by_module["features.0"] + before.by_module["features.1"]
+    assert unfused_stem == x_bytes + y_bytes + stats_bytes  # conv: x; BN: y, mean, invstd
+    assert before.bytes - meter.bytes == y_bytes  # everything else is stored as before
+    assert len(before.records) == len(meter.records) + 1
+
+
+def test_dense_false_fuses_factorized_convs_only():
+    model = resnet20()
+    fused = fuse_recompute(facto.factorize(model, rank=0.5, update="last"), dense=False)
+    assert len(fused.facto_fused) == 20 and "conv1+bn1" not in fused.facto_fused
+    assert type(fused.conv1) is nn.Conv2d and isinstance(fused.bn1, nn.BatchNorm2d)
+    assert "conv1" not in fused.facto_not_fused  # dense convs are not candidates at all
+    again = fuse_recompute(fused)  # a second pass with dense=True picks up the stem
+    assert again.facto_fused[-1] == "conv1+bn1" and isinstance(again.conv1, ConvBN)
+    assert fuse_recompute(again).facto_fused == again.facto_fused  # idempotent
+
+
+def test_fuse_plain_mobilenet_v2_fuses_every_conv():
+    """Dense depthwise/pointwise convs of an unfactorized torchvision model, none left over."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=10, in_channels=3)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # the two runs must draw the same: no dropout
+    convs = sum(type(m) is nn.Conv2d for m in model.modules())
+    fused = fuse_recompute(copy.deepcopy(model))
+    assert len(fused.facto_fused) == convs and fused.facto_not_fused == {}
+    assert sum(isinstance(m, ConvBN) and m.groups > 1 for m in fused.modules()) >= 10
+    torch.manual_seed(1)
+    assert_same_training(model, fused, [torch.randn(2, 3, 32, 32)])
+
+
+def test_conv_bn_rejects_what_it_cannot_fuse():
+    with pytest.raises(ValueError, match="use an nn.Conv2d"):
+        ConvBN(nn.Conv1d(3, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4\)"):
+        ConvBN(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(5))
 
 
 POOLS = {
