@@ -486,3 +486,13 @@ def test_resnet18_factorizes_quickly():
     seconds = time.perf_counter() - start
     assert sum(r.kind == "factorized" for r in describe(new)) == 19
     assert seconds < 30, f"factorizing ResNet-18 took {seconds:.1f} s"
+
+
+def test_skip_a_block_leaves_every_layer_inside_it_dense():
+    from facto.models import create_model
+
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    rows = {r.name: r for r in describe(factorize(model, rank=0.5, skip=["layer1"]))}
+    inside = [n for n in rows if n.startswith("layer1.")]
+    assert inside and all(rows[n].kind == "dense" and "skip" in rows[n].reason for n in inside)
+    assert rows["layer2.0.conv1"].kind == "factorized"
