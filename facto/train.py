@@ -343,8 +343,11 @@ def _build_facto(config: RunConfig, dense: nn.Module) -> nn.Module:
 
 
 def cycle_order(config: RunConfig) -> list[str]:
-    """The factors a `cycle` schedule trains in turn."""
-    return ["core", "last", "first"]
+    """The factors a `cycle` schedule trains in turn (memory: the max over them).
+
+    `first` is left out: training it stores the full layer input, which is what Facto avoids.
+    """
+    return ["core", "last"]
 
 
 def _param_counts(model: nn.Module) -> tuple[int, int]:
