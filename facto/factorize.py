@@ -307,8 +307,9 @@ def factorize(model: nn.Module, rank: RankArg = 0.25, update: str = "last",
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
         n_iter_max: Tucker (HOOI) iterations after the HOSVD init; 0 is plain HOSVD.
-        recompute: fuse each FactoConv2d with its BatchNorm2d and recompute BN's input in
-            backward instead of storing it; max-pools keep indices only (`facto.fuse.fuse_recompute`).
+        recompute: fuse each conv (factorized or dense) with the BatchNorm2d it feeds and
+            recompute BN's input in backward instead of storing it; max-pools keep indices
+            only (`facto.fuse.fuse_recompute`).
     """
     validate_update(update)
     skip = list(skip or [])
@@ -404,9 +405,10 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 rel_error=info.rel_error if info else None, update=m.update,
                 reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped else None)))
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            params = _params(m)
+            params = sum(p.numel() for p in m.parameters(recurse=False))  # a fused BN is not the layer's
             rows.append(LayerReport(
-                name=name, kind="dense", layer_type=type(m).__name__, method=None,
+                name=name, kind="dense", layer_type="Conv2d" if isinstance(m, nn.Conv2d) else "Linear",
+                method=None,
                 weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
                 params_before=params, params_after=params, trainable_params=trainable,
                 rel_error=None, update=None, reason=skipped.get(name, "not factorized")))

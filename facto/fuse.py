@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import FactoConv2d, MaskReLU, _Factorized, conv_stage
+from .layers import FactoConv2d, MaskReLU, _Factorized, _is_pointwise, _subsample, conv_stage, pointwise
 
 BN_STATS = ("forward", "recomputed")
 # Measured (resnet20, batch 8 x 3 x 32 x 32, rank 0.5, update=last, cosine of the mean of 16
@@ -52,7 +52,10 @@ def _keep(t: Tensor) -> Tensor:
 
 def _run_stages(z: Tensor, weights, confs) -> Tensor:
     for w, (stride, padding, dilation) in zip(weights, confs):
-        z = F.conv2d(z, w, None, stride, padding, dilation)
+        if _is_pointwise(w, padding):  # 1x1 stages as bmm, as in FactoConv2d
+            z = pointwise(_subsample(z, stride), w)
+        else:
+            z = F.conv2d(z, w, None, stride, padding, dilation)
     return z
 
 
