@@ -1,0 +1,205 @@
+"""facto.plots: every builder returns a go.Figure with the expected traces for small inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from facto import plots
+from facto.sweep import SweepPoint
+from facto.train import EvalEvent, StepEvent
+
+VARIANTS = ("baseline", "facto")
+
+
+def _steps(n: int = 6) -> list[StepEvent]:
+    return [StepEvent(v, s, 1, 2.0 - 0.1 * s, 10.0 + 5 * s, 60_000_000 if v == "baseline" else 9_000_000,
+                      60_000_000 if v == "baseline" else 30_000_000, None, 0.1, 1e-3)
+            for s in range(1, n + 1) for v in VARIANTS]
+
+
+def _evals() -> list[EvalEvent]:
+    return [EvalEvent(v, s, 1, 1.0, 80.0 + s - (2 if v == "facto" else 0)) for s in (3, 6) for v in VARIANTS]
+
+
+def _names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data]
+
+
+def _check(fig: go.Figure) -> dict:
+    assert isinstance(fig, go.Figure)
+    spec = json.loads(fig.to_json())  # serialisable, as st.plotly_chart and write_html need
+    assert spec["layout"]["title"]["text"]
+    return spec
+
+
+def test_colours_are_defined_once_and_differ():
+    assert plots.COLORS["baseline"] == plots.BASELINE_COLOR
+    assert plots.COLORS["facto"] == plots.FACTO_COLOR
+    assert plots.BASELINE_COLOR != plots.FACTO_COLOR
+
+
+def test_accuracy_curves_has_train_and_test_traces_per_variant():
+    fig = plots.accuracy_curves(_steps(), _evals())
+    _check(fig)
+    assert _names(fig) == [f"{n} · {k}" for n in ("Baseline", "Facto")
+                           for k in ("train", "train loss", "test", "test loss")]
+    test = fig.data[2]
+    assert list(test.x) == [3, 6] and list(test.y) == [83.0, 86.0]
+    assert test.line.color == plots.BASELINE_COLOR and fig.data[6].line.color == plots.FACTO_COLOR
+
+
+def test_accuracy_curves_accepts_stored_rows_and_empty_input():
+    rows = [dict(variant="facto", kind="eval", step=5, accuracy=91.0, loss=0.3)]
+    fig = plots.accuracy_curves([], rows)
+    assert list(fig.data[0].y) == [91.0]
+    empty = plots.accuracy_curves([], [])
+    assert len(empty.data) == 0 and "Waiting" in empty.layout.annotations[0].text
+
+
+def test_memory_curves_in_mb_with_raw_and_peak():
+    steps = _steps(3)
+    fig = plots.memory_curves(steps)
+    _check(fig)
+    assert _names(fig) == ["Baseline · stored", "Facto · stored", "Facto · before compression"]
+    assert fig.data[0].y[0] == pytest.approx(60.0) and fig.data[1].y[0] == pytest.approx(9.0)
+    assert fig.layout.yaxis.title.text == "MB"
+    for s in steps:
+        s.peak_cuda = 123_000_000
+    assert "Facto · CUDA peak" in _names(plots.memory_curves(steps))
+
+
+def test_layer_bytes_bars_groups_the_union_of_layers_in_model_order():
+    lb = {"baseline": {"f.0": 2_000_000, "f.1": 4_000_000, "f.10": 1_000_000, "head": 10_000},
+          "facto": {"f.0": 500_000, "f.1": 250_000, "f.3": 100_000, "f.10": 50_000, "head": 1_000}}
+    fig = plots.layer_bytes_bars(lb, {"f.1": "ReLU"})
+    _check(fig)
+    assert _names(fig) == ["Baseline", "Facto"]
+    assert list(fig.data[0].x) == ["f.0", "f.1 · ReLU", "f.3", "f.10", "head"]
+    assert list(fig.data[0].y) == pytest.approx([2.0, 4.0, 0.0, 1.0, 0.01])
+    assert fig.data[1].marker.color == plots.FACTO_COLOR
+    many = {v: {f"layer{i}": 1000 for i in range(30)} for v in VARIANTS}
+    assert plots.layer_bytes_bars(many).data[0].orientation == "h"  # long models: horizontal bars
+
+
+def test_params_bars():
+    report = [dict(name="c1", kind="dense", ranks=None, update=None, rel_error=None, params_before=288,
+                   params_after=288, trainable_params=288, reason="first conv"),
+              dict(name="c2", kind="factorized", ranks=(8, 8), update="core", rel_error=0.4, params_before=9216,
+                   params_after=2000, trainable_params=576, reason=None)]
+    fig = plots.params_bars(report)
+    _check(fig)
+    assert _names(fig) == ["Dense", "Facto (all factors)", "Facto (trained)"]
+    assert list(fig.data[1].y) == [288, 2000]
+
+
+def test_tradeoff_scatter_with_session_history_and_live_point():
+    live = plots.live_point(_steps(), [], {"model": "simple_cnn", "dataset": "digits", "rank": 0.5})
+    assert live["saving_pct"] == pytest.approx(85.0)
+    assert "train accuracy" in live["label"]
+    points = [dict(saving_pct=80.0, accuracy_delta=-1.0, label="a", source="session"),
+              dict(saving_pct=60.0, accuracy_delta=-4.0, label="b", source="history")]
+    fig = plots.tradeoff_scatter(points, live)
+    _check(fig)
+    assert _names(fig) == ["Earlier runs (history)", "Runs of this session", "Current run (live)"]
+    assert fig.data[2].marker.symbol == "star"
+    assert plots.live_point(_steps(), _evals())["accuracy_delta"] == pytest.approx(-2.0)  # test accuracy wins
+    assert plots.live_point([], []) is None
+
+
+def test_tradeoff_points_from_stored_runs():
+    runs = [dict(id=1, status="completed", config={"model": "m", "dataset": "d", "rank": 0.5},
+                 summary={"saving_pct": 85.0, "accuracy_delta": -1.5, "accuracy": {"baseline": 99.0, "facto": 97.5}}),
+            dict(id=2, status="interrupted", config={}, summary={"saving_pct": 80.0, "accuracy_delta": None})]
+    points = plots.tradeoff_points(runs)
+    assert [p["id"] for p in points] == [1]
+    assert "run #1" in points[0]["label"] and points[0]["source"] == "history"
+
+
+def _sweep_points() -> list[SweepPoint]:
+    def point(i, variant, rank, bits, update, acc, saving):
+        return SweepPoint(i, 5, variant, rank, bits, update, "completed", acc, 1000, 99.0, 10_000, saving,
+                          acc - 99.0, 0.1, {})
+    return [point(0, "baseline", 0.5, None, "-", 99.0, 0.0), point(1, "facto", 0.5, 4, "core", 98.0, 85.0),
+            point(2, "facto", 0.5, 2, "core", 98.5, 90.0), point(3, "facto", 0.25, 4, "core", 96.0, 80.0),
+            point(4, "facto", 0.25, 2, "last", 97.0, 92.0)]
+
+
+def test_pareto_front_marks_the_non_dominated_points():
+    fig = plots.pareto_front(_sweep_points())
+    _check(fig)
+    assert _names(fig) == ["Facto, update=core", "Facto, update=last", "Baseline", "Pareto front"]
+    front = fig.data[-1]
+    assert list(front.x) == [0.0, 90.0, 92.0]  # 85 % / 98 % and 80 % / 96 % are dominated
+    assert plots.sweep_figure(_sweep_points()).data[-1].name == "Pareto front"
+    assert len(plots.pareto_front([]).data) == 0
+
+
+def test_accuracy_heatmap_one_panel_per_update():
+    fig = plots.accuracy_heatmap(_sweep_points())
+    _check(fig)
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    core = fig.data[0]
+    assert list(core.y) == ["rank 0.25", "rank 0.5"] and list(core.x) == ["2-bit", "4-bit"]
+    assert core.z[1][1] == 98.0 and core.z[0][0] is None
+
+
+def test_feature_map_images_tiles_channels():
+    a = np.random.default_rng(0).normal(size=(9, 4, 5)).astype(np.float32)
+    fig = plots.feature_map_images(a, a + 0.1, max_channels=4)
+    _check(fig)
+    assert _names(fig) == ["original", "compressed", "error"]
+    z = np.array(fig.data[2].z, dtype=float)
+    assert z.shape == (2 * 4 + 1, 2 * 5 + 1)  # 4 channels of 4 x 5 in a 2 x 2 mosaic, 1-pixel gaps
+    assert np.nanmax(np.abs(z - 0.1)) < 1e-5
+    with pytest.raises(ValueError):
+        plots.feature_map_images(a, a[:2])
+
+
+def test_error_histogram_and_bits_curves():
+    fig = plots.error_histogram(torch.randn(1000))
+    _check(fig)
+    assert fig.data[0].type == "histogram" and len(fig.data[0].x) == 1000
+    rows = plots.bits_table(torch.randn(4, 8, 8, 8), block=64)
+    assert [r["bits"] for r in rows] == list(range(1, 9))
+    assert rows[0]["rel_error"] > rows[-1]["rel_error"] and rows[0]["bytes"] < rows[-1]["bytes"]
+    assert all(r["bytes"] < r["raw_bytes"] for r in rows)
+    fig = plots.bits_curves(rows, selected=4)
+    _check(fig)
+    assert _names(fig) == ["Facto relative error", "Facto stored size", "fp32 (uncompressed)"]
+
+
+def test_feature_maps_and_compression_sample():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(inplace=True), torch.nn.Flatten(), torch.nn.Linear(256, 2))
+    before = net[1].running_mean.clone()
+    maps = plots.feature_maps(net, torch.randn(2, 1, 8, 8))
+    assert list(maps) == ["0", "1", "2"]  # 4-D outputs only
+    assert (maps["1"] < 0).any()  # not overwritten by the in-place ReLU that follows
+    assert torch.equal(net[1].running_mean, before)
+    s = plots.compression_sample(maps["1"], 8, 16, stochastic=False)
+    assert s["rel_error"] < 0.01 and s["compressed"].shape == maps["1"].shape
+
+
+def test_history_chart_one_colour_per_run():
+    rows = [dict(variant=v, kind="eval", step=s, accuracy=90.0 + s) for s in (1, 2) for v in VARIANTS]
+    fig = plots.history_chart([dict(label="#1", rows=rows), dict(label="#2", rows=rows)])
+    _check(fig)
+    assert _names(fig) == ["#1 · Baseline", "#1 · Facto", "#2 · Baseline", "#2 · Facto"]
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    assert plots.history_chart([dict(label="#1", rows=rows)], "act_bytes").data == ()
+    with pytest.raises(ValueError):
+        plots.history_chart([], "speed")
+
+
+def test_plots_does_not_import_streamlit():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(plots))
+    imported = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not any(name and name.startswith("streamlit") for name in imported)
