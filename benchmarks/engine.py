@@ -14,14 +14,13 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from facto.train import RunConfig, StartEvent, StepEvent, SummaryEvent, compare  # noqa: E402
+from facto.train import RunConfig, StepEvent, SummaryEvent, compare  # noqa: E402
 
 
 def machine() -> str:

@@ -11,8 +11,7 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator, Union
 
 import torch
@@ -23,7 +22,7 @@ from . import distributed
 from .activations import ActivationMeter, measure_activations, saved_activations
 from .compress import validate_bits, validate_block
 from .data import DataBundle, list_datasets, load_data
-from .factorize import describe, factorize, parse_rank, with_relu_masks
+from .factorize import describe, factorize, parse_rank
 from .layers import UPDATES, _Factorized
 from .models import check_model_name, create_model
 

@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 from facto.store import RunStore
 from facto.sweep import pareto_front, sweep
