@@ -1,0 +1,586 @@
+"""Facto — train & compare: the dense baseline and Facto side by side, live.
+
+Layout only: numbers come from `facto.train` / `facto.store`, figures from `facto.plots`.
+
+How the live run works: Run builds a `RunConfig` and keeps the `compare()` generator in
+`st.session_state`. A fragment that re-runs itself every REFRESH_S seconds pulls events
+from it for about PUMP_S seconds, then redraws only itself (no full-page flicker). A rerun
+of the page never restarts training: the generator simply continues on the next tick.
+Stop closes the generator: `compare` stores the run as 'interrupted' and what was done
+stays on screen.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from facto import plots
+from facto.data import DataNotFoundError, dataset_info, list_datasets, load_data
+from facto.models import create_model, list_models, model_info
+from facto.store import RunStore, default_db_path
+from facto.train import (PRESETS, EvalEvent, RunConfig, RunTracker, StartEvent, StepEvent, SummaryEvent,
+                         compare, device_name, resolve_device)
+
+log = logging.getLogger("facto.app")
+
+REFRESH_S = 0.5  # how often the live panel asks for new events while a run goes
+PUMP_S = 0.4  # how long one tick consumes events before it redraws
+STALE_AFTER_S = 900  # a 'running' run without a write for this long belongs to a dead process
+DEFAULTS = RunConfig()
+PRESET_KEYS = ("rank", "update", "bits", "recompute")
+PRESET_HELP = {
+    "paper": "paper: rank 0.5, train the last factor, 4-bit maps (the paper's recipe)",
+    "balanced": "balanced: rank 0.5, train the core factor, 4-bit maps (the measured default)",
+    "max-saving": "max-saving: 2-bit maps, BatchNorm inputs recomputed (least memory)",
+    "custom": "custom: your own rank, update, bits and recompute",
+}
+BITS_OPTIONS = [None, 1, 2, 3, 4, 5, 6, 7, 8, 16]
+UPDATE_HELP = ("Which factor trains in each layer; only its input is stored for backward. "
+               "core: stores the rank-sized input of the core (big saving, trains well). "
+               "last: stores the rank-sized map after the stride (least memory, trains worse from scratch). "
+               "first: stores the full input (no saving from factorization). "
+               "all: trains every factor (plain low-rank training, stores the most). "
+               "cycle: core, last, first in turn, one per epoch.")
+
+st.set_page_config(page_title="Facto · train & compare", page_icon=":material/memory:", layout="wide")
+
+
+# ----------------------------------------------------------------------------- store
+
+@st.cache_resource(show_spinner=False)
+def _open_store(path: str) -> RunStore:
+    """One store per database file and process; runs left 'running' by a dead process are closed."""
+    store = RunStore(path)
+    store.mark_stale_running(max_age_s=STALE_AFTER_S)
+    return store
+
+
+def get_store() -> RunStore:
+    return _open_store(str(default_db_path()))
+
+
+class _RunIds:
+    """The store as `compare` sees it, remembering the id of the run it starts."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self.run_id: int | None = None
+
+    def start_run(self, *args, **kwargs) -> int:
+        self.run_id = self._store.start_run(*args, **kwargs)
+        return self.run_id
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+# ----------------------------------------------------------------------------- a run in progress
+
+class Job:
+    """One comparison: the `compare` generator plus everything received from it so far."""
+
+    def __init__(self, config: RunConfig, store: RunStore) -> None:
+        self.config = config
+        self.store = _RunIds(store)
+        self.gen = compare(config, store=self.store)
+        self.tracker = RunTracker()
+        self.steps: list[dict] = []
+        self.evals: list[dict] = []
+        self.status = "running"
+        self.summary: dict | None = None
+        self.error: str | None = None
+        self.started = time.time()
+
+    @property
+    def run_id(self) -> int | None:
+        return self.store.run_id
+
+    def pump(self, budget_s: float) -> None:
+        """Consume events for about `budget_s` seconds (at least one event)."""
+        deadline = time.monotonic() + budget_s
+        while self.status == "running":
+            try:
+                event = next(self.gen)
+            except StopIteration:
+                self._finish("completed")
+                break
+            except ValueError as exc:  # bad combination, dataset not on disk, device not there
+                self._fail(str(exc))
+                break
+            except Exception as exc:  # noqa: BLE001 - shown to the user; the store keeps it as failed
+                log.exception("training failed")
+                self._fail(f"training failed: {type(exc).__name__}: {exc}")
+                break
+            self.tracker.add(event)  # first thing after next(): a rerun can't lose the event
+            if isinstance(event, StepEvent):
+                self.steps.append(asdict(event))
+            elif isinstance(event, EvalEvent):
+                self.evals.append(asdict(event))
+            elif isinstance(event, SummaryEvent):
+                self.summary = asdict(event)
+                self.gen.close()
+                self._finish("completed")
+                break
+            if time.monotonic() >= deadline:
+                break
+
+    def stop(self) -> None:
+        """Stop now: the stored run becomes 'interrupted'; what was done is kept."""
+        if self.status != "running":
+            return
+        self.gen.close()
+        self._finish("interrupted")
+
+    def _finish(self, status: str) -> None:
+        self.status = status
+        if self.summary is None and self.tracker.steps:
+            self.summary = asdict(self.tracker.summary(status))
+        elif self.summary is not None:
+            self.summary["status"] = status
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._finish("failed")
+
+    def view(self) -> dict:
+        """What the panel draws, in the same shape as a stored run's view."""
+        start: StartEvent | None = self.tracker.start
+        summary = self.summary
+        if summary is None and self.tracker.steps:
+            summary = asdict(self.tracker.summary(self.status))
+        return dict(
+            source="session", status=self.status, config=self.config.to_dict(), run_id=self.run_id,
+            steps=self.steps, evals=self.evals, summary=summary, error=self.error,
+            layer_bytes=start.layer_bytes if start else {}, report=start.report if start else [],
+            total_steps=start.total_steps if start else None,
+            steps_per_epoch=start.steps_per_epoch if start else None,
+            device=start.device_name if start else None, device_type=start.device if start else None,
+            params=start.params if start else {}, trainable=start.trainable_params if start else {},
+            train_size=start.train_size if start else None, test_size=start.test_size if start else None)
+
+
+def stored_view(store: RunStore) -> dict | None:
+    """The latest finished comparison from the run store (results survive a restart)."""
+    for run in store.list_runs(kind="compare", limit=20):
+        if run.status in ("completed", "interrupted"):
+            evals = store.metrics(run.id, kind="eval")
+            return dict(
+                source="history", status=run.status, config=run.config, run_id=run.id,
+                steps=store.metrics(run.id, kind="step"), evals=evals, summary=run.summary, error=run.error,
+                layer_bytes=store.layer_bytes(run.id), report=[], total_steps=None, steps_per_epoch=None,
+                device=None, device_type=None, params=(run.summary or {}).get("params", {}), trainable={},
+                train_size=None, test_size=None)
+    return None
+
+
+# ----------------------------------------------------------------------------- controls
+
+def _rank_value(text: str):
+    """'0.5' -> 0.5, '16' -> 16, 'energy:0.9' stays text (RunConfig validates all of them)."""
+    text = str(text).strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _widget_value(key: str, value):
+    return str(value) if key == "rank" else value
+
+
+def apply_preset() -> None:
+    name = st.session_state["preset"]
+    if name in PRESETS:
+        for key in PRESET_KEYS:
+            st.session_state[key] = _widget_value(key, PRESETS[name].get(key, getattr(DEFAULTS, key)))
+
+
+def match_preset() -> None:
+    """After a hand edit of rank/update/bits/recompute: the preset they match, else custom."""
+    current = {k: st.session_state.get(k) for k in PRESET_KEYS}
+    for name, values in PRESETS.items():
+        wanted = {k: _widget_value(k, values.get(k, getattr(DEFAULTS, k))) for k in PRESET_KEYS}
+        if str(current["rank"]).strip() == wanted["rank"] and all(
+                current[k] == wanted[k] for k in PRESET_KEYS if k != "rank"):
+            st.session_state["preset"] = name
+            return
+    st.session_state["preset"] = "custom"
+
+
+def config_from_state() -> RunConfig:
+    """The RunConfig the sidebar describes (ValueError with the fix when a value is bad)."""
+    s = st.session_state
+    return RunConfig(
+        model=s["model"], dataset=s["dataset"], rank=_rank_value(s["rank"]), update=s["update"],
+        bits=s["bits"], block=int(s["block"]), recompute=bool(s["recompute"]), epochs=int(s["epochs"]),
+        batch_size=int(s["batch_size"]), lr=float(s["lr"]), optimizer=s["optimizer"], schedule=s["schedule"],
+        seed=int(s["seed"]), device=s["device"], eval_every=int(s["eval_every"]),
+        warm_start_steps=int(s["warm_start_steps"]), data_dir=str(s["data_dir"]).strip(),
+        download=bool(s["download"]), max_train=int(s["max_train"]) or None, max_test=int(s["max_test"]) or None)
+
+
+def start_run() -> None:
+    st.session_state.pop("form_error", None)
+    job = st.session_state.get("job")
+    if job is not None and job.status == "running":
+        return
+    try:
+        config = config_from_state()
+    except ValueError as exc:
+        st.session_state["form_error"] = str(exc)
+        return
+    st.session_state["job"] = Job(config, get_store())
+
+
+def stop_run() -> None:
+    job = st.session_state.get("job")
+    if job is not None and job.status == "running":
+        job.stop()
+        remember(job)
+
+
+def remember(job: Job) -> None:
+    """Add a finished run to this session's points of the saving-vs-accuracy chart."""
+    points = st.session_state.setdefault("session_points", [])
+    if job.summary and job.summary.get("saving_pct") is not None and job.summary.get("accuracy_delta") is not None:
+        if all(p.get("id") != job.run_id or job.run_id is None for p in points):
+            acc = job.summary.get("accuracy") or {}
+            points.append(dict(
+                saving_pct=job.summary["saving_pct"], accuracy_delta=job.summary["accuracy_delta"], id=job.run_id,
+                source="session",
+                label=(f"run #{job.run_id} ({job.status})<br>{plots.config_label(job.config.to_dict())}"
+                       f"<br>baseline {acc.get('baseline', 0):.1f} % → Facto {acc.get('facto', 0):.1f} %")))
+
+
+def available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def default_state() -> dict:
+    """Initial value of every control: the RunConfig defaults (the 'balanced' preset)."""
+    d = DEFAULTS
+    values = {k: _widget_value(k, getattr(d, k)) for k in (
+        "model", "dataset", "rank", "update", "bits", "recompute", "epochs", "seed", "batch_size", "lr",
+        "device", "warm_start_steps", "block", "eval_every", "optimizer", "schedule", "data_dir", "download")}
+    values.update(max_train=d.max_train or 0, max_test=d.max_test or 0, history_points=False)
+    values["preset"] = "custom"
+    values["preset"] = next((name for name, p in PRESETS.items() if all(
+        _widget_value(k, p.get(k, getattr(d, k))) == values[k] for k in PRESET_KEYS)), "custom")
+    return values
+
+
+def sidebar(running: bool) -> None:
+    for key, value in default_state().items():
+        st.session_state.setdefault(key, value)
+    keep = dict(disabled=running, persist_state="session")
+    with st.sidebar:
+        left, right = st.columns(2)
+        left.button("Run", key="run", type="primary", on_click=start_run, disabled=running, width="stretch",
+                    icon=":material/play_arrow:", help="Train the baseline and Facto side by side.")
+        right.button("Stop", key="stop", on_click=stop_run, disabled=not running, width="stretch",
+                     icon=":material/stop:", help="Stop now. What was done is kept (stored as interrupted).")
+        st.segmented_control("Preset", list(PRESET_HELP), key="preset", on_change=apply_preset, required=True,
+                             **keep, help="One click sets rank, update, bits and recompute. Editing one of "
+                                          "them by hand switches to custom.")
+        st.caption(PRESET_HELP.get(st.session_state.get("preset"), ""))
+        models = list_models()
+        st.selectbox("Model", models, key="model", **keep,
+                     help="The CNN to train twice (dense and Facto). Deeper and wider models keep more "
+                          "feature maps, so they have more to save. "
+                          + " | ".join(f"{m}: {model_info(m)}" for m in models[:3]))
+        datasets = list_datasets()
+        st.selectbox("Dataset", datasets, key="dataset", **keep,
+                     help="digits ships with scikit-learn and works offline (1,400 train / 397 test images). "
+                          "The others are read from the data folder (Advanced).")
+        st.text_input("Rank", key="rank", on_change=match_preset, **keep,
+                      help="Size of each factor: a fraction of the channels (0.5), a number of channels (16), "
+                           "'energy:0.9' (keep 90 % of the weight energy) or 'vbmf'. Lower rank: fewer channels "
+                           "stored for backward (less memory), fewer trained weights (may cost accuracy).")
+        updates = ["core", "last", "first", "all", "cycle"]
+        st.selectbox("Trained factor (update)", updates, key="update",
+                     on_change=match_preset, help=UPDATE_HELP, **keep)
+        st.selectbox("Bits per stored value", BITS_OPTIONS, key="bits",
+                     on_change=match_preset, **keep,
+                     format_func=lambda b: "none (fp32, no compression)" if b is None
+                     else ("16 (half precision)" if b == 16 else f"{b} bits"),
+                     help="Facto compresses what it stores to this many bits per value, block by block. "
+                          "Fewer bits: less memory, noisier gradients. ReLU keeps a lossless 1-bit mask always.")
+        st.checkbox("Recompute BatchNorm inputs", key="recompute",
+                    on_change=match_preset, **keep,
+                    help="Don't store BatchNorm inputs: recompute them in backward from the stored factor "
+                         "input (one cheap 1x1 conv). Less memory, a little more compute.")
+        left, right = st.columns(2)
+        left.number_input("Epochs", min_value=1, max_value=500, step=1, key="epochs",
+                          **keep, help="Passes over the training set: more epochs, higher accuracy, longer run. "
+                                       "Memory per step does not change.")
+        right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed",
+                           **keep, help="Same seed, same initial weights and batches. Baseline and Facto always "
+                                        "start from the same weights.")
+        st.select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], key="batch_size", **keep,
+                         help="Images per step. Activation memory grows in proportion, for both variants.")
+        st.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], key="lr",
+                         format_func=lambda v: f"{v:g}", **keep,
+                         help="Peak learning rate of the schedule. Too high diverges, too low learns slowly. "
+                              "No effect on memory.")
+        devices = available_devices()
+        left, right = st.columns(2)
+        left.selectbox("Device", devices, key="device", **keep,
+                       help="auto picks a GPU when there is one. Stored bytes are the same on every device; "
+                            "on CUDA the allocator's peak is shown too.")
+        right.number_input("Warm-up steps", min_value=0, max_value=100_000, step=10,
+                           key="warm_start_steps", **keep,
+                           help="Train the dense model this many steps before factorizing it. Trained weights "
+                                "factorize with less error, so Facto starts closer to the baseline. Costs time, "
+                                "not memory.")
+        with st.expander("Advanced: subset, blocks, testing, data"):
+            a, b = st.columns(2)
+            a.number_input("Train images (0 = all)", min_value=0, max_value=10_000_000, step=64,
+                           key="max_train", **keep,
+                           help="Train on a fixed random subset of this many images: quick demos. "
+                                "Memory per step does not change.")
+            b.number_input("Test images (0 = all)", min_value=0, max_value=10_000_000, step=64,
+                           key="max_test", **keep, help="Test on a fixed random subset: faster testing, "
+                                                         "noisier accuracy.")
+            st.select_slider("Block size", [16, 32, 64, 128, 256, 512, 1024], key="block",
+                             **keep, help="Values per quantization block; each block stores its own min and "
+                                          "scale. Smaller blocks: less error, more metadata bytes.")
+            st.number_input("Test every N steps (0 = each epoch)", min_value=0, max_value=100_000,
+                            step=5, key="eval_every", **keep,
+                            help="More frequent tests give smoother accuracy curves but cost time.")
+            a, b = st.columns(2)
+            optimizers, schedules = ["adam", "adamw", "sgd"], ["onecycle", "cosine", "constant"]
+            a.selectbox("Optimizer", optimizers, key="optimizer",
+                        **keep, help="Adam and AdamW keep two extra values per trained weight, SGD one.")
+            b.selectbox("Schedule", schedules, key="schedule", **keep,
+                        help="Short runs need a schedule: one-cycle warms up then anneals.")
+            st.text_input("Data folder", key="data_dir", **keep,
+                          help="Where torchvision datasets are read from (digits needs none).")
+            st.checkbox("Download a missing dataset", key="download", **keep,
+                        help="Needs internet; without it, missing files are an error with the fix.")
+        st.caption(f"Run history: `{default_db_path()}`")
+
+
+# ----------------------------------------------------------------------------- header
+
+@st.cache_data(show_spinner=False)
+def model_params(model: str, dataset: str) -> int | None:
+    info = dataset_info(dataset)
+    torch.manual_seed(0)
+    return sum(p.numel() for p in create_model(model, info.num_classes, info.in_channels).parameters())
+
+
+@st.cache_data(show_spinner=False)
+def layer_types(model: str, dataset: str) -> dict[str, str]:
+    info = dataset_info(dataset)
+    net = create_model(model, info.num_classes, info.in_channels)
+    return {name: type(m).__name__ for name, m in net.named_modules() if name}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def data_sizes(dataset: str, data_dir: str, max_train: int, max_test: int) -> tuple[int, int] | str:
+    """(train, test) image counts, or the reason the data can't be read."""
+    try:
+        bundle = load_data(dataset, data_dir, batch_size=1, max_train=max_train or None,
+                           max_test=max_test or None)
+    except ValueError as exc:
+        return str(exc)
+    return bundle.train_size, bundle.test_size
+
+
+def describe_device(choice: str) -> str:
+    try:
+        return device_name(resolve_device(choice))
+    except ValueError as exc:
+        return str(exc)
+
+
+def header(view: dict | None, running: bool) -> None:
+    s = st.session_state
+    live = view is not None and view["source"] == "session" and view.get("device")
+    if live:
+        cfg = view["config"]
+        device, params = view["device"], view["params"]
+        size = (f"{view['train_size']:,} train / {view['test_size']:,} test images")
+        model = (f"{cfg['model']}: {params.get('baseline', 0):,} params dense → {params.get('facto', 0):,} "
+                 f"factorized ({view['trainable'].get('facto', 0):,} trained)")
+        dataset = cfg["dataset"]
+    else:
+        device = describe_device(s.get("device", "auto"))
+        dataset = s.get("dataset", DEFAULTS.dataset)
+        n = model_params(s.get("model", DEFAULTS.model), dataset)
+        model = f"{s.get('model', DEFAULTS.model)}: {n:,} params"
+        sizes = data_sizes(dataset, str(s.get("data_dir", DEFAULTS.data_dir)).strip(),
+                           int(s.get("max_train", 0) or 0), int(s.get("max_test", 0) or 0))
+        size = f"{sizes[0]:,} train / {sizes[1]:,} test images" if isinstance(sizes, tuple) else "not on disk"
+    st.markdown(f":material/developer_board: **Device** {device} &nbsp;·&nbsp; :material/neurology: **Model** "
+                f"{model} &nbsp;·&nbsp; :material/photo_library: **Data** {dataset}, {size}")
+
+
+# ----------------------------------------------------------------------------- the live panel
+
+def _mb(value) -> str:
+    return "—" if value is None else f"{value / plots.MB:,.2f} MB"
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.1f} %"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def progress(view: dict) -> None:
+    steps, total = view["steps"], view["total_steps"]
+    if view["status"] != "running":
+        return
+    if total is None:
+        st.progress(0.0, text="Loading data, building and factorizing the model… (the first step follows)")
+        return
+    done = max((r["step"] for r in steps if r["variant"] != "warmup"), default=0)
+    summary = view["summary"] or {}
+    per_step = sum((summary.get("step_seconds") or {}).values())
+    epochs = math.ceil(total / view["steps_per_epoch"])
+    epoch = max((r["epoch"] for r in steps), default=1)
+    text = f"Step {done} of {total} · epoch {epoch} of {epochs}"
+    if per_step and done:
+        text += f" · {per_step:.2f} s per step (both variants) · about {_duration(per_step * (total - done))} left"
+    st.progress(min(done / total, 1.0), text=text)
+
+
+def status_line(view: dict) -> None:
+    status, summary, run = view["status"], view["summary"] or {}, view["run_id"]
+    stored = f" Stored as run #{run}." if run is not None else ""
+    if status == "completed":
+        saving, delta = summary.get("saving_pct"), summary.get("accuracy_delta")
+        text = "Done."
+        if saving is not None:
+            text = f"Done: Facto stored {saving:.1f} % less for backward"
+            text += f", accuracy {delta:+.2f} points vs the baseline." if delta is not None else "."
+        st.success(text + stored, icon=":material/check_circle:")
+    elif status == "interrupted":
+        steps = summary.get("steps") or {}
+        done = max(steps.values(), default=0)
+        total = f" of {view['total_steps']}" if view["total_steps"] else ""
+        st.warning(f"Stopped after {done}{total} steps; what was done is kept.{stored}", icon=":material/pause_circle:")
+    elif status == "failed":
+        st.error(f"The run could not go on: {view['error']}", icon=":material/error:")
+
+
+def metrics(view: dict) -> None:
+    summary = view["summary"] or {}
+    act = summary.get("act_bytes") or {}
+    acc = dict(summary.get("accuracy") or {})
+    base_b, facto_b = act.get("baseline"), act.get("facto")
+    delta_b = None if base_b is None or facto_b is None else f"{(facto_b - base_b) / plots.MB:+,.2f} MB"
+    acc_delta = summary.get("accuracy_delta")
+    peak = summary.get("peak_cuda") or {}
+    show_peak = any(v is not None for v in peak.values())
+    width = 4 if show_peak else 3
+    memory, accuracy = st.columns(width), st.columns(width)
+    memory[0].metric("Baseline activations", _mb(base_b), border=True,
+                     help="Bytes autograd keeps for backward after one forward pass of a batch (dense fp32).")
+    memory[1].metric("Facto activations", _mb(facto_b), delta=delta_b, delta_color="inverse", border=True,
+                     help="The same for Facto: one factor's input per layer, compressed, plus 1-bit ReLU masks.")
+    memory[2].metric("Memory saving", _pct(summary.get("saving_pct")), border=True,
+                     delta=f"{base_b / facto_b:.1f}× less stored" if base_b and facto_b else None,
+                     delta_arrow="off", help="1 − Facto / baseline activation bytes.")
+    accuracy[0].metric("Baseline accuracy", _pct(acc.get("baseline")), border=True,
+                       help="Test accuracy, measured at the end of each epoch (Advanced: test more often).")
+    accuracy[1].metric("Facto accuracy", _pct(acc.get("facto")), border=True,
+                       delta=None if acc_delta is None else f"{acc_delta:+.2f} points",
+                       help="Test accuracy of the Facto model; the delta is against the baseline.")
+    accuracy[2].metric("Accuracy change", "—" if acc_delta is None else f"{acc_delta:+.2f} points", border=True,
+                       help="Facto minus baseline test accuracy, in percentage points.")
+    if show_peak:
+        pb, pf = peak.get("baseline"), peak.get("facto")
+        memory[3].metric("Peak CUDA memory (Facto)", _mb(pf), border=True, delta_color="inverse",
+                         delta=None if pb is None or pf is None else f"{(pf - pb) / plots.MB:+,.1f} MB",
+                         help="torch.cuda.max_memory_allocated during a Facto step; the delta is against the "
+                              "baseline's peak. This is what the GPU must hold.")
+
+
+def charts(view: dict) -> None:
+    chart = dict(theme=None, config={"displaylogo": False})
+    left, right = st.columns(2)
+    left.plotly_chart(plots.accuracy_curves(view["steps"], view["evals"]), key="chart_accuracy", **chart)
+    right.plotly_chart(plots.memory_curves(view["steps"]), key="chart_memory", **chart)
+    left, right = st.columns(2)
+    cfg = view["config"]
+    types = layer_types(cfg.get("model", DEFAULTS.model), cfg.get("dataset", DEFAULTS.dataset))
+    left.plotly_chart(plots.layer_bytes_bars(view["layer_bytes"], types), key="chart_layers", **chart)
+    with right:
+        points = list(st.session_state.get("session_points", []))
+        if st.session_state.get("history_points"):
+            seen = {p.get("id") for p in points}
+            points += [p for p in plots.tradeoff_points(get_store().list_runs(kind="compare"))
+                       if p["id"] not in seen]
+        live = plots.live_point(view["steps"], view["evals"], cfg) if view["status"] == "running" else None
+        st.plotly_chart(plots.tradeoff_scatter(points, live), key="chart_tradeoff", **chart)
+        st.checkbox("Show earlier runs from the history", key="history_points", persist_state="session",
+                    help="Adds every stored comparison (grey) to the chart.")
+    if view["report"]:
+        with st.expander("Factorization report: which layers were factorized, ranks, errors"):
+            rows = pd.DataFrame(view["report"])
+            rows["weight_shape"] = rows["weight_shape"].map(lambda s: "×".join(map(str, s)))
+            rows["ranks"] = rows["ranks"].map(lambda r: "" if r is None else f"{r[0]}, {r[1]}")
+            st.dataframe(rows[["name", "kind", "layer_type", "weight_shape", "ranks", "params_before",
+                               "params_after", "trainable_params", "rel_error", "update", "reason"]],
+                         hide_index=True, column_config={
+                             "rel_error": st.column_config.NumberColumn("reconstruction error", format="%.3f")})
+
+
+def live_panel() -> None:
+    """Consume the events of a running job (one tick), then draw everything it has."""
+    job: Job | None = st.session_state.get("job")
+    if job is not None and job.status == "running":
+        job.pump(PUMP_S)
+        if job.status != "running":
+            remember(job)
+            st.rerun(scope="app")  # the run ended: redraw the whole page (controls enabled again)
+    if st.session_state.get("form_error"):
+        st.error(f"Can't start this run: {st.session_state['form_error']}", icon=":material/error:")
+    view = job.view() if job is not None else None
+    if view is None:
+        view = stored_view(get_store())
+        if view is not None:
+            st.info(f"Showing the last stored run #{view['run_id']} ({plots.config_label(view['config'])}). "
+                    "Press **Run** to start a new one.", icon=":material/history:")
+    if view is None:
+        st.info("Choose the settings on the left and press **Run**: the dense baseline (blue) and Facto "
+                "(orange) train side by side from the same weights on the same batches.",
+                icon=":material/play_circle:")
+        return
+    if view["status"] == "failed" and not view["steps"]:
+        status_line(view)
+        return
+    progress(view)
+    status_line(view)
+    metrics(view)
+    charts(view)
+
+
+# ----------------------------------------------------------------------------- page
+
+job = st.session_state.get("job")
+running = job is not None and job.status == "running"
+get_store()  # opens the history (and closes runs a dead process left 'running')
+st.title("Facto · train & compare")
+st.caption("Facto factorizes each conv layer, trains one factor and stores fewer, smaller feature maps "
+           "for backward. Baseline: dense fp32 (blue). Facto: orange.")
+sidebar(running)
+header(job.view() if job is not None else None, running)
+st.fragment(run_every=REFRESH_S if running else None)(live_panel)()
