@@ -47,7 +47,7 @@ class RunConfig:
     epochs: int = 4
     max_steps: int | None = None
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-2
     optimizer: str = "adam"
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
