@@ -1,18 +1,22 @@
 """Facto — train & compare: the dense baseline and Facto side by side, live.
 
+The entry point: it sets up the navigation (this page, then pages/1_Sweep ... 4_History).
 Layout only: numbers come from `facto.train` / `facto.store`, figures from `facto.plots`.
 
-How the live run works: Run builds a `RunConfig` and keeps the `compare()` generator in
-`st.session_state`. A fragment that re-runs itself every REFRESH_S seconds pulls events
-from it for about PUMP_S seconds, then redraws only itself (no full-page flicker). A rerun
-of the page never restarts training: the generator simply continues on the next tick.
-Stop closes the generator: `compare` stores the run as 'interrupted' and what was done
-stays on screen.
+How the live run works: Run builds a `RunConfig` and starts a `Job`, kept in
+`st.session_state`: a worker thread iterates the `compare()` generator and appends each
+event to the job (it never calls Streamlit, so it needs no ScriptRunContext). A fragment
+re-runs itself every REFRESH_S seconds while the job runs and redraws only itself from
+what has arrived (no full-page flicker). Reruns, widget clicks and page switches never
+touch the thread, so training is never restarted or paused by them. Stop sets a flag;
+the worker closes the generator after the current step, `compare` stores the run as
+'interrupted', and what was done stays on screen.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict
 
@@ -21,7 +25,7 @@ import streamlit as st
 import torch
 
 from facto import plots
-from facto.data import DataNotFoundError, dataset_info, list_datasets, load_data
+from facto.data import dataset_info, list_datasets, load_data
 from facto.models import create_model, list_models, model_info
 from facto.store import RunStore, default_db_path
 from facto.train import (PRESETS, EvalEvent, RunConfig, RunTracker, StartEvent, StepEvent, SummaryEvent,
@@ -29,17 +33,13 @@ from facto.train import (PRESETS, EvalEvent, RunConfig, RunTracker, StartEvent, 
 
 log = logging.getLogger("facto.app")
 
-REFRESH_S = 0.5  # how often the live panel asks for new events while a run goes
-PUMP_S = 0.4  # how long one tick consumes events before it redraws
+REFRESH_S = 1.0  # how often the live panel redraws while a run goes
+STOP_WAIT_S = 15.0  # how long Stop waits for the current step to end before it returns
 STALE_AFTER_S = 900  # a 'running' run without a write for this long belongs to a dead process
 DEFAULTS = RunConfig()
 PRESET_KEYS = ("rank", "update", "bits", "recompute")
-PRESET_HELP = {
-    "paper": "paper: rank 0.5, train the last factor, 4-bit maps (the paper's recipe)",
-    "balanced": "balanced: rank 0.5, train the core factor, 4-bit maps (the measured default)",
-    "max-saving": "max-saving: 2-bit maps, BatchNorm inputs recomputed (least memory)",
-    "custom": "custom: your own rank, update, bits and recompute",
-}
+PRESET_TAGLINE = {"paper": "the paper's recipe", "balanced": "the measured default",
+                  "max-saving": "least memory", "custom": "your own settings"}
 BITS_OPTIONS = [None, 1, 2, 3, 4, 5, 6, 7, 8, 16]
 UPDATE_HELP = ("Which factor trains in each layer; only its input is stored for backward. "
                "core: stores the rank-sized input of the core (big saving, trains well). "
@@ -48,7 +48,7 @@ UPDATE_HELP = ("Which factor trains in each layer; only its input is stored for 
                "all: trains every factor (plain low-rank training, stores the most). "
                "cycle: core, last, first in turn, one per epoch.")
 
-st.set_page_config(page_title="Facto · train & compare", page_icon=":material/memory:", layout="wide")
+st.set_page_config(page_title="Facto", page_icon=":material/memory:", layout="wide")
 
 
 # ----------------------------------------------------------------------------- store
@@ -83,80 +83,87 @@ class _RunIds:
 # ----------------------------------------------------------------------------- a run in progress
 
 class Job:
-    """One comparison: the `compare` generator plus everything received from it so far."""
+    """One comparison, trained by a worker thread; the UI only reads what has arrived."""
 
     def __init__(self, config: RunConfig, store: RunStore) -> None:
         self.config = config
         self.store = _RunIds(store)
-        self.gen = compare(config, store=self.store)
         self.tracker = RunTracker()
         self.steps: list[dict] = []
         self.evals: list[dict] = []
-        self.status = "running"
+        self.status = "running"  # running | completed | interrupted | failed
         self.summary: dict | None = None
         self.error: str | None = None
-        self.started = time.time()
+        self.events = 0  # changes whenever something new arrived (cheap redraw check)
+        self.remembered = False  # added to this session's saving-vs-accuracy points
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="facto-compare", daemon=True)
+        self._thread.start()
 
     @property
     def run_id(self) -> int | None:
         return self.store.run_id
 
-    def pump(self, budget_s: float) -> None:
-        """Consume events for about `budget_s` seconds (at least one event)."""
-        deadline = time.monotonic() + budget_s
-        while self.status == "running":
-            try:
-                event = next(self.gen)
-            except StopIteration:
-                self._finish("completed")
-                break
-            except ValueError as exc:  # bad combination, dataset not on disk, device not there
-                self._fail(str(exc))
-                break
-            except Exception as exc:  # noqa: BLE001 - shown to the user; the store keeps it as failed
-                log.exception("training failed")
-                self._fail(f"training failed: {type(exc).__name__}: {exc}")
-                break
-            self.tracker.add(event)  # first thing after next(): a rerun can't lose the event
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() and self.status == "running"
+
+    def _work(self) -> None:
+        """The worker: consume `compare` until it ends, fails or is asked to stop."""
+        events = compare(self.config, store=self.store)
+        try:
+            for event in events:
+                self._add(event)
+                if self._stop.is_set():
+                    events.close()  # GeneratorExit inside compare: stored as 'interrupted'
+                    self._finish("interrupted")
+                    return
+            self._finish("completed")
+        except ValueError as exc:  # bad combination, dataset not on disk, device not there
+            self._finish("failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown to the user; the store keeps it as failed
+            log.exception("training failed")
+            self._finish("failed", f"training failed: {type(exc).__name__}: {exc}")
+
+    def _add(self, event) -> None:
+        with self._lock:
+            self.tracker.add(event)
             if isinstance(event, StepEvent):
                 self.steps.append(asdict(event))
             elif isinstance(event, EvalEvent):
                 self.evals.append(asdict(event))
             elif isinstance(event, SummaryEvent):
                 self.summary = asdict(event)
-                self.gen.close()
-                self._finish("completed")
-                break
-            if time.monotonic() >= deadline:
-                break
+            self.events += 1
 
-    def stop(self) -> None:
-        """Stop now: the stored run becomes 'interrupted'; what was done is kept."""
-        if self.status != "running":
-            return
-        self.gen.close()
-        self._finish("interrupted")
+    def _finish(self, status: str, error: str | None = None) -> None:
+        with self._lock:
+            if self.tracker.steps and (self.summary is None or status != "completed"):
+                self.summary = asdict(self.tracker.summary(status))
+            self.error = error
+            self.events += 1
+            self.status = status  # last: readers see a finished job only once it is complete
 
-    def _finish(self, status: str) -> None:
-        self.status = status
-        if self.summary is None and self.tracker.steps:
-            self.summary = asdict(self.tracker.summary(status))
-        elif self.summary is not None:
-            self.summary["status"] = status
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """Ask the worker to stop after the current step (and wait for it a little)."""
+        self._stop.set()
+        self._thread.join(wait_s)
 
-    def _fail(self, message: str) -> None:
-        self.error = message
-        self._finish("failed")
+    def wait(self, timeout_s: float | None = None) -> None:
+        self._thread.join(timeout_s)
 
     def view(self) -> dict:
         """What the panel draws, in the same shape as a stored run's view."""
-        start: StartEvent | None = self.tracker.start
-        summary = self.summary
-        if summary is None and self.tracker.steps:
-            summary = asdict(self.tracker.summary(self.status))
+        with self._lock:
+            start: StartEvent | None = self.tracker.start
+            summary = self.summary
+            if summary is None and self.tracker.steps:
+                summary = asdict(self.tracker.summary(self.status))
+            steps, evals = list(self.steps), list(self.evals)
         return dict(
             source="session", status=self.status, config=self.config.to_dict(), run_id=self.run_id,
-            steps=self.steps, evals=self.evals, summary=summary, error=self.error,
+            steps=steps, evals=evals, summary=summary, error=self.error, stopping=self.stopping,
             layer_bytes=start.layer_bytes if start else {}, report=start.report if start else [],
             total_steps=start.total_steps if start else None,
             steps_per_epoch=start.steps_per_epoch if start else None,
@@ -243,21 +250,23 @@ def start_run() -> None:
 def stop_run() -> None:
     job = st.session_state.get("job")
     if job is not None and job.status == "running":
-        job.stop()
+        job.stop()  # returns once the worker closed the run (or after STOP_WAIT_S: the panel shows 'stopping')
         remember(job)
 
 
 def remember(job: Job) -> None:
     """Add a finished run to this session's points of the saving-vs-accuracy chart."""
-    points = st.session_state.setdefault("session_points", [])
-    if job.summary and job.summary.get("saving_pct") is not None and job.summary.get("accuracy_delta") is not None:
-        if all(p.get("id") != job.run_id or job.run_id is None for p in points):
-            acc = job.summary.get("accuracy") or {}
-            points.append(dict(
-                saving_pct=job.summary["saving_pct"], accuracy_delta=job.summary["accuracy_delta"], id=job.run_id,
-                source="session",
-                label=(f"run #{job.run_id} ({job.status})<br>{plots.config_label(job.config.to_dict())}"
-                       f"<br>baseline {acc.get('baseline', 0):.1f} % → Facto {acc.get('facto', 0):.1f} %")))
+    if job.status == "running" or job.remembered:
+        return
+    job.remembered = True
+    summary = job.summary or {}
+    if summary.get("saving_pct") is None or summary.get("accuracy_delta") is None:
+        return  # stopped before the first test: no accuracy to plot
+    acc = summary.get("accuracy") or {}
+    st.session_state.setdefault("session_points", []).append(dict(
+        saving_pct=summary["saving_pct"], accuracy_delta=summary["accuracy_delta"], id=job.run_id, source="session",
+        label=(f"run #{job.run_id} ({job.status})<br>{plots.config_label(job.config.to_dict())}"
+               f"<br>baseline {acc.get('baseline', 0):.1f} % → Facto {acc.get('facto', 0):.1f} %")))
 
 
 def available_devices() -> list[str]:
@@ -267,6 +276,22 @@ def available_devices() -> list[str]:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         devices.append("mps")
     return devices
+
+
+def preset_text(name: str | None) -> str:
+    """'balanced: rank 0.5, train core, 4-bit maps, recompute BN (the measured default)'."""
+    tag = PRESET_TAGLINE.get(name, "")
+    if name not in PRESETS:
+        return f"{name}: {tag}" if name else ""
+    p = {k: PRESETS[name].get(k, getattr(DEFAULTS, k)) for k in PRESET_KEYS}
+    bits = "fp32 maps" if p["bits"] is None else f"{p['bits']}-bit maps"
+    text = f"rank {p['rank']}, train {p['update']}, {bits}" + (", recompute BN" if p["recompute"] else "")
+    return f"{name}: {text}" + (f" ({tag})" if tag else "")
+
+
+def options(values: list, default) -> list:
+    """Slider options that always include the RunConfig default."""
+    return sorted({*values, default})
 
 
 def default_state() -> dict:
@@ -292,10 +317,10 @@ def sidebar(running: bool) -> None:
                     icon=":material/play_arrow:", help="Train the baseline and Facto side by side.")
         right.button("Stop", key="stop", on_click=stop_run, disabled=not running, width="stretch",
                      icon=":material/stop:", help="Stop now. What was done is kept (stored as interrupted).")
-        st.segmented_control("Preset", list(PRESET_HELP), key="preset", on_change=apply_preset, required=True,
+        st.segmented_control("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, required=True,
                              **keep, help="One click sets rank, update, bits and recompute. Editing one of "
                                           "them by hand switches to custom.")
-        st.caption(PRESET_HELP.get(st.session_state.get("preset"), ""))
+        st.caption(preset_text(st.session_state.get("preset")))
         models = list_models()
         st.selectbox("Model", models, key="model", **keep,
                      help="The CNN to train twice (dense and Facto). Deeper and wider models keep more "
@@ -329,9 +354,10 @@ def sidebar(running: bool) -> None:
         right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed",
                            **keep, help="Same seed, same initial weights and batches. Baseline and Facto always "
                                         "start from the same weights.")
-        st.select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], key="batch_size", **keep,
+        st.select_slider("Batch size", options([8, 16, 32, 64, 128, 256, 512], DEFAULTS.batch_size), key="batch_size", **keep,
                          help="Images per step. Activation memory grows in proportion, for both variants.")
-        st.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], key="lr",
+        st.select_slider("Learning rate", options([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], DEFAULTS.lr),
+                         key="lr",
                          format_func=lambda v: f"{v:g}", **keep,
                          help="Peak learning rate of the schedule. Too high diverges, too low learns slowly. "
                               "No effect on memory.")
@@ -354,7 +380,8 @@ def sidebar(running: bool) -> None:
             b.number_input("Test images (0 = all)", min_value=0, max_value=10_000_000, step=64,
                            key="max_test", **keep, help="Test on a fixed random subset: faster testing, "
                                                          "noisier accuracy.")
-            st.select_slider("Block size", [16, 32, 64, 128, 256, 512, 1024], key="block",
+            st.select_slider("Block size", options([16, 32, 64, 128, 256, 512, 1024], DEFAULTS.block),
+                             key="block",
                              **keep, help="Values per quantization block; each block stores its own min and "
                                           "scale. Smaller blocks: less error, more metadata bytes.")
             st.number_input("Test every N steps (0 = each epoch)", min_value=0, max_value=100_000,
@@ -458,6 +485,8 @@ def progress(view: dict) -> None:
     text = f"Step {done} of {total} · epoch {epoch} of {epochs}"
     if per_step and done:
         text += f" · {per_step:.2f} s per step (both variants) · about {_duration(per_step * (total - done))} left"
+    if view.get("stopping"):
+        text = f"Stopping after step {done} of {total}: the current step finishes first…"
     st.progress(min(done / total, 1.0), text=text)
 
 
@@ -544,13 +573,11 @@ def charts(view: dict) -> None:
 
 
 def live_panel() -> None:
-    """Consume the events of a running job (one tick), then draw everything it has."""
+    """Draw everything the job has so far (re-run every REFRESH_S seconds while it trains)."""
     job: Job | None = st.session_state.get("job")
-    if job is not None and job.status == "running":
-        job.pump(PUMP_S)
-        if job.status != "running":
-            remember(job)
-            st.rerun(scope="app")  # the run ended: redraw the whole page (controls enabled again)
+    if job is not None and job.status != "running" and st.session_state.get("controls_locked"):
+        remember(job)
+        st.rerun(scope="app")  # the run ended: redraw the whole page (controls enabled again)
     if st.session_state.get("form_error"):
         st.error(f"Can't start this run: {st.session_state['form_error']}", icon=":material/error:")
     view = job.view() if job is not None else None
@@ -575,12 +602,26 @@ def live_panel() -> None:
 
 # ----------------------------------------------------------------------------- page
 
-job = st.session_state.get("job")
-running = job is not None and job.status == "running"
+def train_and_compare() -> None:
+    """The main page: sidebar controls, header line, live panel."""
+    job: Job | None = st.session_state.get("job")
+    running = job is not None and job.status == "running"
+    st.session_state["controls_locked"] = running
+    if job is not None:
+        remember(job)  # once it has ended
+    st.title("Facto · train & compare")
+    st.caption("Facto factorizes each conv layer, trains one factor and stores fewer, smaller feature maps "
+               "for backward. Baseline: dense fp32 (blue). Facto: orange.")
+    sidebar(running)
+    header(job.view() if job is not None else None, running)
+    st.fragment(run_every=REFRESH_S if running else None)(live_panel)()
+
+
 get_store()  # opens the history (and closes runs a dead process left 'running')
-st.title("Facto · train & compare")
-st.caption("Facto factorizes each conv layer, trains one factor and stores fewer, smaller feature maps "
-           "for backward. Baseline: dense fp32 (blue). Facto: orange.")
-sidebar(running)
-header(job.view() if job is not None else None, running)
-st.fragment(run_every=REFRESH_S if running else None)(live_panel)()
+st.navigation([
+    st.Page(train_and_compare, title="Train & compare", icon=":material/compare_arrows:", default=True),
+    st.Page("pages/1_Sweep.py", title="Sweep", icon=":material/grid_on:", url_path="sweep"),
+    st.Page("pages/2_Layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page("pages/3_Compression.py", title="Compression", icon=":material/compress:", url_path="compression"),
+    st.Page("pages/4_History.py", title="History", icon=":material/history:", url_path="history"),
+]).run()

@@ -1,13 +1,14 @@
 """Sweep: short runs over ranks x bits x update modes; Pareto front of saving vs accuracy.
 
 Layout only: `facto.sweep.sweep` trains the baseline once, then one Facto run per point
-(each run stored); figures from facto.plots. Same live pattern as the main page: the
-generator lives in session state and a self-refreshing fragment pulls its events.
+(each run stored); figures from facto.plots. Same live pattern as the main page: a worker
+thread consumes the generator (no Streamlit calls in it), a self-refreshing fragment draws
+what has arrived, and Stop asks the worker to close the generator after the current step.
 """
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import asdict
 
 import pandas as pd
@@ -23,7 +24,7 @@ from facto.train import RunConfig, StartEvent, StepEvent, SummaryEvent
 st.set_page_config(page_title="Facto · sweep", page_icon=":material/grid_on:", layout="wide")
 log = logging.getLogger("facto.app.sweep")
 DEFAULTS = RunConfig()
-REFRESH_S, PUMP_S, STALE_AFTER_S = 0.5, 0.4, 900
+REFRESH_S, STOP_WAIT_S, STALE_AFTER_S = 1.0, 15.0, 900
 RANK_OPTIONS = ["0.125", "0.25", "0.5", "0.75", "1.0"]
 BITS_OPTIONS = [None, 1, 2, 3, 4, 5, 6, 7, 8, 16]
 UPDATES = ["core", "last", "first", "all", "cycle"]
@@ -47,48 +48,52 @@ def _rank_value(text: str):
 
 
 class SweepJob:
-    """The sweep generator plus what it has produced: points, and the current run's progress."""
+    """The sweep, run by a worker thread: finished points, and the current run's progress."""
 
     def __init__(self, base: RunConfig, ranks: list, bits: list, updates: list, store: RunStore) -> None:
-        self.gen = sweep(base, ranks, bits, updates, store=store)
-        self.base = base
+        self.total = len(sweep_configs(base, ranks, bits, updates)) + 1  # validates before anything trains
         self.points: list[dict] = []
-        self.total = len(sweep_configs(base, ranks, bits, updates)) + 1
         self.current: dict | None = None  # config of the run in progress
-        self.run_steps, self.run_total, self.step = 0, None, 0
+        self.run_total, self.step = None, 0
         self.status, self.error = "running", None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(sweep(base, ranks, bits, updates, store=store),),
+                                        name="facto-sweep", daemon=True)
+        self._thread.start()
 
-    def pump(self, budget_s: float) -> None:
-        deadline = time.monotonic() + budget_s
-        while self.status == "running":
-            try:
-                event = next(self.gen)
-            except StopIteration:
-                self.status = "completed"
-                break
-            except ValueError as exc:
-                self.status, self.error = "failed", str(exc)
-                break
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                log.exception("sweep failed")
-                self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-                break
-            if isinstance(event, SweepStart):
-                self.total = event.total
-            elif isinstance(event, StartEvent):
-                self.current, self.run_total, self.step = event.config, event.total_steps, 0
-            elif isinstance(event, StepEvent) and event.variant != "warmup":
-                self.step = max(self.step, event.step)
-            elif isinstance(event, SweepPoint):
-                self.points.append(asdict(event))
-                self.current = None
-            if time.monotonic() >= deadline:
-                break
+    def _work(self, events) -> None:
+        try:
+            for event in events:
+                if isinstance(event, SweepStart):
+                    self.total = event.total
+                elif isinstance(event, StartEvent):
+                    self.current, self.run_total, self.step = event.config, event.total_steps, 0
+                elif isinstance(event, StepEvent) and event.variant != "warmup":
+                    self.step = max(self.step, event.step)
+                elif isinstance(event, SweepPoint):
+                    self.points = [*self.points, asdict(event)]
+                    self.current = None
+                if self._stop.is_set():
+                    events.close()  # the run in progress is stored as 'interrupted'
+                    self.status = "interrupted"
+                    return
+            self.status = "completed"
+        except ValueError as exc:
+            self.error, self.status = str(exc), "failed"
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            log.exception("sweep failed")
+            self.error, self.status = f"{type(exc).__name__}: {exc}", "failed"
 
-    def stop(self) -> None:
-        if self.status == "running":
-            self.gen.close()  # the run in progress is stored as 'interrupted'
-            self.status = "interrupted"
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() and self.status == "running"
+
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        self._stop.set()
+        self._thread.join(wait_s)
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        self._thread.join(timeout_s)
 
 
 def start_sweep() -> None:
@@ -110,12 +115,13 @@ def start_sweep() -> None:
 
 def stop_sweep() -> None:
     job = st.session_state.get("sweep_job")
-    if job is not None:
+    if job is not None and job.status == "running":
         job.stop()
 
 
 job: SweepJob | None = st.session_state.get("sweep_job")
 running = job is not None and job.status == "running"
+st.session_state["sweep_locked"] = running
 _open_store(str(default_db_path()))
 keep = dict(disabled=running, persist_state="session")
 with st.sidebar:
@@ -162,10 +168,9 @@ def sweep_panel() -> None:
     if job is None:
         st.info("Pick ranks, bits and update modes on the left and press **Run sweep**.", icon=":material/grid_on:")
         return
+    if job.status != "running" and st.session_state.get("sweep_locked"):
+        st.rerun(scope="app")  # finished: redraw the page with the controls enabled
     if job.status == "running":
-        job.pump(PUMP_S)
-        if job.status != "running":
-            st.rerun(scope="app")
         done = len(job.points)
         cur = job.current
         if cur is None:
@@ -178,6 +183,8 @@ def sweep_panel() -> None:
             part = job.step / job.run_total if job.run_total else 0.0
             text = f"Run {done + 1} of {job.total}: {what} · step {job.step} of {job.run_total}"
             frac = (done + part) / job.total
+        if job.stopping:
+            text = f"Stopping: run {done + 1} of {job.total} finishes its current step first…"
         st.progress(min(frac, 1.0), text=text)
     elif job.status == "completed":
         st.success(f"Sweep done: {len(job.points)} runs, all stored in the history.", icon=":material/check_circle:")

@@ -40,13 +40,15 @@ def tiny(at: AppTest, train: int = 128) -> None:
     at.number_input(key="max_test").set_value(64)
 
 
-def wait(at: AppTest, job_key: str = "job") -> None:
-    """Rerun the script (each run is one tick of the live fragment) until the job has ended."""
+def wait(at: AppTest, job_key: str = "job", until=lambda job: job.status != "running") -> None:
+    """Redraw the page (as the live fragment does every second) until `until(job)` holds."""
     deadline = time.monotonic() + RUN_LIMIT
-    while at.session_state[job_key].status == "running":
-        assert time.monotonic() < deadline, "the run did not finish in time"
+    while not until(at.session_state[job_key]):
+        assert time.monotonic() < deadline, "the run did not get there in time"
+        time.sleep(0.3)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
+    at.run()  # the first redraw after the end re-enables the controls
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -110,8 +112,7 @@ def test_stop_keeps_what_was_done_as_interrupted(home):
     at = app()
     tiny(at, train=640)  # 10 steps: plenty of time to stop
     at.button(key="run").click().run()
-    while not at.session_state["job"].steps:
-        at.run()
+    wait(at, until=lambda job: job.steps or job.status != "running")
     at.button(key="stop").click().run()
     job = at.session_state["job"]
     assert job.status == "interrupted" and job.steps
@@ -152,6 +153,14 @@ def test_presets_set_the_controls_and_hand_edits_make_custom(home):
     assert at.selectbox(key="update").value == "last" and not at.checkbox(key="recompute").value
     at.text_input(key="rank").input("0.25").run()
     assert at.segmented_control(key="preset").value == "custom"
+
+
+def test_navigation_reaches_every_page(home):
+    at = app()
+    for page in ("pages/1_Sweep.py", "pages/2_Layers.py", "pages/3_Compression.py", "pages/4_History.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert at.title[0].value in ("Sweep", "Layers", "Compression", "History")
 
 
 @pytest.mark.parametrize("page", ["pages/1_Sweep.py", "pages/2_Layers.py", "pages/3_Compression.py",
