@@ -1,0 +1,104 @@
+"""End to end in a real browser: `streamlit run app.py`, Debian's chromium driven by Playwright.
+
+Sets epochs to 1 and a 128-image subset through the UI, clicks Run, waits for the finished
+metrics and the Plotly SVG, checks the run reached the store, and saves a screenshot
+under tmp_path. Skipped only when /usr/bin/chromium is missing.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from facto.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path):
+    """The app served by a real `streamlit run` with an empty run store; yields (url, FACTO_HOME)."""
+    port, home = free_port(), tmp_path / "home"
+    env = {**os.environ, "FACTO_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
+            assert time.monotonic() < deadline, "streamlit did not become healthy in 60 s"
+            time.sleep(0.3)
+        yield url, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_run_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, home = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector(IDLE, timeout=90_000)
+            expect(page.get_by_role("heading", name="Facto · train & compare")).to_be_visible()
+
+            epochs = page.get_by_role("spinbutton", name="Epochs")
+            epochs.fill("1")
+            epochs.press("Enter")
+            page.get_by_text("Advanced: subset, blocks").click()
+            subset = page.get_by_role("spinbutton", name="Train images (0 = all)")
+            subset.fill("128")
+            subset.press("Enter")
+            page.wait_for_selector(IDLE, timeout=30_000)
+            expect(epochs).to_have_value("1")
+
+            page.get_by_role("button", name="Run", exact=True).click()
+            expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled(timeout=30_000)  # locked while running
+            done = page.get_by_text("Done: Facto stored")
+            expect(done).to_be_visible(timeout=240_000)
+            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)
+            saving = page.locator("[data-testid='stMetric']", has_text="Memory saving")
+            value = saving.locator("[data-testid='stMetricValue']").inner_text()
+            assert float(value.split()[0]) > 0
+            assert page.locator("[data-testid='stPlotlyChart']").count() == 4
+            expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
+            page.screenshot(path=str(tmp_path / "main.png"), full_page=True)
+        finally:
+            browser.close()
+    (run,) = RunStore(home / "runs.db").list_runs()
+    assert run.status == "completed" and run.config["epochs"] == 1
