@@ -434,7 +434,7 @@ def describe_device(choice: str) -> str:
         return str(exc)
 
 
-def header(view: dict | None, running: bool) -> None:
+def header(view: dict | None) -> None:
     s = st.session_state
     live = view is not None and view["source"] == "session" and view.get("device")
     if live:
@@ -578,9 +578,10 @@ def live_panel() -> None:
     if job is not None and job.status != "running" and st.session_state.get("controls_locked"):
         remember(job)
         st.rerun(scope="app")  # the run ended: redraw the whole page (controls enabled again)
+    view = job.view() if job is not None else None
+    header(view)
     if st.session_state.get("form_error"):
         st.error(f"Can't start this run: {st.session_state['form_error']}", icon=":material/error:")
-    view = job.view() if job is not None else None
     if view is None:
         view = stored_view(get_store())
         if view is not None:
@@ -613,7 +614,6 @@ def train_and_compare() -> None:
     st.caption("Facto factorizes each conv layer, trains one factor and stores fewer, smaller feature maps "
                "for backward. Baseline: dense fp32 (blue). Facto: orange.")
     sidebar(running)
-    header(job.view() if job is not None else None, running)
     st.fragment(run_every=REFRESH_S if running else None)(live_panel)()
 
 

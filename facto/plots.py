@@ -287,8 +287,8 @@ def tradeoff_points(runs: Iterable[Any], source: str = "history") -> list[dict]:
     return points
 
 
-def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None,
-                     title: str | None = None) -> go.Figure:
+def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: str | None = None,
+                     empty_text: str = "Finished runs appear here") -> go.Figure:
     """Memory saving (%) vs accuracy change (points): one marker per run, the live run as a star.
 
     Args:
@@ -325,7 +325,7 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None,
     fig.update_yaxes(title_text="accuracy change (points)", range=[-span, max(span * 0.4, 3.0)],
                      zeroline=False)
     if not fig.data:
-        fig.add_annotation(text="Finished runs appear here", x=50, y=-span / 2, showarrow=False,
+        fig.add_annotation(text=empty_text, x=50, y=-span / 2, showarrow=False,
                            font=dict(size=FONT_SIZE, color="#808495"))
     return _style(fig, title)
 
@@ -420,51 +420,57 @@ def _point_text(p: Mapping) -> str:
 
 
 def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
-    """Sweep points, memory saving (%) vs Facto test accuracy (%), with the Pareto front.
+    """Sweep points, memory saving (%) vs Facto test accuracy (%), with their Pareto front.
+
+    The baseline (variant 'baseline', 0 % saving) is drawn as a dotted accuracy line, so the
+    x axis can zoom on the Facto points. Points on the front are labelled (rank, bits).
 
     Args:
         points: `facto.sweep.SweepPoint`s or dicts with variant, rank, bits, update, accuracy,
-            saving_pct (the baseline point has variant 'baseline').
+            saving_pct.
     """
     title = title or "Sweep: memory saving vs test accuracy"
     pts = [p for p in _rows(points) if p.get("saving_pct") is not None]
+    base = [p for p in pts if p.get("variant") == "baseline" and p.get("accuracy") is not None]
+    facto = [p for p in pts if p.get("variant") != "baseline"]
     if not pts:
         return _empty(title, "Sweep points appear here as runs finish")
     fig = go.Figure()
-    base = [p for p in pts if p.get("variant") == "baseline"]
-    facto = [p for p in pts if p.get("variant") != "baseline"]
+    front = _front(facto)
+    on_front = {id(p) for p in front}
     for update in dict.fromkeys(p.get("update") for p in facto):
         group = [p for p in facto if p.get("update") == update]
         fig.add_trace(go.Scatter(
-            x=[p["saving_pct"] for p in group], y=[p.get("accuracy") for p in group],
-            mode="markers+text" if len(facto) <= 12 else "markers", name=f"Facto, update={update}",
-            text=[_point_text(p) for p in group], textposition="top center",
-            textfont=dict(size=FONT_SIZE - 3, color="#555"),
-            marker=dict(size=13, color=FACTO_COLOR, symbol=UPDATE_SYMBOLS.get(update, "circle"),
+            x=[p["saving_pct"] for p in group], y=[p.get("accuracy") for p in group], mode="markers+text",
+            name=f"Facto, update={update}", text=[_point_text(p) if id(p) in on_front else "" for p in group],
+            textposition="middle left", textfont=dict(size=FONT_SIZE - 2, color=INK),
+            marker=dict(size=14, color=FACTO_COLOR, symbol=UPDATE_SYMBOLS.get(update, "circle"),
                         line=dict(color="white", width=1)),
             hovertext=[f"rank {p.get('rank')} · {_fmt_bits(p.get('bits'))} · update {p.get('update')}"
                        + (f" ({p['status']})" if p.get("status") not in (None, "completed") else "")
                        for p in group],
             hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>accuracy %{y:.2f} %<extra></extra>"))
-    for p in base:
-        fig.add_trace(go.Scatter(
-            x=[p["saving_pct"]], y=[p.get("accuracy")], mode="markers", name="Baseline",
-            marker=dict(size=15, color=BASELINE_COLOR, symbol="diamond", line=dict(color="white", width=1)),
-            hovertemplate="baseline (dense fp32)<br>saving %{x:.1f} %<br>accuracy %{y:.2f} %<extra></extra>"))
-        if p.get("accuracy") is not None:
-            fig.add_hline(y=p["accuracy"], line=dict(color=BASELINE_COLOR, width=1.5, dash="dot"))
-    front = _front(pts)
-    if len(front) >= 1:
+    if front:
         fig.add_trace(go.Scatter(
             x=[p["saving_pct"] for p in front], y=[p["accuracy"] for p in front], mode="lines",
-            name="Pareto front", line=dict(color=INK, width=2, dash="dash", shape="hv"), hoverinfo="skip"))
+            name="Pareto front", line=dict(color=INK, width=2, dash="dash"), hoverinfo="skip"))
+    for p in base:  # a line across the plot, and a legend entry
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"Baseline {p['accuracy']:.1f} %",
+                                 line=dict(color=BASELINE_COLOR, width=2, dash="dot")))
+        fig.add_hline(y=p["accuracy"], line=dict(color=BASELINE_COLOR, width=2, dash="dot"))
     accs = [p["accuracy"] for p in pts if p.get("accuracy") is not None]
     if accs:
-        lo = min(accs)
-        fig.update_yaxes(range=[max(0.0, lo - max(3.0, 0.15 * (100 - lo))), 101])
-    fig.update_xaxes(title_text="activation memory saved vs baseline (%)", range=[-3, 103])
+        lo, hi = min(accs), max(accs)
+        pad = max(2.0, 0.08 * (hi - lo))
+        fig.update_yaxes(range=[max(0.0, lo - pad), min(101.0, hi + pad)])
+    savings = [p["saving_pct"] for p in facto]
+    if savings:
+        lo, hi = min(savings), max(savings)
+        pad = max(2.0, 0.15 * (hi - lo))
+        fig.update_xaxes(range=[max(-1.0, lo - 2.5 * pad), min(101.0, hi + pad)])  # room for the labels
+    fig.update_xaxes(title_text="activation memory saved vs baseline (%)")
     fig.update_yaxes(title_text="test accuracy (%)")
-    return _style(fig, title, height=460)
+    return _style(fig, title, height=480)
 
 
 def sweep_figure(points: Iterable[Any]) -> go.Figure:
@@ -501,7 +507,7 @@ def accuracy_heatmap(points: Iterable[Any], title: str | None = None) -> go.Figu
             row=1, col=col)
     fig.update_layout(coloraxis=dict(colorscale="Oranges", cmin=zmin, cmax=zmax,
                                      colorbar=dict(title=dict(text="%"), thickness=14)))
-    fig.update_xaxes(title_text="bits per stored value", type="category")
+    fig.update_xaxes(type="category")  # the tick labels say "2-bit", "4-bit", ...
     fig.update_yaxes(type="category")
     return _style(fig, title, height=max(320, 150 + 60 * len(ranks)), legend=False)
 
@@ -565,7 +571,7 @@ def feature_map_images(original, compressed, max_channels: int = 16, title: str 
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
                          showgrid=False, row=1, col=col)
         fig.update_xaxes(showticklabels=False, showgrid=False, row=1, col=col)
-    return _style(fig, title, height=420, legend=False)
+    return _style(fig, title, height=380, legend=False)
 
 
 def error_histogram(error, bins: int = 80, title: str | None = None, max_values: int = 200_000) -> go.Figure:
@@ -597,19 +603,17 @@ def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | N
     rows = sorted(_rows(rows), key=lambda r: r["bits"])
     if not rows:
         return _empty(title, "No numbers")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=("Relative error (%)", "Stored size (KB)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16)
     x = [r["bits"] for r in rows]
     fig.add_trace(go.Scatter(x=x, y=[100 * r["rel_error"] for r in rows], mode="lines+markers",
-                             name="Facto relative error", line=dict(color=FACTO_COLOR, width=3),
-                             marker=dict(size=9),
+                             name="relative error", line=dict(color=FACTO_COLOR, width=3), marker=dict(size=9),
                              hovertemplate="%{x} bits<br>relative error %{y:.2f} %<extra></extra>"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=[r["bytes"] / 1e3 for r in rows], mode="lines+markers",
-                             name="Facto stored size", line=dict(color=FACTO_COLOR, width=3), marker=dict(size=9),
+    fig.add_trace(go.Scatter(x=x, y=[r["bytes"] / 1e3 for r in rows], mode="lines+markers", name="stored size",
+                             line=dict(color=FACTO_COLOR, width=3, dash="dot"), marker=dict(size=9, symbol="square"),
                              hovertemplate="%{x} bits<br>%{y:.1f} KB<extra></extra>"), row=1, col=2)
     raw = rows[0].get("raw_bytes")
     if raw:
-        fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[raw / 1e3] * 2, mode="lines", name="fp32 (uncompressed)",
+        fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[raw / 1e3] * 2, mode="lines", name="fp32 size",
                                  line=dict(color=BASELINE_COLOR, width=2, dash="dash"),
                                  hovertemplate="fp32: %{y:.1f} KB<extra></extra>"), row=1, col=2)
     if selected is not None:
@@ -617,8 +621,8 @@ def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | N
             fig.add_vline(x=selected, line=dict(color=INK, width=1, dash="dot"), row=1, col=col)
     fig.update_xaxes(title_text="bits per value", dtick=1)
     fig.update_yaxes(rangemode="tozero")
-    fig.update_yaxes(title_text="%", row=1, col=1)
-    fig.update_yaxes(title_text="KB", row=1, col=2)
+    fig.update_yaxes(title_text="relative error (%)", row=1, col=1)
+    fig.update_yaxes(title_text="stored (KB)", row=1, col=2)
     return _style(fig, title, height=400)
 
 

@@ -126,7 +126,7 @@ _open_store(str(default_db_path()))
 keep = dict(disabled=running, persist_state="session")
 with st.sidebar:
     a, b = st.columns(2)
-    a.button("Run sweep", key="sweep_run", type="primary", on_click=start_sweep, disabled=running,
+    a.button("Run", key="sweep_run", type="primary", on_click=start_sweep, disabled=running,
              icon=":material/play_arrow:", width="stretch")
     b.button("Stop", key="sweep_stop", on_click=stop_sweep, disabled=not running, icon=":material/stop:",
              width="stretch", help="Stop now; finished points are kept, the run in progress is stored as "
@@ -151,7 +151,8 @@ with st.sidebar:
     a.select_slider("Batch size", [16, 32, 64, 128, 256], value=DEFAULTS.batch_size, key="sweep_batch_size", **keep)
     b.number_input("Seed", min_value=0, value=0, key="sweep_seed", **keep,
                    help="Every run starts from the same weights and sees the same batches.")
-    st.checkbox("Recompute BatchNorm inputs", key="sweep_recompute", **keep)
+    st.checkbox("Recompute BatchNorm inputs", value=DEFAULTS.recompute, key="sweep_recompute", **keep,
+                help="Don't store BatchNorm inputs; recompute them in backward (less memory, a little compute).")
     st.text_input("Data folder", value=DEFAULTS.data_dir, key="sweep_data_dir", **keep)
 
 s = st.session_state
@@ -166,7 +167,7 @@ if s.get("sweep_error"):
 def sweep_panel() -> None:
     job: SweepJob | None = st.session_state.get("sweep_job")
     if job is None:
-        st.info("Pick ranks, bits and update modes on the left and press **Run sweep**.", icon=":material/grid_on:")
+        st.info("Pick ranks, bits and update modes on the left and press **Run**.", icon=":material/grid_on:")
         return
     if job.status != "running" and st.session_state.get("sweep_locked"):
         st.rerun(scope="app")  # finished: redraw the page with the controls enabled

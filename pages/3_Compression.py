@@ -83,8 +83,8 @@ bits, block, stochastic = int(s["cmp_bits"]), int(s["cmp_block"]), bool(s["cmp_s
 image = min(int(s["cmp_image"]), x.shape[0] - 1)
 sample = plots.compression_sample(x, bits, block, stochastic)
 c = st.columns(4)
-c[0].metric("Feature map", "×".join(map(str, x.shape)), border=True,
-            help="batch × channels × height × width")
+c[0].metric("Feature map", "×".join(map(str, x.shape[1:])), border=True,
+            help=f"channels × height × width, for each of the {x.shape[0]} images of the batch")
 c[1].metric("Stored", f"{sample['bytes'] / 1e3:,.1f} KB", border=True,
             delta=f"{sample['raw_bytes'] / sample['bytes']:.1f}× less than fp32", delta_arrow="off",
             help=f"fp32: {sample['raw_bytes'] / 1e3:,.1f} KB. Includes each block's min and step.")

@@ -73,7 +73,8 @@ shown = [r for r in runs if r.status in s["hist_status"] and r.kind in s["hist_k
 def _row(r) -> dict:
     summary = r.summary or {}
     acc = summary.get("accuracy") or {}
-    return {"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
+    trained = ", ".join(summary.get("steps") or acc) or "—"
+    return {"id": r.id, "name": r.name, "kind": r.kind, "trained": trained, "status": r.status,
             "started": datetime.fromtimestamp(r.created_at), "duration (s)": r.duration_s,
             "epochs": r.config.get("epochs"), "saving (%)": summary.get("saving_pct"),
             "baseline acc (%)": acc.get("baseline"), "Facto acc (%)": acc.get("facto"),
@@ -91,13 +92,19 @@ st.dataframe(pd.DataFrame([_row(r) for r in shown]), hide_index=True, height=min
                  "change (points)": st.column_config.NumberColumn(format="%+.2f")})
 
 # --------------------------------------------------------------------------- compare
+def label(r) -> str:
+    trained = list((r.summary or {}).get("steps") or {})
+    only = f", {trained[0]} only" if len(trained) == 1 else ""
+    return f"#{r.id} {r.name} ({r.status}{only})"
+
+
 by_id = {r.id: r for r in runs}
 if "hist_selected" not in s:
     s["hist_selected"] = [r.id for r in shown if r.status == "completed"][:3]
 s["hist_selected"] = [i for i in s["hist_selected"] if i in by_id]
 st.multiselect("Runs to compare", [r.id for r in shown] + [i for i in s["hist_selected"]
                                                           if i not in {r.id for r in shown}],
-               key="hist_selected", format_func=lambda i: f"#{i} {by_id[i].name} ({by_id[i].status})",
+               key="hist_selected", format_func=lambda i: label(by_id[i]),
                help="Pick several runs: their curves share one chart, their numbers one table.")
 selected = [by_id[i] for i in s["hist_selected"] if i in by_id]
 
@@ -110,15 +117,20 @@ with left:
     st.plotly_chart(plots.history_chart(series, s["hist_metric"] or "accuracy"), key="hist_chart", **chart)
 with right:
     st.plotly_chart(plots.tradeoff_scatter([{**p, "source": "session"} for p in plots.tradeoff_points(selected)],
-                                           title="Selected runs: saving vs accuracy change"),
+                                           title="Selected runs: saving vs accuracy change",
+                                           empty_text="Only comparisons (kind compare) have both numbers"),
                     key="hist_tradeoff", **chart)
 
 if selected:
     ids = [r.id for r in selected]
     st.subheader("Selected runs side by side")
     table = pd.DataFrame(store.compare_runs(ids)).set_index("id")
+    for col in ("created_at", "finished_at"):
+        table[col] = [datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S") if v else "" for v in table[col]]
     varying = [c for c in table.columns if table[c].astype(str).nunique() > 1 or len(table) == 1]
-    st.dataframe(table[varying].T.astype(str), height=min(600, 40 + 35 * len(varying)))
+    shown_table = table[varying].T.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
+    shown_table.columns = [f"#{i}" for i in shown_table.columns]
+    st.dataframe(shown_table, height=min(600, 40 + 35 * len(varying)))
     runs_csv, metrics_csv = io.StringIO(), io.StringIO()
     store.export_runs_csv(ids, runs_csv)
     frames = []

@@ -217,3 +217,33 @@ def test_history_lists_compares_and_deletes(home):
     at.button(key="hist_delete").click().run()
     assert not at.exception
     assert [r.id for r in RunStore().list_runs()] == [1]
+
+
+class FakeGpuJob:
+    """A finished job as a CUDA run reports it (this machine has no GPU)."""
+
+    status, remembered, run_id = "completed", True, 7
+
+    def view(self) -> dict:
+        summary = {"status": "completed", "steps": {"baseline": 10, "facto": 10},
+                   "accuracy": {"baseline": 99.0, "facto": 98.5}, "act_bytes": {"baseline": 32e6, "facto": 2e6},
+                   "peak_cuda": {"baseline": 900e6, "facto": 300e6}, "step_seconds": {"baseline": .01, "facto": .01},
+                   "saving_pct": 93.75, "accuracy_delta": -0.5}
+        steps = [dict(variant=v, step=s, epoch=1, loss=1.0, accuracy=50.0, act_bytes=summary["act_bytes"][v],
+                      raw_bytes=summary["act_bytes"][v], peak_cuda=summary["peak_cuda"][v]) for s in (1, 2)
+                 for v in ("baseline", "facto")]
+        return dict(source="session", status="completed", config={"model": "simple_cnn", "dataset": "digits"},
+                    run_id=7, steps=steps, evals=[], summary=summary, error=None, stopping=False,
+                    layer_bytes={}, report=[], total_steps=10, steps_per_epoch=10,
+                    device="NVIDIA H200 (139 GiB)", device_type="cuda", params={"baseline": 10, "facto": 5},
+                    trainable={"facto": 2}, train_size=1400, test_size=397)
+
+
+def test_gpu_runs_show_the_device_and_the_cuda_peak(home):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["job"] = FakeGpuJob()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "NVIDIA H200 (139 GiB)" in at.markdown[0].value
+    assert metric(at, "Peak CUDA memory (Facto)") == "300.00 MB"
+    assert "CUDA peak" in at.get("plotly_chart")[1].proto.spec

@@ -131,10 +131,12 @@ def _sweep_points() -> list[SweepPoint]:
 def test_pareto_front_marks_the_non_dominated_points():
     fig = plots.pareto_front(_sweep_points())
     _check(fig)
-    assert _names(fig) == ["Facto, update=core", "Facto, update=last", "Baseline", "Pareto front"]
-    front = fig.data[-1]
-    assert list(front.x) == [0.0, 90.0, 92.0]  # 85 % / 98 % and 80 % / 96 % are dominated
-    assert plots.sweep_figure(_sweep_points()).data[-1].name == "Pareto front"
+    assert _names(fig) == ["Facto, update=core", "Facto, update=last", "Pareto front", "Baseline 99.0 %"]
+    front = fig.data[2]
+    assert list(front.x) == [90.0, 92.0]  # 85 % / 98 % and 80 % / 96 % are dominated
+    assert list(fig.data[0].text) == ["", "r0.5·2b", ""]  # front points are labelled
+    assert fig.layout.shapes[0].y0 == 99.0  # the baseline accuracy line
+    assert plots.sweep_figure(_sweep_points()).data[2].name == "Pareto front"
     assert len(plots.pareto_front([]).data) == 0
 
 
@@ -169,7 +171,7 @@ def test_error_histogram_and_bits_curves():
     assert all(r["bytes"] < r["raw_bytes"] for r in rows)
     fig = plots.bits_curves(rows, selected=4)
     _check(fig)
-    assert _names(fig) == ["Facto relative error", "Facto stored size", "fp32 (uncompressed)"]
+    assert _names(fig) == ["relative error", "stored size", "fp32 size"]
 
 
 def test_feature_maps_and_compression_sample():
