@@ -201,6 +201,22 @@ def test_sweep_runs_stores_and_draws(home):
     assert len(RunStore().list_runs()) == 2
 
 
+def test_sweep_stop_keeps_the_finished_points(home):
+    at = app("pages/1_Sweep.py")
+    at.multiselect(key="sweep_ranks").set_value(["0.5"])
+    at.multiselect(key="sweep_bits").set_value([2, 4])
+    at.number_input(key="sweep_epochs").set_value(1)
+    at.number_input(key="sweep_max_train").set_value(640)
+    at.button(key="sweep_run").click().run()
+    wait(at, "sweep_job", until=lambda job: job.points or job.status != "running")  # the baseline is done
+    at.button(key="sweep_stop").click().run()
+    job = at.session_state["sweep_job"]
+    assert job.status == "interrupted" and [p["variant"] for p in job.points] == ["baseline"]
+    assert any("Stopped after 1 of 3 runs" in w.value for w in at.warning)
+    statuses = [r.status for r in RunStore().list_runs()]
+    assert statuses[-1] == "completed" and statuses[0] in ("interrupted", "completed")
+
+
 def test_history_lists_compares_and_deletes(home):
     store = RunStore()
     for rank in (0.5, 0.25):
