@@ -235,16 +235,9 @@ def markdown(rows: Sequence[Row]) -> str:
 
 def chart(rows: Sequence[Row]):
     """Saving vs accuracy change, every method of every model as a point."""
-    from .plots import tradeoff_scatter
+    from .plots import methods_figure
 
-    points = []
-    for r in rows:
-        dense = next(d for d in rows if d.model == r.model)
-        if r.accuracy_mean is None or dense.accuracy_mean is None or r is dense:
-            continue
-        points.append({"saving_pct": r.saving_pct, "accuracy_delta": r.accuracy_mean - dense.accuracy_mean,
-                       "label": f"{r.model}: {r.method}", "source": "session"})
-    return tradeoff_scatter(points, title="Methods: activation memory saved vs accuracy change")
+    return methods_figure([asdict(r) for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -735,3 +735,37 @@ def bits_table(x, block: int = 64, stochastic: bool = True, bits: Iterable[int] 
         s = compression_sample(x, b, block, stochastic, seed)
         rows.append({k: s[k] for k in ("bits", "rel_error", "max_error", "mean_abs_error", "bytes", "raw_bytes")})
     return rows
+
+
+# ----------------------------------------------------------------------------- method comparison
+
+METHOD_COLORS = {"dense": BASELINE_COLOR, "checkpointing": "#54A24B", "compression only": "#B279A2",
+                 "Facto paper": "#E45756", "Facto": FACTO_COLOR}
+
+
+def methods_figure(rows: Iterable[Any], title: str | None = None) -> go.Figure:
+    """Benchmark rows (model, method, saving_pct, accuracy delta vs dense): one colour per method
+    family, one symbol per model, labels on the points."""
+    rows = _rows(rows)
+    fig = go.Figure()
+    symbols = ["circle", "diamond", "square", "triangle-up"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for r in rows:
+        family = next((f for f in METHOD_COLORS if r["method"].startswith(f)), "Facto")
+        dense = next(d for d in rows if d["model"] == r["model"])
+        if r is dense or r.get("accuracy_mean") is None or dense.get("accuracy_mean") is None:
+            continue
+        delta = r["accuracy_mean"] - dense["accuracy_mean"]
+        fig.add_trace(go.Scatter(
+            x=[r["saving_pct"]], y=[delta], mode="markers", name=f"{r['model']}: {r['method']}",
+            marker=dict(size=13, color=METHOD_COLORS[family], symbol=symbols[models.index(r["model"]) % 4],
+                        line=dict(color="white", width=1)),
+            hovertemplate=f"{r['model']}: {r['method']}<br>saving %{{x:.1f}} %<br>"
+                          f"accuracy change %{{y:+.2f}} points<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color=BASELINE_COLOR, width=2, dash="dash"))
+    fig.update_xaxes(title_text="activation memory saved vs dense fp32 (%)")
+    fig.update_yaxes(title_text="test accuracy change vs dense (points)")
+    fig = _style(fig, title or "Methods: memory saved vs accuracy (digits, mean of 3 seeds)", height=560)
+    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top", font=dict(size=11)),
+                      margin=dict(t=60, r=20))
+    return fig

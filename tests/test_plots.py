@@ -205,3 +205,14 @@ def test_plots_does_not_import_streamlit():
     imported = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(name and name.startswith("streamlit") for name in imported)
+
+
+def test_methods_figure_one_point_per_non_dense_method():
+    from facto.plots import methods_figure
+
+    rows = [dict(model="m", method="dense fp32", saving_pct=0.0, accuracy_mean=99.0),
+            dict(model="m", method="compression only 2-bit", saving_pct=90.0, accuracy_mean=98.5),
+            dict(model="m", method="Facto + recompute", saving_pct=96.0, accuracy_mean=98.9)]
+    fig = methods_figure(rows)
+    assert [t.x[0] for t in fig.data] == [90.0, 96.0]
+    assert [round(t.y[0], 2) for t in fig.data] == [-0.5, -0.1]
