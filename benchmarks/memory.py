@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import facto  # noqa: E402
 from facto import FactoConv2d, FactoLinear, factorize, saved_activations, with_relu_masks  # noqa: E402
+from facto.bench import cpu_name  # noqa: E402
 from facto.models import create_model  # noqa: E402
 
 BITS = (None, 8, 4, 2)
@@ -58,15 +59,7 @@ def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":

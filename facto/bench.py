@@ -211,15 +211,20 @@ def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, 
     return rows
 
 
-def machine() -> str:
-    cpu = platform.machine()
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line: CPU, cores, torch threads, GPU, torch and Python versions (benchmarks print it)."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{gpu}, Python {platform.python_version()}")
 
 
 def markdown(rows: Sequence[Row]) -> str:
