@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Sequence
 
+from .factorize import rank_from_text as parse_rank
 from .train import PRESETS, RunConfig
 
 MB = 1e6
@@ -32,18 +33,6 @@ def parse_bits(text: str) -> int | None:
         return int(text)
     except ValueError:
         raise UsageError(f"bits={text!r} is not allowed: use none, 1..8 or 16") from None
-
-
-def parse_rank(text: str):
-    """Rank from the command line: '0.5' -> 0.5, '16' -> 16, 'energy:0.9' stays a string."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def _optional_int(text: str) -> int | None:

@@ -71,6 +71,20 @@ def parse_rank(rank: RankSpec, name: str = "rank") -> RankPolicy:
     raise bad
 
 
+def rank_from_text(text: str) -> RankSpec:
+    """A rank typed by a user (CLI, app): '0.5' -> 0.5, '16' -> 16, 'energy:0.9' stays text.
+
+    Validation is `parse_rank`'s job (RunConfig calls it); this only picks the type.
+    """
+    text = str(text).strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _to_float(text: str, error: Exception) -> float:
     try:
         return float(text)
