@@ -61,7 +61,7 @@ def test_model_info_is_one_line(name):
 def test_simple_cnn_layout():
     model = create_model("simple_cnn", in_channels=1)
     convs = _convs(model)
-    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64]
     assert all(c.bias is None for c in convs)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 6
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 6
