@@ -437,13 +437,14 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
         return _empty(title, "Sweep points appear here as runs finish")
     fig = go.Figure()
     front = _front(facto)
-    on_front = {id(p) for p in front}
+    rank_on_front = {id(p): i for i, p in enumerate(front)}  # labels alternate above / below the front
     for update in dict.fromkeys(p.get("update") for p in facto):
         group = [p for p in facto if p.get("update") == update]
         fig.add_trace(go.Scatter(
             x=[p["saving_pct"] for p in group], y=[p.get("accuracy") for p in group], mode="markers+text",
-            name=f"Facto, update={update}", text=[_point_text(p) if id(p) in on_front else "" for p in group],
-            textposition="middle left", textfont=dict(size=FONT_SIZE - 2, color=INK),
+            name=f"Facto, update={update}", text=[_point_text(p) if id(p) in rank_on_front else "" for p in group],
+            textposition=["bottom center" if rank_on_front.get(id(p), 0) % 2 else "top center" for p in group],
+            textfont=dict(size=FONT_SIZE - 2, color=INK),
             marker=dict(size=14, color=FACTO_COLOR, symbol=UPDATE_SYMBOLS.get(update, "circle"),
                         line=dict(color="white", width=1)),
             hovertext=[f"rank {p.get('rank')} · {_fmt_bits(p.get('bits'))} · update {p.get('update')}"
@@ -461,13 +462,13 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
     accs = [p["accuracy"] for p in pts if p.get("accuracy") is not None]
     if accs:
         lo, hi = min(accs), max(accs)
-        pad = max(2.0, 0.08 * (hi - lo))
+        pad = max(3.0, 0.1 * (hi - lo))  # room for the labels above and below
         fig.update_yaxes(range=[max(0.0, lo - pad), min(101.0, hi + pad)])
     savings = [p["saving_pct"] for p in facto]
     if savings:
         lo, hi = min(savings), max(savings)
         pad = max(2.0, 0.15 * (hi - lo))
-        fig.update_xaxes(range=[max(-1.0, lo - 2.5 * pad), min(101.0, hi + pad)])  # room for the labels
+        fig.update_xaxes(range=[max(-1.0, lo - pad), min(101.0, hi + pad)])
     fig.update_xaxes(title_text="activation memory saved vs baseline (%)")
     fig.update_yaxes(title_text="test accuracy (%)")
     return _style(fig, title, height=480)
