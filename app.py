@@ -26,6 +26,7 @@ import torch
 
 from facto import plots
 from facto.data import dataset_info, list_datasets, load_data
+from facto.factorize import rank_from_text
 from facto.models import create_model, list_models, model_info
 from facto.store import RunStore, default_db_path
 from facto.train import (PRESETS, EvalEvent, RunConfig, RunTracker, StartEvent, StepEvent, SummaryEvent,
@@ -188,16 +189,6 @@ def stored_view(store: RunStore) -> dict | None:
 
 # ----------------------------------------------------------------------------- controls
 
-def _rank_value(text: str):
-    """'0.5' -> 0.5, '16' -> 16, 'energy:0.9' stays text (RunConfig validates all of them)."""
-    text = str(text).strip()
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
 
 def _widget_value(key: str, value):
     return str(value) if key == "rank" else value
@@ -226,7 +217,7 @@ def config_from_state() -> RunConfig:
     """The RunConfig the sidebar describes (ValueError with the fix when a value is bad)."""
     s = st.session_state
     return RunConfig(
-        model=s["model"], dataset=s["dataset"], rank=_rank_value(s["rank"]), update=s["update"],
+        model=s["model"], dataset=s["dataset"], rank=rank_from_text(s["rank"]), update=s["update"],
         bits=s["bits"], block=int(s["block"]), recompute=bool(s["recompute"]), epochs=int(s["epochs"]),
         batch_size=int(s["batch_size"]), lr=float(s["lr"]), optimizer=s["optimizer"], schedule=s["schedule"],
         seed=int(s["seed"]), device=s["device"], eval_every=int(s["eval_every"]),

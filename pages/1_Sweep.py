@@ -16,6 +16,7 @@ import streamlit as st
 
 from facto import plots
 from facto.data import list_datasets
+from facto.factorize import rank_from_text
 from facto.models import list_models
 from facto.store import RunStore, default_db_path
 from facto.sweep import SweepPoint, SweepStart, points_table, sweep, sweep_configs
@@ -35,16 +36,6 @@ def _open_store(path: str) -> RunStore:
     store = RunStore(path)
     store.mark_stale_running(max_age_s=STALE_AFTER_S)
     return store
-
-
-def _rank_value(text: str):
-    text = str(text).strip()
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 class SweepJob:
@@ -106,7 +97,7 @@ def start_sweep() -> None:
                          batch_size=int(s["sweep_batch_size"]), seed=int(s["sweep_seed"]),
                          recompute=bool(s["sweep_recompute"]), max_train=int(s["sweep_max_train"]) or None,
                          data_dir=str(s["sweep_data_dir"]).strip())
-        ranks = [_rank_value(r) for r in s["sweep_ranks"]]
+        ranks = [rank_from_text(r) for r in s["sweep_ranks"]]
         s["sweep_job"] = SweepJob(base, ranks, list(s["sweep_bits"]), list(s["sweep_updates"]),
                                   _open_store(str(default_db_path())))
     except ValueError as exc:

@@ -14,7 +14,7 @@ import torch
 from facto import plots
 from facto import train as engine
 from facto.data import dataset_info, list_datasets, load_data
-from facto.factorize import describe
+from facto.factorize import describe, rank_from_text
 from facto.models import create_model, list_models
 from facto.train import RunConfig
 
@@ -22,16 +22,6 @@ st.set_page_config(page_title="Facto · layers", page_icon=":material/layers:", 
 DEFAULTS = RunConfig()
 BITS_OPTIONS = [None, 1, 2, 3, 4, 5, 6, 7, 8, 16]
 KEEP = dict(persist_state="session")
-
-
-def _rank_value(text: str):
-    text = str(text).strip()
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 @st.cache_data(show_spinner="Factorizing and measuring one batch…", max_entries=24)
@@ -87,7 +77,7 @@ st.caption("Per layer: how the weights were factorized, and how many bytes each 
 
 s = st.session_state
 try:
-    config = RunConfig(model=s["layers_model"], dataset=s["layers_dataset"], rank=_rank_value(s["layers_rank"]),
+    config = RunConfig(model=s["layers_model"], dataset=s["layers_dataset"], rank=rank_from_text(s["layers_rank"]),
                        update=s["layers_update"], bits=s["layers_bits"], block=int(s["layers_block"]),
                        recompute=bool(s["layers_recompute"]), batch_size=int(s["layers_batch"]),
                        data_dir=str(s["layers_data_dir"]).strip())
