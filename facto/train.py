@@ -279,10 +279,10 @@ def make_optimizer(config: RunConfig, model: nn.Module, total_steps: int):
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(total_steps, 2),
+    if config.schedule == "onecycle" and total_steps >= 8:  # shorter: OneCycleLR has no room to warm up
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
                                                     pct_start=0.25)
-    elif config.schedule == "cosine":
+    elif config.schedule in ("cosine", "onecycle"):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

@@ -118,3 +118,15 @@ def test_sweep_trains_baseline_once_and_reports_points(tmp_path):
 def test_events_are_plain_dataclasses():
     e = StepEvent("facto", 1, 1, 0.5, 50.0, 10, 20, None, 0.1, 1e-3)
     assert dataclasses.asdict(e)["type"] == "step"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7, 8])
+def test_very_short_runs_get_a_schedule(steps):
+    from torch import nn
+
+    from facto.train import make_optimizer
+
+    opt, sched = make_optimizer(RunConfig(), nn.Linear(2, 2), steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
