@@ -46,6 +46,18 @@ def validate_bn_stats(bn_stats: str) -> str:
     return bn_stats
 
 
+def _adopt(module: nn.Module, conv: nn.Module, bn: nn.BatchNorm2d, bn_stats: str, keep: tuple = ()) -> None:
+    """Take over `conv`'s attributes and parameters (the same objects, same names) and hold `bn`."""
+    for key, value in vars(conv).items():
+        if (not key.startswith("_") and key != "training") or key in keep:
+            setattr(module, key, value)
+    for name, p in conv._parameters.items():
+        module.register_parameter(name, p)
+    module.training = conv.training
+    module.bn = bn
+    module.bn_stats = validate_bn_stats(bn_stats)
+
+
 def _keep(t: Tensor) -> Tensor:
     return t
 
@@ -155,14 +167,7 @@ class FactoConvBN(FactoConv2d):
             raise ValueError(f"conv={type(conv).__name__} is not allowed: use a FactoConv2d")
         if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
             raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
-        for key, value in vars(conv).items():
-            if not key.startswith("_") and key != "training":
-                setattr(self, key, value)
-        for name, p in conv._parameters.items():
-            self.register_parameter(name, p)
-        self.training = conv.training
-        self.bn = bn
-        self.bn_stats = validate_bn_stats(bn_stats)
+        _adopt(self, conv, bn, bn_stats)
 
     def stages(self) -> list[tuple[Tensor, tuple]]:
         """(weight, (stride, padding, dilation)) per stage, in order."""
@@ -276,14 +281,7 @@ class ConvBN(nn.Conv2d):
             raise ValueError(f"conv={type(conv).__name__} is not allowed: use an nn.Conv2d")
         if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
             raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
-        for key, value in vars(conv).items():
-            if (not key.startswith("_") and key != "training") or key == "_reversed_padding_repeated_twice":
-                setattr(self, key, value)
-        for name, p in conv._parameters.items():
-            self.register_parameter(name, p)
-        self.training = conv.training
-        self.bn = bn
-        self.bn_stats = validate_bn_stats(bn_stats)
+        _adopt(self, conv, bn, bn_stats, keep=("_reversed_padding_repeated_twice",))
 
     def conf(self) -> tuple:
         return (self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
