@@ -335,7 +335,8 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
     return loss, acc
 
 
-def _build_facto(config: RunConfig, dense: nn.Module) -> nn.Module:
+def build_facto(config: RunConfig, dense: nn.Module) -> nn.Module:
+    """The Facto model a run of `config` trains, factorized from `dense` (the Layers page uses it too)."""
     first = config.update if config.update != CYCLE else cycle_order(config)[0]
     extra = {"recompute": True} if config.recompute else {}
     return factorize(dense, rank=config.rank, update=first, **extra)
@@ -386,7 +387,7 @@ def compare(config: RunConfig, store=None, variants: tuple[str, ...] = ("baselin
         if "baseline" in variants:
             models["baseline"] = copy.deepcopy(dense)
         if "facto" in variants:
-            models["facto"] = _build_facto(config, dense).to(device)
+            models["facto"] = build_facto(config, dense).to(device)
         probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
         start = StartEvent(
             config=config.to_dict(), device=str(device), device_name=device_name(device),

@@ -31,7 +31,7 @@ def analyse(config: RunConfig) -> dict:
                      max_train=config.batch_size, max_test=1)
     torch.manual_seed(config.seed)
     dense = create_model(config.model, data.info.num_classes, data.info.in_channels)
-    facto = engine._build_facto(config, dense)  # exactly as a training run builds it
+    facto = engine.build_facto(config, dense)  # exactly as a training run builds it
     x = next(iter(data.train_loader))[0]
     types = {n: type(m).__name__ for n, m in dense.named_modules() if n}
     types.update({n: type(m).__name__ for n, m in facto.named_modules() if n and n not in types})
