@@ -1,7 +1,9 @@
 """`saved_activations()`: compress what autograd saves for backward, and count it honestly.
 
 One `saved_tensors_hooks` pair does both jobs (only the innermost pair applies, so two
-nested context managers could not). Rules, from DESIGN.md:
+nested context managers could not). Rules:
+- what is counted is the memory really held: every storage behind a stored object, whole
+  (a view keeps its whole base alive), once per forward;
 - each stored object is counted once: a tensor saved by two ops is packed once and the
   second op gets the same packed copy; the cache is keyed on a live weak reference to the
   original, never on its address alone (a freed address is reused by later tensors);
@@ -99,42 +101,51 @@ class _Packer:
         hit = self.views.get(key)
         if hit is not None and hit[0]() is x:
             return hit[1]  # the same tensor saved by a second op: stored (and counted) once
-        stored, stored_bytes = self.store(x)
+        stored = self.store(x)
         self.views[key] = (weakref.ref(x), stored)
-        raw = x.numel() * x.element_size()
-        if stored is x:  # kept as is: what is held is the whole storage, once per storage
-            skey = _storage_key(x)
-            ref = self.storages.get(skey)
-            if ref is not None and ref() is not None:
-                stored_bytes = raw = 0
-            else:
-                self.storages[skey] = weakref.ref(x)
-                stored_bytes = raw = x.untyped_storage().nbytes()
+        kept_as_is = stored is x
+        held = (x,) if kept_as_is else stored.tensors()
+        stored_bytes = self.count_new_storages(held)
+        # raw: what dense fp32 training would hold for this tensor (its storage, once)
+        raw = stored_bytes if kept_as_is else x.numel() * x.element_size()
         module = self.stack[-1] if self.stack else ""
         self.meter.add(SavedRecord(module, tuple(x.shape), str(x.dtype).replace("torch.", ""),
-                                   raw, stored_bytes, type(stored).__name__ if stored is not x else "tensor"))
+                                   raw, stored_bytes, "tensor" if kept_as_is else type(stored).__name__))
         return stored
 
-    def store(self, x: Tensor) -> tuple[object, int]:
-        """The object to hold for backward and its size; `x` itself when kept as is."""
+    def count_new_storages(self, tensors) -> int:
+        """Bytes of the storages behind `tensors` not counted yet in this forward (each storage once).
+
+        Whole storages are counted, so a view that keeps a larger buffer alive is counted
+        at what it really holds. A storage is remembered with a weak reference: once freed,
+        its address may be reused by another tensor, which is then counted anew.
+        """
+        total = 0
+        for t in tensors:
+            skey = _storage_key(t)
+            ref = self.storages.get(skey)
+            if ref is not None and ref() is not None:
+                continue
+            self.storages[skey] = weakref.ref(t)
+            total += t.untyped_storage().nbytes()
+        return total
+
+    def store(self, x: Tensor):
+        """The object to hold for backward: `x` itself when kept as is, else a compressed container."""
         if x.is_complex() or (x.is_floating_point() and (
                 self.meter.bits is None or x.dim() < 2 or x.numel() < self.min_numel)):
-            return x, 0
-        packed = compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic)
-        return packed, packed.nbytes
+            return x
+        return compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic)
 
     def hold(self, x: Tensor) -> None:
         """Count a tensor kept alive outside autograd's saved tensors (e.g. a checkpoint input)."""
         if self.is_parameter(x):
             return
-        skey = _storage_key(x)
-        ref = self.storages.get(skey)
-        if ref is not None and ref() is not None:
-            return
-        self.storages[skey] = weakref.ref(x)
-        size = x.untyped_storage().nbytes()
-        module = self.stack[-1] if self.stack else ""
-        self.meter.add(SavedRecord(module, tuple(x.shape), str(x.dtype).replace("torch.", ""), size, size, "held"))
+        size = self.count_new_storages((x,))
+        if size:
+            module = self.stack[-1] if self.stack else ""
+            self.meter.add(SavedRecord(module, tuple(x.shape), str(x.dtype).replace("torch.", ""),
+                                       size, size, "held"))
 
     @staticmethod
     def unpack(stored):

@@ -28,6 +28,8 @@ __all__ = [
     "PackedMask",
     "Stored",
     "compress",
+    "held_bytes",
+    "owned",
     "half_pack",
     "narrow_int",
     "pack_bits",
@@ -83,6 +85,38 @@ def _check_float(x: Tensor) -> None:
         )
 
 
+# ---------------------------------------------------------------- held memory
+
+
+def held_bytes(*tensors: Tensor) -> int:
+    """Bytes really held by `tensors`: each underlying storage once, whole.
+
+    A view keeps its entire base storage alive, so this counts the storage, not
+    ``numel * element_size``: a stray view shows up here instead of hiding.
+    """
+    seen: set[tuple] = set()
+    total = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = (t.device, storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
+def owned(t: Tensor) -> Tensor:
+    """`t` itself when it is the whole of its storage (contiguous, no offset), else a compact copy.
+
+    Every stored container passes its tensors through this, so no view into a
+    larger buffer survives a pack.
+    """
+    if (t.is_contiguous() and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 # ---------------------------------------------------------------- bit packing
 
 
@@ -118,7 +152,8 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     Values are padded with zeros to a multiple of 8; each group of 8 values
     becomes ``bits`` bytes where byte j holds bit j of the 8 values (value k
     at bit position k). Result size: ``ceil(numel / 8) * bits`` bytes.
-    Bits of a value at or above ``bits`` are ignored.
+    Bits of a value at or above ``bits`` are ignored. The result owns its buffer
+    (a 1-bit result is not left as a strided view of the 8-byte work buffer).
     """
     _check_pack_width(bits)
     if codes.dtype != torch.uint8 or codes.dim() != 1:
@@ -128,7 +163,7 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     n = codes.numel()
     groups = codes.new_zeros(math.ceil(n / 8), 8)
     groups.view(-1)[:n] = codes
-    return _transpose_bytes(groups)[:, :bits].reshape(-1)
+    return owned(_transpose_bytes(groups)[:, :bits].reshape(-1))
 
 
 def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
@@ -234,14 +269,14 @@ class Packed:
         """Same as :meth:`dequantize` (uniform interface of stored containers)."""
         return self.dequantize()
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The tensors this container holds."""
+        return (self.codes, self.lo, self.scale)
+
     @property
     def nbytes(self) -> int:
-        """Bytes held: packed codes plus per-block lo and scale."""
-        return _nbytes(self.codes) + _nbytes(self.lo) + _nbytes(self.scale)
-
-
-def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()
+        """Bytes held: packed codes plus per-block lo and scale (storages, once each)."""
+        return held_bytes(*self.tensors())
 
 
 def _add_centred_noise_(t: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -339,21 +374,25 @@ class HalfPacked:
         """Same as :meth:`dequantize`."""
         return self.dequantize()
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.data,)
+
     @property
     def nbytes(self) -> int:
-        """numel * 2."""
-        return _nbytes(self.data)
+        """Bytes held: numel * 2 for a compact 16-bit copy."""
+        return held_bytes(self.data)
 
 
 def half_pack(x: Tensor) -> HalfPacked:
     """Hold x in 16 bits: float16 unless |x| exceeds its range, then bfloat16.
 
-    A float16/bfloat16 input is kept as is (lossless, may share storage with x).
+    A float16/bfloat16 input is kept as is (lossless); it shares x's storage only
+    when x is the whole of it, else it is a compact copy.
     """
     _check_float(x)
-    x = x.contiguous()
     if x.dtype in (torch.float16, torch.bfloat16):
-        return HalfPacked(data=x, dtype=x.dtype)
+        return HalfPacked(data=owned(x), dtype=x.dtype)
+    x = x.contiguous()
     too_big = x.numel() > 0 and bool((x.amax() > FP16_MAX) | (x.amin() < -FP16_MAX))
     half = torch.bfloat16 if too_big else torch.float16
     return HalfPacked(data=x.to(half), dtype=x.dtype)
@@ -377,10 +416,13 @@ class PackedMask:
         """Same as :meth:`unpack`."""
         return self.unpack()
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.codes,)
+
     @property
     def nbytes(self) -> int:
-        """ceil(numel / 8)."""
-        return _nbytes(self.codes)
+        """Bytes held: ceil(numel / 8)."""
+        return held_bytes(self.codes)
 
 
 def pack_mask(mask: Tensor) -> PackedMask:
@@ -402,10 +444,13 @@ class NarrowInt:
         """The original tensor, exactly (dtype and shape)."""
         return self.data.to(self.dtype)
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.data,)
+
     @property
     def nbytes(self) -> int:
-        """numel * itemsize of the narrow dtype."""
-        return _nbytes(self.data)
+        """Bytes held: numel * itemsize of the narrow dtype."""
+        return held_bytes(self.data)
 
 
 def _narrowest(lo: int, hi: int) -> torch.dtype:
@@ -420,16 +465,17 @@ def narrow_int(x: Tensor) -> NarrowInt:
     """Store an integer tensor as uint8, int8, int16, int32 or int64, narrowest first.
 
     An empty tensor becomes uint8. Unsigned 16/32/64-bit inputs are kept as
-    they are. May share storage with x when no narrowing is possible.
+    they are. Shares x's storage only when no narrowing is possible and x is the
+    whole of its storage.
     """
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
         raise ValueError(f"x={x.dtype} is not allowed: use an integer tensor")
     if x.dtype not in INT_DTYPES:
-        return NarrowInt(data=x, dtype=x.dtype)
+        return NarrowInt(data=owned(x), dtype=x.dtype)
     if x.numel() == 0:
         return NarrowInt(data=x.to(torch.uint8), dtype=x.dtype)
     lo, hi = torch.stack(torch.aminmax(x)).tolist()
-    return NarrowInt(data=x.to(_narrowest(lo, hi)), dtype=x.dtype)
+    return NarrowInt(data=owned(x.to(_narrowest(lo, hi))), dtype=x.dtype)
 
 
 # ---------------------------------------------------------------- dispatch

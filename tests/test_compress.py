@@ -489,3 +489,44 @@ def test_cuda_matches_cpu_semantics():
     assert compress(idx, 4).data.dtype == torch.int16
     assert torch.equal(compress(idx, 4).restore(), idx)
     assert compress(x.to(dev), 16).restore().device.type == "cuda"
+
+
+# ---------------------------------------------------------------- containers own what they count
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_packed_bits_own_their_buffer(bits):
+    """pack_bits' result is its whole storage: a 1-bit result once was a strided view that kept
+    the 8-byte-per-value work buffer alive (8x what numel says)."""
+    codes = torch.randint(0, 2**bits, (1000,), dtype=torch.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.untyped_storage().nbytes() == packed.numel() == 125 * bits
+
+
+def _views():
+    base = torch.randn(4, 6, 32, 32)
+    return {"slice": base[:, :3], "strided": base[:, :, ::2, ::2], "transposed": base.transpose(2, 3)}
+
+
+@pytest.mark.parametrize("view", list(_views()))
+@pytest.mark.parametrize("kind", ["quantize", "half", "half-of-fp16", "mask", "narrow", "narrow-int8"])
+def test_every_container_holds_only_compact_buffers(view, kind):
+    """Whatever view goes in, what comes out holds exactly its own compact bytes."""
+    x = _views()[view]
+    n = x.numel()
+    if kind == "quantize":
+        stored, expected = quantize(x, 3, 64), math.ceil(n / 8) * 3 + math.ceil(n / 64) * 4
+    elif kind == "half":
+        stored, expected = half_pack(x), n * 2
+    elif kind == "half-of-fp16":
+        part = x.half()[..., :7]  # a 16-bit view of a larger 16-bit buffer: kept, but compact
+        stored, expected = half_pack(part), part.numel() * 2
+    elif kind == "mask":
+        stored, expected = pack_mask(x > 0), math.ceil(n / 8)
+    elif kind == "narrow":
+        stored, expected = narrow_int((x * 100).long()), n * 2
+    else:
+        big = (x * 10).to(torch.int8)
+        stored, expected = narrow_int(big[..., :5]), big[..., :5].numel()
+    held = sum(t.untyped_storage().nbytes() for t in stored.tensors())
+    assert held == stored.nbytes == expected
