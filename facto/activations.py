@@ -75,8 +75,9 @@ class _Packer:
     """The pack/unpack pair plus its per-forward cache and the module stack."""
 
     def __init__(self, meter: ActivationMeter, stochastic: bool, min_numel: int,
-                 model: nn.Module | None):
+                 model: nn.Module | None, generator: torch.Generator | None = None):
         self.meter, self.stochastic, self.min_numel = meter, stochastic, min_numel
+        self.generator = generator
         self.excluded = set()
         self.has_model = model is not None
         if model is not None:
@@ -135,7 +136,8 @@ class _Packer:
         if x.is_complex() or (x.is_floating_point() and (
                 self.meter.bits is None or x.dim() < 2 or x.numel() < self.min_numel)):
             return x
-        return compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic)
+        generator = self.generator if self.generator is not None and self.generator.device == x.device else None
+        return compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic, generator=generator)
 
     def hold(self, x: Tensor) -> None:
         """Count a tensor kept alive outside autograd's saved tensors (e.g. a checkpoint input)."""
@@ -173,7 +175,8 @@ def hold(x: Tensor) -> None:
 
 @contextmanager
 def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool = True,
-                      model: nn.Module | None = None, min_numel: int = 256) -> Iterator[ActivationMeter]:
+                      model: nn.Module | None = None, min_numel: int = 256,
+                      generator: torch.Generator | None = None) -> Iterator[ActivationMeter]:
     """Compress and count every tensor autograd saves inside the block; yields the meter.
 
     Args:
@@ -183,11 +186,13 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
         model: excludes its parameters/buffers by storage and fills `meter.by_module`.
         min_numel: floating tensors smaller than this (or 1-D, e.g. BatchNorm statistics)
             are kept exact.
+        generator: the stochastic rounding's random source (a run owns one, so other
+            threads using torch's global generator don't change its draws).
     """
     validate_bits(bits)
     validate_block(block)
     meter = ActivationMeter(bits=bits, block=block)
-    packer = _Packer(meter, stochastic, min_numel, model)
+    packer = _Packer(meter, stochastic, min_numel, model, generator)
     handles = []
     if model is not None:
         for name, module in model.named_modules():

@@ -8,103 +8,56 @@ the methods on one batch (median of several rounds); accuracy by the short train
 from __future__ import annotations
 
 import argparse
-import copy
-import inspect
 import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .activations import hold, measure_activations, saved_activations
+from .activations import measure_activations, saved_activations
+from .build import dense_model, method_model
+from .config import RunConfig
 from .data import load_data
-from .factorize import factorize, with_relu_masks
-from .models import create_model
-from .train import RunConfig, Variant, evaluate, make_optimizer, set_model_update, train_step
-
-
-# ----------------------------------------------------------------------------- checkpointing
-
-class Checkpointed(nn.Module):
-    """Runs `module` under torch.utils.checkpoint (non-reentrant); only its input is kept."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x):
-        if not (torch.is_grad_enabled() and self.training):
-            return self.module(x)
-        hold(x)  # checkpoint keeps the segment input alive: count it
-        return checkpoint(self.module, x, use_reentrant=False)
-
-
-def with_checkpointing(model: nn.Module, segments: int = 3) -> nn.Module:
-    """A copy with each stage checkpointed: top-level Sequentials of blocks as a whole,
-    a flat Sequential of layers (e.g. `features`) split into `segments` pieces at pooling layers."""
-    new = copy.deepcopy(model)
-    for name, child in list(new.named_children()):
-        if not isinstance(child, nn.Sequential) or not any(True for _ in child.parameters()):
-            continue
-        flat = all(not isinstance(c, nn.Sequential) and len(list(c.children())) == 0 for c in child)
-        if flat:
-            setattr(new, name, nn.Sequential(*[Checkpointed(s) for s in _split(child, segments)]))
-        else:
-            setattr(new, name, Checkpointed(child))
-    return new
-
-
-def _split(seq: nn.Sequential, segments: int) -> list[nn.Sequential]:
-    """Split at pooling layers when there are some, else into equal pieces."""
-    cuts = [i for i, m in enumerate(seq) if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
-    bounds = [0, *cuts, len(seq)] if cuts else [round(i * len(seq) / segments) for i in range(segments + 1)]
-    pieces = [nn.Sequential(*list(seq)[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return pieces
+from .train import train_model
 
 
 # ----------------------------------------------------------------------------- methods
 
 @dataclass(frozen=True)
 class Method:
-    """A way to train: how to build the model from the dense one, and the bits for its maps."""
+    """A way to train: a build method (`facto.build.METHODS`), its config and the bits for its maps."""
 
     name: str
-    build: Callable[[nn.Module], nn.Module]
+    method: str
     bits: int | None
+    config: RunConfig = RunConfig()
     cycle: tuple[str, ...] = ()
 
-
-def _has_recompute() -> bool:
-    return "recompute" in inspect.signature(factorize).parameters
+    def build(self, dense: nn.Module) -> nn.Module:
+        return method_model(self.method, dense, self.config)
 
 
 def methods(rank: float = 0.5) -> list[Method]:
     """The methods compared, the dense fp32 baseline first."""
-    out = [
-        Method("dense fp32", lambda m: copy.deepcopy(m), None),
-        Method("checkpointing (per stage)", with_checkpointing, None),
-        Method("compression only 4-bit (ActNN-style)", with_relu_masks, 4),
-        Method("compression only 2-bit (ActNN-style)", with_relu_masks, 2),
-        Method(f"Facto paper (rank {rank}, last, 4-bit)", lambda m: factorize(m, rank, "last"), 4),
-        Method(f"Facto (rank {rank}, core, 4-bit)", lambda m: factorize(m, rank, "core"), 4),
+    paper, core = RunConfig(rank=rank, update="last", recompute=False), RunConfig(rank=rank, recompute=False)
+    recompute = RunConfig(rank=rank, update="core", recompute=True)
+    return [
+        Method("dense fp32", "dense", None),
+        Method("checkpointing (per stage)", "checkpoint", None),
+        Method("compression only 4-bit (ActNN-style)", "compress", 4),
+        Method("compression only 2-bit (ActNN-style)", "compress", 2),
+        Method(f"Facto paper (rank {rank}, last, 4-bit)", "facto", 4, paper),
+        Method(f"Facto (rank {rank}, core, 4-bit)", "facto", 4, core),
+        Method(f"Facto + recompute (rank {rank}, core, 4-bit)", "facto", 4, recompute),
+        Method(f"Facto + recompute (rank {rank}, core, 2-bit)", "facto", 2, recompute),
+        Method(f"Facto + recompute + cycle (rank {rank}, 4-bit)", "facto", 4, recompute, cycle=("core", "last")),
     ]
-    if _has_recompute():
-        out += [
-            Method(f"Facto + recompute (rank {rank}, core, 4-bit)",
-                   lambda m: factorize(m, rank, "core", recompute=True), 4),
-            Method(f"Facto + recompute (rank {rank}, core, 2-bit)",
-                   lambda m: factorize(m, rank, "core", recompute=True), 2),
-            Method(f"Facto + recompute + cycle (rank {rank}, 4-bit)",
-                   lambda m: factorize(m, rank, "core", recompute=True), 4, cycle=("core", "last")),
-        ]
-    return out
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -173,24 +126,15 @@ def train_accuracy(method: Method, model_name: str, seed: int, epochs: int, devi
     """Test accuracy (%) after the short training of `method` from the seed's dense init."""
     config = RunConfig(model=model_name, dataset=dataset, seed=seed, epochs=epochs, device=str(device.type))
     data = load_data(dataset, batch_size=config.batch_size, seed=seed)
-    torch.manual_seed(seed)
-    dense = create_model(model_name, data.info.num_classes, data.info.in_channels)
+    dense = dense_model(config, data.info.num_classes, data.info.in_channels)
     model = method.build(dense).to(device)
-    total = len(data.train_loader) * epochs
-    v = Variant(method.name, model, *make_optimizer(config, model, total), bits=method.bits, block=config.block)
-    for epoch in range(epochs):
-        if method.cycle:
-            set_model_update(model, method.cycle[epoch % len(method.cycle)])
-        for x, y in data.train_loader:
-            train_step(v, x.to(device), y.to(device), device)
-    return evaluate(model, data.test_loader, device)[1]
+    return train_model(model, config, data, device, bits=method.bits, cycle=method.cycle)
 
 
 def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, device: torch.device,
                 rank: float = 0.5, train: bool = True, log=print) -> list[Row]:
     """All methods on one model: memory, peak, step time, accuracy over seeds."""
-    torch.manual_seed(0)
-    dense = create_model(model_name, 10, 1).to(device)
+    dense = dense_model(RunConfig(model=model_name, seed=0), 10, 1, device)
     built = [(m, m.build(dense).to(device)) for m in methods(rank)]
     x = torch.randn(batch, 1, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ALLOWED_BITS",
     "HalfPacked",
     "NarrowInt",
     "Packed",
@@ -53,9 +54,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+ALLOWED_BITS = (None, 1, 2, 3, 4, 5, 6, 7, 8, 16)  # None: no compression; 16: half precision
+
+
 def validate_bits(bits: int | None) -> int | None:
-    """Check a compression bit width: None (no compression), 1..8 or 16."""
-    if bits is None or (_is_int(bits) and (1 <= bits <= 8 or bits == 16)):
+    """Check a compression bit width: one of ALLOWED_BITS (None, 1..8 or 16)."""
+    if bits is None or (_is_int(bits) and bits in ALLOWED_BITS):
         return bits
     raise ValueError(
         f"bits={bits!r} is not allowed: use None (no compression), 1..8 or 16"

@@ -80,3 +80,10 @@ def reduce_sums(loss_sum: float, correct: int, total: int, device: torch.device)
         dist.all_reduce(t)
         loss_sum, correct, total = t.tolist()
     return loss_sum / max(total, 1), 100.0 * correct / max(total, 1)
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (all ranks meet first), so no rank aborts at exit."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

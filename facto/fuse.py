@@ -22,13 +22,16 @@ the forward cannot be traced) and swaps the modules in place.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import FactoConv2d, MaskReLU, _Factorized, _is_pointwise, _subsample, conv_stage, pointwise
+from .layers import FactoConv2d, FactorizedLayer, MaskReLU, conv_stage, is_pointwise, pointwise, subsample
+from .surgery import replace_module
 
 BN_STATS = ("forward", "recomputed")
 # Measured (resnet20, batch 8 x 3 x 32 x 32, rank 0.5, update=last, cosine of the mean of 16
@@ -36,7 +39,8 @@ BN_STATS = ("forward", "recomputed")
 # "recomputed" 0.9987 and 0.8516 (the noisy recomputed input inflates the variance: biased).
 DEFAULT_BN_STATS = "forward"
 
-__all__ = ["BN_STATS", "ConvBN", "FactoConvBN", "IndexMaxPool2d", "fuse_recompute"]
+__all__ = ["BN_STATS", "ConvBN", "FactoConvBN", "FusionReport", "IndexMaxPool2d", "StageConf", "fuse_recompute",
+           "fusion_report"]
 
 
 def validate_bn_stats(bn_stats: str) -> str:
@@ -62,12 +66,32 @@ def _keep(t: Tensor) -> Tensor:
     return t
 
 
+@dataclass(frozen=True)
+class StageConf:
+    """How one conv stage runs: nn.Conv2d's arguments (padding may be 'same'/'valid')."""
+
+    stride: tuple = (1, 1)
+    padding: tuple | str = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    padding_mode: str = "zeros"
+    pad_twice: tuple = ()  # nn.Conv2d's _reversed_padding_repeated_twice, for non-zero padding modes
+
+
+def run_stage(z: Tensor, w: Tensor, conf: StageConf) -> Tensor:
+    """One conv stage without bias; 1x1 stages as bmm, as in FactoConv2d."""
+    padding = conf.padding
+    if conf.padding_mode != "zeros":
+        z = F.pad(z, conf.pad_twice, mode=conf.padding_mode)
+        padding = (0, 0)
+    elif conf.groups == 1 and not isinstance(padding, str) and is_pointwise(w, padding):
+        return pointwise(subsample(z, conf.stride), w)
+    return F.conv2d(z, w, None, conf.stride, padding, conf.dilation, conf.groups)
+
+
 def _run_stages(z: Tensor, weights, confs) -> Tensor:
-    for w, (stride, padding, dilation) in zip(weights, confs):
-        if _is_pointwise(w, padding):  # 1x1 stages as bmm, as in FactoConv2d
-            z = pointwise(_subsample(z, stride), w)
-        else:
-            z = F.conv2d(z, w, None, stride, padding, dilation)
+    for w, conf in zip(weights, confs):
+        z = run_stage(z, w, conf)
     return z
 
 
@@ -92,7 +116,10 @@ def _bn_step(bn: nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, float]:
 
 
 class _RecomputeBN(torch.autograd.Function):
-    """s -> remaining factor stages (+bias) -> training-mode BatchNorm, storing only s.
+    """s -> conv stages (+bias) -> training-mode BatchNorm, storing only s.
+
+    One Function for both fusions: the stages after a FactoConv2d's stored input, or the
+    single stage of a dense conv (any groups and padding mode).
 
     Saved for backward: s (an activation: the surrounding hooks compress and count it),
     BN's batch mean and inverse std (1-D), and parameters (never counted). Backward
@@ -169,14 +196,13 @@ class FactoConvBN(FactoConv2d):
             raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
         _adopt(self, conv, bn, bn_stats)
 
-    def stages(self) -> list[tuple[Tensor, tuple]]:
-        """(weight, (stride, padding, dilation)) per stage, in order."""
-        one, zero = (1, 1), (0, 0)
+    def stages(self) -> list[tuple[Tensor, StageConf]]:
+        """(weight, StageConf) per stage, in order."""
         if self.pointwise:
-            return [(self.first, (self.stride, zero, one)), (self.last, (one, zero, one))]
-        return [(self.first, (one, zero, one)),
-                (self.core, (self.stride, self.padding, self.dilation)),
-                (self.last, (one, zero, one))]
+            return [(self.first, StageConf(stride=self.stride)), (self.last, StageConf())]
+        return [(self.first, StageConf()),
+                (self.core, StageConf(self.stride, self.padding, self.dilation)),
+                (self.last, StageConf())]
 
     def split(self) -> int:
         """Index of the stage whose input is stored: the first trainable one (else the last)."""
@@ -191,8 +217,8 @@ class FactoConvBN(FactoConv2d):
         stages = self.stages()
         k = self.split()
         s = x
-        for w, (stride, padding, dilation) in stages[:k]:  # frozen: store nothing
-            s = conv_stage(s, w, stride, padding, dilation)
+        for w, conf in stages[:k]:  # frozen: store nothing
+            s = conv_stage(s, w, conf.stride, conf.padding, conf.dilation)
         weights = [w for w, _ in stages[k:]]
         confs = tuple(c for _, c in stages[k:])
         return _RecomputeBN.apply(s, self.bias, bn.weight, bn.bias, running_mean, running_var,
@@ -203,63 +229,6 @@ class FactoConvBN(FactoConv2d):
 
 
 # ----------------------------------------------------------------------------- dense conv + BN
-
-
-def _dense_conv(x: Tensor, weight: Tensor, bias: Tensor | None, conf: tuple) -> Tensor:
-    """nn.Conv2d's own forward (any groups, padding mode, 'same'/'valid' padding)."""
-    stride, padding, dilation, groups, padding_mode, pad_twice = conf
-    if padding_mode != "zeros":
-        x = F.pad(x, pad_twice, mode=padding_mode)
-        padding = (0, 0)
-    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-
-
-class _DenseConvBN(torch.autograd.Function):
-    """x -> dense conv2d (+bias) -> training-mode BatchNorm, storing only x.
-
-    Saved for backward: x (an activation: the surrounding hooks compress and count it; the
-    conv alone would store it too), BN's batch mean and inverse std (1-D), and parameters
-    (never counted). Backward recomputes y = conv(x), runs BN's backward, then the conv's.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum,
-                eps, conf, recomputed_stats):
-        y = _dense_conv(x, weight, bias, conf)
-        out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
-                                                    running_var, True, momentum, eps)
-        ctx.conf = (conf, eps, recomputed_stats)
-        ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        conf, eps, recomputed_stats = ctx.conf
-        x, weight, bias, bn_weight, mean, invstd = ctx.saved_tensors
-        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
-        need_b = need_b and bias is not None
-        # Transient recomputation: pass-through hooks keep an enclosing saved_activations
-        # context from compressing or counting it a second time.
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
-            leaves = [x.detach().requires_grad_(need_x), weight.detach().requires_grad_(need_w),
-                      bias.detach().requires_grad_(need_b) if bias is not None else None]
-            z = _dense_conv(*leaves, conf)  # builds a graph only where grads are wanted
-        y = z.detach()
-        if recomputed_stats:
-            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
-            invstd = torch.rsqrt(var + eps)
-        wanted = [i for i, n in enumerate((need_x, need_w, need_b)) if n]
-        grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_out.contiguous(), y, bn_weight, None, None, mean, invstd, True, eps,
-            [bool(wanted), need_gamma, need_beta])
-        grads = [None, None, None]
-        if wanted:
-            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_y)
-            for i, g in zip(wanted, found):
-                grads[i] = g
-        return (*grads, g_gamma if need_gamma else None, g_beta if need_beta else None,
-                None, None, None, None, None, None)
 
 
 class ConvBN(nn.Conv2d):
@@ -283,18 +252,18 @@ class ConvBN(nn.Conv2d):
             raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
         _adopt(self, conv, bn, bn_stats, keep=("_reversed_padding_repeated_twice",))
 
-    def conf(self) -> tuple:
-        return (self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
-                self._reversed_padding_repeated_twice)
+    def conf(self) -> StageConf:
+        return StageConf(self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
+                         tuple(self._reversed_padding_repeated_twice))
 
     def forward(self, x: Tensor) -> Tensor:
         bn = self.bn
         if not _fusable_call(bn, x):
             return bn(super().forward(x))
         running_mean, running_var, momentum = _bn_step(bn)
-        return _DenseConvBN.apply(x, self.weight, self.bias, bn.weight, bn.bias, running_mean,
-                                  running_var, momentum, bn.eps, self.conf(),
-                                  self.bn_stats == "recomputed")
+        return _RecomputeBN.apply(x, self.bias, bn.weight, bn.bias, running_mean, running_var,
+                                  momentum, bn.eps, (self.conf(),), self.bn_stats == "recomputed",
+                                  self.weight)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
@@ -344,7 +313,7 @@ class IndexMaxPool2d(nn.MaxPool2d):
 # ----------------------------------------------------------------------------- detection
 
 
-_LEAVES = (_Factorized, ConvBN, MaskReLU, IndexMaxPool2d)
+_LEAVES = (FactorizedLayer, ConvBN, MaskReLU, IndexMaxPool2d)
 
 
 class _Tracer(fx.Tracer):
@@ -414,10 +383,19 @@ def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict, dense: boo
     _pairs_from_graph(module, graph, prefix, pairs, reasons, dense)
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+@dataclass
+class FusionReport:
+    """What `fuse_recompute` did: fused pairs, convs left unfused (with the reason), index-only pools."""
+
+    fused: list[str] = field(default_factory=list)
+    not_fused: dict[str, str] = field(default_factory=dict)
+    index_pools: list[str] = field(default_factory=list)
+
+
+def fusion_report(model: nn.Module) -> FusionReport | None:
+    """What `fuse_recompute` did to `model` (None if it was never called on it)."""
+    report = getattr(model, "facto_fusion", None)
+    return report if isinstance(report, FusionReport) else None
 
 
 def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bool = True) -> nn.Module:
@@ -427,9 +405,8 @@ def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bo
     nn.Conv2d + BN pair (when `dense`) a `ConvBN`, and the BN's name an nn.Identity.
     A conv is fused only when its output goes to nothing but the BatchNorm2d.
     Every nn.MaxPool2d (return_indices False) becomes an `IndexMaxPool2d`.
-    Sets `model.facto_fused` (["conv+bn", ...], cumulative), `model.facto_not_fused`
-    ({conv: reason}, FactoConv2d and, when `dense`, nn.Conv2d layers) and
-    `model.facto_index_pools` ([names]).
+    What was done is kept as `model.facto_fusion` (a `FusionReport`, see `fusion_report`);
+    calling it again on a fused model fuses what is left and adds it to the report.
     """
     validate_bn_stats(bn_stats)
     pairs: list[tuple[str, str]] = []
@@ -438,26 +415,25 @@ def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bo
         reasons[""] = "a single layer: no BatchNorm2d after it in this module"
     else:
         _scan(model, "", pairs, reasons, dense)
+    previous = fusion_report(model) or FusionReport()
+    report = FusionReport(fused=list(previous.fused), index_pools=list(previous.index_pools))
     done = set()
-    fused = list(getattr(model, "facto_fused", []))
     for conv_name, bn_name in pairs:
         if conv_name in done:
             continue
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         fused_cls = FactoConvBN if isinstance(conv, FactoConv2d) else ConvBN
-        _set_module(model, conv_name, fused_cls(conv, bn, bn_stats))
-        _set_module(model, bn_name, nn.Identity())
-        fused.append(f"{conv_name}+{bn_name}")
+        replace_module(model, conv_name, fused_cls(conv, bn, bn_stats))
+        replace_module(model, bn_name, nn.Identity())
+        report.fused.append(f"{conv_name}+{bn_name}")
         done.add(conv_name)
     for name, m in model.named_modules():
         if _is_candidate(m, dense) and name not in reasons:
             reasons[name] = "not seen in the traced forward"
-    pools = list(getattr(model, "facto_index_pools", []))
     for name, m in list(model.named_modules()):
         if type(m) is nn.MaxPool2d and not m.return_indices and name:
-            _set_module(model, name, IndexMaxPool2d.from_pool(m))
-            pools.append(name)
-    model.facto_fused = fused
-    model.facto_not_fused = {n: r for n, r in reasons.items() if n not in done and n}
-    model.facto_index_pools = pools
+            replace_module(model, name, IndexMaxPool2d.from_pool(m))
+            report.index_pools.append(name)
+    report.not_fused = {n: r for n, r in reasons.items() if n not in done and n}
+    model.facto_fusion = report
     return model

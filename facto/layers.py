@@ -6,13 +6,23 @@ for the weight gradient; a frozen stage computes the input gradient from its wei
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .compress import pack_bits, unpack_bits
+from .decompose import FactorInfo, RankPolicy, RankSpec, choose_rank, conv_factors, rel_error, svd_factors
 
 UPDATES = ("first", "core", "last", "all")
+UPDATE_HELP = {
+    "first": "trains the first 1x1 factor: stores the full layer input (no saving from factorization)",
+    "core": "trains the k x k core: stores its rank-sized input (big saving, trains well from scratch)",
+    "last": "trains the last 1x1 factor: stores the rank-sized map after the stride (least memory, "
+            "trains worse from scratch)",
+    "all": "trains every factor (plain low-rank training): stores the most",
+}
 
 
 def validate_update(update: str) -> str:
@@ -33,11 +43,12 @@ def pointwise(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(w2d.expand(n, *w2d.shape), x.reshape(n, c, h * w)).view(n, -1, h, w)
 
 
-def _is_pointwise(weight: Tensor, padding) -> bool:
+def is_pointwise(weight: Tensor, padding) -> bool:
+    """A 1x1 kernel without padding: runs as a matmul."""
     return weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0)
 
 
-def _subsample(x: Tensor, stride) -> Tensor:
+def subsample(x: Tensor, stride) -> Tensor:
     """What a strided 1x1 conv sees: every stride-th row and column."""
     return x if tuple(stride) == (1, 1) else x[:, :, :: stride[0], :: stride[1]]
 
@@ -50,7 +61,7 @@ class FrozenConv2d(torch.autograd.Function):
         ctx.weight = weight  # a parameter: held by the module anyway, not an activation
         ctx.input_shape = x.shape
         ctx.conf = (stride, padding, dilation)
-        if _is_pointwise(weight, padding) and tuple(stride) == (1, 1):
+        if is_pointwise(weight, padding) and tuple(stride) == (1, 1):
             return pointwise(x, weight)
         return F.conv2d(x, weight, None, stride, padding, dilation)
 
@@ -60,7 +71,7 @@ class FrozenConv2d(torch.autograd.Function):
             return None, None, None, None, None
         stride, padding, dilation = ctx.conf
         weight = ctx.weight
-        if _is_pointwise(weight, padding) and tuple(stride) == (1, 1):
+        if is_pointwise(weight, padding) and tuple(stride) == (1, 1):
             w2d = weight.view(weight.shape[0], weight.shape[1])
             grad_in = pointwise(grad_out, w2d.t())
         else:
@@ -77,8 +88,8 @@ def conv_stage(x: Tensor, weight: Tensor, stride=(1, 1), padding=(0, 0), dilatio
     trainable one stores only the (subsampled) input it really needs.
     """
     grad = torch.is_grad_enabled()
-    if _is_pointwise(weight, padding):
-        x = _subsample(x, stride)
+    if is_pointwise(weight, padding):
+        x = subsample(x, stride)
         stride = (1, 1)
         if not (grad and not weight.requires_grad and x.requires_grad):
             return pointwise(x, weight)
@@ -89,10 +100,24 @@ def conv_stage(x: Tensor, weight: Tensor, stride=(1, 1), padding=(0, 0), dilatio
     return F.conv2d(x, weight, None, stride, padding, dilation)
 
 
-class _Factorized(nn.Module):
-    """Shared bookkeeping of factorized layers: which stage trains, and a report."""
+class FactorizedLayer(nn.Module):
+    """Shared bookkeeping of factorized layers: which stage trains, and where it came from.
+
+    `info` (a `FactorInfo`: requested rank, reconstruction error, ...) travels with the
+    layer's state_dict as extra state.
+    """
 
     stage_names: tuple[str, ...] = ()
+    info: FactorInfo | None = None
+
+    def get_extra_state(self) -> dict:
+        return {"info": None if self.info is None else vars(self.info).copy()}
+
+    def set_extra_state(self, state: dict) -> None:
+        info = (state or {}).get("info")
+        self.info = None if info is None else FactorInfo(**{
+            **info, "requested_ranks": tuple(info["requested_ranks"]),
+            "weight_shape": tuple(info["weight_shape"])})
 
     def set_update(self, update: str) -> None:
         """Make `update`'s factor trainable and freeze the others (bias always trains)."""
@@ -119,7 +144,7 @@ class _Factorized(nn.Module):
         raise NotImplementedError
 
 
-class FactoConv2d(_Factorized):
+class FactoConv2d(FactorizedLayer):
     """Tucker-2 conv: 1x1 (Cin->R_in), kh x kw core (R_in->R_out, strided), 1x1 (R_out->Cout).
 
     A 1x1 conv is factorized by SVD into two stages instead (no core).
@@ -151,11 +176,35 @@ class FactoConv2d(_Factorized):
         self.set_update(update)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank=0.25, update: str = "last", **decompose_kw) -> "FactoConv2d":
-        """Factorize `conv` (groups=1) keeping its weights: Tucker-2, or SVD for 1x1 kernels."""
-        from .factorize import decompose_conv  # late import: factorize imports this module
-
-        return decompose_conv(conv, rank, update, **decompose_kw)
+    def from_conv(cls, conv: nn.Conv2d, rank: RankSpec = 0.5, update: str = "core",
+                  n_iter_max: int = 0) -> "FactoConv2d":
+        """Factorize `conv` (groups=1, zero padding) keeping its weights: Tucker-2, or SVD for 1x1."""
+        if conv.groups != 1:
+            raise ValueError(f"conv groups={conv.groups} cannot be factorized: only groups=1")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"conv padding={conv.padding!r}, padding_mode={conv.padding_mode!r} "
+                             "cannot be factorized: only numeric zero padding")
+        policy = RankPolicy.parse(rank)
+        validate_update(update)
+        w = conv.weight.detach().float()
+        f = conv_factors(w, policy, n_iter_max)
+        cout, cin, kh, kw = w.shape
+        layer = cls(cin, cout, (kh, kw), f.ranks, conv.stride, conv.padding, conv.dilation,
+                    bias=conv.bias is not None, update=update).to(w.device)
+        with torch.no_grad():
+            layer.first.copy_(f.first[:, :, None, None])
+            layer.last.copy_(f.last[:, :, None, None])
+            if f.core is not None:
+                layer.core.copy_(f.core)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach())
+            error = rel_error(w, layer.dense_weight())
+        layer.to(dtype=conv.weight.dtype)
+        layer.info = FactorInfo(
+            requested=str(policy), requested_ranks=f.requested, clamped=f.requested != f.ranks,
+            weight_shape=tuple(w.shape), params_before=sum(p.numel() for p in conv.parameters()),
+            rel_error=error, method=f.method, seconds=time.perf_counter() - f.started)
+        return layer
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pointwise:
@@ -182,7 +231,7 @@ class FactoConv2d(_Factorized):
                 f"ranks={self.ranks}, stride={self.stride}, update={self.update!r}")
 
 
-class FactoLinear(_Factorized):
+class FactoLinear(FactorizedLayer):
     """Truncated-SVD linear layer: x -> (R) -> out; a frozen stage stores nothing."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -197,11 +246,27 @@ class FactoLinear(_Factorized):
         self.set_update(update)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank=0.25, update: str = "last", **decompose_kw) -> "FactoLinear":
+    def from_linear(cls, linear: nn.Linear, rank: RankSpec = 0.5, update: str = "core") -> "FactoLinear":
         """Factorize `linear` by truncated SVD, keeping its weights."""
-        from .factorize import decompose_linear
-
-        return decompose_linear(linear, rank, update, **decompose_kw)
+        policy = RankPolicy.parse(rank)
+        validate_update(update)
+        started = time.perf_counter()
+        w = linear.weight.detach().float()
+        r, wanted = choose_rank(policy, w, min(w.shape))
+        layer = cls(w.shape[1], w.shape[0], r, bias=linear.bias is not None, update=update).to(w.device)
+        with torch.no_grad():
+            first, last = svd_factors(w, r)
+            layer.first.copy_(first)
+            layer.last.copy_(last)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+            error = rel_error(w, layer.dense_weight())
+        layer.to(dtype=linear.weight.dtype)
+        layer.info = FactorInfo(
+            requested=str(policy), requested_ranks=(wanted, wanted), clamped=wanted != r,
+            weight_shape=tuple(w.shape), params_before=sum(p.numel() for p in linear.parameters()),
+            rel_error=error, method="svd", seconds=time.perf_counter() - started)
+        return layer
 
     def forward(self, x: Tensor) -> Tensor:
         # F.linear with a frozen weight saves no input; with a trainable one it saves its input.

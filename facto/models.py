@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import functools
+
 import torch.nn as nn
-import torchvision
-from torchvision.models.vgg import cfgs as vgg_cfgs
-from torchvision.models.vgg import make_layers as vgg_make_layers
 
 __all__ = [
     "register_model",
@@ -63,9 +62,12 @@ def list_models() -> list[str]:
     return list(_MODEL_BUILDERS)
 
 
-def _torchvision_models() -> list[str]:
-    """Names of torchvision's classification models."""
-    return list(torchvision.models.list_models(module=torchvision.models))
+@functools.lru_cache(maxsize=1)
+def _torchvision_models() -> tuple[str, ...]:
+    """Names of torchvision's classification models (torchvision is imported on first use)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 def check_model_name(name: object) -> str:
@@ -281,6 +283,8 @@ def resnet20(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 @register_model("resnet18")
 def resnet18(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """torchvision ResNet-18 for 32x32: 3x3 stride-1 stem, no max-pool, ~11M params."""
+    import torchvision
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     _init_conv(model.conv1)
@@ -310,7 +314,9 @@ def vgg11_bn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """VGG-11-BN (torchvision's features), global average pool, Linear(512) head, ~9M params."""
     # torchvision's VGG would first build a 120M-parameter 224x224 classifier (~3 s on a
     # laptop CPU) only for us to drop it, so we wrap its feature extractor ourselves.
-    features = vgg_make_layers(vgg_cfgs["A"], batch_norm=True)
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs["A"], batch_norm=True)
     replace_first_conv(features, in_channels)
     return VGG(features, num_classes)
 
@@ -318,6 +324,8 @@ def vgg11_bn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 @register_model("mobilenet_v2")
 def mobilenet_v2(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """torchvision MobileNetV2 (width 1.0) for 32x32: stride-1 first conv, ~2.2M params."""
+    import torchvision
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=1.0)
     replace_first_conv(model, in_channels)
     model.features[0][0].stride = (1, 1)
@@ -326,6 +334,8 @@ def mobilenet_v2(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 def _create_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """Any torchvision classification model, random weights, first conv from ``in_channels``."""
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         replace_first_conv(model, in_channels)

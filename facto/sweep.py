@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence, Union
 
-from .train import Event, RunConfig, SummaryEvent, run
+from .config import RunConfig
+from .events import Event, SummaryEvent
+from .recorder import record
+from .train import run
 
 
 @dataclass
@@ -24,7 +27,7 @@ class SweepPoint:
     index: int
     total: int
     variant: str  # "baseline" | "facto"
-    rank: Union[float, int, str]
+    rank: str
     bits: int | None
     update: str
     status: str
@@ -43,7 +46,7 @@ def sweep_configs(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Seq
     """The grid as validated configs (bad values raise ValueError before anything trains)."""
     if not ranks or not bits or not updates:
         raise ValueError("a sweep needs at least one rank, one bits value and one update mode")
-    return [replace(base, rank=r, bits=b, update=u) for u, r, b in itertools.product(updates, ranks, bits)]
+    return [base.replace(rank=r, bits=b, update=u) for u, r, b in itertools.product(updates, ranks, bits)]
 
 
 def sweep(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[str] = ("core",),
@@ -52,12 +55,12 @@ def sweep(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[st
     configs = sweep_configs(base, ranks, bits, updates)
     total = len(configs) + 1
     yield SweepStart(total, [c.to_dict() for c in configs])
-    baseline = yield from _one(run(base, "baseline", store=store))
+    baseline = yield from _one(record(run(base, "baseline"), store, kind="sweep"))
     b_acc = baseline.accuracy.get("baseline")
     b_bytes = baseline.act_bytes.get("baseline", 0)
     yield _point(0, total, "baseline", base, baseline, b_acc, b_bytes)
     for i, config in enumerate(configs, start=1):
-        summary = yield from _one(run(config, "facto", store=store))
+        summary = yield from _one(record(run(config, "facto"), store, kind="sweep"))
         yield _point(i, total, "facto", config, summary, b_acc, b_bytes)
 
 
@@ -76,7 +79,7 @@ def _point(index: int, total: int, variant: str, config: RunConfig, summary: Sum
     acc = summary.accuracy.get(variant)
     act = summary.act_bytes.get(variant, 0)
     return SweepPoint(
-        index=index, total=total, variant=variant, rank=config.rank,
+        index=index, total=total, variant=variant, rank=str(config.rank),
         bits=config.bits if variant == "facto" else None, update=config.update if variant == "facto" else "-",
         status=summary.status, accuracy=acc, act_bytes=act, baseline_accuracy=b_acc, baseline_bytes=b_bytes,
         saving_pct=100.0 * (1 - act / b_bytes) if b_bytes else 0.0,

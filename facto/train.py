@@ -1,238 +1,47 @@
-"""Training: RunConfig, the step loop, and baseline vs Facto side by side as a stream of events.
+"""Training: one `Trainer` per model, and baseline vs Facto side by side as a stream of events.
 
 `compare(config)` trains the dense fp32 baseline and the Facto model from the same initial
 weights on the same batches, interleaved (a baseline step, a Facto step, ...), and yields
-typed events the app and the CLI draw. Closing the generator early (Stop) ends the run as
-'interrupted'; with a `RunStore` every event is stored as it happens.
+typed events (`facto.events`) that the app and the CLI draw. Closing the generator early
+(Stop) simply ends it; `facto.recorder.record` stores a run as it goes (Stop -> interrupted).
+
+Each run owns its random generators: weights come from the seed (under facto's lock on
+torch's global generator), the data order and the stochastic rounding from generators
+seeded by the config, so other threads drawing or reseeding torch's global generator do
+not change a run. A variant whose loss or gradient turns non-finite, or that runs out of
+memory, stops with the reason while the other goes on.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
-import statistics
+import os
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterator, Union
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .activations import ActivationMeter, measure_activations, saved_activations
-from .compress import validate_bits, validate_block
-from .data import DataBundle, list_datasets, load_data
-from .factorize import describe, factorize, parse_rank
-from .layers import UPDATES, _Factorized
-from .models import check_model_name, create_model
+from .activations import saved_activations
+from .build import dense_model, layer_bytes, variant_models
+from .config import CYCLE, RunConfig, cycle_order
+from .data import DataBundle, load_data
+from .events import (Event, EvalEvent, FailureEvent, RunTracker, StartEvent, StepEvent, SummaryEvent)
+from .factorize import describe
+from .layers import FactorizedLayer
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("onecycle", "cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-BASELINES = ("dense", "compress")
-CYCLE = "cycle"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One comparison (or single run). Validated on construction: bad values raise ValueError."""
-
-    model: str = "simple_cnn"
-    dataset: str = "digits"
-    rank: Union[float, int, str] = 0.5
-    update: str = "core"
-    bits: int | None = 4
-    block: int = 64
-    recompute: bool = True
-    epochs: int = 4
-    max_steps: int | None = None
-    batch_size: int = 64
-    lr: float = 1e-2
-    optimizer: str = "adam"
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 0
-    warm_start_steps: int = 0
-    cycle_every: int = 0
-    data_dir: str = "~/.facto/data"
-    download: bool = False
-    max_train: int | None = None
-    max_test: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, list_datasets())
-        parse_rank(self.rank)
-        if self.update != CYCLE:
-            _check_choice("update", self.update, [*UPDATES, CYCLE])
-        validate_bits(self.bits)
-        validate_block(self.block)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        if not (self.device in DEVICES or str(self.device).startswith("cuda:")):
-            raise ValueError(f"device={self.device!r} is not allowed: choose one of {', '.join(DEVICES)} or cuda:N")
-        for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("eval_every", "warm_start_steps", "seed", "cycle_every"):
-            _check_int(name, getattr(self, name), 0)
-        for name in ("max_steps", "max_train", "max_test"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 10):
-            raise ValueError(f"lr={self.lr!r} is not allowed: use a number in (0, 10]")
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
-            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: use a number in [0, 1)")
-        check_model_name(self.model)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
-        """Build from a dict, ignoring unknown keys (e.g. a stored config of an older version)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NONFINITE_ADVICE = "try a lower learning rate or more bits"
+OOM_ADVICE = "try a smaller batch, fewer bits or recompute on"
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed: use an integer >= {minimum}")
-
-
-# ----------------------------------------------------------------------------- presets
-
-PRESETS: dict[str, dict] = {
-    # the paper's recipe as we read it: train the last factor, compress the feature maps
-    "paper": dict(rank=0.5, update="last", bits=4, recompute=False),
-    # the measured default (README, benchmarks/engine.py): close to dense accuracy, ~94 % saving
-    "balanced": dict(rank=0.5, update="core", bits=4, recompute=True),
-    # every trick: recompute BN inputs, 2-bit maps
-    "max-saving": dict(rank=0.5, update="core", bits=2, recompute=True),
-}
-
-
-def preset(name: str, **overrides) -> RunConfig:
-    """A RunConfig from a named preset (see PRESETS) with optional overrides."""
-    _check_choice("preset", name, list(PRESETS))
-    return RunConfig(**{**PRESETS[name], **overrides})
-
-
-# ----------------------------------------------------------------------------- events
-
-@dataclass
-class StartEvent:
-    """Sent once before the first step: what is being compared."""
-
-    config: dict
-    device: str
-    device_name: str
-    steps_per_epoch: int
-    total_steps: int
-    train_size: int
-    test_size: int
-    params: dict[str, int]
-    trainable_params: dict[str, int]
-    layer_bytes: dict[str, dict[str, int]]
-    report: list[dict]
-    type: str = "start"
-
-
-@dataclass
-class StepEvent:
-    """One optimisation step of one variant."""
-
-    variant: str
-    step: int
-    epoch: int
-    loss: float
-    accuracy: float
-    act_bytes: int
-    raw_bytes: int
-    peak_cuda: int | None
-    step_seconds: float
-    lr: float
-    type: str = "step"
-
-
-@dataclass
-class EvalEvent:
-    """A test-set evaluation of one variant."""
-
-    variant: str
-    step: int
-    epoch: int
-    test_loss: float
-    test_accuracy: float
-    type: str = "eval"
-
-
-@dataclass
-class SummaryEvent:
-    """The end of a run: both accuracies, the memory saving, timings."""
-
-    status: str
-    steps: dict[str, int]
-    accuracy: dict[str, float | None]
-    act_bytes: dict[str, int]
-    peak_cuda: dict[str, int | None]
-    step_seconds: dict[str, float]
-    params: dict[str, int]
-    wall_seconds: float
-    saving_pct: float | None
-    accuracy_delta: float | None
-    type: str = "summary"
-
-
-Event = Union[StartEvent, StepEvent, EvalEvent, SummaryEvent]
-
-
-class RunTracker:
-    """Accumulates events; gives a consistent summary at any point (also after a Stop)."""
-
-    def __init__(self) -> None:
-        self.start: StartEvent | None = None
-        self.steps: dict[str, list[StepEvent]] = {}
-        self.evals: dict[str, list[EvalEvent]] = {}
-        self.began = time.perf_counter()
-
-    def add(self, event: Event) -> None:
-        if isinstance(event, StartEvent):
-            self.start = event
-        elif isinstance(event, StepEvent):
-            self.steps.setdefault(event.variant, []).append(event)
-        elif isinstance(event, EvalEvent):
-            self.evals.setdefault(event.variant, []).append(event)
-
-    def summary(self, status: str = "completed") -> SummaryEvent:
-        variants = [v for v in ("baseline", "facto") if v in self.steps] or list(self.steps)
-        acc = {v: (self.evals[v][-1].test_accuracy if self.evals.get(v) else None) for v in variants}
-        act = {v: max(s.act_bytes for s in self.steps[v]) for v in variants}
-        peak = {v: max((s.peak_cuda for s in self.steps[v] if s.peak_cuda is not None), default=None)
-                for v in variants}
-        secs = {v: statistics.median(s.step_seconds for s in self.steps[v][1:] or self.steps[v])
-                for v in variants}
-        saving = delta = None
-        if act.get("baseline") and "facto" in act:
-            saving = 100.0 * (1 - act["facto"] / act["baseline"])
-        if acc.get("baseline") is not None and acc.get("facto") is not None:
-            delta = acc["facto"] - acc["baseline"]
-        params = self.start.params if self.start else {}
-        return SummaryEvent(status=status, steps={v: len(self.steps[v]) for v in variants},
-                            accuracy=acc, act_bytes=act, peak_cuda=peak, step_seconds=secs,
-                            params=params, wall_seconds=time.perf_counter() - self.began,
-                            saving_pct=saving, accuracy_delta=delta)
-
-
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- devices
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda, then mps, then cpu."""
+    """'auto' -> cuda, then mps, then cpu; ValueError when the named device is not there."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -241,6 +50,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} is not available on this machine: use 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' is not available on this machine: use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -251,30 +62,17 @@ def device_name(device: torch.device) -> str:
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     if device.type == "mps":
         return "Apple GPU (MPS)"
-    import os
-
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-@dataclass
-class Variant:
-    """A model being trained, with its optimizer, schedule and compression setting."""
-
-    name: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    bits: int | None
-    block: int
-    step: int = 0
-    cycle: list[str] = field(default_factory=list)
-
+# ----------------------------------------------------------------------------- one model's training
 
 def make_optimizer(config: RunConfig, model: nn.Module, total_steps: int):
-    """Optimizer over every parameter (frozen factors get no grad, so they never move)."""
+    """Optimizer over the trainable parameters and its schedule (frozen factors never move)."""
     params = list(model.parameters())
     if config.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay,
+                              nesterov=True)
     elif config.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
@@ -292,231 +90,318 @@ def make_optimizer(config: RunConfig, model: nn.Module, total_steps: int):
 def set_model_update(model: nn.Module, update: str) -> None:
     """Switch which factor trains in every factorized layer (factor schedules)."""
     for m in model.modules():
-        if isinstance(m, _Factorized):
+        if isinstance(m, FactorizedLayer):
             m.set_update(update)
 
 
-def train_step(v: Variant, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float, ActivationMeter, float]:
-    """One optimisation step under the compression/accounting hooks."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    v.model.train()
-    with saved_activations(v.bits, v.block, model=v.model) as meter:
-        out = v.model(x)
-    loss = F.cross_entropy(out, y)
-    v.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    v.optimizer.step()
-    v.scheduler.step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        meter.peak_cuda = torch.cuda.max_memory_allocated(device)
-    seconds = time.perf_counter() - start
-    acc = (out.detach().argmax(1) == y).float().mean().item()
-    v.step += 1
-    return loss.item(), acc, meter, seconds
+def autocast(device: torch.device, precision: str):
+    """torch.autocast for bf16/fp16, a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+class OwnedDropout(nn.Dropout):
+    """nn.Dropout drawing its masks from a run's own generator (not torch's global one)."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__(p)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep / (1 - self.p)
+
+
+def own_dropout(model: nn.Module, generator: torch.Generator) -> None:
+    """Swap every nn.Dropout for an `OwnedDropout` using `generator`, in place."""
+    from .surgery import replace_module
+
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.Dropout and name:
+            replace_module(model, name, OwnedDropout(m.p, generator))
+
+
+class NonFiniteError(ArithmeticError):
+    """A step produced a non-finite loss or gradient."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    accuracy: float
+    act_bytes: int
+    raw_bytes: int
+    peak_cuda: int | None
+    cuda_allocated: int | None
+    seconds: float
+    lr: float
+
+
+@dataclass
+class Trainer:
+    """One model being trained: optimizer, schedule, compression setting and its own generator."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    bits: int | None = None
+    block: int = 64
+    precision: str = "fp32"
+    seed: int = 0
+    cycle: list[str] = field(default_factory=list)
+    step: int = 0
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        own_dropout(self.model, self.generator)
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.precision == "fp16" and self.device.type == "cuda" else None)
+
+    @classmethod
+    def create(cls, name: str, model: nn.Module, config: RunConfig, total_steps: int,
+               device: torch.device, bits: int | None = None, cycle: Sequence[str] = ()) -> "Trainer":
+        """A trainer for `model` with the config's optimizer, schedule, block, precision and seed."""
+        wrapped = distributed.wrap(model, device)
+        opt, sched = make_optimizer(config, wrapped, total_steps)
+        offset = {"baseline": 1, "facto": 2}.get(name, 0)
+        return cls(name, wrapped, opt, sched, device, bits=bits, block=config.block,
+                   precision=config.precision, seed=config.seed * 1009 + offset, cycle=list(cycle))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """One optimisation step under the compression/accounting hooks.
+
+        Raises NonFiniteError (the weights are left untouched) when the loss or a gradient
+        is not finite.
+        """
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        self.model.train()
+        with autocast(self.device, self.precision), \
+                saved_activations(self.bits, self.block, model=self.model, generator=self.generator) as meter:
+            out = self.model(x)
+            loss = F.cross_entropy(out.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        correct = (out.detach().argmax(1) == y).sum()
+        loss_value, norm_value, correct_value = torch.stack(
+            [loss.detach().float(), grad_norm.float(), correct.float()]).tolist()  # the step's one sync
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient"
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                raise NonFiniteError(f"non-finite {what} at step {self.step + 1}")
+            self.scaler.update()  # fp16: the scaler skips this step and lowers its scale
+        elif self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        peak = allocated = None
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            allocated = torch.cuda.memory_allocated(self.device)
+        self.step += 1
+        return StepResult(loss_value, 100.0 * correct_value / max(len(y), 1), meter.bytes, meter.raw_bytes,
+                          peak, allocated, time.perf_counter() - start, self.scheduler.get_last_lr()[0])
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> tuple[float, float]:
+        """Test loss and accuracy (%)."""
+        return evaluate(self.model, loader, self.device, self.precision)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """Test loss and accuracy (%)."""
+def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32") -> tuple[float, float]:
+    """Test loss and accuracy (%) of `model` on `loader`."""
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
+        with autocast(device, precision):
+            out = model(x).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         total += y.numel()
-    loss, acc = distributed.reduce_sums(loss_sum, correct, total, device)
-    return loss, acc
+    return distributed.reduce_sums(loss_sum, correct, total, device)
 
 
-def build_facto(config: RunConfig, dense: nn.Module) -> nn.Module:
-    """The Facto model a run of `config` trains, factorized from `dense` (the Layers page uses it too)."""
-    first = config.update if config.update != CYCLE else cycle_order(config)[0]
-    extra = {"recompute": True} if config.recompute else {}
-    return factorize(dense, rank=config.rank, update=first, **extra)
+def failure_reason(error: BaseException) -> str | None:
+    """The reason a variant stops for `error` (None when the error is not a variant's own)."""
+    if isinstance(error, NonFiniteError):
+        return f"{error}, {NONFINITE_ADVICE}"
+    if isinstance(error, torch.OutOfMemoryError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        return f"out of memory ({first[:160]}), {OOM_ADVICE}"
+    return None
 
 
-def cycle_order(config: RunConfig) -> list[str]:
-    """The factors a `cycle` schedule trains in turn (memory: the max over them).
+# ----------------------------------------------------------------------------- baseline vs Facto
 
-    `first` is left out: training it stores the full layer input, which is what Facto avoids.
-    """
-    return ["core", "last"]
+@dataclass
+class Schedule:
+    """When a run steps, evaluates and switches factors."""
+
+    total: int
+    steps_per_epoch: int
+    eval_every: int
+    cycle_every: int
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total / self.steps_per_epoch)
+
+    def evaluates_after(self, step: int) -> bool:
+        end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total
+        return end_of_epoch or bool(self.eval_every and step % self.eval_every == 0)
+
+    def evals_planned(self) -> int:
+        return sum(self.evaluates_after(s) for s in range(1, self.total + 1))
+
+    def factor_for(self, trainer: Trainer, step: int, epoch: int) -> str | None:
+        """The factor `trainer` switches to before `step` (None: no switch)."""
+        if not trainer.cycle:
+            return None
+        if self.cycle_every:
+            if (step - 1) % self.cycle_every == 0:
+                return trainer.cycle[((step - 1) // self.cycle_every) % len(trainer.cycle)]
+            return None
+        if step % self.steps_per_epoch == 1 or self.steps_per_epoch == 1:
+            return trainer.cycle[epoch % len(trainer.cycle)]
+        return None
 
 
-def _param_counts(model: nn.Module) -> tuple[int, int]:
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
-def compare(config: RunConfig, store=None, variants: tuple[str, ...] = ("baseline", "facto"),
+def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto"),
             data: DataBundle | None = None) -> Iterator[Event]:
     """Train baseline and Facto side by side from the same weights; yield events as they happen.
 
     Args:
-        store: a `facto.store.RunStore`; the run is written as it goes (Stop -> interrupted).
         variants: which of baseline / facto to train (`run` trains one).
         data: a loaded DataBundle to reuse (else loaded from the config).
     """
     tracker = RunTracker()
-    run_id = None
-    status, error = "interrupted", None
-    try:
-        distributed.init_from_env()
-        logger = distributed.is_main_process()
-        device = distributed.device_for(resolve_device(config.device))
-        torch.manual_seed(config.seed)
-        if data is None:
-            data = load_data(config.dataset, config.data_dir, config.batch_size, download=config.download,
-                             seed=config.seed, max_train=config.max_train, max_test=config.max_test)
-        train_loader = distributed.shard_loader(data.train_loader, config.seed)
-        steps_per_epoch = len(train_loader)
-        total = config.max_steps or steps_per_epoch * config.epochs
-        torch.manual_seed(config.seed)
-        dense = create_model(config.model, data.info.num_classes, data.info.in_channels).to(device)
-        models: dict[str, nn.Module] = {}
-        warm = []
-        if config.warm_start_steps:
-            warm = list(_warm_start(dense, config, train_loader, device))
-        if "baseline" in variants:
-            models["baseline"] = copy.deepcopy(dense)
-        if "facto" in variants:
-            models["facto"] = build_facto(config, dense).to(device)
-        probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
-        start = StartEvent(
-            config=config.to_dict(), device=str(device), device_name=device_name(device),
-            steps_per_epoch=steps_per_epoch, total_steps=total, train_size=data.train_size,
-            test_size=data.test_size,
-            params={k: _param_counts(m)[0] for k, m in models.items()},
-            trainable_params={k: _param_counts(m)[1] for k, m in models.items()},
-            layer_bytes={k: layer_bytes(m, probe, config.bits if k == "facto" else None, config.block)
-                         for k, m in models.items()},
-            report=[asdict(r) for r in describe(models["facto"])] if "facto" in models else [])
-        if store is not None and logger:
-            run_id = store.start_run(config.to_dict(), kind="compare" if len(models) > 1 else "single")
-            for k, lb in start.layer_bytes.items():
-                store.log_layers(run_id, k, lb)
-        tracker.add(start)
-        yield start
-        for event in warm:
-            yield event
-        running = {}
-        for k, m in models.items():
-            wrapped = distributed.wrap(m, device)
-            running[k] = Variant(k, wrapped, *make_optimizer(config, wrapped, total),
-                                 bits=config.bits if k == "facto" else None, block=config.block,
-                                 cycle=cycle_order(config) if (k == "facto" and config.update == CYCLE) else [])
-        yield from _loop(config, running, train_loader, data.test_loader, device, total, steps_per_epoch,
-                         tracker, store, run_id)
-        status = "completed"
-    except GeneratorExit:
-        status = "interrupted"
-        raise
-    except Exception as exc:  # a failed run stays in the history with its error
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if store is not None and run_id is not None:
-            summary = tracker.summary(status) if tracker.steps else None
-            store.finish_run(run_id, status, asdict(summary) if summary else None, error)
-    if tracker.steps:
-        yield tracker.summary("completed")
+    distributed.init_from_env()
+    device = distributed.device_for(resolve_device(config.device))
+    if data is None:
+        data = load_data(config.dataset, config.data_dir, config.batch_size, download=config.download,
+                         seed=config.seed, max_train=config.max_train, max_test=config.max_test)
+    train_loader = distributed.shard_loader(data.train_loader, config.seed)
+    schedule = Schedule(config.max_steps or len(train_loader) * config.epochs, len(train_loader),
+                        config.eval_every, config.cycle_every)
+    dense = dense_model(config, data.info.num_classes, data.info.in_channels, device)
+    warm = list(_warm_start(dense, config, train_loader, device)) if config.warm_start_steps else []
+    models = variant_models(config, dense, variants)
+    del dense
+    probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
+    start = StartEvent(
+        config=config.to_dict(), device=str(device), device_name=device_name(device),
+        steps_per_epoch=schedule.steps_per_epoch, total_steps=schedule.total, train_size=data.train_size,
+        test_size=data.test_size, params={k: _param_count(m) for k, m in models.items()},
+        trainable_params={k: _param_count(m, trainable=True) for k, m in models.items()},
+        layer_bytes={k: layer_bytes(m, probe, config.bits if k == "facto" else None, config.block)
+                     for k, m in models.items()},
+        report=[asdict(r) for r in describe(models["facto"])] if "facto" in models else [],
+        evals_planned=schedule.evals_planned())
+    tracker.add(start)
+    yield start
+    yield from warm
+    trainers = [Trainer.create(k, m, config, schedule.total, device,
+                               bits=config.bits if k == "facto" else None,
+                               cycle=cycle_order() if (k == "facto" and config.update == CYCLE) else ())
+                for k, m in models.items()]
+    for event in _train(trainers, schedule, train_loader, data.test_loader):
+        tracker.add(event)
+        yield event
+    yield tracker.summary("completed" if len(tracker.failures) < len(trainers) else "failed")
 
 
-def _loop(config, running, train_loader, test_loader, device, total, steps_per_epoch, tracker, store, run_id):
-    pending: list = []
-    try:
-        yield from _steps(config, running, train_loader, test_loader, device, total, steps_per_epoch,
-                          tracker, store, run_id, pending)
-    finally:  # also on Stop (generator closed) and on errors: keep what was done
-        if store is not None and run_id is not None:
-            _flush(store, run_id, pending)
-
-
-def _steps(config, running, train_loader, test_loader, device, total, steps_per_epoch, tracker, store,
-           run_id, pending):
+def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loader) -> Iterator[Event]:
+    """The step loop: every live trainer takes each batch in turn; tests after epochs / every N."""
     step = 0
-    epochs = math.ceil(total / steps_per_epoch)
-    for epoch in range(epochs):
+    for epoch in range(schedule.epochs):
         distributed.set_epoch(train_loader, epoch)
         for x, y in train_loader:
-            if step >= total:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if step >= schedule.total or all(t.failure for t in trainers):
+                return
             step += 1
-            for v in running.values():
-                if v.cycle and config.cycle_every and (step - 1) % config.cycle_every == 0:
-                    set_model_update(v.model, v.cycle[((step - 1) // config.cycle_every) % len(v.cycle)])
-                elif v.cycle and not config.cycle_every and step % steps_per_epoch == 1:
-                    set_model_update(v.model, v.cycle[epoch % len(v.cycle)])
-                loss, acc, meter, secs = train_step(v, x, y, device)
-                loss, acc = distributed.reduce_mean(loss, acc, device)
-                event = StepEvent(v.name, step, epoch + 1, loss, 100 * acc, meter.bytes, meter.raw_bytes,
-                                  meter.peak_cuda, secs, v.scheduler.get_last_lr()[0])
-                tracker.add(event)
-                pending.append(("step", event))
-                yield event
-            end_of_epoch = step % steps_per_epoch == 0 or step == total
-            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:
-                for v in running.values():
-                    loss, acc = evaluate(v.model, test_loader, device)
-                    event = EvalEvent(v.name, step, epoch + 1, loss, acc)
-                    tracker.add(event)
-                    pending.append(("eval", event))
-                    yield event
-            if store is not None and run_id is not None and (len(pending) >= 20 or end_of_epoch):
-                _flush(store, run_id, pending)
-        if step >= total:
-            break
-
-
-def _flush(store, run_id: int, pending: list) -> None:
-    rows = []
-    for kind, e in pending:
-        metrics = {k: v for k, v in asdict(e).items() if k not in ("variant", "step", "epoch", "type")}
-        if kind == "eval":
-            metrics["accuracy"] = metrics.pop("test_accuracy")
-            metrics["loss"] = metrics.pop("test_loss")
-        rows.append((e.variant, kind, e.step, e.epoch, metrics))
-    if rows:
-        store.log_metrics(run_id, rows)
-    pending.clear()
+            for t in trainers:
+                if t.failure:
+                    continue
+                factor = schedule.factor_for(t, step, epoch)
+                if factor:
+                    set_model_update(t.model, factor)
+                xd, yd = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+                try:
+                    r = t.train_step(xd, yd)
+                except (NonFiniteError, torch.OutOfMemoryError) as error:
+                    t.failure = failure_reason(error)
+                    if t.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    yield FailureEvent(t.name, step, t.failure)
+                    continue
+                loss, acc = distributed.reduce_mean(r.loss, r.accuracy, t.device)
+                yield StepEvent(t.name, step, epoch + 1, loss, acc, r.act_bytes, r.raw_bytes, r.peak_cuda,
+                                r.seconds, r.lr, r.cuda_allocated)
+            if schedule.evaluates_after(step):
+                for t in trainers:
+                    if not t.failure:
+                        began = time.perf_counter()
+                        loss, acc = t.evaluate(test_loader)
+                        yield EvalEvent(t.name, step, epoch + 1, loss, acc, time.perf_counter() - began)
 
 
 def _warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator[StepEvent]:
     """Train the dense model `warm_start_steps` steps before it is copied and factorized."""
-    wrapped = distributed.wrap(model, device)
-    v = Variant("warmup", wrapped, *make_optimizer(config, wrapped, config.warm_start_steps), bits=None,
-                block=config.block)
-    step = 0
-    while step < config.warm_start_steps:
+    t = Trainer.create("warmup", model, config, config.warm_start_steps, device)
+    while t.step < config.warm_start_steps:
         for x, y in loader:
-            if step >= config.warm_start_steps:
+            if t.step >= config.warm_start_steps:
                 break
-            step += 1
-            loss, acc, meter, secs = train_step(v, x.to(device), y.to(device), device)
-            yield StepEvent("warmup", step - config.warm_start_steps, 0, loss, 100 * acc, meter.bytes,
-                            meter.raw_bytes, meter.peak_cuda, secs, v.scheduler.get_last_lr()[0])
+            r = t.train_step(x.to(device), y.to(device))
+            yield StepEvent("warmup", t.step - config.warm_start_steps, 0, r.loss, r.accuracy, r.act_bytes,
+                            r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated)
 
 
-def run(config: RunConfig, variant: str = "facto", store=None) -> Iterator[Event]:
+def run(config: RunConfig, variant: str = "facto") -> Iterator[Event]:
     """Train one variant alone ('baseline' or 'facto'); same events as `compare`."""
-    _check_choice("variant", variant, ["baseline", "facto"])
-    return compare(config, store=store, variants=(variant,))
+    if variant not in ("baseline", "facto"):
+        raise ValueError(f"variant={variant!r} is not allowed: use baseline or facto")
+    return compare(config, variants=(variant,))
 
 
-def layer_bytes(model: nn.Module, x: torch.Tensor, bits: int | None, block: int = 64) -> dict[str, int]:
-    """Stored bytes per module for one training-mode forward of `x` (BN stats restored after)."""
-    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    meter = measure_activations(model, x, bits, block)
-    model.load_state_dict(state, strict=False)
-    return {k: v for k, v in meter.by_module.items() if v}
+def train_model(model: nn.Module, config: RunConfig, data: DataBundle, device: torch.device,
+                bits: int | None = None, cycle: Sequence[str] = ()) -> float:
+    """Train `model` alone with the config's schedule and return its test accuracy (%).
+
+    The same Trainer and step loop as `compare` (the benchmark trains its methods with it).
+    """
+    schedule = Schedule(config.max_steps or len(data.train_loader) * config.epochs,
+                        len(data.train_loader), 0, 0)
+    trainer = Trainer.create("model", model, config, schedule.total, device, bits=bits, cycle=cycle)
+    for event in _train([trainer], schedule, data.train_loader, data.test_loader):
+        if isinstance(event, FailureEvent):
+            raise RuntimeError(event.reason)
+    return trainer.evaluate(data.test_loader)[1]
+
+
+def _param_count(model: nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def consume(events: Iterator[Event]) -> SummaryEvent:
@@ -524,5 +409,6 @@ def consume(events: Iterator[Event]) -> SummaryEvent:
     last = None
     for event in events:
         last = event
-    assert isinstance(last, SummaryEvent)
+    if not isinstance(last, SummaryEvent):
+        raise RuntimeError("the run ended without a summary")
     return last

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from facto import FactoConv2d, FactoLinear, MaskReLU, describe, factorize, format_report, parse_rank
-from facto.factorize import choose_rank, evbmf_rank
+from facto.decompose import choose_rank, evbmf_rank
 from facto.models import create_model, list_models
 
 
@@ -128,7 +128,7 @@ def test_factorize_leaves_input_untouched():
 
 
 def test_default_skips_first_conv_and_output_layer_with_reasons():
-    new = factorize(plain_cnn(), rank=0.5)
+    new = factorize(plain_cnn(), rank=0.5, recompute=False)
     assert type(new.features[0]) is nn.Conv2d
     assert isinstance(new.features[3], FactoConv2d) and isinstance(new.features[6], FactoConv2d)
     assert isinstance(new.hidden, FactoLinear)
@@ -170,7 +170,7 @@ def test_grouped_and_depthwise_convs_stay_dense_with_reasons():
 
 
 def test_skip_by_name_leaves_layer_dense_with_reason():
-    new = factorize(plain_cnn(), rank=0.5, skip=["features.3"])
+    new = factorize(plain_cnn(), rank=0.5, skip=["features.3"], recompute=False)
     rows = rows_by_name(new)
     assert type(new.features[3]) is nn.Conv2d
     assert rows["features.3"].kind == "dense" and "skip" in rows["features.3"].reason
@@ -199,7 +199,7 @@ def test_rank_dict_default_and_override():
 
 
 def test_rank_dict_without_default_leaves_other_layers_dense():
-    new = factorize(plain_cnn(), rank={"features.6": 0.5})
+    new = factorize(plain_cnn(), rank={"features.6": 0.5}, recompute=False)
     rows = rows_by_name(new)
     assert rows["features.6"].kind == "factorized" and rows["features.6"].ranks == (16, 12)
     assert rows["features.3"].kind == "dense" and "rank dict" in rows["features.3"].reason
@@ -390,7 +390,7 @@ def expected_trainable(layer: nn.Module, update: str) -> int:
 @pytest.mark.parametrize("update", ["first", "core", "last", "all"])
 def test_update_trains_the_right_factor(update):
     torch.manual_seed(0)
-    new = factorize(MixedNet(), rank=0.5, update=update)
+    new = factorize(MixedNet(), rank=0.5, update=update, recompute=False)
     assert isinstance(new.conv, FactoConv2d) and not new.conv.pointwise
     assert isinstance(new.point, FactoConv2d) and new.point.pointwise
     assert isinstance(new.hidden, FactoLinear)
@@ -447,7 +447,7 @@ TORCHVISION = {
 def test_torchvision_models_factorize_and_train(name):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None, num_classes=10)
-    new = factorize(model, rank=0.25, update="core", **TORCHVISION[name])
+    new = factorize(model, rank=0.25, update="core", **TORCHVISION[name], recompute=False)
     rows = describe(new)
     assert sum(r.kind == "factorized" for r in rows) >= 7
     logits = train_step(new, torch.randn(2, 3, 32, 32))

@@ -81,7 +81,7 @@ def assert_same_training(unfused: nn.Module, fused: nn.Module, xs: list[torch.Te
 
 @pytest.mark.parametrize("update", UPDATES)
 def test_fused_small_cnn_trains_exactly_like_unfused(update):
-    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False)
+    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
     assert sum(isinstance(m, FactoConvBN) for m in fused.modules()) == 3
     assert sum(isinstance(m, IndexMaxPool2d) for m in fused.modules()) == 2
@@ -93,27 +93,27 @@ def test_fused_small_cnn_trains_exactly_like_unfused(update):
 def test_fused_basic_block_trains_exactly_like_unfused(update):
     torch.manual_seed(0)
     unfused = facto.factorize(BasicBlock(16, 32, stride=2), rank=0.5, update=update,
-                              skip_first_conv=False)
+                              skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
-    assert fused.facto_fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
+    assert fused.facto_fusion.fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
     torch.manual_seed(1)
     assert_same_training(unfused, fused, [torch.randn(4, 16, 12, 12), torch.randn(4, 16, 12, 12)])
 
 
 def test_factorize_recompute_resnet20_trains_exactly_like_unfused():
     model = resnet20()
-    unfused = facto.factorize(model, rank=0.5, update="last")
+    unfused = facto.factorize(model, rank=0.5, update="last", recompute=False)
     fused = facto.factorize(model, rank=0.5, update="last", recompute=True)
-    assert len(fused.facto_fused) == 21 and fused.facto_not_fused == {}
-    assert "layer2.0.shortcut.0+layer2.0.shortcut.1" in fused.facto_fused
-    assert fused.facto_fused[0] == "conv1+bn1" and isinstance(fused.conv1, ConvBN)  # dense stem
-    assert isinstance(fused.layer1[0].bn1, nn.Identity) and not hasattr(model, "facto_fused")
+    assert len(fused.facto_fusion.fused) == 21 and fused.facto_fusion.not_fused == {}
+    assert "layer2.0.shortcut.0+layer2.0.shortcut.1" in fused.facto_fusion.fused
+    assert fused.facto_fusion.fused[0] == "conv1+bn1" and isinstance(fused.conv1, ConvBN)  # dense stem
+    assert isinstance(fused.layer1[0].bn1, nn.Identity) and not hasattr(model, "facto_fusion")
     torch.manual_seed(1)
     assert_same_training(unfused, fused, [torch.randn(4, 3, 16, 16)])
 
 
 def test_set_update_after_fusion_moves_the_stored_stage():
-    unfused = facto.factorize(small_cnn(), rank=0.5, update="last", skip_first_conv=False)
+    unfused = facto.factorize(small_cnn(), rank=0.5, update="last", skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
     for model in (unfused, fused):
         for m in model.modules():
@@ -150,7 +150,7 @@ def _stored_input(m: FactoConvBN, shape_in: tuple, shape_out: tuple) -> int:
 
 @pytest.mark.parametrize("update", UPDATES)
 def test_fused_block_stores_exactly_s_stats_and_mask(update):
-    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False)
+    unfused = facto.factorize(small_cnn(), rank=0.5, update=update, skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
     x = torch.randn(4, 3, 16, 16, requires_grad=True)
     shapes = _shapes(fused, x)
@@ -182,9 +182,9 @@ def test_fused_block_stores_exactly_s_stats_and_mask(update):
 def test_fused_basic_block_stores_no_full_width_tensor(update):
     torch.manual_seed(0)
     block = BasicBlock(16, 32, stride=2)
-    unfused = facto.factorize(block, rank=0.5, update=update, skip_first_conv=False)
+    unfused = facto.factorize(block, rank=0.5, update=update, skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
-    assert fused.facto_fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
+    assert fused.facto_fusion.fused == ["conv1+bn1", "conv2+bn2", "shortcut.0+shortcut.1"]
     ranks = {r for m in fused.modules() if isinstance(m, FactoConvBN) for r in m.ranks}
     x = torch.randn(4, 16, 16, 16, requires_grad=True)
     for model, full_width_expected in [(unfused, True), (fused, False)]:
@@ -224,9 +224,9 @@ def test_fused_dense_conv_trains_exactly_like_unfused(make, momentum):
     torch.manual_seed(0)
     unfused = dense_block(make(), momentum)
     fused = fuse_recompute(copy.deepcopy(unfused))
-    assert fused.facto_fused == ["0+1"] and isinstance(fused[0], ConvBN)
+    assert fused.facto_fusion.fused == ["0+1"] and isinstance(fused[0], ConvBN)
     assert isinstance(fused[0], nn.Conv2d) and isinstance(fused[1], nn.Identity)
-    assert "followed by AdaptiveAvgPool2d" in fused.facto_not_fused["3"]  # dense, no BN after it
+    assert "followed by AdaptiveAvgPool2d" in fused.facto_fusion.not_fused["3"]  # dense, no BN after it
     # parameters keep their names: the conv's at the conv's name, the BN's under `.bn`
     renamed = {k.replace("1.", "0.bn.", 1) if k.startswith("1.") else k: v
                for k, v in unfused.state_dict().items()}
@@ -257,10 +257,10 @@ def test_fused_dense_conv_frozen_weight_and_input_without_grad():
 def test_fused_stem_stores_exactly_its_input_and_bn_stats():
     torch.manual_seed(0)
     model = create_model("simple_cnn", num_classes=10, in_channels=1)
-    unfused = fuse_recompute(facto.factorize(model, 0.5, "core"), dense=False)  # the stem only differs
+    unfused = fuse_recompute(facto.factorize(model, 0.5, "core", recompute=False), dense=False)  # the stem only differs
     fused = facto.factorize(model, 0.5, "core", recompute=True)
-    assert isinstance(fused.features[0], ConvBN) and fused.facto_fused[0] == "features.0+features.1"
-    assert "features.0" in fused.facto_skipped  # still the dense stem factorize left alone
+    assert isinstance(fused.features[0], ConvBN) and fused.facto_fusion.fused[0] == "features.0+features.1"
+    assert "features.0" in fused.facto_state.skipped  # still the dense stem factorize left alone
     n, h, w = 4, 16, 16
     x = torch.randn(n, 1, h, w)
     with facto.saved_activations(model=unfused) as before:
@@ -283,13 +283,13 @@ def test_fused_stem_stores_exactly_its_input_and_bn_stats():
 
 def test_dense_false_fuses_factorized_convs_only():
     model = resnet20()
-    fused = fuse_recompute(facto.factorize(model, rank=0.5, update="last"), dense=False)
-    assert len(fused.facto_fused) == 20 and "conv1+bn1" not in fused.facto_fused
+    fused = fuse_recompute(facto.factorize(model, rank=0.5, update="last", recompute=False), dense=False)
+    assert len(fused.facto_fusion.fused) == 20 and "conv1+bn1" not in fused.facto_fusion.fused
     assert type(fused.conv1) is nn.Conv2d and isinstance(fused.bn1, nn.BatchNorm2d)
-    assert "conv1" not in fused.facto_not_fused  # dense convs are not candidates at all
+    assert "conv1" not in fused.facto_fusion.not_fused  # dense convs are not candidates at all
     again = fuse_recompute(fused)  # a second pass with dense=True picks up the stem
-    assert again.facto_fused[-1] == "conv1+bn1" and isinstance(again.conv1, ConvBN)
-    assert fuse_recompute(again).facto_fused == again.facto_fused  # idempotent
+    assert again.facto_fusion.fused[-1] == "conv1+bn1" and isinstance(again.conv1, ConvBN)
+    assert fuse_recompute(again).facto_fusion.fused == again.facto_fusion.fused  # idempotent
 
 
 def test_fuse_plain_mobilenet_v2_fuses_every_conv():
@@ -301,7 +301,7 @@ def test_fuse_plain_mobilenet_v2_fuses_every_conv():
             m.p = 0.0  # the two runs must draw the same: no dropout
     convs = sum(type(m) is nn.Conv2d for m in model.modules())
     fused = fuse_recompute(copy.deepcopy(model))
-    assert len(fused.facto_fused) == convs and fused.facto_not_fused == {}
+    assert len(fused.facto_fusion.fused) == convs and fused.facto_fusion.not_fused == {}
     assert sum(isinstance(m, ConvBN) and m.groups > 1 for m in fused.modules()) >= 10
     torch.manual_seed(1)
     assert_same_training(model, fused, [torch.randn(2, 3, 32, 32)])
@@ -380,16 +380,16 @@ def test_fuse_reports_what_it_fused_and_what_not():
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
                           nn.BatchNorm2d(8))
     fused = facto.factorize(plain, rank=0.5, recompute=True)
-    assert fused.facto_fused == ["3+4"]
-    assert "followed by MaskReLU" in fused.facto_not_fused["1"]
+    assert fused.facto_fusion.fused == ["3+4"]
+    assert "followed by MaskReLU" in fused.facto_fusion.not_fused["1"]
     assert isinstance(fused[3], FactoConvBN) and isinstance(fused[4], nn.Identity)
-    assert fuse_recompute(fused).facto_fused == ["3+4"]  # idempotent
+    assert fuse_recompute(fused).facto_fusion.fused == ["3+4"]  # idempotent
 
-    dynamic = facto.factorize(Dynamic(), rank=0.5, skip_first_conv=False)
+    dynamic = facto.factorize(Dynamic(), rank=0.5, skip_first_conv=False, recompute=False)
     fused = fuse_recompute(copy.deepcopy(dynamic))
-    assert fused.facto_fused == ["body.1+body.2"]
-    assert set(fused.facto_not_fused) == {"body.0", "conv", "branch"}
-    assert "could not be traced" in fused.facto_not_fused["conv"]
+    assert fused.facto_fusion.fused == ["body.1+body.2"]
+    assert set(fused.facto_fusion.not_fused) == {"body.0", "conv", "branch"}
+    assert "could not be traced" in fused.facto_fusion.not_fused["conv"]
     torch.manual_seed(1)
     assert_same_training(dynamic, fused, [torch.randn(2, 3, 8, 8)])
 
@@ -403,11 +403,11 @@ def test_fuse_finds_torchvision_blocks():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(3, 2, 1),
                           TVBlock(8, 16, stride=2, downsample=down),
                           Conv2dNormActivation(16, 16, 3))
-    unfused = facto.factorize(model, rank=0.5, update="core")
+    unfused = facto.factorize(model, rank=0.5, update="core", recompute=False)
     fused = fuse_recompute(copy.deepcopy(unfused))
-    assert fused.facto_fused == ["2.conv1+2.bn1", "2.conv2+2.bn2", "2.downsample.0+2.downsample.1",
+    assert fused.facto_fusion.fused == ["2.conv1+2.bn1", "2.conv2+2.bn2", "2.downsample.0+2.downsample.1",
                                  "3.0+3.1"]
-    assert fused.facto_index_pools == ["1"]
+    assert fused.facto_fusion.index_pools == ["1"]
     torch.manual_seed(1)
     assert_same_training(unfused, fused, [torch.randn(2, 3, 16, 16)])
 
@@ -427,7 +427,7 @@ def _grad(model, x, target, bits):
 
 def test_low_bit_gradient_is_unbiased_with_the_default_bn_stats():
     """Mean of 16 stochastic draws vs the exact gradient; bn_stats options printed."""
-    unfused = facto.factorize(resnet20(), rank=0.5, update="last")
+    unfused = facto.factorize(resnet20(), rank=0.5, update="last", recompute=False)
     torch.manual_seed(1)
     x, target = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     exact = _grad(unfused, x, target, None)

@@ -1,0 +1,136 @@
+"""Building the models a run trains, from a RunConfig: one way, used by every caller.
+
+compare/sweep, `python -m facto inspect`, the Layers page, the planner and the benchmark all
+build through here, so a Facto model is made the same way everywhere. Methods:
+
+- dense: the model as created (fp32 maps stored as is);
+- compress: compression only (ActNN-style): ReLUs keep 1-bit masks, maps are compressed;
+- facto: factorized with the config's rank/update/recompute (masks, compression);
+- checkpoint: each stage under torch.utils.checkpoint (only its input kept).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .activations import measure_activations
+from .config import RunConfig
+from .factorize import factorize, with_relu_masks
+from .models import create_model
+
+METHODS = ("dense", "compress", "facto", "checkpoint")
+
+# torch's global generator is shared by every thread, and modules' reset_parameters draw from
+# it through torch.nn.init without a generator. `dense_model` therefore builds under a lock
+# with torch.nn.init's random functions drawing from the run's own generator, and builds
+# twice, keeping the weights only when both builds agree (a model that draws from the global
+# generator by other means, while another thread reseeds it, is caught that way).
+_GLOBAL_RNG = threading.RLock()
+BUILD_TRIES = 3
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generator seeded, exclusively among facto callers,
+    and restore the generator's previous state afterwards."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _with_generator(fn: Callable, generator: torch.Generator) -> Callable:
+    """`fn` (a torch.nn.init function) drawing from `generator` unless given one."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs)
+        if bound.arguments.get("generator") is None:
+            bound.arguments["generator"] = generator
+        return fn(*bound.args, **bound.kwargs)
+
+    return wrapped
+
+
+@contextmanager
+def init_from(generator: torch.Generator) -> Iterator[None]:
+    """Inside the block, torch.nn.init's random functions draw from `generator` by default."""
+    names = [n for n in dir(nn.init) if not n.startswith("_") and inspect.isfunction(getattr(nn.init, n))
+             and "generator" in inspect.signature(getattr(nn.init, n)).parameters]
+    originals = {n: getattr(nn.init, n) for n in names}
+    with _GLOBAL_RNG:
+        try:
+            for name, fn in originals.items():
+                setattr(nn.init, name, _with_generator(fn, generator))
+            yield
+        finally:
+            for name, fn in originals.items():
+                setattr(nn.init, name, fn)
+
+
+def dense_model(config: RunConfig, num_classes: int, in_channels: int,
+                device: torch.device | str = "cpu") -> nn.Module:
+    """The run's dense model, initialised from the config's seed, whatever other threads do.
+
+    torch.nn.init draws from a generator of the run's own; the model is built twice and kept
+    only when both builds are identical.
+    """
+    previous = None
+    for _ in range(BUILD_TRIES):
+        with seeded(config.seed), init_from(torch.Generator().manual_seed(config.seed)):
+            model = create_model(config.model, num_classes, in_channels)
+        if previous is not None and same_state(previous, model):
+            return model.to(device)
+        previous = model
+    raise RuntimeError("the initial weights could not be drawn reproducibly: another thread keeps "
+                       "reseeding or drawing from torch's global generator")
+
+
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    """True when two models hold identical parameters and buffers."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def facto_model(config: RunConfig, dense: nn.Module) -> nn.Module:
+    """The Facto model a run of `config` trains, factorized from `dense` (a copy; `dense` is kept)."""
+    return factorize(dense, rank=config.rank, update=config.facto_update, recompute=config.recompute)
+
+
+def method_model(method: str, dense: nn.Module, config: RunConfig | None = None) -> nn.Module:
+    """The model `method` trains, built from `dense` (which is not modified)."""
+    if method == "dense":
+        return copy.deepcopy(dense)
+    if method == "compress":
+        return with_relu_masks(dense)
+    if method == "facto":
+        return facto_model(config or RunConfig(), dense)
+    if method == "checkpoint":
+        from .checkpointing import with_checkpointing
+
+        return with_checkpointing(dense)
+    raise ValueError(f"method={method!r} is not allowed: use one of {', '.join(METHODS)}")
+
+
+def variant_models(config: RunConfig, dense: nn.Module, variants: tuple[str, ...]) -> dict[str, nn.Module]:
+    """{'baseline': dense copy, 'facto': factorized} for the requested variants, in that order."""
+    makers = {"baseline": lambda: method_model("dense", dense), "facto": lambda: facto_model(config, dense)}
+    unknown = [v for v in variants if v not in makers]
+    if unknown:
+        raise ValueError(f"variants={unknown!r} is not allowed: use baseline and/or facto")
+    return {v: makers[v]() for v in ("baseline", "facto") if v in variants}
+
+
+def layer_bytes(model: nn.Module, x: torch.Tensor, bits: int | None, block: int = 64) -> dict[str, int]:
+    """Stored bytes per module for one training-mode forward of `x` (BN statistics restored after)."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    meter = measure_activations(model, x, bits, block)
+    model.load_state_dict(state, strict=False)
+    return {k: v for k, v in meter.by_module.items() if v}

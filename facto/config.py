@@ -1,0 +1,364 @@
+"""RunConfig and its settings, each defined once.
+
+Every RunConfig field carries a `Setting`: its kind, allowed values or range, label, help
+text and unit. Validation, the CLI's flags (`facto.cli`), the app's widgets and the stored
+config (`to_dict` / `from_dict`) all derive from it, so a new setting (say, a new
+optimizer) is one edit here plus its test.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Iterable, Union
+
+from .compress import ALLOWED_BITS
+from .decompose import RANK_HELP, RankPolicy
+from .layers import UPDATE_HELP, UPDATES
+
+CYCLE = "cycle"
+UPDATE_CHOICES = (*UPDATES, CYCLE)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)  # the app's slider; any int >= 1 is valid
+NONE_WORDS = ("none", "fp32", "off", "")
+
+
+def cycle_order() -> list[str]:
+    """The factors `update='cycle'` trains in turn (never `first`: it stores the full input)."""
+    return ["core", "last"]
+
+
+def _models() -> list[str]:
+    from .models import list_models
+
+    return list_models()
+
+
+def _datasets() -> list[str]:
+    from .data import list_datasets
+
+    return list_datasets()
+
+
+def bits_label(bits: int | None) -> str:
+    """'fp32 (none)' / '4 bits' / '16 bits (half)'."""
+    if bits is None:
+        return "fp32 (no compression)"
+    return "16 bits (half)" if bits == 16 else f"{bits} bit" + ("s" if bits > 1 else "")
+
+
+# ----------------------------------------------------------------------------- one setting
+
+@dataclass(frozen=True)
+class Setting:
+    """Metadata of one RunConfig field.
+
+    kind: choice | int | float | bool | text | rank | model | dataset | device.
+    choices: allowed values (or a function returning them) for choice-like kinds.
+    optional: None is allowed (text 'none'; widget value 0 for numbers).
+    """
+
+    label: str
+    help: str
+    kind: str
+    choices: Union[tuple, Callable[[], Iterable], None] = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_inclusive: bool = True
+    max_inclusive: bool = True
+    optional: bool = False
+    unit: str = ""
+    group: str = "training"  # method | training | data | advanced
+    choice_help: dict | None = None
+
+    def allowed(self) -> list:
+        """The allowed values of a choice-like setting (empty for free values)."""
+        if self.choices is None:
+            return []
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def describe_allowed(self) -> str:
+        """What is allowed, in words (for error messages and help)."""
+        if self.kind == "rank":
+            return RANK_HELP
+        if self.kind == "model":
+            return "one of " + ", ".join(self.allowed()) + " or any torchvision classification model name"
+        if self.kind == "device":
+            return "one of " + ", ".join(DEVICES) + " or cuda:N"
+        if self.kind == "bits":
+            return "none (no compression), 1..8 or 16"
+        if self.allowed():
+            return "one of " + ", ".join(map(str, self.allowed()))
+        if self.kind in ("int", "float"):
+            low = "" if self.minimum is None else f"{'>=' if self.min_inclusive else '>'} {self.minimum:g}"
+            high = "" if self.maximum is None else f"{'<=' if self.max_inclusive else '<'} {self.maximum:g}"
+            what = "an integer" if self.kind == "int" else "a number"
+            text = " and ".join(t for t in (low, high) if t)
+            return (f"{what} {text}" if text else what) + (" or none" if self.optional else "")
+        if self.kind == "bool":
+            return "true or false"
+        return "text"
+
+    def error(self, name: str, value: Any) -> ValueError:
+        return ValueError(f"{name}={value!r} is not allowed: use {self.describe_allowed()}")
+
+    def validate(self, name: str, value: Any) -> Any:
+        """The value, normalised (rank -> RankPolicy, model -> lower case); ValueError if bad."""
+        if value is None and (self.optional or self.kind == "bits"):
+            return None
+        kind = self.kind
+        if kind == "rank":
+            return RankPolicy.parse(value, name)
+        if kind == "model":
+            from .models import check_model_name
+
+            return check_model_name(value)
+        if kind == "device":
+            if isinstance(value, str) and (value in DEVICES or
+                                           (value.startswith("cuda:") and value[5:].isdigit())):
+                return value
+            raise self.error(name, value)
+        if kind in ("choice", "dataset", "bits"):
+            if value in self.allowed() and not isinstance(value, bool):
+                return value
+            raise self.error(name, value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise self.error(name, value)
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
+                raise self.error(name, value)
+            return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not self._in_range(value):
+                raise self.error(name, value)
+            return float(value)
+        if not isinstance(value, str):
+            raise self.error(name, value)
+        return value
+
+    def _in_range(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.minimum is not None and (value < self.minimum or (value == self.minimum and not self.min_inclusive)):
+            return False
+        if self.maximum is not None and (value > self.maximum or (value == self.maximum and not self.max_inclusive)):
+            return False
+        return True
+
+    # -- text (CLI flags, stored configs) ---------------------------------------------------
+
+    def parse_text(self, name: str, text: str) -> Any:
+        """A value typed as text (a CLI flag), validated."""
+        raw = str(text).strip()
+        if (self.optional or self.kind == "bits") and raw.lower() in NONE_WORDS:
+            return None
+        try:
+            if self.kind in ("int", "bits"):
+                value: Any = int(raw)
+            elif self.kind == "float":
+                value = float(raw)
+            elif self.kind == "bool":
+                lowered = raw.lower()
+                if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError
+                value = lowered in ("true", "yes", "1", "on")
+            else:
+                value = raw
+        except ValueError:
+            raise self.error(name, text) from None
+        return self.validate(name, value)
+
+    def to_text(self, value: Any) -> str:
+        """The text `parse_text` reads back as `value`."""
+        if value is None:
+            return "none"
+        if self.kind == "bool":
+            return "true" if value else "false"
+        return str(value)
+
+    # -- widgets (the app) --------------------------------------------------------------
+
+    def to_widget(self, value: Any) -> Any:
+        """The value a widget shows: rank as text, an optional number's None as 0."""
+        if self.kind == "rank":
+            return str(value)
+        if self.optional and self.kind == "int":
+            return 0 if value is None else value
+        return value
+
+    def from_widget(self, name: str, value: Any) -> Any:
+        """A widget's value back to a validated config value."""
+        if self.kind == "rank":
+            return RankPolicy.parse(str(value), name)
+        if self.optional and self.kind == "int":
+            return None if not value else self.validate(name, int(value))
+        if self.kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if self.kind == "text":
+            value = str(value).strip()
+        return self.validate(name, value)
+
+    def format(self, value: Any) -> str:
+        """A human label for a value (select boxes, tables)."""
+        if self.kind == "bits":
+            return bits_label(value)
+        if value is None:
+            return "all" if self.kind == "int" else "none"
+        return str(value)
+
+
+def setting(default: Any, **meta: Any) -> Any:
+    """A dataclass field with a default and its Setting."""
+    return field(default=default, metadata={"setting": Setting(**meta)})
+
+
+# ----------------------------------------------------------------------------- the config
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One comparison (or single run). Validated on construction: bad values raise ValueError."""
+
+    model: str = setting("simple_cnn", label="Model", kind="model", choices=_models, group="method",
+                         help="The CNN to train twice (dense and Facto). Deeper and wider models keep "
+                              "more feature maps, so they have more to save.")
+    dataset: str = setting("digits", label="Dataset", kind="dataset", choices=_datasets, group="data",
+                           help="digits ships with scikit-learn (offline); the others are read from the "
+                                "data folder.")
+    rank: RankPolicy = setting(RankPolicy("fraction", 0.5), label="Rank", kind="rank", group="method",
+                               help="How many channels each factorized layer keeps: " + RANK_HELP +
+                                    ". Lower rank: fewer channels stored, larger reconstruction error.")
+    update: str = setting("core", label="Trained factor", kind="choice", choices=UPDATE_CHOICES,
+                          group="method",
+                          choice_help={**UPDATE_HELP, CYCLE: "alternates " + " and ".join(cycle_order())
+                                       + ", one per epoch (or every N steps)"},
+                          help="Which factor trains in each layer; only its input is stored for backward.")
+    bits: int | None = setting(4, label="Bits per stored value", kind="bits", choices=ALLOWED_BITS,
+                               group="method", unit="bits",
+                               help="What Facto stores is compressed block-wise to this many bits per value "
+                                    "(ReLUs keep exact 1-bit masks). Fewer bits: less memory, noisier "
+                                    "gradients. none keeps fp32.")
+    block: int = setting(64, label="Block size", kind="int", minimum=1, group="advanced", unit="values",
+                         help="Values per quantization block; each block stores its own min and scale. "
+                              "Smaller blocks: less error, more metadata bytes.")
+    recompute: bool = setting(True, label="Recompute BatchNorm inputs", kind="bool", group="method",
+                              help="Don't store BatchNorm inputs: recompute them in backward from the "
+                                   "stored factor input (one cheap 1x1 conv). Less memory, a little compute.")
+    epochs: int = setting(4, label="Epochs", kind="int", minimum=1, group="training",
+                          help="Passes over the training set.")
+    max_steps: int | None = setting(None, label="Stop after steps", kind="int", minimum=1, optional=True,
+                                    group="advanced", help="Stop after this many steps (none: all epochs).")
+    batch_size: int = setting(64, label="Batch size", kind="int", minimum=1, group="training",
+                              unit="images", help="Images per step. Stored bytes grow in proportion.")
+    lr: float = setting(1e-2, label="Learning rate", kind="float", minimum=0, maximum=10,
+                        min_inclusive=False, group="training",
+                        help="Peak learning rate. Too high diverges, too low learns slowly. No effect on memory.")
+    optimizer: str = setting("adam", label="Optimizer", kind="choice", choices=OPTIMIZERS, group="advanced",
+                             help="Adam and AdamW keep two extra values per trained weight, SGD (momentum) one.")
+    weight_decay: float = setting(5e-4, label="Weight decay", kind="float", minimum=0, maximum=1,
+                                  max_inclusive=False, group="advanced", help="L2 penalty on the weights.")
+    schedule: str = setting("onecycle", label="Schedule", kind="choice", choices=SCHEDULES, group="advanced",
+                            help="Short runs need a schedule: one-cycle warms up then anneals.")
+    precision: str = setting("fp32", label="Precision", kind="choice", choices=PRECISIONS, group="advanced",
+                             help="Autocast precision for both variants: bf16/fp16 run convs and matmuls in "
+                                  "16 bits (faster on GPUs; the baseline then stores 16-bit maps too).")
+    seed: int = setting(0, label="Seed", kind="int", minimum=0, group="training",
+                        help="Initial weights, data order and stochastic rounding; the same seed repeats "
+                             "a run exactly on the same machine.")
+    device: str = setting("auto", label="Device", kind="device", choices=DEVICES, group="training",
+                          help="auto picks a GPU when there is one. Stored bytes are the same on every "
+                               "device; on CUDA the allocator's peak is shown too.")
+    eval_every: int = setting(0, label="Test every N steps", kind="int", minimum=0, group="advanced",
+                              help="More frequent tests give smoother accuracy curves but cost time "
+                                   "(0: at the end of each epoch).")
+    warm_start_steps: int = setting(0, label="Warm-up steps", kind="int", minimum=0, group="training",
+                                    help="Train the dense model this many steps before factorizing it: "
+                                         "trained weights factorize with less error. Costs time, not memory.")
+    cycle_every: int = setting(0, label="Cycle every N steps", kind="int", minimum=0, group="advanced",
+                               help="With update=cycle: switch the trained factor every N steps "
+                                    "(0: each epoch).")
+    data_dir: str = setting("~/.facto/data", label="Data folder", kind="text", group="data",
+                            help="Where torchvision datasets are read from (digits needs none).")
+    download: bool = setting(False, label="Download a missing dataset", kind="bool", group="data",
+                             help="Needs internet; without it, missing files are an error with the fix.")
+    max_train: int | None = setting(None, label="Train images", kind="int", minimum=1, optional=True,
+                                    group="data", unit="images",
+                                    help="Train on a fixed random subset of this many images (0/none: all).")
+    max_test: int | None = setting(None, label="Test images", kind="int", minimum=1, optional=True,
+                                   group="data", unit="images",
+                                   help="Test on a fixed random subset (0/none: all): faster, noisier accuracy.")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = SETTINGS[f.name].validate(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+
+    @property
+    def facto_update(self) -> str:
+        """The factor trained first (the first of the cycle for update='cycle')."""
+        return cycle_order()[0] if self.update == CYCLE else self.update
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (rank as its text)."""
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), RankPolicy) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        """Build from a dict, ignoring unknown keys (e.g. a stored config of an older version)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some fields changed (validated)."""
+        return RunConfig(**{**self.to_dict(), **changes})
+
+    def label(self) -> str:
+        """'simple_cnn on digits · rank 0.5 · core · 4 bits · recompute'."""
+        bits = bits_label(self.bits)
+        return (f"{self.model} on {self.dataset} · rank {self.rank} · {self.update} · {bits}"
+                + (" · recompute" if self.recompute else ""))
+
+
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(RunConfig)}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESET_FIELDS = ("rank", "update", "bits", "recompute")
+PRESETS: dict[str, dict] = {
+    # the paper's recipe as we read it: train the last factor, compress the feature maps
+    "paper": dict(rank=0.5, update="last", bits=4, recompute=False),
+    # the measured default (README, benchmarks/engine.py): close to dense accuracy, ~94 % saving
+    "balanced": dict(rank=0.5, update="core", bits=4, recompute=True),
+    # every trick: recompute BN inputs, 2-bit maps
+    "max-saving": dict(rank=0.5, update="core", bits=2, recompute=True),
+}
+PRESET_TAGLINES = {"paper": "the paper's recipe", "balanced": "the measured default",
+                   "max-saving": "least memory"}
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    """A RunConfig from a named preset (see PRESETS) with optional overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not allowed: use one of {', '.join(PRESETS)}")
+    return RunConfig(**{**PRESETS[name], **overrides})
+
+
+def matching_preset(config: RunConfig) -> str | None:
+    """The preset whose rank/update/bits/recompute `config` has, else None."""
+    for name, values in PRESETS.items():
+        ref = RunConfig(**values)
+        if all(getattr(ref, k) == getattr(config, k) for k in PRESET_FIELDS):
+            return name
+    return None
+
+
+def preset_text(name: str) -> str:
+    """'balanced: rank 0.5, train core, 4 bits, recompute BN (the measured default)'."""
+    ref = preset(name)
+    text = f"rank {ref.rank}, train {ref.update}, {bits_label(ref.bits)}" + (", recompute BN" if ref.recompute else "")
+    tag = PRESET_TAGLINES.get(name)
+    return f"{name}: {text}" + (f" ({tag})" if tag else "")
