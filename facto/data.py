@@ -282,28 +282,72 @@ def _transforms(
     return T.Compose(train + common), T.Compose(base + common)
 
 
-def _not_found(name: str, folder: Path, download: bool, cause: BaseException) -> DataNotFoundError:
-    if download:
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        problem = f"files missing in {folder} and the download failed ({reason})"
-    else:
-        problem = f"files missing or incomplete in {folder} (download=False)"
+def _manual_hint(cls: type, root: Path, folder: Path) -> str:
+    """How to put ``cls``'s files in place by hand, from the URLs torchvision uses."""
+    url, base = getattr(cls, "url", None), getattr(cls, "base_folder", None)
+    if isinstance(url, str) and base:  # CIFAR: one archive unpacking to base_folder
+        return f"download {url} and unpack it in {root} (it creates {folder})"
+    resources, mirrors = getattr(cls, "resources", None), getattr(cls, "mirrors", None)
+    if resources and mirrors:  # MNIST-like: gzipped files read unpacked from raw/
+        files = ", ".join(str(r[0] if isinstance(r, (tuple, list)) else r) for r in resources)
+        return f"download {files} from {mirrors[0]} into {folder} and gunzip them"
+    split_list = getattr(cls, "split_list", None)
+    if isinstance(split_list, dict):  # SVHN: one .mat file per split
+        urls = " and ".join(split_list[k][0] for k in ("train", "test") if k in split_list)
+        return f"download {urls} into {folder}"
+    return f"put the dataset files in {folder}"
+
+
+def _reason(cause: BaseException) -> str:
+    """One line from an exception (torchvision spreads the real cause over lines)."""
+    text = " ".join(str(cause).split())
+    if not text:
+        return type(cause).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _not_found(
+    name: str, folder: Path, download: bool, cause: BaseException, manual: str
+) -> DataNotFoundError:
+    offline = "or choose dataset='digits' which works offline"
+    if download:  # asked for and failed: repeating "--download" would not help
+        return DataNotFoundError(
+            f"dataset={name!r}: the download failed ({_reason(cause)}) and the files are not "
+            f"in {folder}. To fix: check the internet connection (or proxy) and try again, "
+            f"or place the files by hand: {manual}; {offline}."
+        )
     return DataNotFoundError(
-        f"dataset={name!r}: {problem}. To fix: pass download=True (--download) on a machine "
-        "with internet, or put the files there, or choose dataset='digits' which works offline."
+        f"dataset={name!r}: files missing or incomplete in {folder} (download=False). "
+        f"To fix: pass download=True (--download) on a machine with internet, or place the "
+        f"files by hand: {manual}; {offline}."
     )
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file that stands where ``folder`` or one of its parents should be, if any."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 def _open(name: str, folder: Path, cls: type, root: Path, download: bool, **kwargs) -> Dataset:
     """``cls(root, download=download, **kwargs)``, converting missing-data and network errors."""
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise DataNotFoundError(
+            f"dataset={name!r}: {blocker} is a file, not a folder. To fix: pass a folder as "
+            f"data_dir (--data-dir), or move the file {blocker} aside."
+        )
+    manual = _manual_hint(cls, root, folder)
     try:
         return cls(str(root), download=download, **kwargs)
     except (URLError, OSError) as err:
-        raise _not_found(name, folder, download, err) from err
+        raise _not_found(name, folder, download, err, manual) from err
     except RuntimeError as err:
         message = str(err).lower()
         if "not found" in message or "download" in message or "corrupted" in message:
-            raise _not_found(name, folder, download, err) from err
+            raise _not_found(name, folder, download, err, manual) from err
         raise
 
 

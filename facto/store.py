@@ -11,6 +11,15 @@ Typical use::
         run_id = store.start_run(dataclasses.asdict(cfg))
         store.log_step(run_id, "facto", step=10, epoch=0, metrics={"loss": 1.2})
         store.finish_run(run_id, summary={"best_acc": 0.91})
+
+Every write also records which process owns the run (host name, pid, process
+start time) and when it last wrote.  Readers use that to show a run whose
+process is gone (``kill -9``, power loss) as 'interrupted' with the steps it
+stored, without anyone having to call :meth:`RunStore.mark_stale_running`.
+
+A history that cannot be used (FACTO_HOME is a file, a read-only folder, a
+damaged ``runs.db``) raises :class:`StoreUnavailableError` with a one-line
+fix; a valid history that cannot be written opens read-only.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import dataclasses
 import enum
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -36,6 +46,8 @@ __all__ = [
     "RunNotFoundError",
     "RunRecord",
     "RunStore",
+    "STALE_AFTER_S",
+    "StoreUnavailableError",
     "default_db_path",
 ]
 
@@ -43,6 +55,9 @@ RUN_KINDS = ("compare", "single", "sweep")  # conventional values; not enforced
 RUN_STATUSES = ("running", "completed", "interrupted", "failed")
 FINAL_STATUSES = ("completed", "interrupted", "failed")
 BUSY_TIMEOUT_S = 10.0
+STALE_AFTER_S = 900.0  # a run owned by another host is presumed dead after this long without a write
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_READ_ONLY_CODES = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")
 
 # Metric keys copied into typed columns (first key present wins).
 _TYPED_COLUMNS = (
@@ -53,7 +68,8 @@ _TYPED_COLUMNS = (
 _ROW_KEYS = ("variant", "kind", "step", "epoch")
 _NAME_KEYS = ("model", "dataset", "rank", "bits", "update")
 _BASE_COLUMNS = ("id", "name", "kind", "status", "created_at", "finished_at")
-_STALE_ERROR = "process ended without finishing the run"
+_STALE_ERROR = "process ended without finishing the run"  # prefix of every liveness verdict
+_OWNER_COLUMNS = ("host", "pid", "pid_start", "boot_id", "pid_ns")
 
 # Schema migrations: entry i brings user_version from i to i + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -94,8 +110,50 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (run_id, variant, layer)
         )""",
     ),
+    # 1 -> 2: ids are never reused (AUTOINCREMENT) and each run records its owning
+    # process.  SQLite cannot add AUTOINCREMENT in place, so ``runs`` is rebuilt with
+    # its ids; foreign keys are off meanwhile so metrics and layers are kept.
+    (
+        """CREATE TABLE runs_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'completed', 'interrupted', 'failed')),
+            error TEXT,
+            config_json TEXT NOT NULL DEFAULT '{}',
+            summary_json TEXT,
+            tags TEXT,
+            host TEXT,
+            pid INTEGER,
+            pid_start INTEGER,
+            boot_id TEXT,
+            pid_ns TEXT
+        )""",
+        """INSERT INTO runs_v2 (id, name, kind, created_at, updated_at, finished_at, status,
+                               error, config_json, summary_json, tags)
+            SELECT id, name, kind, created_at, updated_at, finished_at, status,
+                   error, config_json, summary_json, tags FROM runs""",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v2 RENAME TO runs",
+        "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StoreUnavailableError(ValueError):
+    """The run history cannot be opened or written; the message says where and how to fix it."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        text = f"run history {path} cannot be used: {problem}. To fix: {fix}."
+        super().__init__(" ".join(text.split()))  # always one line
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
 
 
 class RunNotFoundError(ValueError):
@@ -121,6 +179,8 @@ class RunRecord:
     summary: dict[str, Any] | None
     tags: tuple[str, ...] = ()
     updated_at: float | None = None  # last write for this run (heartbeat)
+    host: str | None = None  # host name of the process that last wrote the run
+    pid: int | None = None  # its process id
 
     @property
     def duration_s(self) -> float | None:
@@ -283,6 +343,220 @@ def _open_text(path_or_file: str | Path | IO[str]) -> Iterator[IO[str]]:
         yield path_or_file
 
 
+# ---------------------------------------------------------------- liveness
+
+
+@dataclasses.dataclass(frozen=True)
+class _Owner:
+    """Who writes a run: enough to tell later whether that process still exists."""
+
+    host: str
+    pid: int
+    pid_start: int | None  # start time in clock ticks since boot (Linux), tells pid reuse
+    boot_id: str | None  # changes when the machine restarts (Linux)
+    pid_ns: str | None  # pid namespace: pids are only comparable inside one
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.host, self.pid, self.pid_start, self.boot_id, self.pid_ns)
+
+
+_owner_cache: tuple[int, _Owner] | None = None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in ticks) from ``/proc/<pid>/stat``, or None."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if text is None or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    try:
+        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def _this_process() -> _Owner:
+    """The current process as a run owner (recomputed after a fork)."""
+    global _owner_cache
+    pid = os.getpid()
+    if _owner_cache is None or _owner_cache[0] != pid:
+        try:
+            pid_ns: str | None = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pid_ns = None
+        stat = _proc_stat(pid)
+        owner = _Owner(
+            host=socket.gethostname(),
+            pid=pid,
+            pid_start=None if stat is None else stat[1],
+            boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+            pid_ns=pid_ns,
+        )
+        _owner_cache = (pid, owner)
+    return _owner_cache[1]
+
+
+def _pid_alive(pid: int, pid_start: int | None) -> bool | None:
+    """Whether process ``pid`` (started at ``pid_start``) still runs here; None: can't tell."""
+    if os.name != "posix" or pid <= 0:  # os.kill(pid, 0) would kill on Windows
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    except OSError:
+        return None
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (or hidden): os.kill is all we know
+    state, started = stat
+    if state in ("Z", "X"):  # killed, not yet reaped by its parent
+        return False
+    return pid_start is None or started == pid_start  # a different start: pid reused
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _owner_gone(row: Mapping[str, Any], now: float, stale_after_s: float) -> tuple[str, bool] | None:
+    """Why a 'running' row's process is gone and whether that is certain; None if it may live.
+
+    Pids are checked only where they mean the same thing: same host name, same
+    boot (Linux boot_id) and same pid namespace -- then a dead pid (or a pid now
+    used by a process started later) is gone at once.  Anything else (another
+    host, this host before a restart, a container that shares the host name, a
+    row without owner) is presumed gone after ``stale_after_s`` without a write.
+    """
+    me = _this_process()
+    host, pid = row.get("host"), row.get("pid")
+    last = f"last write {_when(row['updated_at'])}"
+    same_kernel = row.get("boot_id") == me.boot_id and row.get("pid_ns") == me.pid_ns
+    if host == me.host and pid is not None and same_kernel:
+        alive = _pid_alive(int(pid), row.get("pid_start"))
+        if alive is False:
+            return f"{_STALE_ERROR}: process {pid} on {host} is gone ({last})", True
+        if alive:
+            return None
+    quiet = now - row["updated_at"]
+    if quiet > stale_after_s:
+        who = f"process {pid} on {host}" if host is not None else "its process"
+        return (
+            f"{_STALE_ERROR}: no write from {who} for {quiet / 60:.0f} min ({last})",
+            False,
+        )
+    return None
+
+
+# ---------------------------------------------------------------- location
+
+
+def _fix_location(explicit: bool, what: str = "another folder") -> str:
+    return f"pass a path in {what}" if explicit else f"set FACTO_HOME to {what}"
+
+
+def _check_location(path: Path, explicit: bool, read_only: bool) -> None:
+    """Raise :class:`StoreUnavailableError` if ``path`` cannot hold a run history.
+
+    Only looks (stat, reads 16 bytes) and creates missing folders; never touches
+    an existing file.
+    """
+    where = _fix_location(explicit)
+    try:
+        for folder in (path.parent, *path.parent.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise StoreUnavailableError(
+                        path, f"{folder} is a file, not a folder",
+                        f"{where}, or move the file {folder} aside",
+                    )
+                break
+        if path.is_dir():
+            raise StoreUnavailableError(
+                path, "it is a folder, not a database file",
+                f"{where}, or move the folder {path} aside",
+            )
+        exists = path.exists()
+    except OSError as exc:
+        raise StoreUnavailableError(
+            path, f"cannot look at it ({exc.strerror or exc})",
+            _fix_location(explicit, "a folder you can read"),
+        ) from exc
+    if exists:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise StoreUnavailableError(
+                path, f"cannot read it ({exc.strerror or exc})",
+                f"make it readable, or {_fix_location(explicit, 'another folder')}",
+            ) from exc
+        if head and head != _SQLITE_MAGIC:  # an empty file is a valid new database
+            raise StoreUnavailableError(
+                path, "it is not an SQLite database", _damaged_fix(path, explicit)
+            )
+        return
+    if read_only:
+        raise StoreUnavailableError(
+            path, "there is no run history there (opened read-only)",
+            f"{_fix_location(explicit, 'the folder that holds your runs.db')}",
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            path, f"cannot create the folder {path.parent} ({exc.strerror or exc})",
+            _fix_location(explicit, "a writable folder"),
+        ) from exc
+
+
+def _damaged_fix(path: Path, explicit: bool) -> str:
+    return (
+        f"move {path} aside (e.g. rename it to {path.name}.bad) to start a new history,"
+        f" or {_fix_location(explicit)}"
+    )
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why ``path`` (or its folder, where SQLite keeps its WAL files) can't be written."""
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"the folder {path.parent} is read-only"
+    return None
+
+
+def _sqlite_code(exc: BaseException) -> str:
+    """SQLite's error name (``SQLITE_READONLY``...) or a guess from the message."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return "_".join(str(name).split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    text = str(exc).lower()
+    for needle, code in (
+        ("not a database", "SQLITE_NOTADB"),
+        ("malformed", "SQLITE_CORRUPT"),
+        ("readonly", "SQLITE_READONLY"),
+        ("read-only", "SQLITE_READONLY"),
+        ("unable to open", "SQLITE_CANTOPEN"),
+        ("locked", "SQLITE_BUSY"),
+        ("disk is full", "SQLITE_FULL"),
+        ("disk i/o", "SQLITE_IOERR"),
+    ):
+        if needle in text:
+            return code
+    return "SQLITE_ERROR"
+
+
 # -------------------------------------------------------------------------- store
 
 
@@ -291,33 +565,153 @@ class RunStore:
 
     Every public method takes and returns plain Python types.  One connection
     is shared behind a lock; other processes open their own ``RunStore``.
+
+    ``read_only=True`` opens an existing history for reading only; a history
+    whose file or folder is not writable opens that way by itself (see
+    :attr:`writable`).  Writes to a read-only store raise
+    :class:`StoreUnavailableError`.  Runs owned by a process that is gone read
+    as 'interrupted' (another host's runs after ``stale_after_s`` without a write).
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_db_path()
-        in_memory = str(self.path) == ":memory:"
-        if not in_memory:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        read_only: bool = False,
+        stale_after_s: float = STALE_AFTER_S,
+    ) -> None:
+        explicit = path is not None
+        self.path = Path(path) if explicit else default_db_path()
+        self.stale_after_s = float(stale_after_s)
+        self._explicit = explicit
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            str(self.path),
+        self._read_only_reason: str | None = "opened with read_only=True" if read_only else None
+        if str(self.path) == ":memory:":
+            if read_only:
+                raise ValueError("read_only=True needs a database file, not ':memory:'")
+            self._conn = self._open_rw(in_memory=True)
+            return
+        _check_location(self.path, explicit, read_only)
+        if self._read_only_reason is None:
+            reason = _not_writable(self.path)
+            if reason is not None and not self.path.exists():
+                raise StoreUnavailableError(
+                    self.path, f"cannot create it: {reason}", self._fix("a writable folder")
+                )
+            self._read_only_reason = reason
+        if self._read_only_reason is None:
+            try:
+                self._conn = self._open_rw()
+                return
+            except (sqlite3.Error, StoreUnavailableError) as exc:
+                cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
+                if not (
+                    self.path.exists()
+                    and isinstance(cause, sqlite3.OperationalError)
+                    and _sqlite_code(cause) in _READ_ONLY_CODES
+                ):
+                    if isinstance(exc, StoreUnavailableError):
+                        raise
+                    raise self._unavailable(exc, "open it") from exc
+                self._read_only_reason = f"it cannot be written: {cause}"
+        self._conn = self._open_ro()
+
+    def _fix(self, what: str = "another folder") -> str:
+        return _fix_location(self._explicit, what)
+
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            target,
             timeout=BUSY_TIMEOUT_S,
             isolation_level=None,  # autocommit; transactions are explicit
             check_same_thread=False,
+            uri=uri,
         )
-        self._conn.row_factory = sqlite3.Row
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return conn
+
+    def _open_rw(self, in_memory: bool = False) -> sqlite3.Connection:
+        """Read-write connection in WAL mode with the schema brought up to date."""
+        self._conn = self._connect(str(self.path))
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # Read the schema first: a damaged file fails here, before anything is written.
+            self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             if not in_memory:
                 self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            self._conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             self._conn.close()
             raise
+        return self._conn
+
+    def _open_ro(self) -> sqlite3.Connection:
+        """Read-only connection: ``mode=ro``, or ``immutable=1`` where SQLite cannot
+        create its WAL index files (a read-only folder with no writer)."""
+        base = self.path.resolve().as_uri()
+        wal = Path(f"{self.path}-wal")
+        last: sqlite3.Error | None = None
+        for query in ("?mode=ro", "?immutable=1"):
+            if query == "?immutable=1" and wal.exists() and wal.stat().st_size > 0:
+                raise StoreUnavailableError(
+                    self.path,
+                    f"it is read-only ({self._read_only_reason}) and {wal.name} holds recent"
+                    " writes that SQLite can only read with write access to the folder",
+                    f"open it once where the folder {self.path.parent} is writable,"
+                    f" or copy the folder somewhere writable and {self._fix('the copy')}",
+                ) from last
+            try:
+                self._conn = self._connect(base + query, uri=True)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                self._migrate()
+                return self._conn
+            except sqlite3.DatabaseError as exc:
+                self._conn.close()
+                if not isinstance(exc, sqlite3.OperationalError) or _sqlite_code(exc) in (
+                    "SQLITE_NOTADB", "SQLITE_CORRUPT"
+                ):
+                    raise self._unavailable(exc, "read it") from exc
+                last = exc  # e.g. no WAL index can be made here: try immutable
+            except BaseException:
+                self._conn.close()
+                raise
+        assert last is not None
+        raise self._unavailable(last, "open it read-only") from last
+
+    def _unavailable(self, exc: BaseException, doing: str) -> StoreUnavailableError:
+        """A :class:`StoreUnavailableError` that explains SQLite error ``exc``."""
+        code = _sqlite_code(exc)
+        if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return StoreUnavailableError(
+                self.path, f"it is damaged or not a Facto run history ({exc})",
+                _damaged_fix(self.path, self._explicit),
+            )
+        if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+            return StoreUnavailableError(
+                self.path, f"cannot {doing}: another process holds it locked ({exc})",
+                "try again when the other Facto process is done",
+            )
+        if code == "SQLITE_FULL":
+            return StoreUnavailableError(
+                self.path, f"cannot {doing}: the disk is full",
+                f"free some space, or {self._fix('a folder on another disk')}",
+            )
+        return StoreUnavailableError(
+            self.path, f"cannot {doing} ({exc})", self._fix("a writable folder")
+        )
 
     # ------------------------------------------------------------- lifecycle
+
+    @property
+    def writable(self) -> bool:
+        """False when the history was opened read-only (by request or because it must be)."""
+        return self._read_only_reason is None
 
     def close(self) -> None:
         """Close the connection (safe to call twice)."""
@@ -331,41 +725,81 @@ class RunStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RunStore({str(self.path)!r})"
+        mode = "" if self.writable else ", read_only=True"
+        return f"RunStore({str(self.path)!r}{mode})"
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, doing: str = "write to it") -> Iterator[sqlite3.Connection]:
         """One short write transaction, committed on exit."""
+        if not self.writable:
+            raise StoreUnavailableError(
+                self.path, f"cannot {doing}: it is open read-only ({self._read_only_reason})",
+                f"{self._fix('a writable folder')}, or make {self.path} and its folder writable",
+            )
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise self._unavailable(exc, doing) from exc
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:  # IntegrityError etc. pass through
+                    raise
+                raise self._unavailable(exc, doing) from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise self._unavailable(exc, "read it") from exc
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:
+                    raise
+                raise self._unavailable(exc, "read it") from exc
 
     def _migrate(self) -> None:
-        """Create or upgrade the schema; a current database needs no write lock."""
-        if self.schema_version == SCHEMA_VERSION:
+        """Create or upgrade the schema; a current database needs no write lock.
+
+        A read-only store reads an older schema as it is.
+        """
+        version = self.schema_version
+        if version == SCHEMA_VERSION:
             return
-        with self._write() as conn:  # re-read under the lock: another process may race
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}; this Facto "
-                    f"understands up to {SCHEMA_VERSION}"
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}; this Facto "
+                f"understands up to {SCHEMA_VERSION}"
+            )
+        if not self.writable:
+            if version == 0:
+                raise StoreUnavailableError(
+                    self.path, f"it holds no run history yet and is read-only ({self._read_only_reason})",
+                    self._fix("the folder that holds your runs.db"),
                 )
-            for statements in _MIGRATIONS[version:]:
-                for sql in statements:
-                    conn.execute(sql)
-            if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        self._conn.execute("PRAGMA foreign_keys = OFF")  # rebuilding runs must not cascade
+        try:
+            with self._write("upgrade its schema") as conn:  # re-read: another process may race
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self.path} has schema version {version}; this Facto "
+                        f"understands up to {SCHEMA_VERSION}"
+                    )
+                for statements in _MIGRATIONS[version:]:
+                    for sql in statements:
+                        conn.execute(sql)
+                if version < SCHEMA_VERSION:
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        finally:
+            self._conn.execute("PRAGMA foreign_keys = ON")
 
     @property
     def schema_version(self) -> int:
@@ -380,11 +814,13 @@ class RunStore:
         """Insert a new 'running' run and return its id."""
         config = dict(config or {})
         now = time.time()
-        with self._write() as conn:
+        with self._write("start a run") as conn:
             cur = conn.execute(
-                "INSERT INTO runs (name, kind, created_at, updated_at, status, config_json)"
-                " VALUES (?, ?, ?, ?, 'running', ?)",
-                (name or _default_name(config, kind), kind, now, now, _dumps(config)),
+                "INSERT INTO runs (name, kind, created_at, updated_at, status, config_json,"
+                " host, pid, pid_start, boot_id, pid_ns)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (name or _default_name(config, kind), kind, now, now, _dumps(config),
+                 *_this_process().row()),
             )
             return int(cur.lastrowid)
 
@@ -422,7 +858,7 @@ class RunStore:
                     _dumps(metrics),
                 )
             )
-        with self._write() as conn:
+        with self._write("store metrics") as conn:
             self._touch(conn, run_id)
             conn.executemany(
                 "INSERT INTO metrics (run_id, variant, kind, step, epoch,"
@@ -433,7 +869,7 @@ class RunStore:
 
     def log_layers(self, run_id: int, variant: str, layer_bytes: Mapping[str, int]) -> None:
         """Store per-layer stored-activation bytes (re-logging a layer replaces it)."""
-        with self._write() as conn:
+        with self._write("store layer bytes") as conn:
             self._touch(conn, run_id)
             conn.executemany(
                 "INSERT INTO layers (run_id, variant, layer, bytes) VALUES (?, ?, ?, ?)"
@@ -448,29 +884,48 @@ class RunStore:
         summary: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        """Mark a run finished; a None summary keeps any stored one."""
+        """Mark a run finished; a None summary keeps any stored one.
+
+        ``error`` is the reason readers show: the failure for 'failed', why it
+        stopped for 'interrupted' (e.g. "stopped by the user"), None otherwise.
+        """
         if status not in FINAL_STATUSES:
             raise ValueError(
                 f"invalid run status {status!r}; expected one of {', '.join(FINAL_STATUSES)}"
             )
         now = time.time()
         summary_json = None if summary is None else _dumps(dict(summary))
-        with self._write() as conn:
+        with self._write("finish a run") as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, updated_at = ?, error = ?,"
-                " summary_json = COALESCE(?, summary_json) WHERE id = ?",
-                (status, now, now, error, summary_json, run_id),
+                " summary_json = COALESCE(?, summary_json),"
+                " host = ?, pid = ?, pid_start = ?, boot_id = ?, pid_ns = ? WHERE id = ?",
+                (status, now, now, error, summary_json, *_this_process().row(), run_id),
             )
             if cur.rowcount == 0:
                 raise RunNotFoundError(run_id)
+
+    def heartbeat(self, run_id: int) -> None:
+        """Record that the run's process is alive without storing anything else.
+
+        Every write does this already; call it during long stretches without
+        writes (a long evaluation) so other hosts don't presume the run dead.
+        """
+        with self._write("record a heartbeat") as conn:
+            self._touch(conn, run_id)
 
     def mark_stale_running(self, max_age_s: float | None = None) -> int:
         """Turn 'running' runs into 'interrupted'; returns how many changed.
 
         With ``max_age_s`` only runs with no write for that many seconds are
         touched; with None every running run is (the caller knows no trainer
-        is alive).  ``finished_at`` becomes the run's last write time.
+        is alive).  ``finished_at`` becomes the run's last write time.  A later
+        write to such a run (its trainer was alive after all) makes it
+        'running' again.  A read-only store changes nothing and returns 0:
+        readers still show runs whose process is gone as 'interrupted'.
         """
+        if not self.writable:
+            return 0
         sql = (
             "UPDATE runs SET status = 'interrupted', finished_at = updated_at,"
             " error = COALESCE(error, ?) WHERE status = 'running'"
@@ -479,13 +934,13 @@ class RunStore:
         if max_age_s is not None:
             sql += " AND updated_at < ?"
             params.append(time.time() - max_age_s)
-        with self._write() as conn:
+        with self._write("mark stale runs") as conn:
             return conn.execute(sql, params).rowcount
 
     def set_tags(self, run_id: int, tags: Iterable[str] | str | None) -> None:
         """Replace a run's tags (list of strings or one comma-separated string)."""
         clean = _parse_tags(tags)
-        with self._write() as conn:
+        with self._write("set tags") as conn:
             cur = conn.execute(
                 "UPDATE runs SET tags = ? WHERE id = ?",
                 (_dumps(clean) if clean else None, run_id),
@@ -494,59 +949,122 @@ class RunStore:
                 raise RunNotFoundError(run_id)
 
     def delete_run(self, run_id: int) -> None:
-        """Delete a run with its metrics and layers."""
-        with self._write() as conn:
+        """Delete a run with its metrics and layers (its id is never given out again)."""
+        with self._write("delete a run") as conn:
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
                 raise RunNotFoundError(run_id)
 
     @staticmethod
     def _touch(conn: sqlite3.Connection, run_id: int) -> None:
-        """Bump ``updated_at`` (the heartbeat); raises if the run is missing."""
-        cur = conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (time.time(), run_id))
+        """Bump ``updated_at`` (the heartbeat) and record the writing process.
+
+        A run that a reader had concluded was dead comes back to 'running': the
+        write proves its process is alive.  Raises if the run is missing.
+        """
+        stale = "(status = 'interrupted' AND substr(error, 1, ?) = ?)"
+        cur = conn.execute(
+            "UPDATE runs SET updated_at = ?, host = ?, pid = ?, pid_start = ?, boot_id = ?,"
+            f" pid_ns = ?, status = CASE WHEN {stale} THEN 'running' ELSE status END,"
+            f" finished_at = CASE WHEN {stale} THEN NULL ELSE finished_at END,"
+            f" error = CASE WHEN {stale} THEN NULL ELSE error END WHERE id = ?",
+            (time.time(), *_this_process().row(), *(len(_STALE_ERROR), _STALE_ERROR) * 3, run_id),
+        )
         if cur.rowcount == 0:
             raise RunNotFoundError(run_id)
 
     # ----------------------------------------------------------------- reads
 
+    def _records(self, rows: Iterable[sqlite3.Row]) -> list[RunRecord]:
+        """Rows -> records, with 'running' rows whose process is gone shown as 'interrupted'.
+
+        A certain verdict (same host, the process is gone) is also stored when
+        the store is writable; a presumed one (another host gone quiet) is not.
+        """
+        now = time.time()
+        records, certain = [], []
+        for row in rows:
+            data = {k: row[k] for k in row.keys()}
+            for column in _OWNER_COLUMNS:  # an older schema read as it is (read-only)
+                data.setdefault(column, None)
+            if data["status"] == "running":
+                verdict = _owner_gone(data, now, self.stale_after_s)
+                if verdict is not None:
+                    reason, sure = verdict
+                    data.update(status="interrupted", finished_at=data["updated_at"], error=reason)
+                    if sure:
+                        certain.append(data)
+            records.append(self._record(data))
+        if certain and self.writable:
+            self._persist_interrupted(certain)
+        return records
+
+    def _persist_interrupted(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Store 'interrupted' for runs whose process is known to be gone (best effort)."""
+        try:
+            with self._write("mark a dead run interrupted") as conn:
+                for data in rows:  # unchanged since read: no write slipped in meanwhile
+                    conn.execute(
+                        "UPDATE runs SET status = 'interrupted', finished_at = updated_at,"
+                        " error = ? WHERE id = ? AND status = 'running' AND updated_at = ?"
+                        " AND pid IS ?",
+                        (data["error"], data["id"], data["updated_at"], data["pid"]),
+                    )
+        except StoreUnavailableError:
+            pass  # busy or read-only after all: readers still see the verdict
+
     @staticmethod
-    def _record(row: sqlite3.Row) -> RunRecord:
+    def _record(data: Mapping[str, Any]) -> RunRecord:
         return RunRecord(
-            id=row["id"],
-            name=row["name"],
-            kind=row["kind"],
-            status=row["status"],
-            created_at=row["created_at"],
-            finished_at=row["finished_at"],
-            error=row["error"],
-            config=_loads(row["config_json"]) or {},
-            summary=_loads(row["summary_json"]),
-            tags=tuple(_loads(row["tags"]) or ()),
-            updated_at=row["updated_at"],
+            id=data["id"],
+            name=data["name"],
+            kind=data["kind"],
+            status=data["status"],
+            created_at=data["created_at"],
+            finished_at=data["finished_at"],
+            error=data["error"],
+            config=_loads(data["config_json"]) or {},
+            summary=_loads(data["summary_json"]),
+            tags=tuple(_loads(data["tags"]) or ()),
+            updated_at=data["updated_at"],
+            host=data["host"],
+            pid=data["pid"],
         )
 
     def list_runs(
         self, status: str | None = None, kind: str | None = None, limit: int | None = None
     ) -> list[RunRecord]:
-        """Runs newest first, optionally filtered by status and kind."""
+        """Runs newest first, optionally filtered by status and kind.
+
+        The status is the one readers see: a 'running' run whose process is gone
+        is listed (and filtered) as 'interrupted'.
+        """
+        live = status in ("running", "interrupted")  # decided per row below
         sql, params = "SELECT * FROM runs WHERE 1 = 1", []
-        if status is not None:
+        if live:
+            sql += " AND status IN ('running', 'interrupted')"
+        elif status is not None:
             sql += " AND status = ?"
             params.append(status)
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
         sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
+        if limit is not None and not live:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [self._record(r) for r in self._read(sql, params)]
+        records = self._records(self._read(sql, params))
+        if live:
+            records = [r for r in records if r.status == status]
+            if limit is not None and int(limit) >= 0:  # like SQL: a negative LIMIT is none
+                records = records[: int(limit)]
+        return records
 
     def get_run(self, run_id: int) -> RunRecord:
         """One run; raises :class:`RunNotFoundError` if missing."""
         rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise RunNotFoundError(run_id)
-        return self._record(rows[0])
+        return self._records(rows)[0]
 
     def metrics(
         self, run_id: int, kind: str | None = None, variant: str | None = None

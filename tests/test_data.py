@@ -310,3 +310,68 @@ def test_data_dir_expands_user(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError) as err:
         load_data("mnist", data_dir="~/facto-data")
     assert str(tmp_path / "facto-data" / "MNIST" / "raw") in str(err.value)
+
+
+def _offline(*args, **kwargs):
+    raise URLError("no network")
+
+
+@pytest.mark.parametrize(
+    "name, module, helper, subdir, url",
+    [
+        ("cifar10", tvd.cifar, "download_and_extract_archive", "cifar-10-batches-py",
+         "cifar-10-python.tar.gz"),
+        ("mnist", tvd.mnist, "download_and_extract_archive", "MNIST/raw",
+         "train-images-idx3-ubyte.gz"),
+        ("svhn", tvd.svhn, "download_url", "svhn", "train_32x32.mat"),
+    ],
+)
+def test_failed_download_says_so_and_how_to_place_files_by_hand(
+    tmp_path, monkeypatch, name, module, helper, subdir, url
+):
+    monkeypatch.setattr(module, helper, _offline)
+    with pytest.raises(DataNotFoundError) as err:
+        load_data(name, data_dir=tmp_path, download=True)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "the download failed" in message and "no network" in message
+    assert "--download" not in message and "download=True" not in message  # it was asked for
+    assert "by hand" in message and url in message and str(tmp_path / subdir) in message
+    assert "digits" in message
+
+
+def test_failed_download_from_the_dataset_class(tmp_path, monkeypatch):
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tvd.CIFAR100, "download", refused)
+    with pytest.raises(DataNotFoundError) as err:
+        load_data("cifar100", data_dir=tmp_path, download=True)
+    message = str(err.value)
+    assert "the download failed" in message and "Permission denied" in message
+    assert "--download" not in message and "cifar-100-python.tar.gz" in message
+
+
+def test_missing_data_without_download_suggests_download_and_by_hand(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_data("fashion_mnist", data_dir=tmp_path)
+    message = str(err.value)
+    assert "download=True (--download)" in message and "by hand" in message
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "gunzip" in message
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn"])
+@pytest.mark.parametrize("download", [False, True])
+def test_data_dir_that_is_a_file(tmp_path, monkeypatch, name, download):
+    monkeypatch.setattr(tvd.cifar, "download_and_extract_archive", _offline)
+    monkeypatch.setattr(tvd.mnist, "download_and_extract_archive", _offline)
+    monkeypatch.setattr(tvd.svhn, "download_url", _offline)
+    blocker = tmp_path / "data.tar"
+    blocker.write_bytes(b"not a folder")
+    for data_dir in (blocker, blocker / "deeper"):
+        with pytest.raises(DataNotFoundError) as err:
+            load_data(name, data_dir=data_dir, download=download)
+        message = str(err.value)
+        assert f"{blocker} is a file, not a folder" in message
+        assert "files missing" not in message and "--data-dir" in message
+    assert blocker.read_bytes() == b"not a folder"

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import csv
 import enum
+import errno
 import io
 import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import facto.store as store_module
 from facto.store import (
+    _MIGRATIONS,
     SCHEMA_VERSION,
     RunNotFoundError,
     RunRecord,
     RunStore,
+    StoreUnavailableError,
     default_db_path,
 )
 
@@ -368,3 +380,463 @@ def test_threads_share_one_store(store):
         t.join(timeout=10)
     assert errors == []
     assert [r["loss"] for r in store.metrics(run_id)] == [float(i) for i in range(N_STEPS)]
+
+
+# ------------------------------------------------------- unusable FACTO_HOME
+
+
+def _snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and text.strip() == text
+    return text
+
+
+def test_facto_home_is_a_regular_file(tmp_path, monkeypatch):
+    blocker = tmp_path / "home"
+    blocker.write_text("my notes\n")
+    before = _snapshot(blocker)
+    for home in (blocker, blocker / "deeper"):
+        monkeypatch.setenv("FACTO_HOME", str(home))
+        with pytest.raises(StoreUnavailableError) as info:
+            RunStore()
+        text = _one_line(info.value)
+        assert str(home / "runs.db") in text
+        assert f"{blocker} is a file, not a folder" in text
+        assert "set FACTO_HOME to another folder" in text and f"move the file {blocker} aside" in text
+        assert isinstance(info.value, ValueError)
+    assert _snapshot(blocker) == before
+
+
+def test_runs_db_that_is_a_folder(tmp_path):
+    (tmp_path / "runs.db").mkdir()
+    with pytest.raises(StoreUnavailableError, match="is a folder, not a database file") as info:
+        RunStore(tmp_path / "runs.db")
+    assert "pass a path in another folder" in _one_line(info.value)  # explicit path: no FACTO_HOME
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all\n" * 50, b"SQLite format 3\x00" + bytes(range(256)) * 16],
+    ids=["text", "damaged-sqlite"],
+)
+def test_corrupt_runs_db_is_reported_and_left_alone(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path))
+    db = tmp_path / "runs.db"
+    db.write_bytes(content)
+    os.utime(db, ns=(1_000_000_000, 1_000_000_000))
+    before = _snapshot(db)
+    for read_only in (False, True):
+        with pytest.raises(StoreUnavailableError) as info:
+            RunStore(read_only=read_only)
+        text = _one_line(info.value)
+        assert str(db) in text and ("not an SQLite database" in text or "damaged" in text)
+        assert f"move {db} aside" in text and "set FACTO_HOME to another folder" in text
+    assert _snapshot(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]  # no -wal / -shm left
+
+
+def test_read_only_file_system_when_creating_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "new" / "home"))
+
+    def read_only_fs(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only_fs)
+    with pytest.raises(StoreUnavailableError) as info:
+        RunStore()
+    text = _one_line(info.value)
+    assert "cannot create the folder" in text and "Read-only file system" in text
+    assert "set FACTO_HOME to a writable folder" in text
+
+
+def _make_history(path: Path) -> int:
+    with RunStore(path) as s:
+        run_id = s.start_run({"model": "m"}, name="kept")
+        s.log_metrics(run_id, [("facto", "step", i, 0, {"loss": float(i)}) for i in range(3)])
+        s.log_layers(run_id, "facto", {"conv": 7})
+        s.finish_run(run_id, summary={"best": 1})
+    return run_id
+
+
+def _read_everything(path: Path, **kwargs) -> dict:
+    """What a reader of a read-only history can do, and what a write attempt says."""
+    with RunStore(path, **kwargs) as s:
+        out = io.StringIO()
+        rows = s.list_runs()
+        result = {
+            "writable": s.writable,
+            "runs": [(r.id, r.name, r.status) for r in rows],
+            "get": s.get_run(rows[0].id).summary,
+            "metrics": len(s.metrics(rows[0].id)),
+            "layers": s.layer_bytes(rows[0].id),
+            "export": s.export_csv(rows[0].id, out),
+            "compare": len(s.compare_runs([r.id for r in rows])),
+            "stale": s.mark_stale_running(),
+        }
+        errors = []
+        for write in (
+            lambda: s.start_run({}),
+            lambda: s.log_step(rows[0].id, "facto", 9, 0, {"loss": 0.0}),
+            lambda: s.log_layers(rows[0].id, "facto", {"x": 1}),
+            lambda: s.finish_run(rows[0].id),
+            lambda: s.set_tags(rows[0].id, "a"),
+            lambda: s.delete_run(rows[0].id),
+            lambda: s.heartbeat(rows[0].id),
+        ):
+            try:
+                write()
+                errors.append(None)
+            except StoreUnavailableError as exc:
+                errors.append(_one_line(exc))
+        result["errors"] = errors
+    return result
+
+
+def _check_read_only_result(result: dict, run_id: int, db: Path) -> None:
+    assert result["writable"] is False
+    assert result["runs"] == [(run_id, "kept", "completed")]
+    assert result["get"] == {"best": 1} and result["metrics"] == 3
+    assert result["layers"] == {"facto": {"conv": 7}}
+    assert result["export"] == 3 and result["compare"] == 1 and result["stale"] == 0
+    assert all(e is not None and str(db) in e and "read-only" in e for e in result["errors"])
+
+
+def test_read_only_argument_reads_but_refuses_writes(tmp_path):
+    db = tmp_path / "runs.db"
+    run_id = _make_history(db)
+    before = _snapshot(db)
+    _check_read_only_result(_read_everything(db, read_only=True), run_id, db)
+    assert _snapshot(db) == before
+    with RunStore(db) as s:  # untouched: still writable and whole
+        assert s.writable and len(s.metrics(run_id)) == 3
+
+
+def test_read_only_open_of_a_missing_history_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "none"))
+    with pytest.raises(StoreUnavailableError, match="no run history there"):
+        RunStore(read_only=True)
+    assert not (tmp_path / "none").exists()
+
+
+def test_falls_back_to_read_only_when_not_writable(tmp_path, monkeypatch):
+    """Root ignores chmod, so pretend the OS says 'not writable' (see the nobody test too)."""
+    db = tmp_path / "runs.db"
+    run_id = _make_history(db)
+    real_access = os.access
+    monkeypatch.setattr(store_module.os, "access",
+                        lambda p, mode: False if mode & os.W_OK else real_access(p, mode))
+    result = _read_everything(db)
+    _check_read_only_result(result, run_id, db)
+    assert "the file is read-only" in result["errors"][0]
+    assert "make" in result["errors"][0] and "writable" in result["errors"][0]
+    with pytest.raises(StoreUnavailableError, match="cannot create it") as info:
+        RunStore(tmp_path / "other" / "runs.db")
+    assert "read-only" in _one_line(info.value)
+
+
+@pytest.fixture()
+def public_tmp():
+    """A folder the 'nobody' user can enter (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="facto-ro-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_unprivileged(fn, *args):
+    """``fn(*args)`` where permissions apply: in a forked child as 'nobody' when root."""
+    if os.geteuid() != 0:
+        return fn(*args)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        except OSError as exc:
+            result = ("skip", f"cannot drop root: {exc}")
+        else:
+            try:
+                result = ("ok", fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                result = ("error", f"{type(exc).__name__}: {exc}")
+        os.write(write_end, pickle.dumps(result))
+        os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "skip":
+        pytest.skip(value)
+    assert kind == "ok", value
+    return value
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_read_only_folder_and_file_open_read_only(public_tmp):
+    """Real permissions: a read-only folder (no WAL files possible) and a read-only db file."""
+    ro_dir = public_tmp / "ro-dir"
+    ro_dir.mkdir()
+    run_id = _make_history(ro_dir / "runs.db")
+    (ro_dir / "runs.db").chmod(0o444)
+    ro_dir.chmod(0o555)
+    ro_file = public_tmp / "ro-file"
+    ro_file.mkdir()
+    _make_history(ro_file / "runs.db")
+    (ro_file / "runs.db").chmod(0o444)
+    ro_file.chmod(0o777)
+    before = _snapshot(ro_dir / "runs.db")
+    try:
+        for folder in (ro_dir, ro_file):
+            _check_read_only_result(_as_unprivileged(_read_everything, folder / "runs.db"),
+                                    run_id, folder / "runs.db")
+        assert _snapshot(ro_dir / "runs.db") == before
+        assert sorted(p.name for p in ro_dir.iterdir()) == ["runs.db"]
+
+        def create_in_read_only_folder() -> str:
+            try:
+                RunStore(ro_dir / "sub" / "runs.db")
+            except StoreUnavailableError as exc:
+                return _one_line(exc)
+            return "opened"
+
+        text = _as_unprivileged(create_in_read_only_folder)
+        assert "cannot create the folder" in text and str(ro_dir / "sub") in text
+    finally:
+        ro_dir.chmod(0o755)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_read_only_reader_sees_a_live_writers_wal(public_tmp):
+    """While a writer holds the db open its latest rows live in the WAL: a read-only
+    reader in a read-only folder must see them (immutable=1 would not)."""
+    folder = public_tmp / "live"
+    folder.mkdir()
+    writer = RunStore(folder / "runs.db")
+    run_id = writer.start_run({}, name="live")
+    writer.log_metrics(run_id, [("facto", "step", i, 0, {"loss": 1.0}) for i in range(5)])
+    assert (folder / "runs.db-wal").stat().st_size > 0
+    folder.chmod(0o555)
+    try:
+        def read() -> tuple:
+            with RunStore(folder / "runs.db") as s:
+                return s.writable, s.get_run(run_id).name, len(s.metrics(run_id))
+
+        assert _as_unprivileged(read) == (False, "live", 5)
+    finally:
+        folder.chmod(0o755)
+        writer.close()
+
+
+# ----------------------------------------------------------- ids and schema
+
+
+def test_run_ids_are_never_reused(store):
+    ids = [store.start_run({}) for _ in range(6)]
+    store.delete_run(ids[-1])
+    assert store.start_run({}) == ids[-1] + 1
+    for run_id in [*ids[:-1], ids[-1] + 1]:
+        store.delete_run(run_id)
+    assert store.list_runs() == []
+    assert store.start_run({}) == ids[-1] + 2
+
+
+def _v1_database(path: Path) -> None:
+    """A history written by schema version 1 (runs 1, 2, 4; run 3 was deleted)."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("PRAGMA foreign_keys = ON")
+    for sql in _MIGRATIONS[0]:
+        raw.execute(sql)
+    for i in (1, 2, 3, 4):
+        raw.execute(
+            "INSERT INTO runs (id, name, kind, created_at, updated_at, finished_at, status,"
+            " error, config_json, summary_json, tags) VALUES (?, ?, 'compare', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (i, f"run {i}", 100.0 + i, 200.0 + i, None if i == 4 else 300.0 + i,
+             "running" if i == 4 else "failed" if i == 2 else "completed",
+             "boom" if i == 2 else None, f'{{"model": "m{i}"}}', '{"best": 1}', '["t"]'),
+        )
+        raw.executemany(
+            "INSERT INTO metrics (run_id, variant, kind, step, epoch, loss, accuracy, act_bytes,"
+            " data_json) VALUES (?, 'facto', 'step', ?, 0, ?, NULL, NULL, ?)",
+            [(i, s, float(s), f'{{"loss": {float(s)}}}') for s in range(3)],
+        )
+        raw.execute("INSERT INTO layers VALUES (?, 'facto', 'conv', ?)", (i, 10 * i))
+    raw.execute("DELETE FROM runs WHERE id = 3")
+    raw.execute("PRAGMA user_version = 1")
+    raw.close()
+
+
+def test_migration_from_schema_1_keeps_runs_and_ids(tmp_path):
+    db = tmp_path / "runs.db"
+    _v1_database(db)
+    with RunStore(db, stale_after_s=3600) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        runs = {r.id: r for r in s.list_runs()}
+        assert sorted(runs) == [1, 2, 4]
+        assert runs[2].status == "failed" and runs[2].error == "boom"
+        assert runs[1].config == {"model": "m1"} and runs[1].summary == {"best": 1}
+        assert runs[1].tags == ("t",) and runs[1].created_at == 101.0
+        # run 4 was left 'running' by a writer that recorded no owner, long ago
+        assert runs[4].status == "interrupted" and runs[4].host is None
+        assert runs[4].error.startswith("process ended without finishing the run")
+        for i in (1, 2, 4):
+            assert [r["loss"] for r in s.metrics(i)] == [0.0, 1.0, 2.0]
+            assert s.layer_bytes(i) == {"facto": {"conv": 10 * i}}
+        new = s.start_run({})
+        assert new == 5
+        s.delete_run(new)
+        assert s.start_run({}) == 6  # 5 is not handed out again
+        s.delete_run(4)  # cascades still work on the rebuilt table
+        assert s.metrics(4) == [] and s.layer_bytes(4) == {}
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert raw.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 6
+    raw.close()
+
+
+def test_read_only_store_reads_an_unmigrated_history(tmp_path):
+    db = tmp_path / "runs.db"
+    _v1_database(db)
+    with RunStore(db, read_only=True) as s:
+        assert s.schema_version == 1 and not s.writable
+        assert [r.id for r in s.list_runs()] == [4, 2, 1]
+        assert s.get_run(4).status == "interrupted"
+        assert len(s.metrics(1)) == 3
+    with RunStore(db) as s:
+        assert s.schema_version == SCHEMA_VERSION
+
+
+# ----------------------------------------------------------------- liveness
+
+
+WRITER_SCRIPT = r"""
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("facto_store_standalone", sys.argv[1])
+store = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = store
+spec.loader.exec_module(store)
+s = store.RunStore(sys.argv[2])
+run_id = s.start_run({"model": "m"}, kind="single")
+for i in range(7):
+    s.log_step(run_id, "facto", i, 0, {"loss": 1.0 / (i + 1)})
+print(run_id, flush=True)
+time.sleep(120)
+"""
+
+
+def test_killed_writer_reads_as_interrupted_with_its_steps(tmp_path):
+    db = tmp_path / "runs.db"
+    RunStore(db).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, store_module.__file__, str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        run_id = int(proc.stdout.readline())
+        with RunStore(db) as s:
+            rec = s.get_run(run_id)
+            assert rec.status == "running" and rec.pid == proc.pid
+            assert rec.host == socket.gethostname()
+            assert [r.id for r in s.list_runs(status="running")] == [run_id]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    # a read-only reader sees the verdict without storing it
+    with RunStore(db, read_only=True) as ro:
+        rec = ro.get_run(run_id)
+        assert rec.status == "interrupted" and rec.finished_at == rec.updated_at
+        assert f"process {proc.pid} on {socket.gethostname()} is gone" in rec.error
+        assert len(ro.metrics(run_id)) == 7
+        assert ro.list_runs(status="running") == []
+        assert [r.id for r in ro.list_runs(status="interrupted")] == [run_id]
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    raw.close()
+    # a writable reader also stores it
+    with RunStore(db) as s:
+        assert [r.status for r in s.list_runs()] == ["interrupted"]
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT status, error LIKE 'process ended%' FROM runs").fetchone() == (
+        "interrupted", 1)
+    raw.close()
+
+
+def _set_owner(path: Path, run_id: int, **values) -> None:
+    raw = sqlite3.connect(path)
+    sets = ", ".join(f"{k} = ?" for k in values)
+    raw.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values.values(), run_id))
+    raw.commit()
+    raw.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_owner_checks_on_this_host(store):
+    run_id = store.start_run({})
+    rec = store.get_run(run_id)
+    assert (rec.status, rec.host, rec.pid) == ("running", socket.gethostname(), os.getpid())
+    _set_owner(store.path, run_id, pid=_dead_pid())
+    assert store.get_run(run_id).status == "interrupted"
+    if os.path.exists(f"/proc/{os.getpid()}/stat"):  # pid reused by another process
+        other = store.start_run({})
+        raw = sqlite3.connect(store.path)
+        start = raw.execute("SELECT pid_start FROM runs WHERE id = ?", (other,)).fetchone()[0]
+        raw.close()
+        assert start is not None
+        _set_owner(store.path, other, pid_start=start + 1)
+        assert "is gone" in store.get_run(other).error
+    # another boot (or a machine with the same name): pids mean nothing, wait for quiet
+    elsewhere = store.start_run({})
+    _set_owner(store.path, elsewhere, boot_id="another-boot", pid=_dead_pid())
+    assert store.get_run(elsewhere).status == "running"
+    _set_owner(store.path, elsewhere, updated_at=time.time() - 2 * store.stale_after_s)
+    assert "no write from process" in store.get_run(elsewhere).error
+
+
+def test_other_host_is_presumed_dead_after_a_quiet_period(tmp_path):
+    db = tmp_path / "runs.db"
+    with RunStore(db, stale_after_s=60) as s:
+        run_id = s.start_run({})
+        s.log_step(run_id, "facto", 0, 0, {"loss": 1.0})
+        _set_owner(db, run_id, host="gpu-box", pid=1, updated_at=time.time() - 30)
+        assert s.get_run(run_id).status == "running"  # quiet for 30 s < 60 s
+        _set_owner(db, run_id, updated_at=time.time() - 600)
+        rec = s.get_run(run_id)
+        assert rec.status == "interrupted" and "no write from process 1 on gpu-box" in rec.error
+        assert [r.status for r in s.list_runs(status="interrupted")] == ["interrupted"]
+        raw = sqlite3.connect(db)
+        assert raw.execute("SELECT status FROM runs").fetchone()[0] == "running"  # not stored
+        raw.close()
+        # the app's mark_stale_running stores it; a later write from the owner revives it
+        assert s.mark_stale_running(max_age_s=300) == 1
+        s.log_step(run_id, "facto", 1, 0, {"loss": 0.5})
+        rec = s.get_run(run_id)
+        assert (rec.status, rec.error, rec.finished_at) == ("running", None, None)
+        assert len(s.metrics(run_id)) == 2
+
+
+def test_failure_and_interruption_reasons_are_kept(store):
+    failed = store.start_run({})
+    store.finish_run(failed, "failed", error="RuntimeError: CUDA out of memory")
+    stopped = store.start_run({})
+    store.log_step(stopped, "facto", 0, 0, {"loss": 1.0})
+    store.finish_run(stopped, "interrupted", error="stopped by the user")
+    store.heartbeat(stopped)  # not a liveness verdict: stays interrupted
+    with RunStore(store.path, read_only=True) as reader:
+        assert reader.get_run(failed).error == "RuntimeError: CUDA out of memory"
+        rec = reader.get_run(stopped)
+        assert (rec.status, rec.error) == ("interrupted", "stopped by the user")
