@@ -20,7 +20,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)  # the app's slider; any int >= 1 is valid
 NONE_WORDS = ("none", "fp32", "off", "")
 
 
@@ -71,6 +70,7 @@ class Setting:
     unit: str = ""
     group: str = "training"  # method | training | data | advanced
     choice_help: dict | None = None
+    steps: tuple | None = None  # suggested values for a slider (any valid value is accepted)
 
     def allowed(self) -> list:
         """The allowed values of a choice-like setting (empty for free values)."""
@@ -160,6 +160,8 @@ class Setting:
                 value: Any = int(raw)
             elif self.kind == "float":
                 value = float(raw)
+            elif self.kind == "rank":
+                value = _number_or_text(raw)
             elif self.kind == "bool":
                 lowered = raw.lower()
                 if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
@@ -192,7 +194,7 @@ class Setting:
     def from_widget(self, name: str, value: Any) -> Any:
         """A widget's value back to a validated config value."""
         if self.kind == "rank":
-            return RankPolicy.parse(str(value), name)
+            return RankPolicy.parse(_number_or_text(str(value).strip()), name)
         if self.optional and self.kind == "int":
             return None if not value else self.validate(name, int(value))
         if self.kind == "int" and isinstance(value, float) and value.is_integer():
@@ -208,6 +210,16 @@ class Setting:
         if value is None:
             return "all" if self.kind == "int" else "none"
         return str(value)
+
+
+def _number_or_text(text: str) -> Any:
+    """'16' -> 16, '0.5' -> 0.5, 'energy:0.9' stays text (a rank as typed)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def setting(default: Any, **meta: Any) -> Any:
@@ -241,6 +253,7 @@ class RunConfig:
                                     "(ReLUs keep exact 1-bit masks). Fewer bits: less memory, noisier "
                                     "gradients. none keeps fp32.")
     block: int = setting(64, label="Block size", kind="int", minimum=1, group="advanced", unit="values",
+                         steps=(16, 32, 64, 128, 256, 512, 1024),
                          help="Values per quantization block; each block stores its own min and scale. "
                               "Smaller blocks: less error, more metadata bytes.")
     recompute: bool = setting(True, label="Recompute BatchNorm inputs", kind="bool", group="method",
@@ -251,9 +264,10 @@ class RunConfig:
     max_steps: int | None = setting(None, label="Stop after steps", kind="int", minimum=1, optional=True,
                                     group="advanced", help="Stop after this many steps (none: all epochs).")
     batch_size: int = setting(64, label="Batch size", kind="int", minimum=1, group="training",
-                              unit="images", help="Images per step. Stored bytes grow in proportion.")
+                              unit="images", steps=(8, 16, 32, 64, 128, 256, 512),
+                              help="Images per step. Stored bytes grow in proportion, for both variants.")
     lr: float = setting(1e-2, label="Learning rate", kind="float", minimum=0, maximum=10,
-                        min_inclusive=False, group="training",
+                        min_inclusive=False, group="training", steps=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                         help="Peak learning rate. Too high diverges, too low learns slowly. No effect on memory.")
     optimizer: str = setting("adam", label="Optimizer", kind="choice", choices=OPTIMIZERS, group="advanced",
                              help="Adam and AdamW keep two extra values per trained weight, SGD (momentum) one.")

@@ -69,9 +69,20 @@ def test_sweep_table_and_html(capsys, tmp_path):
     html = tmp_path / "sweep.html"
     assert main(["sweep", *TINY, "--max-steps", "2", "--ranks", "0.5", "--bits-list", "4,8",
                  "--html", str(html), "--no-store"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("[") >= 3  # one line per configuration (baseline + 2)
+    captured = capsys.readouterr()
+    table = captured.out.strip().splitlines()
+    assert table[0].split()[:4] == ["variant", "rank", "bits", "update"]
+    assert sorted(line.split()[0] for line in table[1:]) == ["baseline", "facto", "facto"]
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert [line.split()[0] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]  # on stderr, one per point
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+
+
+def test_sweep_json_is_the_only_thing_on_stdout(capsys):
+    assert main(["sweep", *TINY, "--max-steps", "2", "--ranks", "0.5", "--bits-list", "4", "--json",
+                 "--no-store"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == ["facto", "baseline"] and rows[0]["saving_pct"] > 50
 
 
 def test_inspect_prints_report_and_layer_bytes(capsys):

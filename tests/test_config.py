@@ -1,0 +1,98 @@
+"""Every setting is defined once (facto.config): each choice of each field goes through the CLI's
+text, the app's widget value, RunConfig and the run store, and comes back the same."""
+from __future__ import annotations
+
+import pytest
+
+from facto.cli import build_parser, config_from_args, flag
+from facto.config import DEFAULTS, PRESETS, SETTINGS, RunConfig, matching_preset, preset
+from facto.decompose import RankPolicy
+from facto.store import RunStore
+
+EXAMPLES = {
+    "rank": [0.5, 1.0, 0.125, 1, 16, "energy:0.9", "vbmf", "vbmf:0.2"],
+    "block": [1, 16, 64, 1000],
+    "epochs": [1, 4, 100],
+    "max_steps": [None, 1, 50],
+    "batch_size": [1, 64, 512],
+    "lr": [1e-4, 0.01, 10.0],
+    "weight_decay": [0.0, 5e-4, 0.5],
+    "seed": [0, 7, 2**31 - 1],
+    "eval_every": [0, 5],
+    "warm_start_steps": [0, 20],
+    "cycle_every": [0, 3],
+    "data_dir": ["~/.facto/data", "/tmp/some data"],
+    "max_train": [None, 1, 640],
+    "max_test": [None, 64],
+    "download": [False, True],
+    "recompute": [False, True],
+    "device": ["auto", "cpu", "cuda", "mps", "cuda:1"],
+}
+
+
+def values(name: str) -> list:
+    s = SETTINGS[name]
+    if name in EXAMPLES:
+        return EXAMPLES[name]
+    return s.allowed()
+
+
+CASES = [(name, value) for name in SETTINGS for value in values(name)]
+
+
+def test_every_field_has_a_setting_with_label_and_help():
+    for name, s in SETTINGS.items():
+        assert s.label and len(s.help) > 20, name
+        assert s.kind in ("choice", "int", "float", "bool", "text", "rank", "model", "dataset", "device", "bits")
+    assert set(EXAMPLES) | {n for n, s in SETTINGS.items() if s.allowed()} >= set(SETTINGS)
+
+
+@pytest.mark.parametrize("name, value", CASES, ids=[f"{n}={v}" for n, v in CASES])
+def test_each_choice_round_trips_through_cli_widget_config_and_store(name, value, tmp_path):
+    s = SETTINGS[name]
+    config = RunConfig(**{name: value})
+    normal = getattr(config, name)
+    if name == "rank":
+        assert normal == RankPolicy.parse(value) and RankPolicy.parse(str(normal)) == normal
+    # CLI text -> value
+    assert s.parse_text(name, s.to_text(normal)) == normal
+    args = build_parser().parse_args(["train"] + ([flag(name)] if s.kind == "bool" and normal else
+                                                  [f"--no-{name.replace('_', '-')}"] if s.kind == "bool" else
+                                                  [flag(name), s.to_text(normal)]))
+    if name != "device" or normal in ("auto", "cpu"):  # the CLI checks the device is really there
+        assert getattr(config_from_args(args), name) == normal
+    # widget value -> value
+    assert s.from_widget(name, s.to_widget(normal)) == normal
+    # the store keeps the config; from_dict gives the same field back
+    with RunStore(tmp_path / "runs.db") as store:
+        run_id = store.start_run(config.to_dict())
+        stored = RunConfig.from_dict(store.get_run(run_id).config)
+    assert getattr(stored, name) == normal and stored == config
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("rank", 2.0), ("rank", "abc"), ("rank", 0), ("update", "middle"), ("bits", 0), ("bits", 9), ("bits", 3.5),
+    ("block", 0), ("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", 11.0), ("weight_decay", 1.0),
+    ("optimizer", "lbfgs"), ("schedule", "step"), ("precision", "fp8"), ("device", "tpu"), ("seed", -1),
+    ("max_steps", 0), ("model", "nope"), ("dataset", "imagenet"), ("recompute", "yes"),
+])
+def test_bad_values_name_the_field_the_value_and_what_is_allowed(name, bad):
+    with pytest.raises(ValueError, match=f"{name}=") as info:
+        RunConfig(**{name: bad})
+    assert "allowed" in str(info.value) or "known" in str(info.value)
+    assert SETTINGS[name].describe_allowed().split()[0] in str(info.value)
+
+
+def test_defaults_come_from_the_settings_and_presets_are_valid():
+    config = RunConfig()
+    for name, default in DEFAULTS.items():
+        assert getattr(config, name) == SETTINGS[name].validate(name, default)
+    for name in PRESETS:
+        assert matching_preset(preset(name)) == name
+    assert matching_preset(RunConfig()) == "balanced"
+
+
+def test_rank_text_is_canonical():
+    assert str(RankPolicy.parse("0.50")) == "0.5" and str(RankPolicy.parse(1.0)) == "1.0"
+    assert str(RankPolicy.parse("1")) == "1" and str(RankPolicy.parse(" ENERGY:0.9 ")) == "energy:0.9"
+    assert RankPolicy.parse("vbmf") == RankPolicy.parse("vbmf:0.1")
