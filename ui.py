@@ -1,0 +1,271 @@
+"""Shared pieces of the Streamlit pages: server-wide state, widgets made from the settings,
+visitors and room mode. Layout helpers only: numbers come from `facto`, figures from `facto.plots`.
+
+Server-wide (one per `streamlit run` process, shared by every browser tab):
+- the job registry: runs belong to the server, not to a tab; a tab watches one;
+- the run history (or the reason it is off);
+- a cache of built figures per job and version, so three tabs watching one run build
+  each figure once.
+
+A visitor is identified by a token in the page's URL (`?v=...`): it survives a reload, so a
+reloaded tab finds its own runs again (`?job=N` reattaches to the run it watched).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import streamlit as st
+
+from facto.config import SETTINGS, RunConfig, Setting
+from facto.jobs import Job, JobRegistry
+
+CHART = dict(theme=None, config={"displaylogo": False})
+REFRESH_S = 1.0  # progress and cards while a watched run goes
+CHART_REFRESH_S = 2.5  # charts while it goes (built once per new data for every tab)
+
+
+# ----------------------------------------------------------------------------- room mode
+
+@dataclass(frozen=True)
+class Room:
+    """Limits when the app is served to a room (FACTO_ROOM=1): set by whoever starts the server."""
+
+    enabled: bool = False
+    max_epochs: int = 10
+    max_batch: int = 256
+    max_train: int = 20_000
+    max_params: int = 3_000_000
+    runs_per_visitor: int = 1
+    data_dir: str | None = None
+    download: bool = False
+
+    def describe(self) -> str:
+        return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
+                f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
+                f"{self.runs_per_visitor} run(s) per visitor at a time; data folder and downloads are set "
+                "by the host; you can delete only the runs you started.")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@st.cache_resource(show_spinner=False)
+def room() -> Room:
+    """Room settings from the environment (FACTO_ROOM=1 and optional FACTO_ROOM_* limits)."""
+    if os.environ.get("FACTO_ROOM", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return Room()
+    return Room(enabled=True, max_epochs=_env_int("FACTO_ROOM_MAX_EPOCHS", 10),
+                max_batch=_env_int("FACTO_ROOM_MAX_BATCH", 256),
+                max_train=_env_int("FACTO_ROOM_MAX_TRAIN", 20_000),
+                max_params=_env_int("FACTO_ROOM_MAX_PARAMS", 3_000_000),
+                runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR", 1),
+                data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
+                download=os.environ.get("FACTO_ROOM_DOWNLOAD", "") in ("1", "true", "yes"))
+
+
+def room_problems(config: RunConfig, params: int | None) -> list[str]:
+    """What a room's limits forbid in `config` (empty when it may run)."""
+    r = room()
+    if not r.enabled:
+        return []
+    problems = []
+    if config.epochs > r.max_epochs:
+        problems.append(f"epochs {config.epochs} is above this room's limit of {r.max_epochs}")
+    if config.batch_size > r.max_batch:
+        problems.append(f"batch size {config.batch_size} is above this room's limit of {r.max_batch}")
+    if (config.max_train or r.max_train + 1) > r.max_train:
+        problems.append(f"train on at most {r.max_train:,} images here (set Train images)")
+    if params is not None and params > r.max_params:
+        problems.append(f"{config.model} has {params / 1e6:.1f} M parameters, above this room's "
+                        f"limit of {r.max_params / 1e6:.1f} M")
+    return problems
+
+
+# ----------------------------------------------------------------------------- server-wide state
+
+@st.cache_resource(show_spinner=False)
+def registry() -> JobRegistry:
+    """Every run of this server (all tabs): at most FACTO_MAX_RUNS train at once, the rest queue."""
+    return JobRegistry(max_running=_env_int("FACTO_MAX_RUNS", 1))
+
+
+@st.cache_resource(show_spinner=False)
+def _history(path: str) -> Any:
+    from facto.store import RunStore
+
+    try:
+        return RunStore(path)
+    except ValueError as exc:  # StoreUnavailableError: an unusable FACTO_HOME
+        return str(exc)
+
+
+def history():
+    """The run history, or None when it is off (the reason is shown by `history_notice`)."""
+    from facto.store import default_db_path
+
+    store = _history(str(default_db_path()))
+    return None if isinstance(store, str) else store
+
+
+def history_notice() -> None:
+    """Say on the page when the history is off or read-only (training still works)."""
+    from facto.store import default_db_path
+
+    store = _history(str(default_db_path()))
+    if isinstance(store, str):
+        st.error(f"Run history is off: {store} Runs still train; they are not stored.",
+                 icon=":material/history_toggle_off:")
+    elif not getattr(store, "writable", True):
+        st.warning(f"The run history at `{store.path}` is read-only: earlier runs can be read, new runs "
+                   "are not stored.", icon=":material/lock:")
+
+
+def writable_history():
+    """The history when new runs can be stored in it, else None."""
+    store = history()
+    return store if store is not None and getattr(store, "writable", True) else None
+
+
+class FigureCache:
+    """Built figures per (job, name, version): every tab watching a run shares them."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: dict[tuple, tuple[int, Any]] = {}
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, job_id: int, name: str, version: int, build: Callable[[], Any]) -> Any:
+        key = (job_id, name)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        figure = build()
+        with self._lock:
+            self._items[key] = (version, figure)
+            if len(self._items) > self._size:
+                self._items.pop(next(iter(self._items)))
+        return figure
+
+
+@st.cache_resource(show_spinner=False)
+def figures() -> FigureCache:
+    return FigureCache()
+
+
+# ----------------------------------------------------------------------------- visitors
+
+def visitor() -> str:
+    """This tab's visitor token (kept in the URL, so it survives a reload)."""
+    token = st.query_params.get("v")
+    if not token:
+        token = secrets.token_hex(3)
+        st.query_params["v"] = token
+    return token
+
+
+def owner_label(job: Job) -> str:
+    return "you" if job.owner == visitor() else f"visitor {job.owner or '?'}"
+
+
+def may_stop(job: Job) -> bool:
+    """Anyone watching may stop a run, except in room mode, where only its owner may."""
+    return not room().enabled or job.owner == visitor()
+
+
+# ----------------------------------------------------------------------------- widgets from settings
+
+def _plain_error(name: str, value: Any, error: Exception) -> str:
+    s = SETTINGS[name]
+    return f"{s.label}: {value!r} is not allowed. Use {s.describe_allowed()}."
+
+
+def check_field(name: str, key: str) -> None:
+    """on_change: validate one widget at once; its error shows next to it."""
+    errors = st.session_state.setdefault(f"{key}__errors", {})
+    try:
+        SETTINGS[name].from_widget(name, st.session_state[key])
+        errors.pop(key, None)
+    except ValueError as exc:
+        errors[key] = _plain_error(name, st.session_state[key], exc)
+
+
+def setting_widget(name: str, key: str, container=None, disabled: bool = False,
+                   on_change: Callable | None = None, label: str | None = None,
+                   options: list | None = None, help_extra: str = "") -> None:
+    """The widget for RunConfig field `name` (kind, allowed values, label and help from its Setting).
+
+    Its value lives in st.session_state[key] as the widget's value (`Setting.to_widget`).
+    """
+    s: Setting = SETTINGS[name]
+    box = container or st
+    help_text = s.help + (" " + help_extra if help_extra else "")
+    if s.choice_help:
+        help_text += " " + " ".join(f"**{k}**: {v}." for k, v in s.choice_help.items())
+
+    def changed() -> None:
+        check_field(name, key)
+        if on_change is not None:
+            on_change()
+
+    common = dict(key=key, disabled=disabled, help=help_text, on_change=changed)
+    text = label or s.label
+    if s.kind in ("choice", "model", "dataset", "bits", "device"):
+        choices = options if options is not None else s.allowed()
+        box.selectbox(text, choices, format_func=s.format, **common)
+    elif s.kind == "bool":
+        box.checkbox(text, **common)
+    elif s.kind in ("rank", "text"):
+        box.text_input(text, **common)
+    elif s.steps:
+        values = sorted({*s.steps, st.session_state.get(key, getattr(RunConfig(), name))})
+        box.select_slider(text, values, format_func=lambda v: f"{v:g}", **common)
+    elif s.kind == "int":
+        minimum = 0 if s.optional else int(s.minimum or 0)
+        label_text = text + (" (0 = all)" if s.optional else "")
+        box.number_input(label_text, min_value=minimum, step=1, **common)
+    else:
+        box.number_input(text, min_value=float(s.minimum or 0), format="%g", **common)
+    error = st.session_state.get(f"{key}__errors", {}).get(key)
+    if error:
+        box.error(error, icon=":material/error:")
+
+
+def init_widgets(prefix: str, names: list[str], values: RunConfig | None = None) -> None:
+    """Put each field's widget value in st.session_state (once), from `values` or the defaults."""
+    config = values or RunConfig()
+    for name in names:
+        st.session_state.setdefault(prefix + name, SETTINGS[name].to_widget(getattr(config, name)))
+
+
+def config_from_widgets(prefix: str, names: list[str], base: RunConfig | None = None) -> RunConfig:
+    """The RunConfig the widgets describe (ValueError naming the field when one is bad)."""
+    values = (base or RunConfig()).to_dict()
+    for name in names:
+        values[name] = SETTINGS[name].from_widget(name, st.session_state[prefix + name])
+    return RunConfig(**values)
+
+
+def field_errors(prefix: str, names: list[str]) -> list[str]:
+    """Plain-language errors of the widgets, checked now (before Run)."""
+    errors = []
+    for name in names:
+        key = prefix + name
+        try:
+            SETTINGS[name].from_widget(name, st.session_state[key])
+        except ValueError as exc:
+            errors.append(_plain_error(name, st.session_state[key], exc))
+    return errors
+
+
+def page_header(title: str, caption: str) -> None:
+    st.title(title)
+    st.caption(caption)
