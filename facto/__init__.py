@@ -3,7 +3,17 @@
 The public API, re-exported; nothing is defined here. Importing it costs little beyond
 torch itself: TensorLy, torchvision, SciPy, scikit-learn and Plotly load only when used.
 """
-from . import compress
+import sys as _sys
+
+try:  # `facto` / `python -m facto`: Ctrl-C while torch loads ends quietly, not with a traceback
+    import torch as _torch  # noqa: F401
+except KeyboardInterrupt:
+    if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith(("facto", "__main__.py")):
+        print("interrupted", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
+
+from . import compress  # noqa: E402
 from .activations import ActivationMeter, hold, measure_activations, saved_activations
 from .build import seeded
 from .config import PRESETS, SETTINGS, RunConfig, preset

@@ -90,6 +90,19 @@ def _list(text: str, name: str) -> list:
         raise UsageError(str(exc)) from None
 
 
+def open_history(no_store: bool):
+    """The run history to store into (None with --no-store); UsageError when it can't take runs."""
+    if no_store:
+        return None
+    from .store import RunStore
+
+    store = RunStore()
+    if not store.writable:
+        raise UsageError(f"the run history {store.path} is read-only, so this run could not be stored: "
+                         "pass --no-store to train without storing it, or set FACTO_HOME to a writable folder")
+    return store
+
+
 def _progress(message: str, quiet: bool) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -103,12 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .events import FailureEvent, StartEvent, StepEvent, SummaryEvent
     from .recorder import record
-    from .store import RunStore
     from .train import compare
 
     config = config_from_args(args)
     main_process = not distributed.init_from_env() or distributed.is_main_process()
-    store = None if (args.no_store or not main_process) else RunStore()
+    store = open_history(args.no_store or not main_process)
     quiet = args.quiet or args.json or not main_process
     bars: dict[str, tqdm] = {}
     summary = None
@@ -167,12 +179,11 @@ def format_summary(s) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .store import RunStore
     from .sweep import SweepPoint, points_table, sweep
 
     base = config_from_args(args)
     ranks, bits, updates = _list(args.ranks, "rank"), _list(args.bits_list, "bits"), _list(args.updates, "update")
-    store = None if args.no_store else RunStore()
+    store = open_history(args.no_store)
     quiet = args.quiet or args.json
     points = []
     events = sweep(base, ranks, bits, updates, store=store)

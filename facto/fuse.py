@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import FactoConv2d, FactorizedLayer, MaskReLU, conv_stage, is_pointwise, pointwise, subsample
+from .layers import (FactoConv2d, FactorizedLayer, MaskReLU, autocast_state, conv_stage, is_pointwise, pointwise,
+                     replay_autocast, subsample)
 from .surgery import replace_module
 
 BN_STATS = ("forward", "recomputed")
@@ -98,7 +99,7 @@ def _run_stages(z: Tensor, weights, confs) -> Tensor:
 def _fusable_call(bn: nn.BatchNorm2d, x: Tensor) -> bool:
     """True when BN normalizes with batch statistics under grad (the fused path applies)."""
     batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    return batch_stats and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+    return batch_stats and torch.is_grad_enabled()
 
 
 def _bn_step(bn: nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, float]:
@@ -129,12 +130,13 @@ class _RecomputeBN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
                 confs, recomputed_stats, *weights):
-        y = _run_stages(s, weights, confs)
+        y = _run_stages(s, weights, confs)  # under autocast: in 16 bits, as nn.Conv2d would be
         if bias is not None:
-            y = y + bias.view(1, -1, 1, 1)
+            y = y + bias.to(y.dtype).view(1, -1, 1, 1)
         out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
                                                     running_var, True, momentum, eps)
         ctx.conf = (confs, eps, recomputed_stats, bias is not None)
+        ctx.autocast = autocast_state(s.device.type)
         ctx.save_for_backward(s, bias, bn_weight, mean, invstd, *weights)
         return out
 
@@ -149,20 +151,21 @@ class _RecomputeBN(torch.autograd.Function):
         want_graph = need_s or any(need_w)
         # The recomputation is transient: a pass-through hook pair keeps an enclosing
         # saved_activations context from compressing or counting it a second time.
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
+                replay_autocast(ctx.autocast):
             s_ = s.detach().requires_grad_(need_s)
             ws = [w.detach().requires_grad_(n) for w, n in zip(weights, need_w)]
             z = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
         y = z.detach()
         if has_bias:
-            y = y + bias.view(1, -1, 1, 1)
+            y = y + bias.to(y.dtype).view(1, -1, 1, 1)
         if recomputed_stats:
             var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
             invstd = torch.rsqrt(var + eps)
         grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_out.contiguous(), y, bn_weight, None, None, mean, invstd, True, eps,
+            grad_out.contiguous().to(y.dtype), y, bn_weight, None, None, mean, invstd, True, eps,
             [want_graph or need_bias, need_gamma, need_beta])
-        g_bias = grad_y.sum((0, 2, 3)) if need_bias else None
+        g_bias = grad_y.sum((0, 2, 3)).to(bias.dtype) if need_bias else None
         grads = [None] * (1 + len(weights))
         wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
         if wanted:
@@ -180,7 +183,7 @@ class FactoConvBN(FactoConv2d):
     Holds the conv's own Parameter objects (same names: first/core/last/bias) and the
     BatchNorm as `bn`. Training mode with grad: the frozen stages before the trainable one
     run activation-free, then one autograd Function stores only the trainable stage's input.
-    Eval mode, no grad, or autocast: the plain conv -> BN computation.
+    Eval mode or no grad: the plain conv -> BN computation (autocast is followed in both).
 
     Args:
         bn_stats: statistics BN's backward uses with the recomputed (possibly decompressed)
@@ -236,7 +239,7 @@ class ConvBN(nn.Conv2d):
 
     Holds the conv's own Parameter objects (same names: weight/bias) and the BatchNorm as
     `bn`. Training mode with grad: one autograd Function stores only the conv's input x
-    and BN's statistics. Eval mode, no grad, or autocast: the plain conv -> BN computation.
+    and BN's statistics. Eval mode or no grad: the plain conv -> BN computation.
     A subclass of nn.Conv2d, so code that looks for convs (isinstance) still finds it.
 
     Args:

@@ -43,6 +43,17 @@ def pointwise(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(w2d.expand(n, *w2d.shape), x.reshape(n, c, h * w)).view(n, -1, h, w)
 
 
+def autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """The autocast state of `device_type` now, to replay it in a custom Function's backward."""
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def replay_autocast(state: tuple[str, bool, torch.dtype]):
+    """Re-enter the autocast state a forward ran under (what torch.amp.custom_bwd does, any device)."""
+    device_type, enabled, dtype = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+
 def is_pointwise(weight: Tensor, padding) -> bool:
     """A 1x1 kernel without padding: runs as a matmul."""
     return weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0)
@@ -61,6 +72,7 @@ class FrozenConv2d(torch.autograd.Function):
         ctx.weight = weight  # a parameter: held by the module anyway, not an activation
         ctx.input_shape = x.shape
         ctx.conf = (stride, padding, dilation)
+        ctx.autocast = autocast_state(x.device.type)
         if is_pointwise(weight, padding) and tuple(stride) == (1, 1):
             return pointwise(x, weight)
         return F.conv2d(x, weight, None, stride, padding, dilation)
@@ -70,7 +82,7 @@ class FrozenConv2d(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         stride, padding, dilation = ctx.conf
-        weight = ctx.weight
+        weight = ctx.weight.to(grad_out.dtype)  # under autocast the forward ran in 16 bits
         if is_pointwise(weight, padding) and tuple(stride) == (1, 1):
             w2d = weight.view(weight.shape[0], weight.shape[1])
             grad_in = pointwise(grad_out, w2d.t())

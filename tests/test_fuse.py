@@ -442,3 +442,28 @@ def test_low_bit_gradient_is_unbiased_with_the_default_bn_stats():
             print(f"\nbn_stats={bn_stats} bits={bits}: cosine of the mean of {draws} draws "
                   f"{cosines[bn_stats, bits]:.4f}")
     assert cosines[DEFAULT_BN_STATS, 4] >= 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("recompute, bits", [(False, None), (True, None), (True, 8)])
+def test_autocast_gradients_close_to_fp32(dtype, recompute, bits):
+    """16-bit autocast works with factorize, recompute, masks and compression, and the gradients
+    stay as close to fp32 as the dense model's own autocast gradients are."""
+    torch.manual_seed(0)
+    dense = resnet20()
+    model = facto.factorize(dense, rank=0.5, update="core", recompute=recompute)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def grads(net, autocast, bits=None):
+        params = [p for p in net.parameters() if p.requires_grad]
+        with torch.autocast("cpu", dtype, enabled=autocast), facto.saved_activations(bits, model=net) as meter:
+            out = net(x)
+        loss = F.cross_entropy(out.float(), y)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]), meter
+
+    cos = lambda a, b: float(F.cosine_similarity(a, b, dim=0))  # noqa: E731
+    dense_cos = cos(grads(dense, True)[0], grads(dense, False)[0])
+    half, meter = grads(model, True, bits)
+    ours = cos(half, grads(model, False)[0])
+    assert ours >= dense_cos - 0.03, (ours, dense_cos)
+    assert any(r.dtype in ("bfloat16", "float16") for r in meter.records)  # 16-bit maps are what is stored

@@ -177,3 +177,63 @@ def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator
         stop.set()
         thread.join()
     assert noisy == quiet
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_precision_applies_to_baseline_and_facto(precision):
+    """bf16/fp16 autocast for both variants: the run trains, and the baseline now stores 16-bit maps."""
+    fp32 = consume(compare(RunConfig(**TINY, max_steps=2)))
+    half = consume(compare(RunConfig(**TINY, max_steps=2, precision=precision)))
+    assert half.status == "completed" and not half.failures
+    assert half.act_bytes["baseline"] < 0.75 * fp32.act_bytes["baseline"]
+    assert half.saving_pct > 50
+
+
+def _sabotage(monkeypatch, make_error):
+    """Make the Facto model's forward go wrong from its 2nd training step on (the 1st training-mode
+    forward measures the stored bytes per layer for the start event)."""
+    import facto.train as train
+
+    real = train.variant_models
+
+    def models(config, dense, variants):
+        built = real(config, dense, variants)
+        calls = {"n": 0}
+
+        def hook(module, inputs, output):
+            if module.training and torch.is_grad_enabled():
+                calls["n"] += 1
+                if calls["n"] >= 3:
+                    return make_error(output)
+            return output
+
+        built["facto"].register_forward_hook(hook)
+        return built
+
+    monkeypatch.setattr(train, "variant_models", models)
+
+
+def test_a_non_finite_loss_stops_that_variant_with_the_reason_and_the_other_goes_on(monkeypatch, tmp_path):
+    _sabotage(monkeypatch, lambda out: out * float("nan"))
+    store = RunStore(tmp_path / "runs.db")
+    events = list(record(compare(RunConfig(**TINY, max_steps=4)), store))
+    failures = [e for e in events if getattr(e, "type", "") == "failure"]
+    assert [(f.variant, f.step) for f in failures] == [("facto", 2)]
+    assert "non-finite loss at step 2, try a lower learning rate or more bits" in failures[0].reason
+    summary = events[-1]
+    assert summary.steps == {"baseline": 4, "facto": 1} and summary.status == "completed"
+    assert summary.accuracy["baseline"] is not None and summary.accuracy_delta is None
+    (stored,) = store.list_runs()
+    assert stored.status == "completed" and "facto failed: non-finite loss at step 2" in stored.error
+
+
+def test_out_of_memory_stops_that_variant_with_a_suggestion(monkeypatch, tmp_path):
+    def oom(out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    _sabotage(monkeypatch, oom)
+    store = RunStore(tmp_path / "runs.db")
+    summary = consume(record(compare(RunConfig(**TINY, max_steps=3)), store))
+    assert summary.steps == {"baseline": 3, "facto": 1}
+    assert "out of memory" in summary.failures["facto"] and "smaller batch" in summary.failures["facto"]
+    assert "facto failed: out of memory" in store.list_runs()[0].error
