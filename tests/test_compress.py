@@ -10,8 +10,10 @@ from facto.compress import (
     NarrowInt,
     Packed,
     PackedMask,
+    clamp_with_mask,
     compress,
     half_pack,
+    masked_grad,
     narrow_int,
     pack_bits,
     pack_mask,
@@ -484,6 +486,68 @@ def test_quantize_rejects_bad_arguments():
     with pytest.raises(ValueError, match="int64"):
         quantize(torch.zeros(3, dtype=torch.int64), 4)
     assert validate_block(1) == 1
+
+
+# ---------------------------------------------------------------- no host sync
+
+
+@pytest.fixture
+def no_value_reads(monkeypatch):
+    """Make every Python-level read of a tensor's values raise (the host syncs on CUDA)."""
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+
+
+def test_reference_path_reads_no_values(no_value_reads):
+    """quantize/dequantize and the other pack/unpack paths of float activations and masks
+    decide nothing from values on the host, so on CUDA they would never sync."""
+    x = random_input((2, 3, 17, 19), seed=7, offset=2.0)
+    x.view(-1)[100:164] += 1e5  # a bfloat16-metadata block
+    x.view(-1)[300] = float("nan")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        xd = x.to(dtype)
+        for bits in (1, 4, 8):
+            for stochastic in (False, True):
+                compress(xd, bits, 64, stochastic=stochastic).restore()
+        compress(xd, 16).restore()
+        compress(xd, 3, block=7, seed=5).restore()
+    pack_mask(x > 0).unpack()
+    y, codes = clamp_with_mask(x, 6.0)
+    masked_grad(y, codes)
+    narrow_int(codes).restore()  # 1-byte: nothing narrower, nothing read
+    with pytest.raises(AssertionError, match="read on the host"):
+        narrow_int(torch.arange(5))  # the documented exception: the dtype depends on values
+
+
+def test_narrow_int_upper_bound_hint():
+    idx = torch.arange(1600).view(40, 40)
+    n = narrow_int(idx, upper_bound=1599)
+    assert n.data.dtype == torch.int16 and torch.equal(n.restore(), idx)
+    assert narrow_int(idx[:2], upper_bound=255).data.dtype == torch.uint8
+    with pytest.raises(ValueError, match="upper_bound=10 is wrong"):
+        narrow_int(idx, upper_bound=10)  # checked on CPU, where reading values is free
+    with pytest.raises(ValueError, match="upper_bound=-1"):
+        narrow_int(idx, upper_bound=-1)
+    i8 = torch.tensor([-3, 100], dtype=torch.int8)
+    assert narrow_int(i8).data.dtype == torch.int8
+
+
+def test_clamp_with_mask_reference():
+    x = random_input((3, 5, 7), seed=1) * 5
+    x.view(-1)[:3] = torch.tensor([0.0, 6.0, -0.0])
+    for cap in (None, 6.0):
+        y, codes = clamp_with_mask(x, cap)
+        mask = (x > 0) if cap is None else (x > 0) & (x < cap)
+        assert torch.equal(y, x.clamp(min=0) if cap is None else x.clamp(0, cap))
+        assert torch.equal(codes, pack_bits(mask.reshape(-1).to(torch.uint8), 1))
+        g = torch.randn_like(x)
+        assert torch.equal(masked_grad(g, codes), g * mask)
+    with pytest.raises(ValueError, match="floating"):
+        clamp_with_mask(torch.arange(3))
 
 
 # ---------------------------------------------------------------- CUDA
