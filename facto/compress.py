@@ -380,8 +380,8 @@ def _codes(
     t.add_(0.5)
     if stochastic:
         _add_centred_noise_(t, generator)
-    torch.fmax(t, t.new_zeros(()), out=t)  # NaN -> 0 and the lower clamp
-    return t.clamp_(max=levels).to(torch.uint8)  # truncation == floor
+    t.nan_to_num_(0.0)  # NaN -> 0 (+-inf -> +-max, then clamped)
+    return t.clamp_(0, levels).to(torch.uint8)  # truncation == floor
 
 
 def _quantize_reference(
