@@ -128,15 +128,22 @@ def kernel_seed(seed: int | None, generator: torch.Generator | None = None) -> i
     and its offset advanced. Keys always lie in [2**62, 2**63), so Triton sees one
     int64 argument type and never recompiles for a new seed.
     """
+    if seed is None and generator is not None and generator.device.type != "cpu":
+        seed = _device_generator_seed(generator)
     if seed is None:
-        if generator is not None and generator.device.type != "cpu":
-            offset = generator.get_offset()
-            generator.set_offset(offset + 4)
-            seed = _mix64(_mix64(generator.initial_seed()) ^ offset)
-        else:
-            draw = torch.randint(0, 2**_SEED_BITS, (), generator=generator, device="cpu")
-            seed = int(draw)
+        cpu = generator if generator is not None and generator.device.type == "cpu" else None
+        seed = int(torch.randint(0, 2**_SEED_BITS, (), generator=cpu, device="cpu"))
     return (seed & (2**_SEED_BITS - 1)) | 2**_SEED_BITS
+
+
+def _device_generator_seed(generator: torch.Generator) -> int | None:
+    """A key from a CUDA generator's host-side seed and Philox offset (advanced by 4), or None."""
+    try:
+        offset = generator.get_offset()
+        generator.set_offset(offset + 4)
+    except (RuntimeError, AttributeError):  # a generator without a Philox offset
+        return None
+    return _mix64(_mix64(generator.initial_seed()) ^ offset)
 
 
 # ---------------------------------------------------------------- kernels

@@ -248,6 +248,27 @@ def test_kernel_seed_is_one_int64_type():
     g = torch.Generator().manual_seed(0)
     assert kernels.kernel_seed(None, g) != kernels.kernel_seed(None, g)
 
+    class FakeCudaGenerator:  # host-side state only: nothing is drawn on the device
+        device = torch.device("cuda")
+
+        def __init__(self, seed):
+            self.seed, self.offset = seed, 0
+
+        def initial_seed(self):
+            return self.seed
+
+        def get_offset(self):
+            return self.offset
+
+        def set_offset(self, offset):
+            self.offset = offset
+
+    a, b = FakeCudaGenerator(1), FakeCudaGenerator(1)
+    keys = [kernels.kernel_seed(None, a) for _ in range(3)]
+    assert len(set(keys)) == 3 and a.offset == 12  # advances like a Philox offset
+    assert keys == [kernels.kernel_seed(None, b) for _ in range(3)]  # and repeats from a seed
+    assert kernels.kernel_seed(None, FakeCudaGenerator(2)) != keys[0]
+
 
 # ---------------------------------------------------------------- 1-bit masks
 
