@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
     triton_ok = cuda and kernels.available(device)
     print(machine())
-    print(f"device {device}; block {args.block}; {'deterministic' if args.deterministic else 'stochastic'} "
-          f"rounding; median of {repeats} runs; Triton path: "
-          f"{'measured' if triton_ok else 'not measured (' + ('no CUDA' if not cuda else 'unavailable') + ')'}")
+    rounding = "deterministic" if args.deterministic else "stochastic"
+    why_not = "no CUDA" if not cuda else "triton unavailable"
+    print(f"device {device}; block {args.block}; {rounding} rounding; median of {repeats} runs; "
+          f"Triton path: {'measured' if triton_ok else f'not measured ({why_not})'}")
     print()
     print("| path | map MB | bits | stored MB | compress ms | compress GB/s | restore ms | restore GB/s "
           "| CUDA ops compress / restore | host syncs compress / restore |")
