@@ -427,7 +427,7 @@ def quantize(
     ``nbytes == ceil(numel/8)*bits + ceil(numel/block)*4``. No host sync.
 
     Runs as one Triton kernel where :func:`facto.kernels.available` (CUDA;
-    float32/float16/bfloat16; power-of-two blocks >= 8), else in PyTorch. Stochastic
+    float32/float16/bfloat16; power-of-two blocks in [8, 8192]), else in PyTorch. Stochastic
     noise: the kernel uses ``seed`` (drawn from ``generator`` on the host, or from
     torch's default CPU generator, when None); PyTorch uses ``generator`` (or a
     generator seeded with ``seed``).
