@@ -136,7 +136,7 @@ class _Packer:
         if x.is_complex() or (x.is_floating_point() and (
                 self.meter.bits is None or x.dim() < 2 or x.numel() < self.min_numel)):
             return x
-        generator = self.generator if self.generator is not None and self.generator.device == x.device else None
+        generator = self.generator if self.generator is not None and self.generator.device.type == x.device.type else None
         return compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic, generator=generator)
 
     def hold(self, x: Tensor) -> None:

@@ -2,20 +2,25 @@
 
 A floating tensor is flattened in memory order and split into blocks of
 ``block`` contiguous values. Each block keeps its minimum ``lo`` and step
-``scale`` (as 16-bit floats) and every value becomes a ``bits``-bit code,
-bit-packed into bytes. Deterministic rounding has error <= scale / 2 per
-value; stochastic rounding has error < scale and is unbiased.
+``scale`` as 16-bit floats (float16 where the block fits it, else bfloat16,
+chosen per block) and every value becomes a ``bits``-bit code, bit-packed into
+bytes. Deterministic rounding has error <= scale / 2 per value; stochastic
+rounding has error < scale and is unbiased.
 
-Everything is vectorised PyTorch and runs unchanged on CPU or CUDA. Each
-``quantize`` call does one host sync (to pick the metadata dtype per tensor).
+The reference is vectorised PyTorch and runs unchanged on CPU or CUDA without
+any host sync. On CUDA, float32/float16/bfloat16 tensors with power-of-two
+blocks go through the Triton kernels of :mod:`facto.kernels` instead (one launch
+to quantize and pack, one to unpack and dequantize); both paths write the same
+format, and deterministic codes and metadata are bit-identical between them.
 
 Non-finite inputs (NaN, +-inf) never crash, but they do not round-trip: a
-block holding one dequantizes to NaN/inf values; other blocks are unaffected.
+block holding one dequantizes to NaN; other blocks are unaffected.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,10 +33,12 @@ __all__ = [
     "Packed",
     "PackedMask",
     "Stored",
+    "clamp_with_mask",
     "compress",
     "held_bytes",
     "owned",
     "half_pack",
+    "masked_grad",
     "narrow_int",
     "pack_bits",
     "pack_mask",
@@ -43,8 +50,9 @@ __all__ = [
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-FP16_META_LIMIT = 60000.0  # metadata beyond this goes to bfloat16 / float32
-FP16_MAX = 65504.0
+FP16_META_LIMIT = 60000.0  # a block beyond this keeps bfloat16 metadata
+WIDE_FLAG = -(2**15)  # int16 sign bit: set on a stored scale when lo and scale are bfloat16
+NAN_BITS = 0x7FC0  # bfloat16 NaN: the metadata of a block holding NaN/inf
 
 
 # ---------------------------------------------------------------- validation
@@ -210,63 +218,124 @@ def _as_blocks(x: Tensor, block: int, dtype: torch.dtype) -> Tensor:
 
 
 def _round_down(v: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast v to dtype, stepping one ulp down where the cast rounded up."""
+    """The largest `dtype` value <= v (cast, then one ulp down where the cast rounded up)."""
     m = v.to(dtype)
     too_high = m.to(v.dtype) > v
     return torch.where(too_high, torch.nextafter(m, torch.full_like(m, -math.inf)), m)
 
 
 def _round_up(v: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast v to dtype, stepping one ulp up where the cast rounded down."""
+    """The smallest `dtype` value >= v (cast, then one ulp up where the cast rounded down)."""
     m = v.to(dtype)
     too_low = m.to(v.dtype) < v
     return torch.where(too_low, torch.nextafter(m, torch.full_like(m, math.inf)), m)
 
 
-def _metadata_dtype(
-    lo: Tensor, hi: Tensor, levels: int, dtype: torch.dtype
-) -> tuple[torch.dtype, bool]:
-    """Pick float16 metadata when it fits, else bfloat16 (float32 for float64 input).
+def _bits16(v: Tensor) -> Tensor:
+    """The raw 16-bit pattern of a float16/bfloat16 tensor, as int16."""
+    return v.view(torch.int16)
 
-    Also returns whether every block is finite. One host sync.
+
+def _finite(v: Tensor) -> Tensor:
+    return v.abs() < math.inf  # False for NaN and +-inf
+
+
+def _encode_meta(lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-block (meta, lo, scale): meta as stored, lo and scale as decoded from it.
+
+    lo is rounded down and scale = (hi - lo) / levels rounded up, in float16 where the
+    block fits it, else in bfloat16 with the sign bit of the stored scale set. A block
+    whose metadata is not finite (NaN/inf inside, or beyond bfloat16 range) stores NaN
+    metadata, so all its values dequantize to NaN. No host sync: the choice is per block.
     """
-    finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()
-    # comparisons with NaN are False and inf exceeds the limit: fits implies finite
-    fits = (lo.abs() <= FP16_META_LIMIT).all() & (
-        (hi - lo) <= FP16_META_LIMIT * levels
-    ).all()
-    fits_fp16, all_finite = torch.stack([fits, finite]).tolist()
-    if fits_fp16:
-        return torch.float16, all_finite
-    return (torch.float32 if dtype == torch.float64 else torch.bfloat16), all_finite
+    cdt = lo.dtype
+    lo = torch.where(lo == 0, torch.zeros_like(lo), lo)  # -0 -> +0: the min of +-0 is either
+    fits = (lo.abs() <= FP16_META_LIMIT) & ((hi - lo) <= FP16_META_LIMIT * levels)
+    lo_h, lo_b = _round_down(lo, torch.float16), _round_down(lo, torch.bfloat16)
+    lo_m = torch.where(fits, lo_h.to(cdt), lo_b.to(cdt))
+    span = hi - lo_m
+    span = torch.where(span > 0, span, torch.zeros_like(span))  # no -0 scale: its sign is the flag
+    step = span / span.new_full((), float(levels))  # a true division on CUDA too (no 1/levels)
+    sc_h, sc_b = _round_up(step, torch.float16), _round_up(step, torch.bfloat16)
+    scale_m = torch.where(fits, sc_h.to(cdt), sc_b.to(cdt))
+    lo_bits = torch.where(fits, _bits16(lo_h), _bits16(lo_b))
+    sc_bits = torch.where(fits, _bits16(sc_h), _bits16(sc_b) | WIDE_FLAG)
+    ok = _finite(span) & _finite(lo_m) & _finite(scale_m)
+    lo_bits = torch.where(ok, lo_bits, NAN_BITS)
+    sc_bits = torch.where(ok, sc_bits, NAN_BITS | WIDE_FLAG)
+    nan = torch.full_like(lo_m, math.nan)
+    meta = torch.stack([lo_bits, sc_bits], dim=1)
+    return meta, torch.where(ok, lo_m, nan), torch.where(ok, scale_m, nan)
+
+
+def _decode_meta(meta: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Per-block (lo, scale) in `dtype` from stored (nblocks, 2) int16 metadata."""
+    lo_bits, sc_bits = meta[:, 0], meta[:, 1]
+    wide = sc_bits < 0
+    sc_bits = sc_bits & 0x7FFF
+
+    def decode(b: Tensor) -> Tensor:
+        return torch.where(wide, b.view(torch.bfloat16).to(dtype), b.view(torch.float16).to(dtype))
+
+    return decode(lo_bits), decode(sc_bits)
+
+
+def _reciprocal(scale: Tensor) -> Tensor:
+    """1 / scale, 0 where scale is 0 (or NaN)."""
+    return torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
 
 
 @dataclass(frozen=True, eq=False)
 class Packed:
-    """A floating tensor quantized block-wise to ``bits``-bit codes."""
+    """A floating tensor quantized block-wise to ``bits``-bit codes.
+
+    ``meta`` holds per block the raw 16-bit patterns of [lo, scale]: float16 where the
+    block fits it, else bfloat16 with the sign bit of the scale set (a scale is >= 0).
+    """
 
     codes: Tensor  # uint8, pack_bits(codes, bits), exactly numel codes
-    lo: Tensor  # per-block minimum (float16 / bfloat16 / float32)
-    scale: Tensor  # per-block step, same dtype as lo
+    meta: Tensor  # int16 (nblocks, 2): bit patterns of lo and scale (sign of scale: bfloat16)
     bits: int
     block: int
     shape: torch.Size
     dtype: torch.dtype
     numel: int
 
+    @property
+    def lo(self) -> Tensor:
+        """Per-block minimum as stored (rounded down), float32."""
+        return _decode_meta(self.meta)[0]
+
+    @property
+    def scale(self) -> Tensor:
+        """Per-block step as stored (rounded up), float32."""
+        return _decode_meta(self.meta)[1]
+
+    @property
+    def bfloat16_blocks(self) -> Tensor:
+        """Per block: True where lo and scale are stored as bfloat16 (else float16)."""
+        return self.meta[:, 1] < 0
+
     def dequantize(self) -> Tensor:
         """lo + code * scale, in the original shape and dtype (contiguous, same device)."""
+        kernels = _kernels_for(self.codes.device, self.dtype, self.block)
+        if kernels is not None:
+            flat = kernels.unpack_dequantize(
+                self.codes, self.meta, self.bits, self.block, self.numel, self.dtype
+            )
+            return flat.view(self.shape)
+        return self._dequantize_reference()
+
+    def _dequantize_reference(self) -> Tensor:
         cdt = _compute_dtype(self.dtype)
         nblocks, width = _layout(self.numel, self.block)
+        lo, scale = _decode_meta(self.meta, cdt)
         codes = unpack_bits(self.codes, self.bits, self.numel)
         pad = nblocks * width - self.numel
         if pad:
             codes = torch.cat([codes, codes.new_zeros(pad)])
-        out = torch.addcmul(
-            self.lo.to(cdt).unsqueeze(1),
-            codes.view(nblocks, width).to(cdt),
-            self.scale.to(cdt).unsqueeze(1),
-        )
+        out = codes.view(nblocks, width).to(cdt) * scale.unsqueeze(1)
+        out = out.add_(lo.unsqueeze(1))  # lo + code * scale, two rounded operations
         return out.view(-1)[: self.numel].to(self.dtype).view(self.shape)
 
     def restore(self) -> Tensor:
@@ -275,11 +344,11 @@ class Packed:
 
     def tensors(self) -> tuple[Tensor, ...]:
         """The tensors this container holds."""
-        return (self.codes, self.lo, self.scale)
+        return (self.codes, self.meta)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: packed codes plus per-block lo and scale (storages, once each)."""
+        """Bytes held: packed codes plus 4 bytes of metadata per block (storages, once each)."""
         return held_bytes(*self.tensors())
 
 
@@ -304,18 +373,45 @@ def _codes(
     stochastic: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """Float codes in [0, levels] shaped like blocks; truncating them is the rounding.
+    """uint8 codes shaped like blocks.
 
-    t = (x - lo) / scale + 1/2 (+ noise in [-1/2, 1/2) when stochastic), so
-    floor(t) is round-half-up or unbiased stochastic rounding. A block with
-    scale 0 gets codes 0.
+    t = (x - lo) * inv + 1/2 (+ noise in [-1/2, 1/2) when stochastic), NaN -> 0,
+    clamped to [0, levels] and truncated: round-half-up or unbiased stochastic
+    rounding. inv = 1 / scale (0 for a constant block). The kernel writes the same
+    separately rounded operations, so deterministic codes match it bit for bit.
     """
-    inv = torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
-    offset = 0.5 - lo * inv
-    t = torch.addcmul(offset.unsqueeze(1), blocks, inv.unsqueeze(1))
+    t = (blocks - lo.unsqueeze(1)).mul_(_reciprocal(scale).unsqueeze(1))
+    t.add_(0.5)
     if stochastic:
         _add_centred_noise_(t, generator)
-    return t.clamp_(0, levels)
+    t.nan_to_num_(0.0)  # NaN -> 0 (+-inf -> +-max, then clamped)
+    return t.clamp_(0, levels).to(torch.uint8)  # truncation == floor
+
+
+def _quantize_reference(
+    x: Tensor, bits: int, block: int, stochastic: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """(packed codes, meta) in pure PyTorch, on x's device, without a host sync."""
+    levels = 2**bits - 1
+    blocks = _as_blocks(x, block, _compute_dtype(x.dtype))
+    lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)  # faster than aminmax on CPU
+    meta, lo_m, scale_m = _encode_meta(lo, hi, levels)
+    codes = _codes(blocks, lo_m, scale_m, levels, stochastic, generator)
+    return pack_bits(codes.view(-1)[: x.numel()], bits), meta
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed={seed!r} is not allowed: use an int or None")
+
+
+def _reference_generator(
+    generator: torch.Generator | None, seed: int | None, device: torch.device
+) -> torch.Generator | None:
+    """The generator for reference noise: `generator`, else one seeded with `seed`, else None."""
+    if generator is not None or seed is None:
+        return generator
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
 
 
 def quantize(
@@ -324,6 +420,7 @@ def quantize(
     block: int = 64,
     stochastic: bool = True,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> Packed:
     """Quantize a floating tensor block-wise to ``bits`` (1..8) bits per value.
 
@@ -331,27 +428,29 @@ def quantize(
     rounded down and scale rounded up, so |dequantize - x| <= scale / 2
     (deterministic) or < scale (stochastic, with E[dequantize] == x) holds
     against the stored metadata. A constant block has scale 0 and is exact.
-    ``nbytes == ceil(numel/8)*bits + ceil(numel/block)*2*meta_bytes``.
+    ``nbytes == ceil(numel/8)*bits + ceil(numel/block)*4``. No host sync.
+
+    Runs as one Triton kernel where :func:`facto.kernels.available` (CUDA;
+    float32/float16/bfloat16; power-of-two blocks in [8, 8192]), else in PyTorch. Stochastic
+    noise: the kernel uses ``seed`` (drawn from ``generator`` on the host, or from
+    torch's default CPU generator, when None); PyTorch uses ``generator`` (or a
+    generator seeded with ``seed``).
     """
     _check_pack_width(bits)
     validate_block(block)
     _check_float(x)
-    cdt = _compute_dtype(x.dtype)
-    levels = 2**bits - 1
-    blocks = _as_blocks(x, block, cdt)
-    lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)  # faster than aminmax on CPU
-    meta_dtype, all_finite = _metadata_dtype(lo, hi, levels, x.dtype)
-    lo_m = _round_down(lo, meta_dtype)
-    lo_c = lo_m.to(cdt)
-    scale_m = _round_up((hi - lo_c) / levels, meta_dtype)
-    codes = _codes(blocks, lo_c, scale_m.to(cdt), levels, stochastic, generator)
-    if not all_finite:
-        codes.nan_to_num_(0.0)
-    codes = codes.view(-1)[: x.numel()].to(torch.uint8)  # truncation == floor
+    _check_seed(seed)
+    x = x.detach()
+    kernels = _kernels_for(x.device, x.dtype, block)
+    if kernels is not None:
+        key = kernels.kernel_seed(seed, generator) if stochastic else 0
+        codes, meta = kernels.quantize_pack(x, bits, block, stochastic, key)
+    else:
+        gen = _reference_generator(generator, seed, x.device) if stochastic else None
+        codes, meta = _quantize_reference(x, bits, block, stochastic, gen)
     return Packed(
-        codes=pack_bits(codes, bits),
-        lo=lo_m,
-        scale=scale_m,
+        codes=codes,
+        meta=meta,
         bits=bits,
         block=block,
         shape=x.shape,
@@ -365,41 +464,69 @@ def quantize(
 
 @dataclass(frozen=True, eq=False)
 class HalfPacked:
-    """A floating tensor held in 16 bits (float16, or bfloat16 when out of fp16 range)."""
+    """A floating tensor held in 16 bits.
+
+    float16/bfloat16 inputs are kept as they are. Wider inputs are held as float16 of
+    ``x / 2**shift``, with ``shift`` (a 0-dim int32 tensor on x's device) the smallest
+    power of two that brings max|x| below 2**15; it is 0 (plain float16) for any tensor
+    already in float16 range, so no finite value becomes inf and no host sync is needed.
+    """
 
     data: Tensor
     dtype: torch.dtype
+    shift: Tensor | None = None
 
     def dequantize(self) -> Tensor:
-        """Cast back to the original dtype."""
-        return self.data.to(self.dtype)
+        """Cast back to the original dtype (times 2**shift, exact)."""
+        out = self.data.to(self.dtype)
+        if self.shift is None:
+            return out
+        two = torch.full((), 2.0, dtype=self.dtype, device=out.device)
+        return out.mul_(torch.pow(two, self.shift))
 
     def restore(self) -> Tensor:
         """Same as :meth:`dequantize`."""
         return self.dequantize()
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return (self.data,)
+        return (self.data,) if self.shift is None else (self.data, self.shift)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: numel * 2 for a compact 16-bit copy."""
-        return held_bytes(self.data)
+        """Bytes held: numel * 2, plus 4 for the shift of a float32/float64 input."""
+        return held_bytes(*self.tensors())
+
+
+HALF_SHIFT_LIMIT = 15  # scaled values stay below 2**15 < 65504, the float16 maximum
+
+
+def _half_shift(x: Tensor) -> Tensor:
+    """0-dim int32: smallest s >= 0 with max|x| / 2**s < 2**15 (0 if max|x| is not finite)."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.int32, device=x.device)
+    top = torch.linalg.vector_norm(x, math.inf)  # max |x|, on the device
+    exponent = torch.frexp(top).exponent  # top < 2**exponent
+    shift = (exponent - HALF_SHIFT_LIMIT).clamp_(min=0)
+    return torch.where(_finite(top), shift, torch.zeros_like(shift))
 
 
 def half_pack(x: Tensor) -> HalfPacked:
-    """Hold x in 16 bits: float16 unless |x| exceeds its range, then bfloat16.
+    """Hold x in 16 bits without a host sync (see :class:`HalfPacked`).
 
     A float16/bfloat16 input is kept as is (lossless); it shares x's storage only
-    when x is the whole of it, else it is a compact copy.
+    when x is the whole of it, else it is a compact copy. A float32/float64 input
+    becomes float16 of x / 2**shift: exactly x.half() when max|x| < 2**15, and for a
+    larger range every value keeps float16's 11-bit precision (only values below
+    max|x| * 2**-30 lose bits to float16 subnormals). NaN/inf stay NaN/inf.
     """
     _check_float(x)
     if x.dtype in (torch.float16, torch.bfloat16):
         return HalfPacked(data=owned(x), dtype=x.dtype)
     x = x.contiguous()
-    too_big = x.numel() > 0 and bool((x.amax() > FP16_MAX) | (x.amin() < -FP16_MAX))
-    half = torch.bfloat16 if too_big else torch.float16
-    return HalfPacked(data=x.to(half), dtype=x.dtype)
+    shift = _half_shift(x)
+    two = torch.full((), 2.0, dtype=x.dtype, device=x.device)
+    data = (x / torch.pow(two, shift)).to(torch.float16)  # dividing by 2**shift is exact
+    return HalfPacked(data=data, dtype=x.dtype, shift=shift)
 
 
 # ---------------------------------------------------------------- lossless
@@ -407,14 +534,18 @@ def half_pack(x: Tensor) -> HalfPacked:
 
 @dataclass(frozen=True, eq=False)
 class PackedMask:
-    """A bool tensor stored as 1 bit per value."""
+    """A bool tensor stored as 1 bit per value (pack_bits layout)."""
 
     codes: Tensor
     shape: torch.Size
 
     def unpack(self) -> Tensor:
         """The original bool tensor."""
-        return unpack_bits(self.codes, 1, self.shape.numel()).view(self.shape).bool()
+        numel = self.shape.numel()
+        kernels = _kernels_for(self.codes.device)
+        if kernels is not None:
+            return kernels.unpack_mask(self.codes, numel).view(self.shape)
+        return unpack_bits(self.codes, 1, numel).view(self.shape).bool()
 
     def restore(self) -> Tensor:
         """Same as :meth:`unpack`."""
@@ -433,8 +564,41 @@ def pack_mask(mask: Tensor) -> PackedMask:
     """Store a bool tensor at 1 bit per value."""
     if mask.dtype != torch.bool:
         raise ValueError(f"mask={mask.dtype} is not allowed: use a bool tensor")
+    kernels = _kernels_for(mask.device)
+    if kernels is not None:
+        return PackedMask(codes=kernels.pack_mask(mask), shape=mask.shape)
     codes = mask.contiguous().view(-1).to(torch.uint8)
     return PackedMask(codes=pack_bits(codes, 1), shape=mask.shape)
+
+
+def _check_clamp_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError(f"x={getattr(x, 'dtype', type(x).__name__)} is not allowed: use a floating tensor")
+
+
+def clamp_with_mask(x: Tensor, cap: float | None = None) -> tuple[Tensor, Tensor]:
+    """ReLU (ReLU6-like with ``cap``) output and its 1-bit gradient mask, packed.
+
+    Returns ``(y, codes)``: y = x.clamp(0) or x.clamp(0, cap); codes =
+    pack_bits((x > 0) [& (x < cap)], 1) in x's memory order. One fused kernel on CUDA
+    for contiguous float32/float16/bfloat16 x; :func:`masked_grad` is its backward.
+    """
+    _check_clamp_input(x)
+    kernels = _kernels_for(x.device, x.dtype)
+    if kernels is not None and x.is_contiguous():
+        return kernels.clamp_with_mask(x, cap)
+    y = x.clamp(min=0) if cap is None else x.clamp(0, cap)
+    mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
+    return y, pack_bits(mask.reshape(-1).to(torch.uint8), 1)
+
+
+def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
+    """grad_out * mask, the mask unpacked from :func:`clamp_with_mask`'s codes (one kernel on CUDA)."""
+    kernels = _kernels_for(grad_out.device, grad_out.dtype)
+    if kernels is not None:
+        return kernels.masked_grad(grad_out, codes)
+    mask = unpack_bits(codes, 1, grad_out.numel()).view(grad_out.shape)
+    return grad_out * mask.to(grad_out.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -465,26 +629,65 @@ def _narrowest(lo: int, hi: int) -> torch.dtype:
     return torch.int64
 
 
-def narrow_int(x: Tensor) -> NarrowInt:
+def _check_upper_bound(x: Tensor, upper_bound: int) -> None:
+    """Validate the hint; its promise is checked against the values on CPU only (free there)."""
+    if not (_is_int(upper_bound) and upper_bound >= 0):
+        raise ValueError(f"upper_bound={upper_bound!r} is not allowed: use an int >= 0 or None")
+    if x.device.type == "cpu" and x.numel() and bool((x < 0).any() | (x > upper_bound).any()):
+        raise ValueError(f"upper_bound={upper_bound} is wrong: x holds values outside [0, {upper_bound}]")
+
+
+def narrow_int(x: Tensor, upper_bound: int | None = None) -> NarrowInt:
     """Store an integer tensor as uint8, int8, int16, int32 or int64, narrowest first.
 
     An empty tensor becomes uint8. Unsigned 16/32/64-bit inputs are kept as
-    they are. Shares x's storage only when no narrowing is possible and x is the
-    whole of its storage.
+    they are, and so are 1-byte inputs (nothing is narrower). Shares x's storage only
+    when no narrowing is possible and x is the whole of its storage.
+
+    Picking the dtype from the values needs them on the host: one sync on CUDA. A
+    caller that knows ``0 <= x <= upper_bound`` (e.g. max-pool indices: the input's
+    H * W - 1) passes it and no value is read (on CPU the promise is checked).
     """
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
         raise ValueError(f"x={x.dtype} is not allowed: use an integer tensor")
-    if x.dtype not in INT_DTYPES:
+    if upper_bound is not None:
+        _check_upper_bound(x, upper_bound)
+    if x.dtype not in INT_DTYPES or x.element_size() == 1:
         return NarrowInt(data=owned(x), dtype=x.dtype)
     if x.numel() == 0:
         return NarrowInt(data=x.to(torch.uint8), dtype=x.dtype)
-    lo, hi = torch.stack(torch.aminmax(x)).tolist()
-    return NarrowInt(data=owned(x.to(_narrowest(lo, hi))), dtype=x.dtype)
+    if upper_bound is not None:
+        narrow = _narrowest(0, upper_bound)
+    else:
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # the one legitimate host sync
+        narrow = _narrowest(lo, hi)
+    return NarrowInt(data=owned(x.to(narrow)), dtype=x.dtype)
 
 
 # ---------------------------------------------------------------- dispatch
 
 Stored = Tensor | Packed | HalfPacked | PackedMask | NarrowInt
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernels_for(device: torch.device, dtype: torch.dtype | None = None, block: int | None = None):
+    """The facto.kernels module when its Triton kernels serve this call, else None.
+
+    On CPU that is only under TRITON_INTERPRET=1 (tests); triton is not even imported
+    otherwise. float64 and blocks that are not powers of two >= 8 take the reference path.
+    """
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        return None
+    try:
+        from . import kernels
+    except Exception:  # a broken install must not break compression
+        return None
+    if block is not None and not kernels.supports_block(block):
+        return None
+    return kernels if kernels.available(device) else None
 
 
 def compress(
@@ -493,12 +696,13 @@ def compress(
     block: int = 64,
     stochastic: bool = True,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> Stored:
     """Store x compactly; every container has ``.nbytes`` and ``.restore()``.
 
     bool -> PackedMask; integer -> NarrowInt (both lossless, whatever bits);
     floating: bits None -> x itself (caller handles), 16 -> HalfPacked,
-    1..8 -> Packed via :func:`quantize`.
+    1..8 -> Packed via :func:`quantize` (``generator``/``seed``: its noise).
     """
     validate_bits(bits)
     validate_block(block)
@@ -510,4 +714,4 @@ def compress(
         return x
     if bits == 16:
         return half_pack(x)
-    return quantize(x, bits, block, stochastic=stochastic, generator=generator)
+    return quantize(x, bits, block, stochastic=stochastic, generator=generator, seed=seed)

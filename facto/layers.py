@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .compress import pack_bits, unpack_bits
+from .compress import clamp_with_mask, masked_grad
 from .decompose import FactorInfo, RankPolicy, RankSpec, choose_rank, conv_factors, rel_error, svd_factors
 
 UPDATES = ("first", "core", "last", "all")
@@ -296,21 +296,19 @@ class _MaskedClamp(torch.autograd.Function):
     """ReLU / ReLU6 that keeps a 1-bit packed mask instead of its output.
 
     The packed mask goes through `save_for_backward`, so `saved_activations` counts it.
+    On CUDA each direction is one fused kernel (output + mask, gradient from the mask).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, cap: float | None) -> Tensor:
-        y = x.clamp(min=0) if cap is None else x.clamp(0, cap)
-        mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
-        ctx.shape = x.shape
-        ctx.save_for_backward(pack_bits(mask.reshape(-1).to(torch.uint8), 1))
+        y, codes = clamp_with_mask(x, cap)
+        ctx.save_for_backward(codes)
         return y
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (codes,) = ctx.saved_tensors
-        mask = unpack_bits(codes, 1, grad_out.numel()).view(ctx.shape)
-        return grad_out * mask.to(grad_out.dtype), None
+        return masked_grad(grad_out, codes), None
 
 
 class MaskReLU(nn.Module):

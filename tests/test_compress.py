@@ -10,8 +10,10 @@ from facto.compress import (
     NarrowInt,
     Packed,
     PackedMask,
+    clamp_with_mask,
     compress,
     half_pack,
+    masked_grad,
     narrow_int,
     pack_bits,
     pack_mask,
@@ -109,7 +111,8 @@ def test_stored_range_covers_each_block(bits):
     levels = 2**bits - 1
     xb = torch.cat([x, x[-1:].expand(24)]).view(-1, block).double()
     lo, scale = p.lo.double(), p.scale.double()
-    assert p.lo.dtype == torch.float16 and p.scale.dtype == torch.float16
+    assert p.meta.dtype == torch.int16 and p.meta.shape == (16, 2)
+    assert not p.bfloat16_blocks.any()  # every block fits float16 metadata
     assert (lo <= xb.amin(1)).all()
     assert (lo + levels * scale >= xb.amax(1)).all()
     check_bound(x, p, 0.5)
@@ -215,20 +218,37 @@ def test_exact_nbytes(bits):
 def test_wide_range_uses_bfloat16_metadata():
     x = random_input((1000,), seed=1, spread=1e6)
     p = quantize(x, 4, 64, stochastic=False)
-    assert p.lo.dtype == torch.bfloat16 and p.scale.dtype == torch.bfloat16
+    assert p.bfloat16_blocks.all()
+    assert p.lo.dtype == torch.float32 and p.scale.dtype == torch.float32  # decoded
+    assert torch.equal(p.lo, p.lo.bfloat16().float())  # ... from bfloat16 values
+    assert torch.equal(p.scale, p.scale.bfloat16().float())
     assert p.nbytes == 125 * 4 + 16 * 4
     check_bound(x, p, 0.5)
 
 
-def test_float64_wide_range_uses_float32_metadata():
+def test_metadata_dtype_is_chosen_per_block():
+    """One block out of float16 range no longer widens the metadata of the others."""
+    x = random_input((256,), seed=2)
+    x[64:128] += 1e5  # |lo| > 60000: bfloat16 at any bits
+    x[192:256] = torch.linspace(-1e4, 1.5e5, 64)  # range > 60000 * levels only at 1 bit
+    for bits in (1, 4, 8):
+        p = quantize(x, bits, 64, stochastic=False)
+        assert p.bfloat16_blocks.tolist() == [False, True, False, bits == 1]
+        check_bound(x, p, 0.5)
+        narrow = ~p.bfloat16_blocks
+        assert torch.equal(p.lo[narrow], p.lo[narrow].half().float())
+        assert torch.equal(p.scale[narrow], p.scale[narrow].half().float())
+
+
+def test_float64_wide_range_uses_bfloat16_metadata():
     x = random_input((1000,), seed=1, spread=1e6).double()
     p = quantize(x, 4, 64, stochastic=False)
-    assert p.lo.dtype == torch.float32 and p.scale.dtype == torch.float32
-    assert p.nbytes == 125 * 4 + 16 * 2 * 4
+    assert p.bfloat16_blocks.all()
+    assert p.nbytes == 125 * 4 + 16 * 4
     assert p.dequantize().dtype == torch.float64
     check_bound(x, p, 0.5)
     small = quantize(x / 1e6, 4, 64)
-    assert small.lo.dtype == torch.float16
+    assert not small.bfloat16_blocks.any()
 
 
 def test_non_finite_input_does_not_crash():
@@ -237,6 +257,7 @@ def test_non_finite_input_does_not_crash():
     p = quantize(x, 4, 64, stochastic=False)
     out = p.dequantize()
     assert out.shape == x.shape
+    assert out[:128].isnan().all()  # a block holding NaN/inf dequantizes to NaN
     # blocks without non-finite values are unaffected
     xs = x[128:]
     scale = per_element(p.scale, 256, 64)[128:]
@@ -297,19 +318,27 @@ def test_half_packed():
     x = random_input((3, 4, 5), seed=1)
     h = half_pack(x)
     assert isinstance(h, HalfPacked) and h.data.dtype == torch.float16
-    assert h.nbytes == x.numel() * 2
+    assert h.shift.item() == 0  # in float16 range: plain float16
+    assert h.nbytes == x.numel() * 2 + 4  # + the int32 shift, on the device
     out = h.restore()
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert torch.equal(out, x.half().float())
 
 
-def test_half_packed_large_values_use_bfloat16():
+def test_half_packed_large_values_are_scaled_not_inf():
     x = random_input((100,), seed=1, spread=1e6)
     h = half_pack(x)
-    assert h.data.dtype == torch.bfloat16 and h.nbytes == 200
+    assert h.data.dtype == torch.float16 and h.nbytes == 204
+    assert h.shift.item() == 7  # max|x| ~ 2.5e6 < 2**22: / 2**7 brings it below 2**15
     out = h.dequantize()
     assert torch.isfinite(out).all()
-    assert torch.allclose(out, x, rtol=1e-2, atol=0)
+    assert torch.allclose(out, x, rtol=2**-11, atol=0)  # float16 precision, not bfloat16's
+    edge = torch.tensor([65504.0, 70000.0, -3e5, 0.5])
+    back = half_pack(edge).restore()
+    assert torch.isfinite(back).all() and torch.allclose(back, edge, rtol=2**-11)
+    # the price: values far below max|x| reach float16 subnormals (kept in range, not to inf)
+    assert half_pack(torch.tensor([1e30, 1.0])).restore().tolist() == [pytest.approx(1e30, rel=1e-3), 0.0]
+    assert half_pack(torch.tensor([1.0, float("inf")])).restore().tolist() == [1.0, float("inf")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -459,6 +488,68 @@ def test_quantize_rejects_bad_arguments():
     assert validate_block(1) == 1
 
 
+# ---------------------------------------------------------------- no host sync
+
+
+@pytest.fixture
+def no_value_reads(monkeypatch):
+    """Make every Python-level read of a tensor's values raise (the host syncs on CUDA)."""
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+
+
+def test_reference_path_reads_no_values(no_value_reads):
+    """quantize/dequantize and the other pack/unpack paths of float activations and masks
+    decide nothing from values on the host, so on CUDA they would never sync."""
+    x = random_input((2, 3, 17, 19), seed=7, offset=2.0)
+    x.view(-1)[100:164] += 1e5  # a bfloat16-metadata block
+    x.view(-1)[300] = float("nan")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        xd = x.to(dtype)
+        for bits in (1, 4, 8):
+            for stochastic in (False, True):
+                compress(xd, bits, 64, stochastic=stochastic).restore()
+        compress(xd, 16).restore()
+        compress(xd, 3, block=7, seed=5).restore()
+    pack_mask(x > 0).unpack()
+    y, codes = clamp_with_mask(x, 6.0)
+    masked_grad(y, codes)
+    narrow_int(codes).restore()  # 1-byte: nothing narrower, nothing read
+    with pytest.raises(AssertionError, match="read on the host"):
+        narrow_int(torch.arange(5))  # the documented exception: the dtype depends on values
+
+
+def test_narrow_int_upper_bound_hint():
+    idx = torch.arange(1600).view(40, 40)
+    n = narrow_int(idx, upper_bound=1599)
+    assert n.data.dtype == torch.int16 and torch.equal(n.restore(), idx)
+    assert narrow_int(idx[:2], upper_bound=255).data.dtype == torch.uint8
+    with pytest.raises(ValueError, match="upper_bound=10 is wrong"):
+        narrow_int(idx, upper_bound=10)  # checked on CPU, where reading values is free
+    with pytest.raises(ValueError, match="upper_bound=-1"):
+        narrow_int(idx, upper_bound=-1)
+    i8 = torch.tensor([-3, 100], dtype=torch.int8)
+    assert narrow_int(i8).data.dtype == torch.int8
+
+
+def test_clamp_with_mask_reference():
+    x = random_input((3, 5, 7), seed=1) * 5
+    x.view(-1)[:3] = torch.tensor([0.0, 6.0, -0.0])
+    for cap in (None, 6.0):
+        y, codes = clamp_with_mask(x, cap)
+        mask = (x > 0) if cap is None else (x > 0) & (x < cap)
+        assert torch.equal(y, x.clamp(min=0) if cap is None else x.clamp(0, cap))
+        assert torch.equal(codes, pack_bits(mask.reshape(-1).to(torch.uint8), 1))
+        g = torch.randn_like(x)
+        assert torch.equal(masked_grad(g, codes), g * mask)
+    with pytest.raises(ValueError, match="floating"):
+        clamp_with_mask(torch.arange(3))
+
+
 # ---------------------------------------------------------------- CUDA
 
 
@@ -517,7 +608,7 @@ def test_every_container_holds_only_compact_buffers(view, kind):
     if kind == "quantize":
         stored, expected = quantize(x, 3, 64), math.ceil(n / 8) * 3 + math.ceil(n / 64) * 4
     elif kind == "half":
-        stored, expected = half_pack(x), n * 2
+        stored, expected = half_pack(x), n * 2 + 4
     elif kind == "half-of-fp16":
         part = x.half()[..., :7]  # a 16-bit view of a larger 16-bit buffer: kept, but compact
         stored, expected = half_pack(part), part.numel() * 2

@@ -1,0 +1,422 @@
+"""Triton kernels for facto.compress: one launch to quantize+pack, one to unpack+dequantize.
+
+Same format and formulas as the PyTorch reference in :mod:`facto.compress` (read its
+docstrings first): deterministic codes and metadata are bit-identical to it. Every
+kernel walks a flat 1-D view, so only ``bits``, ``block``, the dtypes and the ReLU cap's
+presence are compile-time constants: a new tensor shape never recompiles. No kernel
+reads anything back to the host.
+
+Used on CUDA when Triton imports and a first tiny launch works; on CPU only under
+``TRITON_INTERPRET=1`` (tests), which must be set before triton is imported. Where
+triton is missing or broken, :func:`available` is False and facto.compress runs its
+reference silently.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # missing or broken install: the reference takes over
+    triton = None
+
+__all__ = [
+    "available",
+    "clamp_with_mask",
+    "kernel_seed",
+    "masked_grad",
+    "pack_mask",
+    "quantize_pack",
+    "reference_only",
+    "supports_block",
+    "unpack_dequantize",
+    "unpack_mask",
+]
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton saw it when decorating
+TILE = 2048  # values per program of the quantize / dequantize kernels
+MASK_GROUPS = 256  # groups of 8 values per program of the 1-bit mask kernels
+MAX_BLOCK = 8192
+FP16_META_LIMIT = 60000.0  # same rule as facto.compress
+NAN_BITS = 0x7FC0
+WIDE_FLAG = -(2**15)
+_SEED_BITS = 62
+
+_reference_only: ContextVar[bool] = ContextVar("facto_reference_only", default=False)
+_works: dict[str, bool] = {}
+
+
+# ---------------------------------------------------------------- availability
+
+
+def supports_block(block: int) -> bool:
+    """Whether the kernels take this block size: a power of two in [8, MAX_BLOCK]."""
+    return 8 <= block <= MAX_BLOCK and block & (block - 1) == 0
+
+
+def available(device: torch.device | str) -> bool:
+    """True where the Triton kernels run for tensors on `device`.
+
+    CUDA: triton imports and a first tiny launch works (checked once). CPU: only when
+    the kernels were decorated under TRITON_INTERPRET=1 and it is still set (tests);
+    the reference is faster there. Always False inside :func:`reference_only`.
+    """
+    if triton is None or _reference_only.get():
+        return False
+    kind = torch.device(device).type
+    if kind == "cpu":
+        if not (INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1"):
+            return False
+    elif kind != "cuda":
+        return False
+    if kind not in _works:
+        _works[kind] = _probe(torch.device(kind))
+    return _works[kind]
+
+
+def _probe(device: torch.device) -> bool:
+    """Run the smallest kernel once and compare it with PyTorch."""
+    from .compress import pack_bits
+
+    try:
+        x = torch.linspace(-1, 1, 20, device=device)
+        y, codes = clamp_with_mask(x, None)
+        want = pack_bits((x > 0).to(torch.uint8), 1)
+        return bool(torch.equal(y, x.clamp(min=0)) and torch.equal(codes, want))
+    except Exception as err:  # a compiler or driver problem: use the reference
+        warnings.warn(f"facto: Triton kernels disabled on {device.type} ({err!r})", stacklevel=3)
+        return False
+
+
+@contextmanager
+def reference_only() -> Iterator[None]:
+    """Inside this block facto.compress uses its PyTorch reference (tests, benchmarks)."""
+    token = _reference_only.set(True)
+    try:
+        yield
+    finally:
+        _reference_only.reset(token)
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _mix64(v: int) -> int:
+    """splitmix64 finaliser: a well-spread 64-bit value from any int."""
+    v = (v + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return v ^ (v >> 31)
+
+
+def kernel_seed(seed: int | None, generator: torch.Generator | None = None) -> int:
+    """The Philox key for one tensor, on the host and without a device sync.
+
+    An explicit `seed` is used as is. Else a CPU `generator` (or torch's default CPU
+    generator) draws one, so torch.manual_seed makes runs repeat; a CUDA `generator`
+    is never drawn from (that would sync): its host-side seed and offset are mixed
+    and its offset advanced. Keys always lie in [2**62, 2**63), so Triton sees one
+    int64 argument type and never recompiles for a new seed.
+    """
+    if seed is None and generator is not None and generator.device.type != "cpu":
+        seed = _device_generator_seed(generator)
+    if seed is None:
+        cpu = generator if generator is not None and generator.device.type == "cpu" else None
+        seed = int(torch.randint(0, 2**_SEED_BITS, (), generator=cpu, device="cpu"))
+    return (seed & (2**_SEED_BITS - 1)) | 2**_SEED_BITS
+
+
+def _device_generator_seed(generator: torch.Generator) -> int | None:
+    """A key from a CUDA generator's host-side seed and Philox offset (advanced by 4), or None."""
+    try:
+        offset = generator.get_offset()
+        generator.set_offset(offset + 4)
+    except (RuntimeError, AttributeError):  # a generator without a Philox offset
+        return None
+    return _mix64(_mix64(generator.initial_seed()) ^ offset)
+
+
+# ---------------------------------------------------------------- kernels
+
+if triton is not None:
+    _LIMIT = tl.constexpr(FP16_META_LIMIT)
+    _NAN_BITS = tl.constexpr(NAN_BITS)
+    _WIDE_FLAG = tl.constexpr(WIDE_FLAG)
+
+    @triton.jit
+    def _to16(v, WIDE: tl.constexpr):
+        """v (float32) cast to bfloat16 if WIDE else float16, round to nearest even."""
+        if WIDE:
+            h = v.to(tl.bfloat16)
+        else:
+            h = v.to(tl.float16)
+        return h
+
+    @triton.jit
+    def _floor16(v, WIDE: tl.constexpr):
+        """int32 bits of the largest float16 (bfloat16 if WIDE) value <= v (float32)."""
+        h = _to16(v, WIDE)
+        b = h.to(tl.int16, bitcast=True).to(tl.int32)
+        down = tl.where(b > 0, b - 1, tl.where(b == 0, -32767, b + 1))  # one ulp towards -inf
+        return tl.where(h.to(tl.float32) > v, down, b)
+
+    @triton.jit
+    def _ceil16(v, WIDE: tl.constexpr):
+        """int32 bits of the smallest float16 (bfloat16 if WIDE) value >= v (float32, v >= 0)."""
+        h = _to16(v, WIDE)
+        b = h.to(tl.int16, bitcast=True).to(tl.int32)
+        return tl.where(h.to(tl.float32) < v, b + 1, b)
+
+    @triton.jit
+    def _from16(b, wide):
+        """float32 value of 16-bit patterns `b` (int32): bfloat16 where `wide`, else float16."""
+        b16 = b.to(tl.int16)
+        as_b = b16.to(tl.bfloat16, bitcast=True).to(tl.float32)
+        as_h = b16.to(tl.float16, bitcast=True).to(tl.float32)
+        return tl.where(wide, as_b, as_h)
+
+    @triton.jit
+    def _out(v, BF16: tl.constexpr):
+        """float32 v cast for storing: to bfloat16 if BF16 (round to nearest even, spelt out
+        so the interpreter, whose cast truncates, agrees with GPUs), else left to the store."""
+        if BF16:
+            u = v.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+            u = tl.where(v != v, 0x7FC0, u)
+            v = u.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return v
+
+    @triton.jit
+    def _finite(v):
+        return tl.abs(v) < float("inf")
+
+    @triton.jit
+    def _encode_meta(lo, hi, has_nan, LEVELS: tl.constexpr):
+        """Per block: (lo bits, scale bits, lo, scale), as facto.compress._encode_meta."""
+        lo = tl.where(lo == 0, 0.0, lo)
+        fits = (tl.abs(lo) <= _LIMIT) & ((hi - lo) <= _LIMIT * LEVELS)
+        lo_bits = tl.where(fits, _floor16(lo, False), _floor16(lo, True))
+        lo_m = _from16(lo_bits, ~fits)
+        span = hi - lo_m
+        span = tl.where(span > 0, span, 0.0)
+        step = tl.math.div_rn(span, tl.full(span.shape, LEVELS, tl.float32))
+        sc_bits = tl.where(fits, _ceil16(step, False), _ceil16(step, True) | _WIDE_FLAG)
+        scale_m = _from16(sc_bits & 0x7FFF, ~fits)
+        ok = (has_nan == 0) & _finite(span) & _finite(lo_m) & _finite(scale_m)
+        lo_bits = tl.where(ok, lo_bits, _NAN_BITS)
+        sc_bits = tl.where(ok, sc_bits, _NAN_BITS | _WIDE_FLAG)
+        return lo_bits, sc_bits, tl.where(ok, lo_m, float("nan")), tl.where(ok, scale_m, float("nan"))
+
+    @triton.jit
+    def _tile(BLOCK: tl.constexpr, G: tl.constexpr):
+        """Indices of this program's G blocks: block [G], group of 8 [G, R], value [G, R, 8]."""
+        R: tl.constexpr = BLOCK // 8
+        blk = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+        grp = blk[:, None] * R + tl.arange(0, R)[None, :]
+        offs = grp[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+        return blk, grp, offs
+
+    @triton.jit
+    def _noise(seed, grp):
+        """Uniform [-1/2, 1/2) in steps of 2**-16, [G, R, 8]: one Philox call per 8 values."""
+        r0, r1, r2, r3 = tl.randint4x(seed, grp)
+        k = tl.arange(0, 8)[None, None, :]
+        word = tl.where(k < 2, r0[:, :, None], tl.where(k < 4, r1[:, :, None],
+                        tl.where(k < 6, r2[:, :, None], r3[:, :, None])))
+        half = (word >> ((k % 2) * 16).to(tl.uint32)) & 0xFFFF
+        return half.to(tl.float32) * (1.0 / 65536.0) - 0.5
+
+    @triton.jit(do_not_specialize=["numel", "nblocks", "ngroups", "seed"])
+    def _quantize_pack_kernel(x_ptr, codes_ptr, meta_ptr, numel, nblocks, ngroups, seed,
+                              BITS: tl.constexpr, BLOCK: tl.constexpr, G: tl.constexpr,
+                              STOCHASTIC: tl.constexpr):
+        LEVELS: tl.constexpr = 2**BITS - 1
+        blk, grp, offs = _tile(BLOCK, G)
+        inside = offs < numel
+        x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        lo = tl.min(tl.min(tl.where(inside, x, float("inf")), 2), 1)
+        hi = tl.max(tl.max(tl.where(inside, x, -float("inf")), 2), 1)
+        has_nan = tl.max(tl.max((x != x).to(tl.int32), 2), 1)
+        lo_bits, sc_bits, lo_m, scale_m = _encode_meta(lo, hi, has_nan, LEVELS)
+        inv = tl.where(scale_m > 0, tl.math.div_rn(tl.full(scale_m.shape, 1.0, tl.float32), scale_m), 0.0)
+        t = (x - lo_m[:, None, None]) * inv[:, None, None]
+        t = t + 0.5
+        if STOCHASTIC:
+            t = t + _noise(seed, grp)
+        t = tl.where(t > 0, t, 0.0)  # NaN -> 0 and the lower clamp
+        t = tl.where(t < LEVELS, t, LEVELS)
+        code = tl.where(inside, t.to(tl.int32), 0)  # truncation == floor
+        k = tl.arange(0, 8)[None, None, :]
+        in_groups = grp < ngroups
+        for j in tl.static_range(BITS):
+            plane = tl.sum(((code >> j) & 1) << k, axis=2)
+            tl.store(codes_ptr + grp * BITS + j, plane.to(tl.uint8), mask=in_groups)
+        in_blocks = blk < nblocks
+        tl.store(meta_ptr + blk * 2, lo_bits.to(tl.int16), mask=in_blocks)
+        tl.store(meta_ptr + blk * 2 + 1, sc_bits.to(tl.int16), mask=in_blocks)
+
+    @triton.jit(do_not_specialize=["numel", "nblocks", "ngroups"])
+    def _unpack_dequantize_kernel(codes_ptr, meta_ptr, out_ptr, numel, nblocks, ngroups,
+                                  BITS: tl.constexpr, BLOCK: tl.constexpr, G: tl.constexpr,
+                                  OUT_BF16: tl.constexpr):
+        blk, grp, offs = _tile(BLOCK, G)
+        in_blocks = blk < nblocks
+        lo_bits = tl.load(meta_ptr + blk * 2, mask=in_blocks, other=0).to(tl.int32)
+        sc_bits = tl.load(meta_ptr + blk * 2 + 1, mask=in_blocks, other=0).to(tl.int32)
+        wide = sc_bits < 0
+        lo = _from16(lo_bits, wide)
+        scale = _from16(sc_bits & 0x7FFF, wide)
+        k = tl.arange(0, 8)[None, None, :]
+        in_groups = grp < ngroups
+        code = tl.zeros(offs.shape, tl.int32)
+        for j in tl.static_range(BITS):
+            plane = tl.load(codes_ptr + grp * BITS + j, mask=in_groups, other=0).to(tl.int32)
+            code = code | (((plane[:, :, None] >> k) & 1) << j)
+        out = lo[:, None, None] + code.to(tl.float32) * scale[:, None, None]
+        tl.store(out_ptr + offs, _out(out, OUT_BF16), mask=offs < numel)
+
+    @triton.jit
+    def _groups(GROUPS: tl.constexpr):
+        """Group-of-8 indices [GROUPS] and value indices [GROUPS, 8] of this program."""
+        grp = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
+        return grp, grp[:, None] * 8 + tl.arange(0, 8)[None, :]
+
+    @triton.jit(do_not_specialize=["numel", "ngroups"])
+    def _clamp_mask_kernel(x_ptr, y_ptr, codes_ptr, numel, ngroups, cap, cap_x,
+                           HAS_CAP: tl.constexpr, GROUPS: tl.constexpr, OUT_BF16: tl.constexpr):
+        grp, offs = _groups(GROUPS)
+        inside = offs < numel
+        xf = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        if HAS_CAP:  # as torch: clamp in float32, compare with the cap rounded to x's dtype
+            y = tl.where(xf < 0, 0.0, tl.where(xf > cap, cap, xf))
+            keep = (xf > 0) & (xf < cap_x)
+        else:
+            y = tl.where(xf < 0, 0.0, xf)
+            keep = xf > 0
+        tl.store(y_ptr + offs, _out(y, OUT_BF16), mask=inside)
+        k = tl.arange(0, 8)[None, :]
+        packed = tl.sum(tl.where(keep & inside, 1, 0) << k, axis=1)
+        tl.store(codes_ptr + grp, packed.to(tl.uint8), mask=grp < ngroups)
+
+    @triton.jit(do_not_specialize=["numel", "ngroups"])
+    def _masked_grad_kernel(g_ptr, codes_ptr, out_ptr, numel, ngroups, GROUPS: tl.constexpr,
+                            OUT_BF16: tl.constexpr):
+        grp, offs = _groups(GROUPS)
+        inside = offs < numel
+        g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        packed = tl.load(codes_ptr + grp, mask=grp < ngroups, other=0).to(tl.int32)
+        bit = (packed[:, None] >> tl.arange(0, 8)[None, :]) & 1
+        tl.store(out_ptr + offs, _out(g * bit.to(tl.float32), OUT_BF16), mask=inside)
+
+    @triton.jit(do_not_specialize=["numel", "ngroups"])
+    def _pack_mask_kernel(src_ptr, codes_ptr, numel, ngroups, GROUPS: tl.constexpr):
+        grp, offs = _groups(GROUPS)
+        v = tl.load(src_ptr + offs, mask=offs < numel, other=0)
+        packed = tl.sum(tl.where(v != 0, 1, 0) << tl.arange(0, 8)[None, :], axis=1)
+        tl.store(codes_ptr + grp, packed.to(tl.uint8), mask=grp < ngroups)
+
+    @triton.jit(do_not_specialize=["numel", "ngroups"])
+    def _unpack_mask_kernel(codes_ptr, dst_ptr, numel, ngroups, GROUPS: tl.constexpr):
+        grp, offs = _groups(GROUPS)
+        packed = tl.load(codes_ptr + grp, mask=grp < ngroups, other=0).to(tl.int32)
+        bit = (packed[:, None] >> tl.arange(0, 8)[None, :]) & 1
+        tl.store(dst_ptr + offs, bit.to(tl.uint8), mask=offs < numel)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+_NO_FMA = {"enable_fp_fusion": False}  # separately rounded ops, as the reference
+
+
+def _per_program(block: int) -> int:
+    return max(1, TILE // block)
+
+
+def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
+    """(codes, meta) of facto.compress.Packed for x, in one launch.
+
+    x: float32/float16/bfloat16 (any shape; memory order of x.contiguous()); bits 1..8;
+    block a power of two in [8, MAX_BLOCK]; seed from :func:`kernel_seed`.
+    """
+    flat = x.contiguous().view(-1)
+    numel = flat.numel()
+    nblocks, ngroups = math.ceil(numel / block), math.ceil(numel / 8)
+    codes = torch.empty(ngroups * bits, dtype=torch.uint8, device=x.device)
+    meta = torch.empty((nblocks, 2), dtype=torch.int16, device=x.device)
+    if numel:
+        g = _per_program(block)
+        _quantize_pack_kernel[(triton.cdiv(nblocks, g),)](
+            flat, codes, meta, numel, nblocks, ngroups, seed,
+            BITS=bits, BLOCK=block, G=g, STOCHASTIC=bool(stochastic), **_NO_FMA)
+    return codes, meta
+
+
+def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel: int,
+                      dtype: torch.dtype) -> Tensor:
+    """The flat dequantized tensor (numel values of `dtype`) from Packed's codes and meta."""
+    out = torch.empty(numel, dtype=dtype, device=codes.device)
+    if numel:
+        nblocks, g = meta.shape[0], _per_program(block)
+        _unpack_dequantize_kernel[(triton.cdiv(nblocks, g),)](
+            codes, meta, out, numel, nblocks, math.ceil(numel / 8),
+            BITS=bits, BLOCK=block, G=g, OUT_BF16=dtype == torch.bfloat16, **_NO_FMA)
+    return out
+
+
+def _mask_grid(numel: int) -> tuple[int]:
+    return (triton.cdiv(math.ceil(numel / 8), MASK_GROUPS),)
+
+
+def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
+    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a contiguous x in one launch."""
+    numel = x.numel()
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    codes = torch.empty(math.ceil(numel / 8), dtype=torch.uint8, device=x.device)
+    if numel:
+        has_cap, cap = cap is not None, 0.0 if cap is None else float(cap)
+        cap_x = float(torch.tensor(cap, dtype=x.dtype))  # host-side: as torch compares x < cap
+        _clamp_mask_kernel[_mask_grid(numel)](
+            x, y, codes, numel, codes.numel(), cap, cap_x, HAS_CAP=has_cap,
+            GROUPS=MASK_GROUPS, OUT_BF16=x.dtype == torch.bfloat16, **_NO_FMA)
+    return y, codes
+
+
+def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
+    """grad_out * mask (mask from :func:`clamp_with_mask`'s codes) in one launch."""
+    g = grad_out.contiguous()
+    out = torch.empty_like(g)
+    if g.numel():
+        _masked_grad_kernel[_mask_grid(g.numel())](
+            g, codes, out, g.numel(), codes.numel(), GROUPS=MASK_GROUPS,
+            OUT_BF16=g.dtype == torch.bfloat16, **_NO_FMA)
+    return out
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """pack_bits(mask, 1) of a bool tensor, in one launch."""
+    src = mask.contiguous().view(-1).view(torch.uint8)
+    codes = torch.empty(math.ceil(src.numel() / 8), dtype=torch.uint8, device=mask.device)
+    if src.numel():
+        _pack_mask_kernel[_mask_grid(src.numel())](
+            src, codes, src.numel(), codes.numel(), GROUPS=MASK_GROUPS)
+    return codes
+
+
+def unpack_mask(codes: Tensor, numel: int) -> Tensor:
+    """The flat bool tensor of `numel` values packed by :func:`pack_mask`, in one launch."""
+    out = torch.empty(numel, dtype=torch.bool, device=codes.device)
+    if numel:
+        _unpack_mask_kernel[_mask_grid(numel)](
+            codes, out.view(torch.uint8), numel, codes.numel(), GROUPS=MASK_GROUPS)
+    return out

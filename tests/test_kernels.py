@@ -1,0 +1,370 @@
+"""facto.kernels (Triton) against the PyTorch reference of facto.compress.
+
+CI has no GPU, so the kernels run on CPU under the Triton interpreter. TRITON_INTERPRET=1
+must be set before triton is imported (triton decides at decoration time, for tl.rand
+too), so a plain pytest run of this file runs it again in a child process with the
+variable set: the kernel checks are the tests marked `kernel`, which run in that child
+(or directly on a CUDA machine, against the real kernels).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facto import compress as C
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ALL_BITS = list(range(1, 9))
+
+kernel = pytest.mark.skipif(DEVICE is None, reason="runs in the TRITON_INTERPRET=1 child (or on CUDA)")
+parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")
+
+if DEVICE is not None:
+    from facto import kernels as K
+
+    # numpy (the interpreter) warns about the overflow/NaN its unused branches compute
+    pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+# ---------------------------------------------------------------- parent: spawn the checks
+
+
+@parent
+def test_kernels_under_the_triton_interpreter():
+    """Run this file's kernel tests in a child with TRITON_INTERPRET=1 (before triton loads)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    run = subprocess.run(cmd, cwd=ROOT, env=_env(TRITON_INTERPRET="1"), capture_output=True,
+                         text=True, timeout=600)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    print("child:", summary)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in summary and "skipped" in summary  # the parent-only tests skip there
+
+
+@parent
+def test_fallback_when_triton_cannot_be_imported():
+    """A missing/broken triton: no error, the reference runs (even under TRITON_INTERPRET=1)."""
+    code = """
+import sys
+sys.modules["triton"] = None  # `import triton` now raises ImportError
+import torch
+from facto import compress as C, kernels as K
+assert K.triton is None and not K.available("cpu")
+x = torch.randn(1001)
+p = C.quantize(x, 3, 64, stochastic=True)
+err = (p.dequantize() - x).abs() <= p.scale.repeat_interleave(64)[:1001] * (1 + 1e-5)
+y, codes = C.clamp_with_mask(x, 6.0)
+m = C.pack_mask(x > 0)
+assert err.all() and torch.equal(y, x.clamp(0, 6)) and torch.equal(m.unpack(), x > 0)
+assert torch.equal(C.masked_grad(x, codes), x * ((x > 0) & (x < 6)))
+print("fallback ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(TRITON_INTERPRET="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "fallback ok" in run.stdout, run.stderr[-3000:]
+
+
+@parent
+def test_cpu_uses_the_reference_by_default():
+    assert C._kernels_for(torch.device("cpu"), torch.float32, 64) is None
+    from facto import kernels
+
+    assert not kernels.available("cpu")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def reference(fn, *args, **kwargs):
+    """Call a facto.compress function with the kernels switched off."""
+    with K.reference_only():
+        return fn(*args, **kwargs)
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values and NaN positions (dtype and shape too)."""
+    return (a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+def hard_input(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Blocks of 64 that each exercise one case, then random values up to n."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(max(n, 640), generator=g) * 2 + 0.5
+    x[64:128] += 3e4  # fits float16 metadata (|lo| <= 60000)
+    x[128:192] = 1e5 + x[128:192] * 10  # |lo| > 60000: bfloat16 metadata
+    x[192:256] *= 4e4  # wide range: bfloat16 at low bits
+    x[256:320] = 2.5  # constant: scale 0, exact
+    x[320:384] = 3.3  # constant, not a float16 value: lo rounds down
+    x[384:448] = torch.where(torch.arange(64) % 2 == 0, 0.0, -0.0)  # +-0: min is either
+    x[450], x[520], x[600] = math.nan, math.inf, -math.inf
+    x[603:605] = torch.tensor([-3e38, 3e38])  # the range overflows float32: NaN block
+    return x[:n].to(dtype).to(DEVICE)
+
+
+def check_exact(x: torch.Tensor, bits: int, block: int) -> None:
+    """Kernel and reference: identical codes, meta and dequantized values (deterministic)."""
+    assert C._kernels_for(x.device, x.dtype, block) is K
+    p = C.quantize(x, bits, block, stochastic=False)
+    r = reference(C.quantize, x, bits, block, stochastic=False)
+    where = f"bits={bits} block={block} dtype={x.dtype} n={x.numel()}"
+    assert torch.equal(p.meta, r.meta), where
+    assert torch.equal(p.codes, r.codes), where
+    assert same(p.dequantize(), reference(r.dequantize)), where
+    if x.device.type != "cpu":  # the CUDA reference agrees with the CPU one too
+        cpu = reference(C.quantize, x.cpu(), bits, block, stochastic=False)
+        assert torch.equal(p.meta.cpu(), cpu.meta) and torch.equal(p.codes.cpu(), cpu.codes), where
+
+
+# ---------------------------------------------------------------- deterministic: bit-exact
+
+
+@kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deterministic_bit_exact(dtype):
+    x = hard_input(1001, dtype)  # 1001: not a multiple of the block nor of 8
+    for bits in ALL_BITS:
+        for block in (8, 64, 256):
+            check_exact(x, bits, block)
+
+
+@kernel
+@pytest.mark.parametrize("n", [1, 7, 9, 63, 65, 130])
+def test_small_and_odd_sizes_bit_exact(n):
+    for dtype in DTYPES:
+        check_exact(hard_input(n, dtype, seed=n), 3, 64)
+        check_exact(hard_input(n, dtype, seed=n), 8, 16)
+
+
+@kernel
+def test_special_blocks_decode_as_documented():
+    x = hard_input(640, torch.float32)
+    p = C.quantize(x, 4, 64, stochastic=False)
+    assert p.bfloat16_blocks[:4].tolist() == [False, False, True, True]
+    out = p.dequantize().cpu()
+    assert torch.equal(out[256:320], x[256:320].cpu())  # constant block: exact
+    assert (p.scale[4] == 0).item() and (p.scale[5] > 0).item()  # 2.5 exact, 3.3 not
+    assert torch.equal(out[384:448], torch.zeros(64))
+    assert out[448:640].isnan().all() and torch.isfinite(out[:448]).all()  # NaN/inf/overflow blocks
+
+
+@kernel
+def test_empty_scalar_and_non_contiguous():
+    e = torch.empty(0, 3, device=DEVICE)
+    p = C.quantize(e, 4)
+    assert p.codes.numel() == 0 and p.meta.shape == (0, 2) and p.dequantize().shape == (0, 3)
+    s = torch.tensor(1.75, device=DEVICE)
+    assert C.quantize(s, 3).dequantize().item() == 1.75
+    xt = hard_input(640, torch.float32).view(40, 16).t()
+    assert not xt.is_contiguous()
+    p, r = C.quantize(xt, 5, 32, stochastic=False), reference(C.quantize, xt, 5, 32, stochastic=False)
+    assert torch.equal(p.codes, r.codes) and torch.equal(p.meta, r.meta)
+    assert p.dequantize().shape == xt.shape
+
+
+@kernel
+def test_unsupported_cases_take_the_reference(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("kernel called")
+
+    monkeypatch.setattr(K, "quantize_pack", boom)
+    x = hard_input(300, torch.float32)
+    for block in (1, 4, 100, 2 * K.MAX_BLOCK):  # not a power of two >= 8, or too large
+        C.quantize(x, 4, block, stochastic=False)
+    C.quantize(x.double(), 4, 64)  # float64
+    with K.reference_only():
+        C.quantize(x, 4, 64)
+
+
+# ---------------------------------------------------------------- stochastic
+
+
+@kernel
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_stochastic_is_unbiased_and_within_one_step(bits):
+    block, draws = 64, 1000
+    pattern = torch.randn(block, generator=torch.Generator().manual_seed(bits))
+    x = pattern.repeat(draws).to(DEVICE)  # identical blocks: same lo and scale everywhere
+    p = C.quantize(x, bits, block, stochastic=True, seed=1234 + bits)
+    assert (p.meta == p.meta[0]).all()
+    lo, scale = p.lo[0].double().item(), p.scale[0].double().item()
+    out = p.dequantize().view(draws, block).double().cpu()
+    # per position the code is floor(t) or floor(t) + 1 with P(+1) = frac(t): the mean of
+    # `draws` Bernoulli steps has sd sigma; 5 sigma (+ the 2**-16 noise resolution) bounds it
+    t = (pattern.double() - lo) / scale
+    frac = t - t.floor()
+    sigma = scale * (frac * (1 - frac) / draws).sqrt()
+    mean_err = (out.mean(0) - pattern.double()).abs()
+    assert (mean_err <= 5 * sigma + 2**-15 * scale).all()
+    det = C.quantize(x, bits, block, stochastic=False).dequantize().view(draws, block).double().cpu()
+    assert (det.mean(0) - pattern.double()).abs().max() > 4 * scale / math.sqrt(draws)  # power
+    err = (out - pattern.double()).abs()
+    assert err.max() < scale * (1 + 1e-6)  # each draw is within one step
+    assert len(torch.unique(out[:, 3])) == 2 or frac[3] == 0  # it really is random
+
+
+@kernel
+def test_stochastic_seeds():
+    x = hard_input(1001, torch.float32)[:448]  # finite blocks
+    run = lambda **kw: C.quantize(x, 3, 64, **kw).codes  # noqa: E731
+    assert torch.equal(run(seed=7), run(seed=7))
+    assert not torch.equal(run(seed=7), run(seed=8))
+    assert not torch.equal(run(), run())  # seed drawn from torch's default CPU generator
+    torch.manual_seed(3)
+    a = run()
+    torch.manual_seed(3)
+    assert torch.equal(a, run())
+    g = torch.Generator().manual_seed(11)
+    a = run(generator=g)
+    assert not torch.equal(a, run(generator=g))  # the generator advances
+    assert torch.equal(a, run(generator=torch.Generator().manual_seed(11)))
+    assert torch.equal(run(seed=7, stochastic=False), run(seed=8, stochastic=False))
+
+
+def test_kernel_seed_is_one_int64_type():
+    from facto import kernels
+
+    for s in (0, 1, 2**31, 2**62 + 5, 2**70):
+        assert 2**62 <= kernels.kernel_seed(s) < 2**63
+    assert kernels.kernel_seed(5) != kernels.kernel_seed(6)
+    g = torch.Generator().manual_seed(0)
+    assert kernels.kernel_seed(None, g) != kernels.kernel_seed(None, g)
+
+    class FakeCudaGenerator:  # host-side state only: nothing is drawn on the device
+        device = torch.device("cuda")
+
+        def __init__(self, seed):
+            self.seed, self.offset = seed, 0
+
+        def initial_seed(self):
+            return self.seed
+
+        def get_offset(self):
+            return self.offset
+
+        def set_offset(self, offset):
+            self.offset = offset
+
+    a, b = FakeCudaGenerator(1), FakeCudaGenerator(1)
+    keys = [kernels.kernel_seed(None, a) for _ in range(3)]
+    assert len(set(keys)) == 3 and a.offset == 12  # advances like a Philox offset
+    assert keys == [kernels.kernel_seed(None, b) for _ in range(3)]  # and repeats from a seed
+    assert kernels.kernel_seed(None, FakeCudaGenerator(2)) != keys[0]
+
+
+# ---------------------------------------------------------------- 1-bit masks
+
+
+@kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cap", [None, 6.0, 6.099])
+def test_fused_relu_mask_matches_relu_exactly(dtype, cap):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 7, 9, generator=g) * 5)
+    x.view(-1)[:6] = torch.tensor([0.0, -0.0, 6.0, 6.099, 6.09765625, -6.0])
+    x = x.to(dtype).to(DEVICE).requires_grad_()
+    assert C._kernels_for(x.device, dtype) is K
+    y, codes = C.clamp_with_mask(x.detach(), cap)
+    y_ref, codes_ref = reference(C.clamp_with_mask, x.detach(), cap)
+    assert torch.equal(codes, codes_ref) and torch.equal(y, y_ref)
+    from facto.layers import MaskReLU
+
+    out = MaskReLU(cap)(x)
+    want = F.relu(x) if cap is None else F.hardtanh(x, 0.0, cap)
+    assert torch.equal(out, want)
+    grad = torch.randn(x.shape, generator=g).to(dtype).to(DEVICE)
+    (got,) = torch.autograd.grad(out, x, grad)
+    (expected,) = torch.autograd.grad(want, x, grad)
+    if cap is None or cap == 6.0:  # PyTorch's own gradient; at a cap it cannot hold exactly
+        assert torch.equal(got, expected)
+    assert torch.equal(got, reference(C.masked_grad, grad, codes))
+
+
+@kernel
+@pytest.mark.parametrize("shape", [(0,), (1,), (9,), (3, 5, 7), (2, 1001)])
+def test_mask_pack_kernels(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    mask = mask.to(DEVICE)
+    pm = C.pack_mask(mask)
+    assert torch.equal(pm.codes, reference(C.pack_mask, mask).codes)
+    assert torch.equal(pm.codes.cpu(), C.pack_bits(mask.reshape(-1).cpu().to(torch.uint8), 1))
+    assert torch.equal(pm.unpack(), mask) and pm.unpack().dtype == torch.bool
+    assert pm.nbytes == math.ceil(mask.numel() / 8)
+
+
+# ---------------------------------------------------------------- availability
+
+
+@kernel
+def test_available_probe_failure_falls_back(monkeypatch):
+    assert K.available(DEVICE)
+    with K.reference_only():
+        assert not K.available(DEVICE)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(K, "_works", {})
+    monkeypatch.setattr(K, "clamp_with_mask", broken)
+    with pytest.warns(UserWarning, match="disabled"):
+        assert not K.available(DEVICE)
+    x = hard_input(100, torch.float32)
+    assert C.quantize(x, 4).dequantize().shape == x.shape  # the reference, silently
+    monkeypatch.setattr(K, "_works", {})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not K.available("cpu")
+
+
+# ---------------------------------------------------------------- CUDA: launches and syncs
+
+
+@cuda
+def test_cuda_one_launch_each_way_and_no_sync():
+    from torch.profiler import ProfilerActivity, profile
+
+    from facto import kernels
+
+    assert kernels.available("cuda")
+    x = torch.randn(4, 64, 56, 56, device="cuda")
+    C.compress(x, 4).restore()  # compile outside the count
+    torch.cuda.synchronize()
+
+    def launches(fn) -> int:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+    packed = C.compress(x, 4)
+    assert launches(lambda: C.compress(x, 4)) == 1
+    assert launches(packed.restore) == 1
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for bits in (1, 4, 8):
+            C.compress(x, bits).restore()
+            C.compress(x.double(), bits, stochastic=False).restore()  # reference on CUDA
+        C.compress(x, 16).restore()
+        C.compress(x > 0, 4).restore()
+        y, codes = C.clamp_with_mask(x, 6.0)
+        C.masked_grad(y, codes)
+        C.narrow_int(torch.arange(300, device="cuda"), upper_bound=299).restore()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
