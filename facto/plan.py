@@ -1,22 +1,30 @@
 """Fit my GPU: the largest batch that trains under a memory budget, for each training variant.
 
 `plan(...)` answers, before renting a GPU, "how large a batch fits in N GB?" for dense fp32,
-compression only (ActNN-style: 1-bit ReLU masks + b-bit maps) and the Facto presets.
+compression only (ActNN-style: 1-bit ReLU masks + b-bit maps) and the Facto presets, with a
+breakdown in bytes; `main` is the command line (`python -m facto.plan`, to become `facto plan`).
 
-What is measured and what is modelled:
-- stored activations are MEASURED with Facto's meter (`saved_activations`, the meter behind
-  `measure_activations`) at two small batches on whatever device is present, which separates a
-  per-batch constant (BN statistics, 16-bit weight copies under autocast) from the per-sample slope;
-- backward transients (what is alive above the stored bytes: gradient maps, restored or
-  recomputed full-width maps, compression work buffers, maps the forward still references) are
-  MODELLED from the same forward: the meter's records plus each leaf module's input/output
-  sizes. `measure_step_peak_cpu` measures the real peak of a training step on the CPU (the
-  profiler's allocation events) and the tests hold the model to it (see `TOLERANCE`);
-- weights, gradients and optimizer state are counted from the parameters; a fixed reserve
-  (`DEFAULT_RESERVE`) stands for the CUDA caching allocator's rounding/fragmentation and the
-  cuDNN/cuBLAS workspaces, which nothing on a CPU can measure.
+Measured, modelled, assumed:
+- Stored activations are MEASURED by Facto's meter (`saved_activations`, the meter behind
+  `measure_activations`) at batches 2 and 4 on whatever device is present: a per-batch constant
+  (BN statistics, 16-bit weight copies under autocast) plus a per-sample slope.
+- Transients, the peak above the stored bytes, are MODELLED from that same forward, cut into units
+  (leaf-module calls) with the meter's records: in forward, the maps still referenced when a unit
+  returns (observed with weak references), full-width maps it compressed and the quantization /
+  bit-packing work buffers; in backward, which runs the units in reverse while everything stored
+  up to the unit is still held, its gradient maps (output, input, a residual block's held input
+  gradient), its restored maps and their unpacking buffers, and for fused conv+BN the recomputed
+  BN input, its gradient and BN's work. Buffer sizes are read off facto.compress / layers / fuse
+  (constants below). `measure_step_peak_cpu` measures the true peak of a step from the profiler's
+  allocation events; tests hold the model within `TOLERANCE` of it (simple_cnn, resnet20:
+  dense, compression only, Facto); on CUDA `measure_step_peak_cuda` does the same with
+  max_memory_allocated, and `verify` measures the largest batch itself.
+- Weights (parameters and buffers), gradients (trainable parameters only) and optimizer state
+  (SGD momentum: 1 value per trained parameter, Adam/AdamW: 2) are counted; a fixed reserve
+  (`DEFAULT_RESERVE`) stands for the caching allocator's rounding and fragmentation and the
+  cuDNN/cuBLAS workspaces, which nothing on a CPU can see.
 
-No UI code here: `table_rows` and `chart_data` return plain data that other modules draw.
+No UI code: `table_rows` and `chart_data` return plain data that other modules draw.
 """
 from __future__ import annotations
 
@@ -59,7 +67,7 @@ MAX_BATCH = 2**20
 class Unit:
     """One leaf-module call (or the functional ops a parent runs between its children), in forward order.
 
-    Byte counts are at the probe batch; `profile_model` turns two probes into per-batch lines.
+    Byte counts are at the probe batch; `profile_variant` turns two probes into per-batch lines.
     """
 
     name: str
@@ -72,6 +80,7 @@ class Unit:
     held_grad: int = 0  # backward: the enclosing block's input gradient, waiting for its other branch
     stored: int = 0  # bytes its records keep for backward
     quantized_values: int = 0  # values held at b bits (quantized in forward, restored in backward)
+    widened_values: int = 0  # ... of them 16-bit, which quantization handles in fp32 (a wider copy)
     restored_bytes: int = 0  # full-width bytes its compressed records are restored to in backward
     inner_bytes: int = 0  # full-width saved maps that are neither its input nor its output
     mask_values: int = 0  # values behind 1-bit ReLU masks
@@ -195,6 +204,8 @@ class _Collector:
             unit.restored_bytes += r.raw_bytes  # Packed, HalfPacked, NarrowInt, PackedMask
             if r.stored_as == "Packed":
                 unit.quantized_values += math.prod(r.shape)
+                if r.dtype in ("float16", "bfloat16"):
+                    unit.widened_values += math.prod(r.shape)
             if not same_as:
                 unit.inner_bytes += r.raw_bytes
 
@@ -245,6 +256,7 @@ def trace_forward(model: nn.Module, x: Tensor, bits: int | None, block: int = 64
 # facto.fuse) and checked against the CPU profiler (tests/test_plan.py):
 QUANTIZE_WORK = 6  # b-bit quantization in forward: fp32 codes + 16-bit rounding noise
 RESTORE_WORK = 5  # restore in backward: uint8 codes + fp32 codes before the affine
+WIDEN_WORK = 4  # a 16-bit map is quantized and restored through an fp32 copy
 MASK_WORK = 5  # 1-bit ReLU mask: bool mask, uint8 copy, bit-packing buffers (forward and backward)
 CONV_WORK = 1  # conv backward work buffer (output-sized), seen on the CPU; cuDNN's is in the reserve
 RECOMPUTE_FORWARD = 1  # fused conv+BN forward: BN's input exists until BN has run (output-sized)
@@ -256,13 +268,14 @@ def forward_live(u: Unit) -> int:
     """Bytes alive during unit u's forward beyond what is stored: live maps, compression work."""
     mask = MASK_WORK * u.mask_values
     fused = RECOMPUTE_FORWARD * u.out_bytes if u.kind in FUSED_KINDS else 0
-    return u.live + u.inner_bytes + QUANTIZE_WORK * u.quantized_values + mask + fused
+    quantize = QUANTIZE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
+    return u.live + u.inner_bytes + quantize + mask + fused
 
 
 def backward_live(u: Unit) -> int:
     """Bytes alive during unit u's backward beyond what is stored: gradient maps, restored/recomputed maps."""
     grads = u.out_bytes + (u.in_bytes if u.in_grad else 0) + u.held_grad
-    restore = u.restored_bytes + RESTORE_WORK * u.quantized_values
+    restore = u.restored_bytes + RESTORE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
     mask = MASK_WORK * u.mask_values
     recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
     if u.kind in FUSED_KINDS:
@@ -319,9 +332,10 @@ def _grad_bytes(model: nn.Module) -> int:
 
 def _forward_loss(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int,
                   autocast: torch.dtype | None):
-    with autocast_context(x.device, autocast), saved_activations(bits, block, model=model) as meter:
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+    with autocast_context(x.device, autocast):
+        with saved_activations(bits, block, model=model) as meter:
+            out = model(x)
+        loss = F.cross_entropy(out, y)  # outside the meter, as in facto.train.train_step
     return loss, meter
 
 
@@ -547,11 +561,12 @@ def check_model(name: str) -> str:
 def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """The dense model (fresh weights, seeded) for a name accepted by `check_model`."""
     key = check_model(name)
-    torch.manual_seed(0)
-    if key.startswith("tv:"):
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's generator
+        torch.manual_seed(0)
+        if not key.startswith("tv:"):
+            return create_model(key, num_classes, in_channels)
         model = torchvision.models.get_model(key[3:], weights=None, num_classes=num_classes)
         return replace_first_conv(model, in_channels) if in_channels != 3 else model
-    return create_model(key, num_classes, in_channels)
 
 
 # ----------------------------------------------------------------------------- memory as a function of the batch
@@ -620,7 +635,7 @@ class MemoryProfile:
     reserve: int
 
     def breakdown(self, batch: int) -> Breakdown:
-        stored = math.ceil(self.stored.at(batch))
+        stored = max(0, math.ceil(self.stored.at(batch)))
         peak = max(c.at(batch) for c in self.candidates)
         peak = max(peak, self.batch_input.at(batch) + self.optimizer_step, stored)
         return Breakdown(batch, self.weights, self.gradients, self.optimizer_state, stored,
@@ -751,7 +766,8 @@ def plan_row(profile: MemoryProfile, budget: int, limit: int = MAX_BATCH) -> Pla
                    capped=best == limit)
 
 
-def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: torch.device) -> list[str]:
+def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: torch.device,
+           specs: Sequence[VariantSpec]) -> list[str]:
     notes = []
     if key in ("resnet18", "vgg11_bn", "mobilenet_v2") and max(input_shape[1:]) > 64:
         notes.append(f"{key} is the registry's 32x32 adaptation (stride-1 stem); for torchvision's own "
@@ -759,6 +775,10 @@ def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: 
     if precision != "fp32":
         notes.append(f"{precision}: probes ran under torch.autocast on {device.type}; its op list differs "
                      "from CUDA's, so these rows are estimates (see facto.plan.plan)")
+        if any(s.rank is not None for s in specs):
+            notes.append("Facto variants do not train under autocast yet: the backward of a frozen factor "
+                         "(facto.layers.FrozenConv2d) meets a 16-bit gradient with the fp32 weight and "
+                         "raises; their rows are the memory once that is fixed")
     return notes
 
 
@@ -802,7 +822,7 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
                              f"({spec.name}): {str(exc).splitlines()[0]}") from exc
         rows.append(plan_row(profile, budget_bytes))
     return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
-                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev))
+                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev, specs))
 
 
 # ----------------------------------------------------------------------------- data for a table and a chart
@@ -844,9 +864,10 @@ class VerifyRow:
 
     variant: str
     predicted: int
-    measured: int
+    measured: int | None  # None when training failed for another reason than memory (see error)
     peak_allocated: int | None  # torch.cuda.max_memory_allocated at the measured batch
     peak_reserved: int | None  # torch.cuda.max_memory_reserved there
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -918,30 +939,36 @@ def verify(result: PlanResult, device: str = "cuda", steps: int = 2, block: int 
                          "verify needs a budget the device can hold")
     say = log or (lambda msg: None)
     dense = build_model(result.model, result.num_classes, result.input_shape[0])
-    rows = []
     torch.cuda.set_per_process_memory_fraction(result.budget / total, dev)
     try:
-        for row in result.rows:
-            spec = variant_spec(row.variant)
-            template = spec.build(dense)
-            peaks: dict[int, tuple[int, int]] = {}
-            tries: list[int] = []
-
-            def fits(b: int) -> bool:
-                tries.append(b)
-                ok = gpu_fits(lambda: copy.deepcopy(template), spec.bits, b, result.input_shape,
-                              result.num_classes, result.optimizer, result.precision, dev, block, steps, peaks)
-                say(f"verify {spec.name}: batch {b} {'fits' if ok else 'out of memory'}")
-                return ok
-
-            measured = largest_fitting(fits, hint=max(row.max_batch, 1))
-            allocated, reserved = peaks.get(measured, (None, None))
-            rows.append(VerifyRow(spec.name, row.max_batch, measured, allocated, reserved))
+        return [_verify_row(result, row, variant_spec(row.variant).build(dense), dev, steps, block, say)
+                for row in result.rows]
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
         gc.collect()
         torch.cuda.empty_cache()
-    return rows
+
+
+def _verify_row(result: PlanResult, row: PlanRow, template: nn.Module, device: torch.device, steps: int,
+                block: int, say: Callable[[str], None]) -> VerifyRow:
+    """Search the largest batch of one variant with real steps, starting at the predicted one."""
+    spec = variant_spec(row.variant)
+    peaks: dict[int, tuple[int, int]] = {}
+
+    def fits(batch: int) -> bool:
+        ok = gpu_fits(lambda: copy.deepcopy(template), spec.bits, batch, result.input_shape,
+                      result.num_classes, result.optimizer, result.precision, device, block, steps, peaks)
+        say(f"verify {spec.name}: batch {batch} {'fits' if ok else 'out of memory'}")
+        return ok
+
+    try:
+        measured = largest_fitting(fits, hint=max(row.max_batch, 1))
+    except RuntimeError as exc:  # not a memory error (e.g. an op that fails under autocast): report it
+        message = str(exc).splitlines()[0]
+        say(f"verify {spec.name}: {message}")
+        return VerifyRow(spec.name, row.max_batch, None, None, None, message)
+    allocated, reserved = peaks.get(measured, (None, None))
+    return VerifyRow(spec.name, row.max_batch, measured, allocated, reserved)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -993,7 +1020,8 @@ def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = ()) -> str:
     for r in result.rows:
         if r.variant in measured:
             c = measured[r.variant]
-            lines.append(f"verify {r.variant}: predicted {c.predicted}, measured {c.measured}")
+            outcome = f"measured {c.measured}" if c.error is None else f"failed: {c.error}"
+            lines.append(f"verify {r.variant}: predicted {c.predicted}, {outcome}")
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
 

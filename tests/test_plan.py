@@ -97,6 +97,17 @@ def test_transient_model_within_tolerance_of_the_profiler_peak(model_name, varia
         assert transient_measured > measured.stored
 
 
+@pytest.mark.parametrize("model_name", ["simple_cnn", "resnet20"])
+@pytest.mark.parametrize("variant", ["dense", "compress-4"])
+def test_transient_model_under_bf16_autocast(model_name, variant):
+    """Mixed precision is modelled too: the probes run under autocast (here CPU bf16)."""
+    model, bits = _variant(variant, model_name)
+    x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    measured = fp.measure_step_peak_cpu(model, x, y, bits, autocast=torch.bfloat16)
+    predicted = fp.predict_step_peak(model, x, bits, autocast=torch.bfloat16)
+    assert abs(predicted - measured.peak) <= fp.TOLERANCE * measured.peak, (predicted, measured)
+
+
 def test_profiler_sees_a_known_allocation():
     """measure_step_peak_cpu counts real bytes: a model holding an extra 8 MB map in forward shows it."""
     class Wasteful(torch.nn.Module):
