@@ -47,6 +47,8 @@ from torch import Tensor, nn
 
 from .activations import SavedRecord, saved_activations
 from .factorize import factorize, with_relu_masks
+from .fuse import ConvBN, FactoConvBN
+from .layers import MaskReLU
 from .models import check_model_name, create_model, replace_first_conv
 from .train import PRESETS, RunConfig, make_optimizer, resolve_device
 
@@ -87,9 +89,9 @@ class Unit:
 
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-FUSED_KINDS = ("FactoConvBN", "ConvBN")
-MASK_KINDS = ("MaskReLU",)
-CONV_KINDS = ("Conv2d",)
+FUSED_KINDS = (FactoConvBN.__name__, ConvBN.__name__)  # units are told apart by their exact type
+MASK_KINDS = (MaskReLU.__name__,)
+CONV_KINDS = (nn.Conv2d.__name__,)
 
 
 def _first_tensor(value) -> Tensor | None:
@@ -258,9 +260,10 @@ QUANTIZE_WORK = 6  # b-bit quantization in forward: fp32 codes + 16-bit rounding
 RESTORE_WORK = 5  # restore in backward: uint8 codes + fp32 codes before the affine
 WIDEN_WORK = 4  # a 16-bit map is quantized and restored through an fp32 copy
 MASK_WORK = 5  # 1-bit ReLU mask: bool mask, uint8 copy, bit-packing buffers (forward and backward)
-CONV_WORK = 1  # conv backward work buffer (output-sized), seen on the CPU; cuDNN's is in the reserve
+CONV_WORK = 1  # conv backward work buffer (output-sized) seen on the CPU (oneDNN); cuDNN workspace: reserve
 RECOMPUTE_FORWARD = 1  # fused conv+BN forward: BN's input exists until BN has run (output-sized)
-RECOMPUTE_MAPS = {"ConvBN": 3, "FactoConvBN": 2}  # fused backward: recomputed BN input, its gradient, BN work
+# fused backward, output-sized: recomputed BN input, its gradient, BN's work (ConvBN on the CPU: + a conv buffer)
+RECOMPUTE_MAPS = {ConvBN.__name__: 3, FactoConvBN.__name__: 2}
 RECOMPUTE_INNER = 2  # FactoConvBN: the recomputed inner stage and its gradient (sized like the stored input)
 
 
@@ -280,7 +283,7 @@ def backward_live(u: Unit) -> int:
     recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
     if u.kind in FUSED_KINDS:
         recompute = RECOMPUTE_MAPS[u.kind] * u.out_bytes
-        if u.kind == "FactoConvBN":
+        if u.kind == FactoConvBN.__name__:
             recompute += RECOMPUTE_INNER * u.restored_bytes
     return grads + restore + mask + recompute
 
@@ -858,6 +861,13 @@ class GPURequiredError(RuntimeError):
     """verify() was asked for where no CUDA device exists."""
 
 
+def require_gpu() -> None:
+    """Raise GPURequiredError unless CUDA is available."""
+    if not torch.cuda.is_available():
+        raise GPURequiredError("verify needs a GPU: CUDA is not available on this machine "
+                               "(the plan itself runs anywhere; run --verify where the GPU is)")
+
+
 @dataclass
 class VerifyRow:
     """Predicted against measured largest batch, and the allocator's peak at the measured one."""
@@ -929,9 +939,7 @@ def verify(result: PlanResult, device: str = "cuda", steps: int = 2, block: int 
     `steps` real training steps; the search (`largest_fitting`) starts at the predicted batch.
     Raises GPURequiredError where CUDA is absent.
     """
-    if not torch.cuda.is_available():
-        raise GPURequiredError("verify needs a GPU: CUDA is not available on this machine "
-                               "(the plan itself runs anywhere; run --verify where the GPU is)")
+    require_gpu()
     dev = torch.device(device if str(device).startswith("cuda") else "cuda")
     total = torch.cuda.get_device_properties(dev).total_memory
     if result.budget > total:
@@ -1031,6 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.verify:
+            require_gpu()  # before minutes of probing
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress: stderr only
         result = plan(args.model, args.input, args.classes, args.budget, args.optimizer, args.precision,
                       args.variants, args.device, args.reserve, log=log)

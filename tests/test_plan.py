@@ -202,11 +202,14 @@ def test_bf16_stores_less_than_fp32_for_dense():
     assert bf16.stored.slope < 0.6 * fp32.stored.slope
 
 
-def test_verify_says_it_needs_a_gpu(resnet_plan):
+def test_verify_says_it_needs_a_gpu(resnet_plan, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: verify would run for real")
     with pytest.raises(fp.GPURequiredError, match="needs a GPU"):
         fp.verify(resnet_plan)
+    assert fp.main(["--verify", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "needs a GPU" in captured.err and captured.err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- command line
