@@ -1034,6 +1034,10 @@ def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = ()) -> str:
     return "\n".join(lines)
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # stderr only: stdout may hold the JSON document
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m facto plan ...`; returns the exit code (2 for a user mistake, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1041,10 +1045,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.verify:
             require_gpu()  # before minutes of probing
-        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress: stderr only
         result = plan(args.model, args.input, args.classes, args.budget, args.optimizer, args.precision,
-                      args.variants, args.device, args.reserve, log=log)
-        checks = verify(result, args.device, log=log) if args.verify else []
+                      args.variants, args.device, args.reserve, log=_progress)
+        checks = verify(result, args.device, log=_progress) if args.verify else []
     except (UsageError, ValueError, GPURequiredError) as exc:
         print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
