@@ -1,0 +1,1065 @@
+"""Fit my GPU: the largest batch that trains under a memory budget, for each training variant.
+
+`plan(...)` answers, before renting a GPU, "how large a batch fits in N GB?" for dense fp32,
+compression only (ActNN-style: 1-bit ReLU masks + b-bit maps) and the Facto presets, with a
+breakdown in bytes; `main` is the command line (`python -m facto.plan`, to become `facto plan`).
+
+Measured, modelled, assumed:
+- Stored activations are MEASURED by Facto's meter (`saved_activations`, the meter behind
+  `measure_activations`) at batches 2 and 4 on whatever device is present: a per-batch constant
+  (BN statistics, 16-bit weight copies under autocast) plus a per-sample slope.
+- Transients, the peak above the stored bytes, are MODELLED from that same forward, cut into units
+  (leaf-module calls) with the meter's records: in forward, the maps still referenced when a unit
+  returns (observed with weak references), full-width maps it compressed and the quantization /
+  bit-packing work buffers; in backward, which runs the units in reverse while everything stored
+  up to the unit is still held, its gradient maps (output, input, a residual block's held input
+  gradient), its restored maps and their unpacking buffers, and for fused conv+BN the recomputed
+  BN input, its gradient and BN's work. Buffer sizes are read off facto.compress / layers / fuse
+  (constants below). `measure_step_peak_cpu` measures the true peak of a step from the profiler's
+  allocation events; tests hold the model within `TOLERANCE` of it (simple_cnn, resnet20:
+  dense, compression only, Facto); on CUDA `measure_step_peak_cuda` does the same with
+  max_memory_allocated, and `verify` measures the largest batch itself.
+- Weights (parameters and buffers), gradients (trainable parameters only) and optimizer state
+  (SGD momentum: 1 value per trained parameter, Adam/AdamW: 2) are counted; a fixed reserve
+  (`DEFAULT_RESERVE`) stands for the caching allocator's rounding and fragmentation and the
+  cuDNN/cuBLAS workspaces, which nothing on a CPU can see.
+
+No UI code: `table_rows` and `chart_data` return plain data that other modules draw.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import re
+import sys
+import weakref
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from .activations import SavedRecord, saved_activations
+from .factorize import factorize, with_relu_masks
+from .fuse import ConvBN, FactoConvBN
+from .layers import MaskReLU
+from .models import check_model_name, create_model, replace_first_conv
+from .train import PRESETS, RunConfig, make_optimizer, resolve_device
+
+GiB, MiB, GB, MB = 2**30, 2**20, 10**9, 10**6
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}  # state values kept per trained parameter
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_VARIANTS = ("dense", "compress-4", "paper", "balanced", "max-saving")
+DEFAULT_RESERVE = 256 * MiB
+PROBE_BATCHES = (2, 4)
+TOLERANCE = 0.10  # |model - profiler| / profiler on the CPU step peak (activations + gradients)
+MAX_BATCH = 2**20
+
+
+# ----------------------------------------------------------------------------- one forward, unit by unit
+
+@dataclass
+class Unit:
+    """One leaf-module call (or the functional ops a parent runs between its children), in forward order.
+
+    Byte counts are at the probe batch; `profile_variant` turns two probes into per-batch lines.
+    """
+
+    name: str
+    kind: str
+    in_bytes: int = 0  # the input map (first tensor argument)
+    out_bytes: int = 0  # the output map
+    in_grad: bool = False  # a gradient map flows back into the input
+    live: int = 0  # maps still referenced when the unit returns (its input and output, the block's
+    #                input, locals of the enclosing forward), storages not stored as is, each once
+    held_grad: int = 0  # backward: the enclosing block's input gradient, waiting for its other branch
+    stored: int = 0  # bytes its records keep for backward
+    quantized_values: int = 0  # values held at b bits (quantized in forward, restored in backward)
+    widened_values: int = 0  # ... of them 16-bit, which quantization handles in fp32 (a wider copy)
+    restored_bytes: int = 0  # full-width bytes its compressed records are restored to in backward
+    inner_bytes: int = 0  # full-width saved maps that are neither its input nor its output
+    mask_values: int = 0  # values behind 1-bit ReLU masks
+
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+FUSED_KINDS = (FactoConvBN.__name__, ConvBN.__name__)  # units are told apart by their exact type
+MASK_KINDS = (MaskReLU.__name__,)
+CONV_KINDS = (nn.Conv2d.__name__,)
+
+
+def _first_tensor(value) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((v for v in value if isinstance(v, Tensor)), None)
+    if isinstance(value, dict):
+        return next((v for v in value.values() if isinstance(v, Tensor)), None)
+    return None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.untyped_storage().data_ptr()
+
+
+def _nbytes(t: Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+@dataclass
+class _Frame:
+    name: str
+    module: nn.Module
+    x: Tensor | None
+    start: int
+    called_child: bool = False
+    branches: bool = False  # a direct child took this module's own input: a block with a shortcut
+
+
+class _Collector:
+    """Forward hooks that cut the meter's records into units and watch which maps are still alive.
+
+    Every map seen at a module boundary is remembered by a weak reference, so what is alive
+    when a unit returns is observed, not guessed (Python frees a map when its last reference goes).
+    """
+
+    def __init__(self, meter) -> None:
+        self.meter = meter
+        self.stack: list[_Frame] = []
+        self.units: list[Unit] = []
+        self.cursor = 0  # first record not yet given to a unit
+        self.saved_as_is: set[int] = set()  # storages autograd keeps uncompressed (counted in stored)
+        self.maps: dict[int, tuple[weakref.ref, int]] = {}  # storage -> (weak ref, storage bytes)
+
+    def pre(self, name: str) -> Callable:
+        def hook(module: nn.Module, args) -> None:
+            x = _first_tensor(args)
+            self._watch(x)
+            if self.stack:
+                parent = self.stack[-1]
+                self._gap(parent.name)
+                parent.called_child = True
+                if x is not None and parent.x is not None and _ptr(x) == _ptr(parent.x):
+                    parent.branches = True
+            self.stack.append(_Frame(name, module, x, len(self.meter.records)))
+        return hook
+
+    def post(self, module: nn.Module, args, output) -> None:
+        frame = self.stack.pop()
+        if frame.called_child:
+            self._gap(frame.name)
+        else:
+            self._leaf(frame, _first_tensor(output))
+
+    def _watch(self, t: Tensor | None) -> None:
+        if t is not None and t.is_floating_point():
+            self.maps[_ptr(t)] = (weakref.ref(t), t.untyped_storage().nbytes())
+
+    def live_bytes(self) -> int:
+        """Bytes of the watched maps alive now whose storage autograd does not keep as is."""
+        return sum(size for p, (ref, size) in self.maps.items()
+                   if ref() is not None and p not in self.saved_as_is)
+
+    def _gap(self, name: str) -> None:
+        """Records left by functional ops of `name` since the last unit become a unit of their own."""
+        records = self.meter.records[self.cursor:]
+        if records:
+            unit = Unit(name, "functional")
+            self._add_records(unit, records, None, None)
+            unit.live = self.live_bytes()
+            self.units.append(unit)
+        self.cursor = len(self.meter.records)
+
+    def _leaf(self, frame: _Frame, out: Tensor | None) -> None:
+        x = frame.x
+        unit = Unit(frame.name, type(frame.module).__name__, in_bytes=_nbytes(x), out_bytes=_nbytes(out),
+                    in_grad=bool(x is not None and x.requires_grad))
+        self._add_records(unit, self.meter.records[frame.start:], x, out)
+        self.cursor = len(self.meter.records)
+        self._watch(out)
+        unit.live = self.live_bytes()
+        if _ptr(out) == _ptr(x) and unit.stored == 0:  # identity, view: the gradient passes through
+            unit.in_grad = False
+        if unit.kind in MASK_KINDS and out is not None:
+            unit.mask_values = out.numel()
+        block = next((f for f in reversed(self.stack[1:])
+                      if f.branches and not isinstance(f.module, CONTAINERS)), None)
+        if block is not None and block.x is not None and block.x.requires_grad:
+            unit.held_grad = _nbytes(block.x)
+        self.units.append(unit)
+
+    def _add_records(self, unit: Unit, records: Sequence[SavedRecord], x: Tensor | None,
+                     out: Tensor | None) -> None:
+        for r in records:
+            unit.stored += r.stored_bytes
+            same_as = [t for t in (x, out) if t is not None and tuple(t.shape) == r.shape
+                       and str(t.dtype).replace("torch.", "") == r.dtype]
+            if r.stored_as in ("tensor", "held"):
+                self.saved_as_is.update(_ptr(t) for t in same_as)
+                continue
+            unit.restored_bytes += r.raw_bytes  # Packed, HalfPacked, NarrowInt, PackedMask
+            if r.stored_as == "Packed":
+                unit.quantized_values += math.prod(r.shape)
+                if r.dtype in ("float16", "bfloat16"):
+                    unit.widened_values += math.prod(r.shape)
+            if not same_as:
+                unit.inner_bytes += r.raw_bytes
+
+
+@dataclass
+class Trace:
+    """One training-mode forward, unit by unit: what the meter stored and what was alive."""
+
+    units: list[Unit]
+    stored: int  # the meter's bytes
+    input_live: int  # the model's input batch when autograd does not keep it as is (alive all step)
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
+    """torch.autocast for a 16-bit dtype, else a no-op context."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def trace_forward(model: nn.Module, x: Tensor, bits: int | None, block: int = 64,
+                  autocast: torch.dtype | None = None) -> Trace:
+    """One training-mode forward of `x` under the meter, cut into units (BN statistics restored after)."""
+    was_training = model.training
+    model.train()
+    handles = []
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    try:
+        with torch.enable_grad(), autocast_context(x.device, autocast), \
+                saved_activations(bits, block, model=model) as meter:
+            collector = _Collector(meter)
+            for name, module in model.named_modules():
+                handles.append(module.register_forward_pre_hook(collector.pre(name or "<model>")))
+                handles.append(module.register_forward_hook(collector.post))
+            out = model(x)
+            del out  # the graph goes with the output
+    finally:
+        for h in handles:
+            h.remove()
+        model.load_state_dict(state, strict=False)
+        model.train(was_training)
+    input_live = 0 if _ptr(x) in collector.saved_as_is else _nbytes(x)
+    return Trace(collector.units, meter.bytes, input_live)
+
+
+# ----------------------------------------------------------------------------- the transient model
+
+# Work buffers, in bytes per value, read off the code they model (facto.compress, facto.layers,
+# facto.fuse) and checked against the CPU profiler (tests/test_plan.py):
+QUANTIZE_WORK = 6  # b-bit quantization in forward: fp32 codes + 16-bit rounding noise
+RESTORE_WORK = 5  # restore in backward: uint8 codes + fp32 codes before the affine
+WIDEN_WORK = 4  # a 16-bit map is quantized and restored through an fp32 copy
+MASK_WORK = 5  # 1-bit ReLU mask: bool mask, uint8 copy, bit-packing buffers (forward and backward)
+CONV_WORK = 1  # conv backward work buffer (output-sized) seen on the CPU (oneDNN); cuDNN workspace: reserve
+RECOMPUTE_FORWARD = 1  # fused conv+BN forward: BN's input exists until BN has run (output-sized)
+# fused backward, output-sized: recomputed BN input, its gradient, BN's work (ConvBN on the CPU: + a conv buffer)
+RECOMPUTE_MAPS = {ConvBN.__name__: 3, FactoConvBN.__name__: 2}
+RECOMPUTE_INNER = 2  # FactoConvBN: the recomputed inner stage and its gradient (sized like the stored input)
+
+
+def forward_live(u: Unit) -> int:
+    """Bytes alive during unit u's forward beyond what is stored: live maps, compression work."""
+    mask = MASK_WORK * u.mask_values
+    fused = RECOMPUTE_FORWARD * u.out_bytes if u.kind in FUSED_KINDS else 0
+    quantize = QUANTIZE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
+    return u.live + u.inner_bytes + quantize + mask + fused
+
+
+def backward_live(u: Unit) -> int:
+    """Bytes alive during unit u's backward beyond what is stored: gradient maps, restored/recomputed maps."""
+    grads = u.out_bytes + (u.in_bytes if u.in_grad else 0) + u.held_grad
+    restore = u.restored_bytes + RESTORE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
+    mask = MASK_WORK * u.mask_values
+    recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
+    if u.kind in FUSED_KINDS:
+        recompute = RECOMPUTE_MAPS[u.kind] * u.out_bytes
+        if u.kind == FactoConvBN.__name__:
+            recompute += RECOMPUTE_INNER * u.restored_bytes
+    return grads + restore + mask + recompute
+
+
+def peak_candidates(trace: Trace) -> list[int]:
+    """Bytes of activations alive at each unit's forward and backward (the peak is the largest).
+
+    Forward: what the unit and earlier ones stored, plus the unit's live maps and work buffers.
+    Backward runs the units in reverse, so everything up to and including the unit is still
+    stored when it runs, plus its gradient maps, restored/recomputed maps and the input batch.
+    The last value, all stored plus the batch, is the moment backward starts.
+    """
+    values, stored = [], 0
+    for u in trace.units:
+        stored += u.stored
+        values.append(stored + forward_live(u))
+        values.append(stored + trace.input_live + backward_live(u))
+    values.append(stored + trace.input_live)
+    return values
+
+
+def activation_peak(trace: Trace) -> int:
+    """Modelled peak of activation bytes over one forward and backward."""
+    return max(peak_candidates(trace))
+
+
+# ----------------------------------------------------------------------------- measuring a real step
+
+@dataclass
+class StepPeak:
+    """A measured training step (forward, zero_grad(set_to_none), backward), as facto.train runs it.
+
+    `peak` is the most bytes alive at once: the gradients and the input batch alive before the
+    step plus the largest rise above that during forward and backward (activations, their
+    gradients, work buffers). Weights are not included.
+    """
+
+    peak: int
+    forward_rise: int  # largest rise above the starting point during forward
+    backward_rise: int  # ... during backward
+    stored: int  # what the meter counted for the same forward
+    gradients: int
+    input_bytes: int
+
+
+def _grad_bytes(model: nn.Module) -> int:
+    return sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+
+
+def _forward_loss(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int,
+                  autocast: torch.dtype | None):
+    with autocast_context(x.device, autocast):
+        with saved_activations(bits, block, model=model) as meter:
+            out = model(x)
+        loss = F.cross_entropy(out, y)  # outside the meter, as in facto.train.train_step
+    return loss, meter
+
+
+BACKWARD_MARK = "facto.plan.backward"
+STEP_MARK = "facto.plan.step"
+
+
+def _step(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int,
+          autocast: torch.dtype | None):
+    """Forward, zero_grad(set_to_none=True), backward: the order of facto.train.train_step."""
+    loss, meter = _forward_loss(model, x, y, bits, block, autocast)
+    model.zero_grad(set_to_none=True)
+    with torch.profiler.record_function(BACKWARD_MARK):
+        loss.backward()
+    return meter
+
+
+def measure_step_peak_cpu(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int = 64,
+                          autocast: torch.dtype | None = None) -> StepPeak:
+    """The true peak of live CPU bytes over one training step, from the profiler's allocation events.
+
+    torch.profiler with `profile_memory=True` records every CPU allocation and free with its size
+    (frees of blocks allocated before profiling are not reported, so both steps run inside it);
+    their running sum is the live bytes. Two steps from no gradients: the second is measured,
+    starting, as in a training loop, with the first step's gradients alive. Changes the model's
+    gradients and BN statistics, not its weights.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if x.device.type != "cpu":
+        raise ValueError(f"x is on {x.device}: measure_step_peak_cpu needs CPU tensors (use measure_step_peak)")
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _step(model, x, y, bits, block, autocast)
+        with torch.profiler.record_function(STEP_MARK):
+            meter = _step(model, x, y, bits, block, autocast)
+    events = list(prof.profiler.kineto_results.events())
+    step = min(e.start_ns() for e in events if e.name() == STEP_MARK)
+    backward = max(e.start_ns() for e in events if e.name() == BACKWARD_MARK)
+    memory = sorted((e for e in events
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    live, level, rises = 0, None, [0, 0]
+    for e in memory:
+        if e.start_ns() >= step and level is None:
+            level = live
+        live += e.nbytes()
+        if level is not None:
+            phase = int(e.start_ns() >= backward)
+            rises[phase] = max(rises[phase], live - level)
+    gradients = _grad_bytes(model)
+    return StepPeak(gradients + _nbytes(x) + max(rises), rises[0], rises[1], meter.bytes, gradients, _nbytes(x))
+
+
+def measure_step_peak_cuda(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int = 64,
+                           autocast: torch.dtype | None = None) -> StepPeak:
+    """The same measurement on CUDA, from the caching allocator's counters (max_memory_allocated)."""
+    if x.device.type != "cuda":
+        raise ValueError(f"x is on {x.device}: measure_step_peak_cuda needs CUDA tensors")
+    model.train()
+    _step(model, x, y, bits, block, autocast)
+    gradients = _grad_bytes(model)
+    torch.cuda.synchronize(x.device)
+    start = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    loss, meter = _forward_loss(model, x, y, bits, block, autocast)
+    torch.cuda.synchronize(x.device)
+    forward = torch.cuda.max_memory_allocated(x.device) - start
+    model.zero_grad(set_to_none=True)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    loss.backward()
+    torch.cuda.synchronize(x.device)
+    backward = torch.cuda.max_memory_allocated(x.device) - start
+    return StepPeak(gradients + _nbytes(x) + max(forward, backward), forward, backward, meter.bytes,
+                    gradients, _nbytes(x))
+
+
+def measure_step_peak(model: nn.Module, x: Tensor, y: Tensor, bits: int | None, block: int = 64,
+                      autocast: torch.dtype | None = None) -> StepPeak:
+    """`measure_step_peak_cpu` or `measure_step_peak_cuda`, by the device of `x`."""
+    if x.device.type == "cuda":
+        return measure_step_peak_cuda(model, x, y, bits, block, autocast)
+    return measure_step_peak_cpu(model, x, y, bits, block, autocast)
+
+
+def trainable_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters that train (their gradients, and the unit of optimizer state)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def predict_step_peak(model: nn.Module, x: Tensor, bits: int | None, block: int = 64,
+                      autocast: torch.dtype | None = None) -> int:
+    """The model's answer to `measure_step_peak`: gradients + the modelled activation peak at this batch."""
+    return trainable_bytes(model) + activation_peak(trace_forward(model, x, bits, block, autocast))
+
+
+# ----------------------------------------------------------------------------- user input
+
+_UNITS = {"": 1, "b": 1,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+BUDGET_HELP = ("a number and a unit: B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or k/m/g/t "
+               "(powers of 1024), e.g. 8GB, '8 GiB', 500MB, 4g")
+
+
+def parse_budget(value: str | int | float, name: str = "budget") -> int:
+    """Bytes from '8GB' (10^9), '8 GiB' (2^30), '500MB', '4g' (2^30, as docker and `free -g`), or a number of bytes."""
+    bad = ValueError(f"{name}={value!r} is not allowed: use {BUDGET_HELP}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise bad
+        number, unit = float(match.group(1)), match.group(2).lower()
+    else:
+        raise bad
+    if not math.isfinite(number) or number <= 0:
+        raise bad
+    size = int(number * _UNITS[unit])
+    if size < 1:
+        raise bad
+    return size
+
+
+def parse_input_shape(value: str | Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W) from '3x224x224' (also '3,224,224', '3 x 224 x 224') or a sequence of three ints."""
+    bad = ValueError(f"input={value!r} is not allowed: use C x H x W, three integers >= 1, e.g. 3x224x224")
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[x×X,\s]+", value.strip().strip("()[]")) if p]
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise bad
+        shape = tuple(int(p) for p in parts)
+    elif isinstance(value, Sequence) and len(value) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        shape = tuple(value)
+    else:
+        raise bad
+    if min(shape) < 1:
+        raise bad
+    return shape  # type: ignore[return-value]
+
+
+def _check_choice(name: str, value: object, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+    return value  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- variants
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How a variant trains: the model it builds from the dense one, and the bits of its maps."""
+
+    name: str
+    label: str
+    bits: int | None
+    rank: float | None = None
+    update: str | None = None
+    recompute: bool = False
+
+    def build(self, dense: nn.Module) -> nn.Module:
+        """The model this variant trains (a copy; `dense` is not modified)."""
+        if self.name == "dense":
+            return copy.deepcopy(dense)
+        if self.rank is None:
+            return with_relu_masks(dense)
+        extra = {"recompute": True} if self.recompute else {}
+        return factorize(dense, rank=self.rank, update=self.update, **extra)
+
+
+VARIANT_HELP = ("dense, compress-<bits> (compression only, bits 1..8 or 16, e.g. compress-4) "
+                f"or a Facto preset: {', '.join(PRESETS)}")
+
+
+def variant_spec(name: str) -> VariantSpec:
+    """The spec of a variant name: dense | compress-<bits> | a key of facto.train.PRESETS."""
+    if name == "dense":
+        return VariantSpec("dense", "dense fp32", None)
+    match = re.fullmatch(r"compress-(\d+)", name) if isinstance(name, str) else None
+    if match and (1 <= int(match.group(1)) <= 8 or int(match.group(1)) == 16):
+        bits = int(match.group(1))
+        return VariantSpec(name, f"compression only {bits}-bit (ActNN-style)", bits)
+    if isinstance(name, str) and name in PRESETS:
+        p = PRESETS[name]
+        extra = ", recompute" if p["recompute"] else ""
+        label = f"Facto {name} (rank {p['rank']}, {p['update']}, {p['bits']}-bit{extra})"
+        return VariantSpec(name, label, p["bits"], p["rank"], p["update"], p["recompute"])
+    raise ValueError(f"variant={name!r} is not allowed: choose {VARIANT_HELP}")
+
+
+def parse_variants(value: str | Sequence[str]) -> list[str]:
+    """Variant names from 'dense,compress-4,balanced' or a list; each checked, duplicates dropped."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"variants={value!r} is not allowed: name at least one of {VARIANT_HELP}")
+    for n in names:
+        variant_spec(n)
+    return list(dict.fromkeys(names))
+
+
+TORCHVISION_PREFIXES = ("tv:", "torchvision:")
+
+
+def check_model(name: str) -> str:
+    """A registry name, any torchvision classification model, or 'tv:NAME' for torchvision's own
+    layout of a name the registry adapts to 32x32 (e.g. tv:resnet18: 7x7 stem and max-pool)."""
+    if isinstance(name, str) and name.lower().startswith(TORCHVISION_PREFIXES):
+        key = name.split(":", 1)[1].strip().lower()
+        if key not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"model={name!r} is not allowed: after 'tv:' name a torchvision classification model")
+        return "tv:" + key
+    return check_model_name(name)
+
+
+def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """The dense model (fresh weights, seeded) for a name accepted by `check_model`."""
+    key = check_model(name)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's generator
+        torch.manual_seed(0)
+        if not key.startswith("tv:"):
+            return create_model(key, num_classes, in_channels)
+        model = torchvision.models.get_model(key[3:], weights=None, num_classes=num_classes)
+        return replace_first_conv(model, in_channels) if in_channels != 3 else model
+
+
+# ----------------------------------------------------------------------------- memory as a function of the batch
+
+@dataclass(frozen=True)
+class Line:
+    """bytes = intercept + slope * batch (a per-batch constant and a per-sample slope)."""
+
+    intercept: float
+    slope: float
+
+    def at(self, batch: int) -> float:
+        return self.intercept + self.slope * batch
+
+    @classmethod
+    def through(cls, b1: int, v1: float, b2: int, v2: float) -> "Line":
+        """The line through two probes; a negative slope (noise) is flattened at the larger probe."""
+        slope = max(0.0, (v2 - v1) / (b2 - b1))
+        return cls(v2 - slope * b2, slope)
+
+
+# Temporaries of one optimizer step, in gradient-sized copies: torch's multi-tensor (foreach)
+# optimizers on CUDA copy the gradients for weight decay (and Nesterov), Adam also takes a
+# square root of its second moment. A model, not a measurement; it only matters at tiny batches.
+OPTIMIZER_STEP_COPIES = {"sgd": 1, "adam": 2, "adamw": 1}
+
+
+@dataclass
+class Breakdown:
+    """Predicted bytes of one training step at `batch`; `total` is their sum."""
+
+    batch: int
+    weights: int  # every parameter and buffer
+    gradients: int  # trainable parameters only
+    optimizer_state: int  # per trainable parameter: SGD momentum 1, Adam/AdamW 2
+    activations: int  # stored for backward (measured per sample x batch + per-batch constant)
+    transients: int  # the extra peak above the stored bytes (modelled)
+    reserve: int  # allocator rounding/fragmentation and cuDNN/cuBLAS workspaces (fixed)
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.gradients + self.optimizer_state + self.activations
+                + self.transients + self.reserve)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+COMPONENTS = ("weights", "gradients", "optimizer_state", "activations", "transients", "reserve")
+
+
+@dataclass
+class MemoryProfile:
+    """One variant's training memory as a function of the batch, from two probe forwards."""
+
+    variant: str
+    label: str
+    bits: int | None
+    weights: int
+    gradients: int
+    optimizer_state: int
+    optimizer_step: int  # temporaries of the optimizer step
+    stored: Line
+    candidates: list[Line]  # activation bytes alive at each unit's forward/backward (see peak_candidates)
+    batch_input: Line  # the input batch, alive during the optimizer step too
+    reserve: int
+
+    def breakdown(self, batch: int) -> Breakdown:
+        stored = max(0, math.ceil(self.stored.at(batch)))
+        peak = max(c.at(batch) for c in self.candidates)
+        peak = max(peak, self.batch_input.at(batch) + self.optimizer_step, stored)
+        return Breakdown(batch, self.weights, self.gradients, self.optimizer_state, stored,
+                         math.ceil(peak) - stored, self.reserve)
+
+    def total(self, batch: int) -> int:
+        return self.breakdown(batch).total
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def profile_variant(spec: VariantSpec, dense: nn.Module, input_shape: tuple[int, int, int],
+                    optimizer: str = "sgd", precision: str = "fp32", device: torch.device | str = "cpu",
+                    reserve: int = DEFAULT_RESERVE, block: int = 64,
+                    probes: tuple[int, int] = PROBE_BATCHES) -> MemoryProfile:
+    """Build the variant from `dense`, trace a forward at two probe batches, fit lines in the batch."""
+    _check_choice("optimizer", optimizer, OPTIMIZER_SLOTS)
+    autocast = PRECISIONS[_check_choice("precision", precision, PRECISIONS)]
+    model = spec.build(dense).to(device)
+    traces = []
+    for b in probes:
+        x = torch.randn(b, *input_shape, device=device)
+        traces.append(trace_forward(model, x, spec.bits, block, autocast))
+    (b1, b2), (t1, t2) = probes, traces
+    c1, c2 = peak_candidates(t1), peak_candidates(t2)
+    if len(c1) == len(c2):
+        candidates = [Line.through(b1, u, b2, v) for u, v in zip(c1, c2)]
+    else:  # the forward differed between the probes: fall back to the two peaks
+        candidates = [Line.through(b1, max(c1), b2, max(c2))]
+    trainable = trainable_bytes(model)
+    sample = math.prod(input_shape) * torch.get_default_dtype().itemsize
+    return MemoryProfile(
+        spec.name, spec.label, spec.bits, weights=_param_bytes(model), gradients=trainable,
+        optimizer_state=OPTIMIZER_SLOTS[optimizer] * trainable,
+        optimizer_step=OPTIMIZER_STEP_COPIES[optimizer] * trainable,
+        stored=Line.through(b1, t1.stored, b2, t2.stored), candidates=candidates,
+        batch_input=Line(0.0, float(sample)), reserve=reserve)
+
+
+def largest_fitting(fits: Callable[[int], bool], hint: int = 1, limit: int = MAX_BATCH) -> int:
+    """The largest batch in 1..limit for which `fits` holds (0 if none), for a monotone `fits`.
+
+    Gallops from `hint` (doubling up, or halving down) to bracket the boundary, then bisects:
+    about 2 log2(answer) calls, each batch tried at most once.
+    """
+    if limit < 1:
+        return 0
+    lo, hi = 0, limit + 1  # fits(lo) holds (or lo == 0); fits(hi) fails (or hi == limit + 1)
+    b = min(max(int(hint), 1), limit)
+    if fits(b):
+        lo = b
+        while lo < limit:
+            b = min(2 * lo, limit)
+            if not fits(b):
+                hi = b
+                break
+            lo = b
+    else:
+        hi = b
+        while hi > 1:
+            b = hi // 2
+            if fits(b):
+                lo = b
+                break
+            hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# ----------------------------------------------------------------------------- the plan
+
+@dataclass
+class PlanRow:
+    """One variant's answer: the largest batch under the budget and the bytes at that batch."""
+
+    variant: str
+    label: str
+    max_batch: int  # 0: not even one sample fits
+    breakdown: Breakdown  # at max_batch (at batch 1 when max_batch is 0)
+    next_total: int  # predicted total at max_batch + 1 (over the budget unless capped)
+    per_sample: int  # bytes one more sample costs there (stored + transient)
+    capped: bool = False  # max_batch stopped at MAX_BATCH
+
+    def to_dict(self) -> dict:
+        return {"variant": self.variant, "label": self.label, "max_batch": self.max_batch,
+                "breakdown": self.breakdown.to_dict(), "next_total": self.next_total,
+                "per_sample": self.per_sample, "capped": self.capped}
+
+
+@dataclass
+class PlanResult:
+    """What `plan` found, with the inputs that produced it."""
+
+    model: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    budget: int
+    optimizer: str
+    precision: str
+    device: str  # where the probe forwards ran
+    reserve: int
+    probes: tuple[int, int]
+    rows: list[PlanRow]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "input": list(self.input_shape), "num_classes": self.num_classes,
+                "budget": self.budget, "optimizer": self.optimizer, "precision": self.precision,
+                "device": self.device, "reserve": self.reserve, "probe_batches": list(self.probes),
+                "tolerance": TOLERANCE, "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
+
+
+def plan_row(profile: MemoryProfile, budget: int, limit: int = MAX_BATCH) -> PlanRow:
+    """The largest batch whose predicted total fits `budget`, and its breakdown."""
+    best = largest_fitting(lambda b: profile.total(b) <= budget, limit=limit)
+    at = max(best, 1)
+    breakdown = profile.breakdown(at)
+    following = profile.breakdown(at + 1)
+    per_sample = (following.activations + following.transients) - (breakdown.activations + breakdown.transients)
+    return PlanRow(profile.variant, profile.label, best, breakdown, profile.total(best + 1), per_sample,
+                   capped=best == limit)
+
+
+def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: torch.device,
+           specs: Sequence[VariantSpec]) -> list[str]:
+    notes = []
+    if key in ("resnet18", "vgg11_bn", "mobilenet_v2") and max(input_shape[1:]) > 64:
+        notes.append(f"{key} is the registry's 32x32 adaptation (stride-1 stem); for torchvision's own "
+                     f"layout at {input_shape[1]}x{input_shape[2]} plan tv:{key}")
+    if precision != "fp32":
+        notes.append(f"{precision}: probes ran under torch.autocast on {device.type}; its op list differs "
+                     "from CUDA's, so these rows are estimates (see facto.plan.plan)")
+        if any(s.rank is not None for s in specs):
+            notes.append("Facto variants do not train under autocast yet: the backward of a frozen factor "
+                         "(facto.layers.FrozenConv2d) meets a 16-bit gradient with the fp32 weight and "
+                         "raises; their rows are the memory once that is fixed")
+    return notes
+
+
+def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget: str | int,
+         optimizer: str = "sgd", precision: str = "fp32", variants: str | Sequence[str] = DEFAULT_VARIANTS,
+         device: str = "auto", reserve: str | int = DEFAULT_RESERVE, block: int = 64,
+         log: Callable[[str], None] | None = None) -> PlanResult:
+    """The largest batch that trains under `budget` for each variant, with a breakdown in bytes.
+
+    Stored activations are measured by the meter on `device` at batches 2 and 4; transients come
+    from the unit model (`peak_candidates`), checked on the CPU against the profiler within
+    `TOLERANCE`; weights, gradients (trainable parameters) and optimizer state (SGD momentum: 1
+    value per trained parameter, Adam/AdamW: 2; frozen factors: none) are counted; the reserve
+    is fixed. Budgets are bytes the caching allocator may hold, not counting the CUDA context.
+
+    Mixed precision (bf16/fp16) is a model: the probes run under `torch.autocast`, so the meter sees
+    what autocast really saves there (16-bit inputs of conv/linear, 16-bit weight copies, and
+    BN inputs in full where Facto's fused recompute falls back under autocast); gradient maps take
+    the dtype of their maps. On a CPU, autocast's op list is not CUDA's, and no 16-bit kernel
+    workspace is seen: treat those rows as estimates, and --verify them on the GPU.
+    """
+    key = check_model(model)
+    shape = parse_input_shape(input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} is not allowed: use an integer >= 1")
+    budget_bytes = parse_budget(budget)
+    reserve_bytes = parse_budget(reserve, "reserve")
+    _check_choice("optimizer", optimizer, OPTIMIZER_SLOTS)
+    _check_choice("precision", precision, PRECISIONS)
+    specs = [variant_spec(v) for v in parse_variants(variants)]
+    dev = resolve_device(device)
+    say = log or (lambda msg: None)
+    dense = build_model(key, num_classes, shape[0]).to(dev)
+    rows = []
+    for spec in specs:
+        say(f"probing {spec.label} on {dev.type} (batches {PROBE_BATCHES[0]}, {PROBE_BATCHES[1]})")
+        try:
+            profile = profile_variant(spec, dense, shape, optimizer, precision, dev, reserve_bytes, block)
+        except RuntimeError as exc:  # e.g. an input too small for the model's pooling
+            raise ValueError(f"input={'x'.join(map(str, shape))} does not run through {key} "
+                             f"({spec.name}): {str(exc).splitlines()[0]}") from exc
+        rows.append(plan_row(profile, budget_bytes))
+    return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
+                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev, specs))
+
+
+# ----------------------------------------------------------------------------- data for a table and a chart
+
+def table_rows(result: PlanResult) -> list[dict]:
+    """One dict per variant (MB = 10^6 bytes), ready for a table."""
+    rows = []
+    for r in result.rows:
+        b = r.breakdown
+        row = {"variant": r.label, "max batch": r.max_batch}
+        row.update({f"{c.replace('_', ' ')} MB": round(getattr(b, c) / MB, 1) for c in COMPONENTS})
+        row["total MB"] = round(b.total / MB, 1)
+        row["per sample MB"] = round(r.per_sample / MB, 2)
+        rows.append(row)
+    return rows
+
+
+def chart_data(result: PlanResult) -> dict:
+    """A stacked bar per variant at its max batch: components in MB, and the budget line."""
+    return {
+        "variants": [r.label for r in result.rows],
+        "max_batch": [r.max_batch for r in result.rows],
+        "components": [c.replace("_", " ") for c in COMPONENTS],
+        "series": {c.replace("_", " "): [getattr(r.breakdown, c) / MB for r in result.rows] for c in COMPONENTS},
+        "budget": result.budget / MB,
+        "unit": "MB",
+    }
+
+
+# ----------------------------------------------------------------------------- verify on a GPU
+
+class GPURequiredError(RuntimeError):
+    """verify() was asked for where no CUDA device exists."""
+
+
+def require_gpu() -> None:
+    """Raise GPURequiredError unless CUDA is available."""
+    if not torch.cuda.is_available():
+        raise GPURequiredError("verify needs a GPU: CUDA is not available on this machine "
+                               "(the plan itself runs anywhere; run --verify where the GPU is)")
+
+
+@dataclass
+class VerifyRow:
+    """Predicted against measured largest batch, and the allocator's peak at the measured one."""
+
+    variant: str
+    predicted: int
+    measured: int | None  # None when training failed for another reason than memory (see error)
+    peak_allocated: int | None  # torch.cuda.max_memory_allocated at the measured batch
+    peak_reserved: int | None  # torch.cuda.max_memory_reserved there
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _train_steps(model: nn.Module, bits: int | None, batch: int, input_shape: tuple[int, int, int],
+                 num_classes: int, optimizer: str, precision: str, device: torch.device,
+                 block: int, steps: int) -> None:
+    """`steps` training steps at `batch` in the order of facto.train.train_step (raises on OOM)."""
+    config = RunConfig(optimizer=optimizer, schedule="constant")
+    opt, _ = make_optimizer(config, model, steps)
+    for _ in range(steps):
+        x = torch.randn(batch, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (batch,), device=device)
+        loss, _ = _forward_loss(model, x, y, bits, block, PRECISIONS[precision])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        del x, y, loss
+    torch.cuda.synchronize(device)
+
+
+def gpu_fits(build: Callable[[], nn.Module], bits: int | None, batch: int, input_shape: tuple[int, int, int],
+             num_classes: int, optimizer: str, precision: str, device: torch.device, block: int = 64,
+             steps: int = 2, peaks: dict | None = None) -> bool:
+    """True when `steps` real training steps at `batch` run without torch.OutOfMemoryError.
+
+    A fresh model (and optimizer) per try; the cache is emptied after every try, so one
+    failure leaves nothing behind. `peaks[batch]` gets (max allocated, max reserved).
+    """
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    ok = True
+    try:
+        model = build().to(device)
+        _train_steps(model, bits, batch, input_shape, num_classes, optimizer, precision, device, block, steps)
+    except torch.OutOfMemoryError:
+        ok = False
+    except RuntimeError as exc:  # cuDNN/cuBLAS report a failed workspace allocation in their own words
+        if not any(k in str(exc) for k in ("out of memory", "NOT_ENOUGH_MEMORY", "ALLOC_FAILED")):
+            raise
+        ok = False
+    finally:
+        model = None  # noqa: F841  (drop the reference before emptying the cache)
+    if ok and peaks is not None:
+        peaks[batch] = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
+    gc.collect()
+    torch.cuda.empty_cache()
+    return ok
+
+
+def verify(result: PlanResult, device: str = "cuda", steps: int = 2, block: int = 64,
+           log: Callable[[str], None] | None = None) -> list[VerifyRow]:
+    """Measure the real largest batch of each planned variant on this GPU, under the plan's budget.
+
+    The budget is enforced with torch.cuda.set_per_process_memory_fraction(budget / total memory)
+    (the caching allocator's limit; the CUDA context is outside it), and each batch is tried by
+    `steps` real training steps; the search (`largest_fitting`) starts at the predicted batch.
+    Raises GPURequiredError where CUDA is absent.
+    """
+    require_gpu()
+    dev = torch.device(device if str(device).startswith("cuda") else "cuda")
+    total = torch.cuda.get_device_properties(dev).total_memory
+    if result.budget > total:
+        raise ValueError(f"budget={result.budget} bytes is more than this GPU has ({total} bytes): "
+                         "verify needs a budget the device can hold")
+    say = log or (lambda msg: None)
+    dense = build_model(result.model, result.num_classes, result.input_shape[0])
+    torch.cuda.set_per_process_memory_fraction(result.budget / total, dev)
+    try:
+        return [_verify_row(result, row, variant_spec(row.variant).build(dense), dev, steps, block, say)
+                for row in result.rows]
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _verify_row(result: PlanResult, row: PlanRow, template: nn.Module, device: torch.device, steps: int,
+                block: int, say: Callable[[str], None]) -> VerifyRow:
+    """Search the largest batch of one variant with real steps, starting at the predicted one."""
+    spec = variant_spec(row.variant)
+    peaks: dict[int, tuple[int, int]] = {}
+
+    def fits(batch: int) -> bool:
+        ok = gpu_fits(lambda: copy.deepcopy(template), spec.bits, batch, result.input_shape,
+                      result.num_classes, result.optimizer, result.precision, device, block, steps, peaks)
+        say(f"verify {spec.name}: batch {batch} {'fits' if ok else 'out of memory'}")
+        return ok
+
+    try:
+        measured = largest_fitting(fits, hint=max(row.max_batch, 1))
+    except RuntimeError as exc:  # not a memory error (e.g. an op that fails under autocast): report it
+        message = str(exc).splitlines()[0]
+        say(f"verify {spec.name}: {message}")
+        return VerifyRow(spec.name, row.max_batch, None, None, None, message)
+    allocated, reserved = peaks.get(measured, (None, None))
+    return VerifyRow(spec.name, row.max_batch, measured, allocated, reserved)
+
+
+# ----------------------------------------------------------------------------- command line
+
+class UsageError(Exception):
+    """A user mistake on the command line: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the usage block
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m facto plan",
+                description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
+    p.add_argument("--model", default="resnet20",
+                   help="registry name, any torchvision classification model, or tv:NAME for torchvision's own layout")
+    p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--budget", default="8GB", help=BUDGET_HELP)
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of: {VARIANT_HELP}")
+    p.add_argument("--device", default="auto", help="where the probe forwards run: auto | cpu | cuda | cuda:N")
+    p.add_argument("--reserve", default=f"{DEFAULT_RESERVE // MiB}MiB",
+                   help="fixed allocator/workspace reserve inside the budget")
+    p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
+    p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    return p
+
+
+def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = ()) -> str:
+    """The plan as a text table (MB = 10^6 bytes)."""
+    shape = "x".join(map(str, result.input_shape))
+    lines = [f"Fit my GPU: {result.model}, input {shape}, {result.num_classes} classes, budget "
+             f"{result.budget / GB:.2f} GB ({result.budget / GiB:.2f} GiB), {result.optimizer}, "
+             f"{result.precision}; stored bytes measured on {result.device} at batches "
+             f"{result.probes[0]} and {result.probes[1]}; reserve {result.reserve / MiB:.0f} MiB",
+             ""]
+    rows = table_rows(result)
+    headers = list(rows[0])
+    width = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    lines.append("  ".join(h.ljust(width[h]) if i == 0 else h.rjust(width[h]) for i, h in enumerate(headers)))
+    for r in rows:
+        lines.append("  ".join(str(r[h]).ljust(width[h]) if i == 0 else str(r[h]).rjust(width[h])
+                               for i, h in enumerate(headers)))
+    measured = {c.variant: c for c in checks}
+    for r in result.rows:
+        if r.variant in measured:
+            c = measured[r.variant]
+            outcome = f"measured {c.measured}" if c.error is None else f"failed: {c.error}"
+            lines.append(f"verify {r.variant}: predicted {c.predicted}, {outcome}")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # stderr only: stdout may hold the JSON document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m facto plan ...`; returns the exit code (2 for a user mistake, printed as one line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.verify:
+            require_gpu()  # before minutes of probing
+        result = plan(args.model, args.input, args.classes, args.budget, args.optimizer, args.precision,
+                      args.variants, args.device, args.reserve, log=_progress)
+        checks = verify(result, args.device, log=_progress) if args.verify else []
+    except (UsageError, ValueError, GPURequiredError) as exc:
+        print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    if args.json:
+        document = result.to_dict()
+        if args.verify:
+            document["verify"] = [c.to_dict() for c in checks]
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_plan(result, checks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Fit my GPU (facto.plan): parsing, the batch search, the memory model against the CPU profiler, the CLI.
+
+CPU only and small (simple_cnn / resnet20 at 32x32): the whole file runs in well under a minute.
+"""
+import json
+
+import pytest
+import torch
+
+import facto
+from facto import plan as fp
+
+
+# ----------------------------------------------------------------------------- parsing
+
+@pytest.mark.parametrize("text, expected", [
+    ("8GB", 8 * 10**9), ("8 GiB", 8 * 2**30), ("500MB", 500 * 10**6), ("4g", 4 * 2**30),
+    ("1.5 GB", 1_500_000_000), ("2048", 2048), ("64 KiB", 65536), (10**9, 10**9),
+])
+def test_parse_budget(text, expected):
+    assert fp.parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8 GBs", "-1GB", "0", "0.0001B", "lots", "", "8 G B", "inf GB", None, True])
+def test_parse_budget_errors_name_the_value_and_the_units(text):
+    with pytest.raises(ValueError) as err:
+        fp.parse_budget(text)
+    message = str(err.value)
+    assert f"budget={text!r}" in message and "GiB" in message and "8GB" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("3x224x224", (3, 224, 224)), ("1 x 32 x 32", (1, 32, 32)), ("3,32,32", (3, 32, 32)), ((3, 64, 48), (3, 64, 48)),
+])
+def test_parse_input_shape(text, expected):
+    assert fp.parse_input_shape(text) == expected
+
+
+@pytest.mark.parametrize("text", ["3x224", "3x224x224x1", "0x32x32", "ax32x32", "3x-2x32", (3, 32), "", None])
+def test_parse_input_shape_errors(text):
+    with pytest.raises(ValueError, match=r"input=.*C x H x W"):
+        fp.parse_input_shape(text)
+
+
+def test_variants_parse_and_bad_names():
+    assert fp.parse_variants("dense, compress-2,balanced,dense") == ["dense", "compress-2", "balanced"]
+    assert fp.variant_spec("max-saving").bits == facto.PRESETS["max-saving"]["bits"]
+    for bad in ["compress-0", "compress-9", "turbo", ""]:
+        with pytest.raises(ValueError, match="variant"):
+            fp.parse_variants(bad)
+
+
+# ----------------------------------------------------------------------------- the search
+
+@pytest.mark.parametrize("answer", [0, 1, 2, 7, 100, 1000, 4096])
+@pytest.mark.parametrize("hint", [1, 5, 64, 5000])
+def test_largest_fitting_finds_the_boundary_with_few_tries(answer, hint):
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= answer
+
+    assert fp.largest_fitting(fits, hint=hint, limit=4096) == answer
+    assert len(tried) == len(set(tried))  # no batch tried twice
+    assert len(tried) <= 2 * 13 + 2  # ~2 log2(limit)
+
+
+def test_largest_fitting_stops_at_the_limit():
+    assert fp.largest_fitting(lambda b: True, limit=300) == 300
+    assert fp.largest_fitting(lambda b: False, hint=10) == 0
+
+
+# ----------------------------------------------------------------------------- the model against measurements
+
+def _variant(name: str, model_name: str):
+    torch.manual_seed(0)
+    spec = fp.variant_spec(name)
+    return spec.build(facto.create_model(model_name, 10, 1)), spec.bits
+
+
+@pytest.mark.parametrize("model_name", ["simple_cnn", "resnet20"])
+@pytest.mark.parametrize("variant", ["dense", "compress-4", "paper", "balanced"])
+def test_transient_model_within_tolerance_of_the_profiler_peak(model_name, variant):
+    """The modelled step peak (gradients + activations incl. transients) against the CPU profiler."""
+    model, bits = _variant(variant, model_name)
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    measured = fp.measure_step_peak_cpu(model, x, y, bits)
+    predicted = fp.predict_step_peak(model, x, bits)
+    assert abs(predicted - measured.peak) <= fp.TOLERANCE * measured.peak, (predicted, measured)
+    # the transient alone: what the model adds above the stored bytes, within the same margin
+    transient_measured = measured.peak - measured.gradients - measured.stored
+    transient_predicted = predicted - fp.trainable_bytes(model) - measured.stored
+    assert abs(transient_predicted - transient_measured) <= fp.TOLERANCE * measured.peak
+    if variant != "dense":  # compressed maps: the transients, not the stored bytes, set the peak
+        assert transient_measured > measured.stored
+
+
+@pytest.mark.parametrize("model_name", ["simple_cnn", "resnet20"])
+@pytest.mark.parametrize("variant", ["dense", "compress-4"])
+def test_transient_model_under_bf16_autocast(model_name, variant):
+    """Mixed precision is modelled too: the probes run under autocast (here CPU bf16)."""
+    model, bits = _variant(variant, model_name)
+    x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    measured = fp.measure_step_peak_cpu(model, x, y, bits, autocast=torch.bfloat16)
+    predicted = fp.predict_step_peak(model, x, bits, autocast=torch.bfloat16)
+    assert abs(predicted - measured.peak) <= fp.TOLERANCE * measured.peak, (predicted, measured)
+
+
+def test_profiler_sees_a_known_allocation():
+    """measure_step_peak_cpu counts real bytes: a model holding an extra 8 MB map in forward shows it."""
+    class Wasteful(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            waste = torch.ones(2 * 2**20)  # 8 MiB, freed when forward returns
+            return self.fc(x) + 0 * waste.sum()
+
+    x, y = torch.randn(2, 4), torch.randint(0, 10, (2,))
+    peak = fp.measure_step_peak_cpu(Wasteful(), x, y, None)
+    assert 8 * 2**20 <= peak.forward_rise < 9 * 2**20
+
+
+def test_stored_bytes_are_the_meters_and_linear_in_the_batch():
+    model, bits = _variant("balanced", "resnet20")
+    x = torch.randn(4, 1, 32, 32)
+    assert fp.trace_forward(model, x, bits).stored == facto.measure_activations(model, x, bits).bytes
+    profile = fp.profile_variant(fp.variant_spec("balanced"), facto.create_model("resnet20", 10, 1), (1, 32, 32))
+    actual = facto.measure_activations(model, torch.randn(12, 1, 32, 32), bits).bytes
+    assert abs(profile.stored.at(12) - actual) <= 0.01 * actual
+
+
+# ----------------------------------------------------------------------------- planning
+
+@pytest.fixture(scope="module")
+def resnet_plan():
+    return fp.plan("resnet20", "3x32x32", 10, "1GB", variants=["dense", "compress-4", "balanced"], device="cpu")
+
+
+def test_breakdown_adds_up_and_the_boundary_holds(resnet_plan):
+    for row in resnet_plan.rows:
+        b = row.breakdown
+        assert b.batch == row.max_batch > 0
+        assert sum(getattr(b, c) for c in fp.COMPONENTS) == b.total <= resnet_plan.budget
+        assert row.next_total > resnet_plan.budget
+        assert b.reserve == fp.DEFAULT_RESERVE and b.transients >= 0 and b.activations > 0
+
+
+def test_dense_fits_fewer_samples_than_facto_balanced(resnet_plan):
+    batches = {r.variant: r.max_batch for r in resnet_plan.rows}
+    assert batches["dense"] < batches["compress-4"] < batches["balanced"]
+
+
+def test_optimizer_state_counts_trained_parameters_only(resnet_plan):
+    rows = {r.variant: r.breakdown for r in resnet_plan.rows}
+    assert rows["dense"].optimizer_state == rows["dense"].gradients  # sgd: momentum, 1 per parameter
+    model = fp.variant_spec("balanced").build(facto.create_model("resnet20", 10, 3))
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() * 4 for p in model.parameters() if not p.requires_grad)
+    assert rows["balanced"].gradients == rows["balanced"].optimizer_state == trained  # frozen: no grad, no state
+    assert frozen > 0
+    adam = fp.profile_variant(fp.variant_spec("balanced"), facto.create_model("resnet20", 10, 3), (3, 32, 32),
+                              optimizer="adam")
+    assert adam.optimizer_state == 2 * adam.gradients == 2 * rows["balanced"].gradients
+
+
+def test_prediction_is_monotone_in_the_budget():
+    profile = fp.profile_variant(fp.variant_spec("compress-4"), facto.create_model("simple_cnn", 10, 1), (1, 32, 32))
+    budgets = [fp.DEFAULT_RESERVE + k * 10**6 for k in (1, 5, 20, 50, 200, 1000)]
+    batches = [fp.plan_row(profile, b).max_batch for b in budgets]
+    assert batches == sorted(batches) and batches[0] < batches[-1]
+    for budget in budgets:
+        row = fp.plan_row(profile, budget)
+        assert profile.total(row.max_batch + 1) > budget
+        assert row.max_batch == 0 or profile.total(row.max_batch) <= budget
+
+
+def test_nothing_fits_a_budget_below_the_reserve():
+    result = fp.plan("simple_cnn", "1x32x32", 10, "100MB", variants=["dense"], device="cpu")
+    row = result.rows[0]
+    assert row.max_batch == 0 and row.breakdown.batch == 1 and row.next_total > result.budget
+
+
+def test_table_and_chart_data(resnet_plan):
+    rows = fp.table_rows(resnet_plan)
+    chart = fp.chart_data(resnet_plan)
+    assert [r["max batch"] for r in rows] == chart["max_batch"] == [r.max_batch for r in resnet_plan.rows]
+    for i, r in enumerate(rows):
+        stacked = sum(chart["series"][c][i] for c in chart["components"])
+        assert stacked == pytest.approx(resnet_plan.rows[i].breakdown.total / 1e6)
+        assert r["total MB"] == pytest.approx(stacked, abs=0.1)
+    assert chart["budget"] == resnet_plan.budget / 1e6
+
+
+def test_bf16_stores_less_than_fp32_for_dense():
+    dense = facto.create_model("simple_cnn", 10, 1)
+    fp32 = fp.profile_variant(fp.variant_spec("dense"), dense, (1, 32, 32), precision="fp32")
+    bf16 = fp.profile_variant(fp.variant_spec("dense"), dense, (1, 32, 32), precision="bf16")
+    assert bf16.stored.slope < 0.6 * fp32.stored.slope
+
+
+def test_verify_says_it_needs_a_gpu(resnet_plan, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: verify would run for real")
+    with pytest.raises(fp.GPURequiredError, match="needs a GPU"):
+        fp.verify(resnet_plan)
+    assert fp.main(["--verify", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "needs a GPU" in captured.err and captured.err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_main_json_is_the_only_thing_on_stdout(capsys):
+    argv = ["--model", "simple_cnn", "--input", "1x32x32", "--budget", "500MB", "--variants", "dense,balanced",
+            "--device", "cpu", "--json"]
+    assert fp.main(argv) == 0
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert [r["variant"] for r in document["rows"]] == ["dense", "balanced"]
+    for r in document["rows"]:
+        assert r["max_batch"] > 0 and r["breakdown"]["total"] <= document["budget"] < r["next_total"]
+    assert "probing" in err
+
+
+def test_main_text_table(capsys):
+    assert fp.main(["--model", "simple_cnn", "--input", "1x32x32", "--budget", "1GB", "--variants", "dense",
+                    "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "max batch" in out and "dense fp32" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--budget", "8 GBs"], "budget='8 GBs'"),
+    (["--input", "3x224"], "input='3x224'"),
+    (["--variants", "dense,turbo"], "variant='turbo'"),
+    (["--optimizer", "lion"], "optimizer='lion'"),
+    (["--precision", "fp8"], "precision='fp8'"),
+    (["--model", "nope"], "nope"),
+    (["--no-such-flag"], "no-such-flag"),
+])
+def test_main_user_mistakes_exit_2_with_one_line(argv, needle, capsys):
+    assert fp.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and needle in captured.err and "Traceback" not in captured.err
