@@ -46,11 +46,12 @@ import torchvision
 from torch import Tensor, nn
 
 from .activations import SavedRecord, saved_activations
-from .factorize import factorize, with_relu_masks
+from .build import method_model, seeded
 from .fuse import ConvBN, FactoConvBN
 from .layers import MaskReLU
 from .models import check_model_name, create_model, replace_first_conv
-from .train import PRESETS, RunConfig, make_optimizer, resolve_device
+from .config import PRESETS, RunConfig
+from .train import make_optimizer, resolve_device
 
 GiB, MiB, GB, MB = 2**30, 2**20, 10**9, 10**6
 
@@ -507,13 +508,12 @@ class VariantSpec:
     recompute: bool = False
 
     def build(self, dense: nn.Module) -> nn.Module:
-        """The model this variant trains (a copy; `dense` is not modified)."""
+        """The model this variant trains (a copy; `dense` is not modified), built as runs build it."""
         if self.name == "dense":
-            return copy.deepcopy(dense)
+            return method_model("dense", dense)
         if self.rank is None:
-            return with_relu_masks(dense)
-        extra = {"recompute": True} if self.recompute else {}
-        return factorize(dense, rank=self.rank, update=self.update, **extra)
+            return method_model("compress", dense)
+        return method_model("facto", dense, RunConfig(rank=self.rank, update=self.update, recompute=self.recompute))
 
 
 VARIANT_HELP = ("dense, compress-<bits> (compression only, bits 1..8 or 16, e.g. compress-4) "
@@ -521,7 +521,7 @@ VARIANT_HELP = ("dense, compress-<bits> (compression only, bits 1..8 or 16, e.g.
 
 
 def variant_spec(name: str) -> VariantSpec:
-    """The spec of a variant name: dense | compress-<bits> | a key of facto.train.PRESETS."""
+    """The spec of a variant name: dense | compress-<bits> | a key of facto.config.PRESETS."""
     if name == "dense":
         return VariantSpec("dense", "dense fp32", None)
     match = re.fullmatch(r"compress-(\d+)", name) if isinstance(name, str) else None
@@ -564,8 +564,7 @@ def check_model(name: str) -> str:
 def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """The dense model (fresh weights, seeded) for a name accepted by `check_model`."""
     key = check_model(name)
-    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's generator
-        torch.manual_seed(0)
+    with seeded(0):  # seeded without touching the caller's generator
         if not key.startswith("tv:"):
             return create_model(key, num_classes, in_channels)
         model = torchvision.models.get_model(key[3:], weights=None, num_classes=num_classes)
@@ -778,10 +777,6 @@ def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: 
     if precision != "fp32":
         notes.append(f"{precision}: probes ran under torch.autocast on {device.type}; its op list differs "
                      "from CUDA's, so these rows are estimates (see facto.plan.plan)")
-        if any(s.rank is not None for s in specs):
-            notes.append("Facto variants do not train under autocast yet: the backward of a frozen factor "
-                         "(facto.layers.FrozenConv2d) meets a 16-bit gradient with the fp32 weight and "
-                         "raises; their rows are the memory once that is fixed")
     return notes
 
 
