@@ -200,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-train", action="store_true", help="memory and speed only")
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", help="write the saving-vs-accuracy chart here")
+    p.add_argument("--max-batch-gb", type=float, default=None,
+                   help="also measure the largest batch that trains under this memory cap (GB; needs CUDA): "
+                        "torchvision resnet18 and resnet50 at 3x224x224")
     args = p.parse_args(argv)
     from .train import resolve_device
 
@@ -216,4 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown(rows))
     if args.html:
         chart(rows).write_html(args.html, include_plotlyjs=True)
+    if args.max_batch_gb:
+        from .gpubench import markdown as table
+        from .gpubench import max_batch_table
+
+        capped = max_batch_table(args.max_batch_gb, log=log)
+        if args.json:
+            print(json.dumps({"max_batch": [asdict(r) for r in capped]}, indent=2))
+        else:
+            print(f"\nlargest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try):")
+            print(table(capped))
     return 0

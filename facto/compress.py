@@ -327,16 +327,27 @@ class Packed:
         return self._dequantize_reference()
 
     def _dequantize_reference(self) -> Tensor:
+        out = torch.empty(self.numel, dtype=self.dtype, device=self.codes.device)
+        chunk = max(_chunk_size(self.numel, self.block), 1)
+        for start in range(0, self.numel, chunk):  # slice by slice: small work buffers
+            stop = min(start + chunk, self.numel)
+            out[start:stop] = self._dequantize_slice(start, stop)
+        return out.view(self.shape)
+
+    def _dequantize_slice(self, start: int, stop: int) -> Tensor:
+        """Values start..stop (start on a block and byte boundary) in the original dtype."""
         cdt = _compute_dtype(self.dtype)
-        nblocks, width = _layout(self.numel, self.block)
-        lo, scale = _decode_meta(self.meta, cdt)
-        codes = unpack_bits(self.codes, self.bits, self.numel)
-        pad = nblocks * width - self.numel
+        numel = stop - start
+        nblocks, width = _layout(numel, self.block)
+        lo, scale = _decode_meta(self.meta[start // self.block: start // self.block + nblocks], cdt)
+        first = start // 8 * self.bits
+        codes = unpack_bits(self.codes[first: first + math.ceil(numel / 8) * self.bits], self.bits, numel)
+        pad = nblocks * width - numel
         if pad:
             codes = torch.cat([codes, codes.new_zeros(pad)])
         out = codes.view(nblocks, width).to(cdt) * scale.unsqueeze(1)
         out = out.add_(lo.unsqueeze(1))  # lo + code * scale, two rounded operations
-        return out.view(-1)[: self.numel].to(self.dtype).view(self.shape)
+        return out.view(-1)[:numel].to(self.dtype)
 
     def restore(self) -> Tensor:
         """Same as :meth:`dequantize` (uniform interface of stored containers)."""
@@ -388,16 +399,45 @@ def _codes(
     return t.clamp_(0, levels).to(torch.uint8)  # truncation == floor
 
 
+CHUNK_VALUES = 1 << 20  # the reference path works through big maps in slices of about this many values
+
+
+def _chunk_size(numel: int, block: int) -> int:
+    """Values per slice: whole blocks and whole bytes of codes, so slices concatenate exactly."""
+    unit = block * 8 // math.gcd(block, 8)
+    return max(unit, CHUNK_VALUES // unit * unit) if numel > CHUNK_VALUES else numel
+
+
 def _quantize_reference(
     x: Tensor, bits: int, block: int, stochastic: bool, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """(packed codes, meta) in pure PyTorch, on x's device, without a host sync."""
+    """(packed codes, meta) in pure PyTorch, on x's device, without a host sync.
+
+    Large maps are quantized slice by slice, so the work buffers stay small (the peak
+    memory of a step follows what is stored) and the result is the same as in one go.
+    """
+    flat = x.contiguous().view(-1)
+    chunk = _chunk_size(flat.numel(), block)
+    if chunk >= flat.numel():
+        return _quantize_slice(flat, bits, block, stochastic, generator)
+    codes = torch.empty(math.ceil(flat.numel() / 8) * bits, dtype=torch.uint8, device=x.device)
+    meta = torch.empty(math.ceil(flat.numel() / block), 2, dtype=torch.int16, device=x.device)
+    for start in range(0, flat.numel(), chunk):
+        part_codes, part_meta = _quantize_slice(flat[start:start + chunk], bits, block, stochastic, generator)
+        codes[start // 8 * bits: start // 8 * bits + part_codes.numel()] = part_codes
+        meta[start // block: start // block + part_meta.shape[0]] = part_meta
+    return codes, meta
+
+
+def _quantize_slice(
+    flat: Tensor, bits: int, block: int, stochastic: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     levels = 2**bits - 1
-    blocks = _as_blocks(x, block, _compute_dtype(x.dtype))
+    blocks = _as_blocks(flat, block, _compute_dtype(flat.dtype))
     lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)  # faster than aminmax on CPU
     meta, lo_m, scale_m = _encode_meta(lo, hi, levels)
     codes = _codes(blocks, lo_m, scale_m, levels, stochastic, generator)
-    return pack_bits(codes.view(-1)[: x.numel()], bits), meta
+    return pack_bits(codes.view(-1)[: flat.numel()], bits), meta
 
 
 def _check_seed(seed: int | None) -> None:
@@ -646,13 +686,15 @@ def narrow_int(x: Tensor, upper_bound: int | None = None) -> NarrowInt:
 
     Picking the dtype from the values needs them on the host: one sync on CUDA. A
     caller that knows ``0 <= x <= upper_bound`` (e.g. max-pool indices: the input's
-    H * W - 1) passes it and no value is read (on CPU the promise is checked).
+    H * W - 1) passes it and no value is read (on CPU the promise is checked). On CUDA a
+    16-bit tensor is kept as it is rather than read back (a sync costs more than a byte).
     """
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
         raise ValueError(f"x={x.dtype} is not allowed: use an integer tensor")
     if upper_bound is not None:
         _check_upper_bound(x, upper_bound)
-    if x.dtype not in INT_DTYPES or x.element_size() == 1:
+    if x.dtype not in INT_DTYPES or x.element_size() == 1 or (
+            x.device.type == "cuda" and x.element_size() == 2 and upper_bound is None):
         return NarrowInt(data=owned(x), dtype=x.dtype)
     if x.numel() == 0:
         return NarrowInt(data=x.to(torch.uint8), dtype=x.dtype)

@@ -67,6 +67,14 @@ def _keep(t: Tensor) -> Tensor:
     return t
 
 
+def _free(t: Tensor) -> None:
+    """Release `t`'s memory now (its storage shrinks to nothing; the tensor must not be read again)."""
+    try:
+        t.untyped_storage().resize_(0)
+    except RuntimeError:  # a storage that can't be resized (e.g. shared): freed when dropped instead
+        pass
+
+
 @dataclass(frozen=True)
 class StageConf:
     """How one conv stage runs: nn.Conv2d's arguments (padding may be 'same'/'valid')."""
@@ -156,15 +164,17 @@ class _RecomputeBN(torch.autograd.Function):
             s_ = s.detach().requires_grad_(need_s)
             ws = [w.detach().requires_grad_(n) for w, n in zip(weights, need_w)]
             z = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
-        y = z.detach()
+        y = z.detach()  # the last stage (conv/bmm) does not save its output: y may be changed in place
         if has_bias:
-            y = y + bias.to(y.dtype).view(1, -1, 1, 1)
+            y.add_(bias.to(y.dtype).view(1, -1, 1, 1))
         if recomputed_stats:
             var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
             invstd = torch.rsqrt(var + eps)
         grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
             grad_out.contiguous().to(y.dtype), y, bn_weight, None, None, mean, invstd, True, eps,
             [want_graph or need_bias, need_gamma, need_beta])
+        _free(y)  # the recomputed full-width map is used: free it before the stages' backward
+        del y
         g_bias = grad_y.sum((0, 2, 3)).to(bias.dtype) if need_bias else None
         grads = [None] * (1 + len(weights))
         wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
@@ -275,15 +285,24 @@ class ConvBN(nn.Conv2d):
 # ----------------------------------------------------------------------------- max-pool
 
 
+def index_dtype(plane: int) -> torch.dtype:
+    """The narrowest integer dtype that holds indices 0 .. plane - 1 (known from the shape alone)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if plane - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
 class _IndexMaxPool(torch.autograd.Function):
-    """max_pool2d that saves only its argmax indices (int64, narrowed by the hook)."""
+    """max_pool2d that saves only its argmax indices, in the narrowest dtype the input's plane
+    size allows (decided from the shape: no value is read back)."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
         out, idx = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
                                 return_indices=True)
         ctx.input_shape = x.shape
-        ctx.save_for_backward(idx)
+        ctx.save_for_backward(idx.to(index_dtype(x.shape[-2] * x.shape[-1])))
         return out
 
     @staticmethod
@@ -294,7 +313,7 @@ class _IndexMaxPool(torch.autograd.Function):
         planes = shape[:-2].numel()
         grad_in = grad_out.new_zeros(planes, shape[-2] * shape[-1])
         # scatter_add: a value that is the max of several overlapping windows gets them all
-        grad_in.scatter_add_(1, idx.reshape(planes, -1), grad_out.reshape(planes, -1))
+        grad_in.scatter_add_(1, idx.reshape(planes, -1).long(), grad_out.reshape(planes, -1))
         return grad_in.view(shape), None, None, None, None, None
 
 

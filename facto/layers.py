@@ -32,12 +32,18 @@ def validate_update(update: str) -> str:
     return update
 
 
-def pointwise(x: Tensor, weight: Tensor) -> Tensor:
-    """A 1x1 conv (stride 1, no padding) as one bmm: ~10x faster than conv2d on CPU here.
+BMM_DEVICES = ("cpu",)  # where a 1x1 conv runs faster as bmm than as conv2d
 
-    bmm saves the input as a view of `x` itself (so it is deduplicated with other savers of
-    `x`) and the weight as an expanded view of the parameter (excluded from the count).
+
+def pointwise(x: Tensor, weight: Tensor) -> Tensor:
+    """A 1x1 conv (stride 1, no padding): one bmm on CPU (~10x faster than conv2d there),
+    conv2d elsewhere (cuDNN's 1x1 kernels on CUDA).
+
+    Both save the input itself (bmm as a view of `x`, so it is deduplicated with other
+    savers of `x`) and the weight as (a view of) the parameter, excluded from the count.
     """
+    if x.device.type not in BMM_DEVICES:
+        return F.conv2d(x, weight.reshape(weight.shape[0], -1, 1, 1))
     n, c, h, w = x.shape
     w2d = weight.reshape(weight.shape[0], c)
     return torch.bmm(w2d.expand(n, *w2d.shape), x.reshape(n, c, h * w)).view(n, -1, h, w)

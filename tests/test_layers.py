@@ -133,3 +133,25 @@ def test_set_update_rejects_unknown_value():
     layer = FactoLinear(4, 3, 2)
     with pytest.raises(ValueError, match="'middle'"):
         layer.set_update("middle")
+
+
+def test_pointwise_bmm_and_conv_paths_agree(monkeypatch):
+    """1x1 stages run as bmm on CPU and as conv2d elsewhere (cuDNN): same values, same grads,
+    and a factorized layer stores the same bytes either way."""
+    import facto.layers as layers
+
+    torch.manual_seed(0)
+    conv = FactoConv2d.from_conv(nn.Conv2d(16, 24, 3, padding=1), rank=0.5, update="last")
+    x = torch.randn(4, 16, 9, 9, requires_grad=True)
+
+    def run():
+        with facto.saved_activations(model=conv) as meter:
+            y = conv(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, conv.last])
+        return y.detach(), grads, meter.bytes
+
+    y_bmm, g_bmm, bytes_bmm = run()
+    monkeypatch.setattr(layers, "BMM_DEVICES", ())
+    y_conv, g_conv, bytes_conv = run()
+    assert rel(y_conv, y_bmm) < 1e-5 and all(rel(a, b) < 1e-5 for a, b in zip(g_conv, g_bmm))
+    assert bytes_conv == bytes_bmm

@@ -1,0 +1,310 @@
+"""What a GPU user feels: step time vs dense, kernel launches per step, peak memory, the largest
+batch under a memory cap, the meter against the allocator, compress/restore throughput.
+
+`python benchmarks/gpu.py` runs the whole suite (this module, then the compress/restore
+throughput of benchmarks/kernels.py) and prints markdown tables (also written under --out). Every number is measured on the machine it prints; on a
+machine without CUDA the CUDA-only columns say so ("n/a") and the suite runs small.
+
+Rows per model: dense fp32, compression only 4-bit (ActNN-style), Facto rank 0.5 core without
+compression, Facto + recompute 4-bit (the default), and the dense and default Facto under bf16
+autocast.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import saved_activations
+from .build import method_model
+from .config import RunConfig
+
+GB = 1e9
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to train a model: build method, config, bits, precision."""
+
+    name: str
+    method: str
+    bits: int | None
+    config: RunConfig = RunConfig()
+    precision: str = "fp32"
+
+    def build(self, dense: nn.Module) -> nn.Module:
+        return method_model(self.method, dense, self.config)
+
+
+VARIANTS = (
+    Variant("dense fp32", "dense", None),
+    Variant("compression only 4-bit", "compress", 4),
+    Variant("Facto rank 0.5 core, no compression", "facto", None, RunConfig(recompute=False)),
+    Variant("Facto + recompute 4-bit", "facto", 4, RunConfig()),
+    Variant("dense, bf16 autocast", "dense", None, precision="bf16"),
+    Variant("Facto + recompute 4-bit, bf16 autocast", "facto", 4, RunConfig(), precision="bf16"),
+)
+CASES = (("resnet20", (1, 32, 32), 256), ("tv:resnet18", (3, 224, 224), 64), ("tv:resnet50", (3, 224, 224), 32))
+SMALL_CASES = (("resnet20", (1, 32, 32), 32), ("simple_cnn", (1, 32, 32), 32))
+
+
+def _autocast(device: torch.device, precision: str):
+    from .train import autocast
+
+    return autocast(device, precision)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: int | None, precision: str,
+               opt: torch.optim.Optimizer | None = None) -> int:
+    """One training step as facto.train runs it; returns the meter's stored bytes."""
+    model.train()
+    with _autocast(x.device, precision), saved_activations(bits, model=model) as meter:
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return meter.bytes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepRow:
+    """One variant of one model: time, launches, memory."""
+
+    model: str
+    batch: int
+    variant: str
+    step_ms: float
+    vs_dense: float
+    launches: int | None
+    launches_vs_dense: float | None
+    stored_mb: float
+    peak_above_resident_mb: float | None
+    forward_growth_mb: float | None
+    meter_vs_allocator: float | None
+
+
+def step_seconds(models: Sequence[nn.Module], variants: Sequence[Variant], x, y, rounds: int) -> list[float]:
+    """Median seconds per step, the variants alternating round by round (after a warm-up)."""
+    times: list[list[float]] = [[] for _ in models]
+    for m, v in zip(models, variants):
+        train_step(m, x, y, v.bits, v.precision)
+    for _ in range(rounds):
+        for i, (m, v) in enumerate(zip(models, variants)):
+            _sync(x.device)
+            start = time.perf_counter()
+            train_step(m, x, y, v.bits, v.precision)
+            _sync(x.device)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def kernel_launches(model: nn.Module, x, y, variant: Variant) -> int | None:
+    """CUDA kernels one training step launches (torch.profiler), None without CUDA."""
+    if x.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    train_step(model, x, y, variant.bits, variant.precision)
+    _sync(x.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        train_step(model, x, y, variant.bits, variant.precision)
+        _sync(x.device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset")))
+
+
+def peak_above_resident(model: nn.Module, x, y, variant: Variant) -> float | None:
+    """Allocator peak (MB) of one step above what model, batch and gradients already hold."""
+    if x.device.type != "cuda":
+        return None
+    train_step(model, x, y, variant.bits, variant.precision)
+    _sync(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    train_step(model, x, y, variant.bits, variant.precision)
+    _sync(x.device)
+    return (torch.cuda.max_memory_allocated(x.device) - base) / MB
+
+
+def forward_growth(model: nn.Module, x, variant: Variant) -> tuple[float | None, int]:
+    """(allocator growth over one forward with the graph kept, MB; the meter's bytes)."""
+    model.train()
+    cuda = x.device.type == "cuda"
+    if cuda:
+        _sync(x.device)
+        gc.collect()
+        before = torch.cuda.memory_allocated(x.device)
+    with _autocast(x.device, variant.precision), saved_activations(variant.bits, model=model) as meter:
+        out = model(x)
+    growth = None
+    if cuda:
+        _sync(x.device)
+        growth = (torch.cuda.memory_allocated(x.device) - before - out.untyped_storage().nbytes()) / MB
+    del out
+    return growth, meter.bytes
+
+
+def step_table(cases=CASES, variants: Sequence[Variant] = VARIANTS, device: torch.device | None = None,
+               rounds: int = 10, log: Callable[[str], None] = print) -> list[StepRow]:
+    """Every variant of every case: step time vs dense, launches, peak, meter vs allocator."""
+    from .plan import build_model
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, shape, batch in cases:
+        dense = build_model(name, 10, shape[0]).to(device)
+        x = torch.randn(batch, *shape, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        models = [v.build(dense).to(device) for v in variants]
+        secs = step_seconds(models, variants, x, y, rounds)
+        launches = [kernel_launches(m, x, y, v) for m, v in zip(models, variants)]
+        for m, v, t, n in zip(models, variants, secs, launches):
+            growth, metered = forward_growth(m, x, v)
+            rows.append(StepRow(
+                model=name, batch=batch, variant=v.name, step_ms=1e3 * t, vs_dense=t / secs[0], launches=n,
+                launches_vs_dense=None if n is None or not launches[0] else n / launches[0],
+                stored_mb=metered / MB, peak_above_resident_mb=peak_above_resident(m, x, y, v),
+                forward_growth_mb=growth,
+                meter_vs_allocator=None if growth is None or growth <= 0 else metered / MB / growth))
+            log(f"  {name} b{batch} | {v.name}: {1e3 * t:.1f} ms ({t / secs[0]:.2f}x dense)")
+        del models, dense, x, y
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+@dataclass
+class BatchRow:
+    """The largest batch that trains under a memory cap, measured."""
+
+    model: str
+    cap_gb: float
+    variant: str
+    max_batch: int | None
+    vs_dense: float | None
+    note: str = ""
+
+
+def max_batch_table(cap_gb: float, cases=(("tv:resnet18", (3, 224, 224)), ("tv:resnet50", (3, 224, 224))),
+                    variants: Sequence[Variant] = VARIANTS[:4], optimizer: str = "sgd",
+                    log: Callable[[str], None] = print) -> list[BatchRow]:
+    """Binary search of the largest batch with 2 real SGD steps under
+    torch.cuda.set_per_process_memory_fraction(cap / total); needs CUDA."""
+    from .plan import build_model, gpu_fits, largest_fitting
+
+    if not torch.cuda.is_available():
+        return [BatchRow(name, cap_gb, v.name, None, None, "needs CUDA") for name, _ in cases for v in variants]
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    rows = []
+    torch.cuda.set_per_process_memory_fraction(min(cap_gb * GB / total, 1.0), device)
+    try:
+        for name, shape in cases:
+            dense = build_model(name, 10, shape[0])
+            found = []
+            for v in variants:
+                template = v.build(dense)
+
+                def fits(batch: int, v=v, template=template) -> bool:
+                    import copy
+
+                    ok = gpu_fits(lambda: copy.deepcopy(template), v.bits, batch, shape, 10, optimizer,
+                                  v.precision, device)
+                    log(f"  {name} | {v.name}: batch {batch} {'fits' if ok else 'out of memory'}")
+                    return ok
+
+                best = largest_fitting(fits, hint=64)
+                found.append(best)
+                rows.append(BatchRow(name, cap_gb, v.name, best, best / found[0] if found[0] else None))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def app_default_seconds(device: str = "auto") -> float:
+    """Wall time of the app's default comparison (compare(RunConfig()) to the end)."""
+    from .train import compare, consume
+
+    start = time.perf_counter()
+    consume(compare(RunConfig(device=device)))
+    return time.perf_counter() - start
+
+
+def markdown(rows: Sequence, columns: Sequence[str] | None = None) -> str:
+    """A list of dataclass rows as a markdown table (None -> n/a, floats to 2-3 digits)."""
+    if not rows:
+        return "(no rows)"
+    data = [asdict(r) for r in rows]
+    columns = list(columns or data[0])
+
+    def cell(v) -> str:
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(d[c]) for c in columns) + " |" for d in data]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .bench import machine
+
+    p = argparse.ArgumentParser(prog="python benchmarks/gpu.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--max-batch-gb", type=float, default=4.0, help="memory cap for the largest-batch search")
+    p.add_argument("--rounds", type=int, default=10, help="timed steps per variant (median)")
+    p.add_argument("--small", action="store_true", help="small models and batches (what runs without a GPU)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: steps,maxbatch,app")
+    p.add_argument("--out", help="also write the tables (markdown) and rows (JSON) into this folder")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    cuda = torch.cuda.is_available()
+    small = args.small or not cuda
+    log = print
+    out = [f"machine: {machine()}", ""]
+    results: dict = {"machine": machine()}
+    if "steps" not in skip:
+        log("step time, launches, peak, meter vs allocator ...")
+        rows = step_table(SMALL_CASES if small else CASES, rounds=args.rounds, log=log)
+        results["steps"] = [asdict(r) for r in rows]
+        out += ["## Step time, kernel launches and memory per step", "", markdown(rows), ""]
+    if "maxbatch" not in skip:
+        log(f"largest batch under {args.max_batch_gb:g} GB ...")
+        rows = max_batch_table(args.max_batch_gb, log=log)
+        results["max_batch"] = [asdict(r) for r in rows]
+        out += [f"## Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try)", "",
+                markdown(rows), ""]
+    if "app" not in skip:
+        log("default app comparison ...")
+        seconds = app_default_seconds()
+        results["app_default_seconds"] = seconds
+        out += ["## The app's default comparison, end to end", "", f"{seconds:.1f} s on "
+                f"{'CUDA' if cuda else 'CPU'}", ""]
+    text = "\n".join(out)
+    print(text)
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "gpu_bench.md").write_text(text)
+        (folder / "gpu_bench.json").write_text(json.dumps(results, indent=2))
+    return 0
