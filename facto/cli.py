@@ -55,12 +55,17 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         default = s.to_text(getattr(defaults, name))
         if s.kind == "bool":
             p.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{s.help} (default {default})")
+                           help=_escape(f"{s.help} (default {default})"))
             continue
         allowed = s.allowed() if s.kind in ("choice", "dataset") else []
         metavar = "{" + ",".join(map(str, allowed)) + "}" if allowed else s.kind.upper()
         p.add_argument(flag(name), default=None, metavar=metavar,
-                       help=f"{s.help} Allowed: {s.describe_allowed()} (default {default}).")
+                       help=_escape(f"{s.help} Allowed: {s.describe_allowed()} (default {default})."))
+
+
+def _escape(text: str) -> str:
+    """argparse formats help with %: a literal percent sign must be doubled."""
+    return text.replace("%", "%%")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

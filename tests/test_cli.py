@@ -105,3 +105,11 @@ def test_torchrun_two_processes_gloo(facto_home):
 
     runs = RunStore(facto_home / "runs.db").list_runs()
     assert len(runs) == 1 and runs[0].status == "completed"
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "inspect", "runs", "plan", "bench"])
+def test_every_command_has_a_working_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
