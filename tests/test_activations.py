@@ -167,6 +167,10 @@ def test_4bit_mean_of_stochastic_gradients_is_unbiased(factorized_resnet, capsys
         print(f"\n  factorized resnet18 gradient cosine to exact: 4-bit one draw {cosine(one4, exact):.4f}, "
               f"4-bit mean of 16 {cosine(mean4, exact):.4f}, 2-bit mean of 16 {cosine(mean2, exact):.4f}")
     assert cosine(mean4, exact) >= 0.99
+    # A known limit, stated in the README: at 2 bits the mean of 16 draws stays biased on this
+    # model (measured 0.48): BatchNorm's backward meets a coarse saved input with statistics of
+    # the exact one. If this assertion ever fails, the limit is gone: update the README.
+    assert cosine(mean2, exact) < 0.9 < cosine(mean4, exact)
 
 
 # ----------------------------------------------------------------------------- the meter vs what is held

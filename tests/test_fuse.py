@@ -442,6 +442,9 @@ def test_low_bit_gradient_is_unbiased_with_the_default_bn_stats():
             print(f"\nbn_stats={bn_stats} bits={bits}: cosine of the mean of {draws} draws "
                   f"{cosines[bn_stats, bits]:.4f}")
     assert cosines[DEFAULT_BN_STATS, 4] >= 0.99
+    # 2 bits on this small model: the default (forward statistics) stays close (measured 0.97 with
+    # 6 draws) and beats statistics of the noisy recomputed input (measured 0.78)
+    assert cosines[DEFAULT_BN_STATS, 2] >= 0.93 and cosines[DEFAULT_BN_STATS, 2] > cosines["recomputed", 2]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

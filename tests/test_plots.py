@@ -36,10 +36,22 @@ def _check(fig: go.Figure) -> dict:
     return spec
 
 
-def test_colours_are_defined_once_and_differ():
-    assert plots.COLORS["baseline"] == plots.BASELINE_COLOR
-    assert plots.COLORS["facto"] == plots.FACTO_COLOR
-    assert plots.BASELINE_COLOR != plots.FACTO_COLOR
+def test_every_variant_trace_keeps_baseline_blue_and_facto_orange():
+    """The colour rule holds in every figure that draws variants: any trace named Baseline... is
+    blue, any trace named Facto... is orange."""
+    figures = [plots.accuracy_curves(_steps(), _evals()), plots.memory_curves(_steps()),
+               plots.layer_bytes_bars({"baseline": {"a": 1_000_000}, "facto": {"a": 100_000}})]
+    checked = 0
+    for fig in figures:
+        for trace in fig.data:
+            color = (getattr(trace, "line", None) and trace.line.color) or trace.marker.color
+            if trace.name.startswith("Baseline"):
+                assert color == plots.BASELINE_COLOR, trace.name
+                checked += 1
+            elif trace.name.startswith("Facto"):
+                assert color == plots.FACTO_COLOR, trace.name
+                checked += 1
+    assert checked >= 8 and plots.BASELINE_COLOR != plots.FACTO_COLOR
 
 
 def test_accuracy_curves_has_train_and_test_traces_per_variant():
