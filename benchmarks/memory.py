@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import os
 import platform
@@ -73,7 +72,6 @@ def set_update(model: nn.Module, update: str) -> nn.Module:
     for m in new.modules():
         if isinstance(m, (FactoConv2d, FactoLinear)):
             m.set_update(update)
-    new.facto_update = update
     return new
 
 
@@ -113,7 +111,6 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     dense = build_model(args.model, args.classes, 3).to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
-    has_recompute = "recompute" in inspect.signature(factorize).parameters
 
     rows: list[dict] = []
 
@@ -131,25 +128,23 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         add("compression only" if bits else "ReLU masks only", masked, bits)
     del masked
     for rank in RANKS:
-        base, seconds = timed_factorize(dense, args.repeats, rank=rank, update="core")
+        base, seconds = timed_factorize(dense, args.repeats, rank=rank, update="core", recompute=False)
         for update in UPDATES:
             model = set_update(base, update)
             for bits in BITS:
                 add("facto", model, bits, rank, update, seconds)
             del model
-        if has_recompute:
-            for update in ("core", "last"):
-                model, rc_seconds = timed_factorize(dense, args.repeats, rank=rank, update=update,
-                                                   recompute=True)
-                for bits in BITS:
-                    add("facto + recompute", model, bits, rank, update, rc_seconds)
-                del model
+        for update in ("core", "last"):
+            model, rc_seconds = timed_factorize(dense, args.repeats, rank=rank, update=update, recompute=True)
+            for bits in BITS:
+                add("facto + recompute", model, bits, rank, update, rc_seconds)
+            del model
     reference = rows[0]["stored_bytes"]
     for row in rows:
         row["saving_pct"] = 100.0 * (1.0 - row["stored_bytes"] / reference)
     info = machine_info(device)
-    info.update(model=args.model, batch=args.batch, repeats=args.repeats, classes=args.classes, size=args.size, data=f"random N(0,1), seed {args.seed}",
-                factorize_has_recompute=has_recompute)
+    info.update(model=args.model, batch=args.batch, repeats=args.repeats, classes=args.classes, size=args.size,
+                data=f"random N(0,1), seed {args.seed}")
     return info, rows
 
 
@@ -178,8 +173,6 @@ def markdown(info: dict, rows: list[dict]) -> str:
               "ReLU masks too; first conv and the classifier stay dense.",
               "Masks alone can store more than dense: an in-place ReLU's output is the storage the next "
               "conv saves anyway, while a mask is extra unless the next layer stops saving its input."]
-    if not info["factorize_has_recompute"]:
-        lines.append("facto.factorize has no `recompute` option in this checkout: no recompute rows.")
     return "\n".join(lines)
 
 
