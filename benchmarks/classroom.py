@@ -1,0 +1,121 @@
+"""What a classroom costs: a default comparison from the CLI, then the same run started in the app
+with 1 tab watching, then with 3 tabs watching (headless Chromium via Playwright).
+
+    python benchmarks/classroom.py                 # the default run (4 epochs), about 5 minutes here
+    python benchmarks/classroom.py --epochs 1      # quicker
+
+The wall time of each run is what the run history stored (finished_at - created_at), so the
+browser's own timing plays no part. Prints a markdown table and the machine it ran on.
+Needs Debian's chromium at /usr/bin/chromium and the playwright package.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from facto.bench import machine  # noqa: E402
+from facto.store import RunStore  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_run(home: Path, epochs: int) -> float:
+    env = {**os.environ, "FACTO_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "facto", "train", "--quiet", "--device", "cpu", "--epochs", str(epochs)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    return last_run_seconds(home)
+
+
+def last_run_seconds(home: Path) -> float:
+    run = RunStore(home / "runs.db").list_runs(limit=1)[0]
+    assert run.status == "completed", run
+    return run.finished_at - run.created_at
+
+
+def serve(home: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "FACTO_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("streamlit did not start")
+
+
+def app_run(home: Path, tabs: int, epochs: int) -> float:
+    """Start the default run in one tab, watch it from `tabs - 1` more; the stored wall time."""
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    server = serve(home, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
+            first = pages[0]
+            first.goto(url)
+            first.wait_for_selector(IDLE, timeout=90_000)
+            if epochs != 4:
+                box = first.get_by_role("spinbutton", name="Epochs")
+                box.fill(str(epochs))
+                box.press("Enter")
+                first.wait_for_selector(IDLE, timeout=30_000)
+            first.get_by_role("button", name="Run", exact=True).click()
+            for page in pages[1:]:
+                page.goto(url)
+                page.get_by_role("button", name="Watch").first.click(timeout=90_000)
+            expect(first.get_by_text("Done: Facto stored")).to_be_visible(timeout=1_800_000)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    return last_run_seconds(home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=4)
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = cli_run(Path(tmp) / "cli", args.epochs)
+        rows.append(("CLI (`facto train`)", cli))
+        for tabs in (1, 3):
+            seconds = app_run(Path(tmp) / f"tabs{tabs}", tabs, args.epochs)
+            rows.append((f"app, {tabs} tab{'s' if tabs > 1 else ''} watching", seconds))
+    print(f"machine: {machine()}\n")
+    print(f"default comparison ({args.epochs} epochs), wall time as stored in the run history\n")
+    print("| where | wall time | vs CLI |\n|---|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.1f} s | {seconds / cli:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
