@@ -793,9 +793,8 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     is fixed. Budgets are bytes the caching allocator may hold, not counting the CUDA context.
 
     Mixed precision (bf16/fp16) is a model: the probes run under `torch.autocast`, so the meter sees
-    what autocast really saves there (16-bit inputs of conv/linear, 16-bit weight copies, and
-    BN inputs in full where Facto's fused recompute falls back under autocast); gradient maps take
-    the dtype of their maps. On a CPU, autocast's op list is not CUDA's, and no 16-bit kernel
+    what autocast really saves there (16-bit inputs of conv/linear, 16-bit weight copies);
+    gradient maps take the dtype of their maps. On a CPU, autocast's op list is not CUDA's, and no 16-bit kernel
     workspace is seen: treat those rows as estimates, and --verify them on the GPU.
     """
     key = check_model(model)

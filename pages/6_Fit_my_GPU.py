@@ -1,0 +1,88 @@
+"""Fit my GPU: the largest batch that trains under a memory budget, per variant, with what fills it.
+
+Layout only: the prediction comes from facto.plan (measured per-sample bytes plus a model of
+the backward transients), the chart from facto.plots.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from facto import plots
+from facto.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
+
+st.set_page_config(page_title="Facto · fit my GPU", page_icon=":material/memory_alt:", layout="wide")
+VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]
+OPTIMIZERS = ["sgd", "adam", "adamw"]
+PRECISIONS = ["fp32", "bf16", "fp16"]
+
+
+@st.cache_data(show_spinner="Measuring per-sample bytes of each variant (a few forward passes)…", max_entries=32)
+def planned(model: str, shape: str, classes: int, budget: str, optimizer: str, precision: str, variants: tuple):
+    return plan(model, shape, classes, budget, optimizer, precision, list(variants), device="auto")
+
+
+defaults = dict(fit_model="resnet20", fit_input="3x32x32", fit_classes=10, fit_budget="8GB", fit_optimizer="sgd",
+                fit_precision="fp32", fit_variants=list(DEFAULT_VARIANTS))
+for key, value in defaults.items():
+    st.session_state.setdefault(key, value)
+with st.sidebar:
+    st.header("Your training")
+    st.text_input("Model", key="fit_model",
+                  help="A registered model (simple_cnn, resnet20, resnet18, vgg11_bn, mobilenet_v2), any "
+                       "torchvision classification model, or tv:NAME for torchvision's own layout (e.g. "
+                       "tv:resnet18 at 224x224).")
+    st.text_input("Input shape", key="fit_input", help="channels x height x width of one image, e.g. 3x224x224.")
+    st.number_input("Classes", min_value=1, step=1, key="fit_classes")
+    st.text_input("Memory budget", key="fit_budget",
+                  help="What the GPU may hold for training, e.g. 8GB, 24 GiB, 500MB.")
+    a, b = st.columns(2)
+    a.selectbox("Optimizer", OPTIMIZERS, key="fit_optimizer",
+                help="SGD (momentum) keeps one extra value per trained weight, Adam and AdamW two.")
+    b.selectbox("Precision", PRECISIONS, key="fit_precision",
+                help="bf16/fp16 autocast: 16-bit maps (an estimate on a CPU; verify on the GPU).")
+    st.multiselect("Variants", VARIANT_CHOICES, key="fit_variants",
+                   help="dense fp32; compression only at b bits; Facto presets (paper, balanced, max-saving).")
+
+st.title("Fit my GPU")
+st.caption("Before you rent a GPU: the largest batch that trains in your budget, for the dense model, compression "
+           "only and Facto — with what fills the memory at that batch.")
+s = st.session_state
+try:
+    result = planned(s["fit_model"].strip(), s["fit_input"].strip(), int(s["fit_classes"]), s["fit_budget"].strip(),
+                     s["fit_optimizer"], s["fit_precision"], tuple(s["fit_variants"]))
+except ValueError as exc:
+    st.error(f"Can't plan this: {exc}", icon=":material/error:")
+    st.stop()
+
+rows = result.rows
+dense = next((r for r in rows if r.variant == "dense"), None)
+cols = st.columns(min(len(rows), 5) or 1)
+for col, row in zip(cols, rows):
+    delta = f"{row.max_batch / dense.max_batch:.1f}× dense" if dense and dense.max_batch and row is not dense else None
+    col.metric(row.label, f"batch {row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
+               help=f"{row.per_sample / plots.MB:.2f} MB more per extra image.")
+st.plotly_chart(plots.plan_bars(chart_data(result)), key="fit_chart", **ui.CHART)
+st.dataframe(pd.DataFrame(table_rows(result)), hide_index=True, width="stretch")
+for note in result.notes:
+    st.info(note, icon=":material/info:")
+st.caption(f"How: stored bytes measured by Facto's meter on {result.device} at batches {result.probes[0]} and "
+           f"{result.probes[1]} (a per-sample slope plus a constant); backward transients (restored maps, "
+           "recomputed BatchNorm inputs, gradients) from a model checked against the allocator on CPU; "
+           f"weights, gradients and optimizer state counted; {result.reserve / plots.MB:,.0f} MB kept back for the "
+           "allocator and cuDNN. `facto plan` gives the same table on the command line.")
+
+import torch  # noqa: E402
+
+if torch.cuda.is_available():
+    if st.button("Verify on this GPU", icon=":material/fact_check:",
+                 help="Train 2 real steps per try under the budget and search the real largest batch."):
+        try:
+            checks = verify(result)
+        except (GPURequiredError, ValueError) as exc:
+            st.error(str(exc))
+        else:
+            st.dataframe(pd.DataFrame([c.to_dict() for c in checks]), hide_index=True)
+else:
+    st.caption("Verify (real training steps under the budget) needs a CUDA GPU: `facto plan ... --verify` there.")
