@@ -116,11 +116,11 @@ c[3].metric("Weights", f"{result.params_facto:,}", border=True, height="stretch"
             help=f"Reconstruction error of the factorized weight: {result.rel_error:.3f} "
                  "(large on fresh, noise-like weights; trained weights factorize better).")
 
-st.plotly_chart(plots.layer_stages_figure(result), key="how_stages", **ui.CHART)
+st.plotly_chart(plots.layer_stages_figure(result), key="how_stages_chart", **ui.CHART)
 left, right = st.columns(2)
-left.plotly_chart(plots.kept_bytes_bars(result), key="how_kept", **ui.CHART)
+left.plotly_chart(plots.kept_bytes_bars(result), key="how_kept_chart", **ui.CHART)
 right.plotly_chart(plots.rank_curve_figure(curve(config, layer, real), selected=s[P + "rank"]),
-                   key="how_rank", **ui.CHART)
+                   key="how_rank_chart", **ui.CHART)
 
 st.subheader("The compressed map, next to the original")
 trained_input = next((k for k in result.kept if k.source == "facto" and k.what.startswith("input of")), None)

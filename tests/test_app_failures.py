@@ -1,0 +1,130 @@
+"""The app when things break: out of memory, no usable history. It says so and stays usable.
+
+AppTest runs the pages in this process; the job registry is server-wide (st.cache_resource),
+so every test starts from empty caches and stops what it started.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+RUN_LIMIT = 240
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
+    monkeypatch.syspath_prepend(str(ROOT))
+    st.cache_resource.clear()
+    yield tmp_path / "home"
+    import ui
+
+    for job in ui.registry().jobs(active_only=True):
+        job.stop(wait_s=30)
+    st.cache_resource.clear()
+
+
+def start_tiny_run(at: AppTest) -> None:
+    at.number_input(key="epochs").set_value(1)
+    at.number_input(key="max_train").set_value(128)
+    at.number_input(key="max_test").set_value(64)
+    at.button(key="run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_until_done(at: AppTest) -> None:
+    import ui
+
+    deadline = time.monotonic() + RUN_LIMIT
+    while not ui.registry().get(at.session_state["watch"]).finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        at.run()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_out_of_memory_in_facto_is_explained_and_the_app_stays_usable(home, monkeypatch):
+    from .test_train import _sabotage
+
+    def oom(out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    _sabotage(monkeypatch, oom)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    start_tiny_run(at)
+    wait_until_done(at)
+    errors = [e.value for e in at.error]
+    assert any("Facto stopped: out of memory" in e and "smaller batch" in e for e in errors), errors
+    assert not at.button(key="run").disabled  # ready for the next run
+    from facto.store import RunStore
+
+    (run,) = RunStore(home / "runs.db").list_runs()
+    assert "facto failed: out of memory" in run.error
+
+
+@pytest.mark.parametrize("breakage", ["home is a file", "corrupt history"])
+def test_unusable_history_is_said_and_runs_still_train(home, breakage):
+    if breakage == "home is a file":
+        home.parent.mkdir(parents=True, exist_ok=True)
+        home.write_text("not a folder")
+        before = home.read_bytes()
+    else:
+        home.mkdir(parents=True)
+        (home / "runs.db").write_bytes(b"garbage" * 200)
+        before = (home / "runs.db").read_bytes()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Run history is off" in e.value and str(home) in e.value for e in at.error)
+    start_tiny_run(at)
+    wait_until_done(at)
+    assert any("Not stored (history off)" in s.value for s in [*at.success, *at.warning])
+    after = home.read_bytes() if breakage == "home is a file" else (home / "runs.db").read_bytes()
+    assert after == before  # the user's file is left alone
+
+
+@pytest.mark.parametrize("page", ["pages/5_How_it_works.py", "pages/6_Fit_my_GPU.py"])
+def test_teaching_and_planning_pages_take_every_control(home, page):
+    at = AppTest.from_file(str(ROOT / page), default_timeout=300)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.get("plotly_chart")
+    changes = {
+        "pages/5_How_it_works.py": [("selectbox", "how_model", "simple_cnn"), ("select_slider", "how_rank", "0.25"),
+                                    ("selectbox", "how_update", "last"), ("selectbox", "how_bits", 2),
+                                    ("checkbox", "how_recompute", False), ("select_slider", "how_batch_size", 8),
+                                    ("radio", "how_data", "random noise")],
+        "pages/6_Fit_my_GPU.py": [("text_input", "fit_model", "simple_cnn"), ("text_input", "fit_input", "1x32x32"),
+                                  ("number_input", "fit_classes", 10), ("text_input", "fit_budget", "2GB"),
+                                  ("selectbox", "fit_optimizer", "adam"), ("selectbox", "fit_precision", "bf16"),
+                                  ("multiselect", "fit_variants", ["dense", "balanced"])],
+    }[page]
+    for kind, key, value in changes:
+        widget = getattr(at, kind)(key=key)
+        (widget.input(value) if kind == "text_input" else widget.set_value(value)).run()
+        assert not at.exception, (key, [e.value for e in at.exception])
+        assert at.get("plotly_chart"), key
+
+
+def test_planner_page_numbers_follow_the_budget(home):
+    at = AppTest.from_file(str(ROOT / "pages/6_Fit_my_GPU.py"), default_timeout=300)
+    at.run()
+    at.text_input(key="fit_model").input("simple_cnn").run()
+    at.text_input(key="fit_input").input("1x32x32").run()
+    at.multiselect(key="fit_variants").set_value(["dense", "balanced"]).run()
+    batches = {}
+    for budget in ("1GB", "2GB"):
+        at.text_input(key="fit_budget").input(budget).run()
+        batches[budget] = [int(m.value.split()[1].replace(",", "")) for m in at.metric]
+    assert batches["1GB"][0] < batches["2GB"][0] and batches["1GB"][0] < batches["1GB"][1]  # dense < Facto
+    at.text_input(key="fit_budget").input("lots").run()
+    assert "budget='lots' is not allowed" in at.error[0].value
