@@ -91,9 +91,8 @@ def start_run() -> None:
         st.session_state["form_errors"] = problems
         return
     store = ui.writable_history()
-    job = Job(lambda: record(_compare(config), store), RunTracker(), label=config.label(),
-              owner=ui.visitor(), meta={"config": config.to_dict()})
-    ui.registry().submit(job)
+    job = ui.submit(lambda: record(_compare(config), store), RunTracker(), label=config.label(),
+                    meta={"config": config.to_dict()})
     watch(job.id)
 
 

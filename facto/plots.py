@@ -292,19 +292,21 @@ def tradeoff_points(runs: Iterable[Any], source: str = "history") -> list[dict]:
 
 
 def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: str | None = None,
-                     empty_text: str = "Finished runs appear here") -> go.Figure:
+                     empty_text: str = "Finished runs appear here",
+                     session_name: str = "Runs of this session") -> go.Figure:
     """Memory saving (%) vs accuracy change (points): one marker per run, the live run as a star.
 
     Args:
         points: dicts with saving_pct, accuracy_delta, label (hover text) and source
             ('session' or 'history').
         live: the current run's point (see `live_point`), or None.
+        session_name: the legend name of the 'session' points (orange).
     """
     title = title or "Memory saving vs accuracy change"
     points = _rows(points)
     fig = go.Figure()
     styles = {"history": ("Earlier runs (history)", HISTORY_COLOR, 10),
-              "session": ("Runs of this session", FACTO_COLOR, 12)}
+              "session": (session_name, FACTO_COLOR, 12)}
     for source, (name, color, size) in styles.items():
         pts = [p for p in points if p.get("source", "session") == source]
         if not pts:
