@@ -48,9 +48,19 @@ class LayerAnalysis:
         return 100.0 * (1 - self.facto_total / self.dense_total) if self.dense_total else None
 
     def rows(self) -> list[tuple[str, int, int]]:
-        """(layer, dense bytes, Facto bytes) for every layer that stores something, in model order."""
-        names = list(dict.fromkeys([*self.dense_bytes, *self.facto_bytes]))
+        """(layer, dense bytes, Facto bytes) for every layer that stores something, in model order
+        (the order of the model's modules; Facto keeps the dense layers' names)."""
+        stored = {*self.dense_bytes, *self.facto_bytes}
+        order = list(dict.fromkeys([*self.dense_types, *self.facto_types]))
+        names = [n for n in order if n in stored] + [n for n in dict.fromkeys([*self.dense_bytes, *self.facto_bytes])
+                                                     if n not in order]
         return [(n, self.dense_bytes.get(n, 0), self.facto_bytes.get(n, 0)) for n in names]
+
+    def bytes_by_variant(self) -> dict[str, dict[str, int]]:
+        """{'baseline': {layer: bytes}, 'facto': {...}} with every row in model order (0 where a
+        variant stores nothing), as `facto.plots.layer_bytes_bars` draws it."""
+        rows = self.rows()
+        return {"baseline": {n: d for n, d, _ in rows}, "facto": {n: f for n, _, f in rows}}
 
     def report_rows(self) -> list[dict]:
         return [asdict(r) for r in self.report]

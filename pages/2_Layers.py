@@ -83,15 +83,16 @@ def report_table(a: LayerAnalysis) -> None:
         "note": [r["reason"] or (f"trains {r['update']}" if r["update"] else None) for r in rows],
     })
     st.dataframe(frame, hide_index=True, width="stretch", placeholder="—", column_config={
-        "layer": st.column_config.TextColumn(width="medium"),
-        "kept": st.column_config.TextColumn("kind", width="small"),
-        "weight": st.column_config.TextColumn("weight shape", width="small"),
-        "ranks": st.column_config.TextColumn("ranks (out, in)", width="small"),
-        "params": st.column_config.TextColumn("params dense → factorized", width="medium"),
-        "trained": st.column_config.NumberColumn("trained params", format="localized", width="small"),
-        "error": st.column_config.NumberColumn("reconstruction error", format="%.3f", width="small",
-                                               help="‖W − W_factorized‖ / ‖W‖"),
-        "note": st.column_config.TextColumn("note", width="large")})
+        "layer": st.column_config.TextColumn(width=170),
+        "kept": st.column_config.TextColumn("kind", width=85),
+        "weight": st.column_config.TextColumn("shape", width=115, help="Weight shape: out × in × kernel."),
+        "ranks": st.column_config.TextColumn("ranks", width=70, help="Channels kept: (out, in)."),
+        "params": st.column_config.TextColumn("params", width=160, help="Dense → factorized (all factors)."),
+        "trained": st.column_config.NumberColumn("trained", format="localized", width=75,
+                                                 help="Parameters of the factor that trains."),
+        "error": st.column_config.NumberColumn("error", format="%.3f", width=65,
+                                               help="Reconstruction error ‖W − W_factorized‖ / ‖W‖."),
+        "note": st.column_config.TextColumn("note")})
 
 
 # ----------------------------------------------------------------------------- page
@@ -114,8 +115,7 @@ except ValueError as exc:  # a combination the model can't take
     st.stop()
 
 cards(analysis)
-st.plotly_chart(plots.layer_bytes_bars({"baseline": analysis.dense_bytes, "facto": analysis.facto_bytes},
-                                       analysis.types(),
+st.plotly_chart(plots.layer_bytes_bars(analysis.bytes_by_variant(), analysis.types(),
                                        title=f"Stored for backward per layer, one batch of {analysis.batch}"),
                 key="layers_bytes_chart", **ui.CHART)
 increases = analysis.increases()

@@ -124,7 +124,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
         "#": [r.id for r in runs],
         "run": [plots.config_label(r.config) for r in runs],
         "kind": [KIND_WORDS.get(r.kind, r.kind) + ("" if trained(r) in ("—", "baseline and Facto")
-                                                   else f" ({trained(r)})") for r in runs],
+                                                   else f" · {trained(r)}") for r in runs],
         "status": [STATUS_WORDS.get(r.status, r.status) for r in runs],
         "started": [datetime.fromtimestamp(r.created_at) for r in runs],
         "duration": [None if r.duration_s is None else _duration(r.duration_s) for r in runs],
@@ -135,19 +135,20 @@ def runs_frame(runs: list) -> pd.DataFrame:
     })
 
 
-RUNS_COLUMNS = {
-    "#": st.column_config.NumberColumn("#", width=50, format="%d"),
-    "run": st.column_config.TextColumn("settings", width="large"),
-    "kind": st.column_config.TextColumn(width="small"),
-    "status": st.column_config.TextColumn(width="small"),
-    "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm", width="small"),
-    "duration": st.column_config.TextColumn(width="small"),
-    "saving": st.column_config.NumberColumn("saving (%)", format="%.1f", width="small",
-                                            help="1 − Facto / baseline activation bytes."),
-    "change": st.column_config.NumberColumn("change (points)", format="%+.2f", width="small",
-                                            help="Facto minus baseline test accuracy."),
-    "baseline": st.column_config.NumberColumn("baseline acc. (%)", format="%.2f", width="small"),
-    "facto": st.column_config.NumberColumn("Facto acc. (%)", format="%.2f", width="small"),
+RUNS_COLUMNS = {  # fixed widths for the short columns; the settings take the rest (hover shows it whole)
+    "#": st.column_config.NumberColumn("#", width=45, format="%d"),
+    "run": st.column_config.TextColumn("settings"),
+    "kind": st.column_config.TextColumn(width=125),
+    "status": st.column_config.TextColumn(width=105),
+    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=105),
+    "duration": st.column_config.TextColumn(width=70),
+    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=75,
+                                            help="Memory saving: 1 − Facto / baseline activation bytes."),
+    "change": st.column_config.NumberColumn("change", format="%+.2f", width=70,
+                                            help="Facto minus baseline test accuracy, in points."),
+    "baseline": st.column_config.NumberColumn("baseline %", format="%.1f", width=85,
+                                              help="Baseline test accuracy."),
+    "facto": st.column_config.NumberColumn("Facto %", format="%.1f", width=70, help="Facto test accuracy."),
 }
 
 
@@ -254,7 +255,9 @@ if deleted:
     for why in refused:
         st.error(f"Not deleted: {why}.", icon=":material/block:")
 if not all_runs:
-    st.info("No runs stored yet: start one on the main page, the Sweep page or with `python -m facto train`.",
+    st.info("You have not started a run on this server yet: start one on the main page or the Sweep page."
+            if room.enabled else
+            "No runs stored yet: start one on the main page, the Sweep page or with `python -m facto train`.",
             icon=":material/history:")
     ui.sidebar_footer()
     st.stop()
