@@ -577,6 +577,7 @@ def train_and_compare() -> None:
 
 
 ui.history()  # opens the history once per server
+ui.visitor()  # every page keeps this tab's visitor token in its URL (a page switch clears the URL)
 st.navigation([
     st.Page(train_and_compare, title="Train & compare", icon=":material/compare_arrows:", default=True),
     st.Page("pages/1_Sweep.py", title="Sweep", icon=":material/grid_on:", url_path="sweep"),

@@ -227,7 +227,10 @@ def watched(state_key: str, param: str) -> Job | None:
         if wanted and wanted.isdigit() and registry().get(int(wanted)) is not None:
             st.session_state[state_key] = int(wanted)
     job_id = st.session_state.get(state_key)
-    return registry().get(job_id) if job_id is not None else None
+    job = registry().get(job_id) if job_id is not None else None
+    if job is not None and st.query_params.get(param) != str(job_id):
+        st.query_params[param] = str(job_id)  # back on the page after a page switch cleared the URL
+    return job
 
 
 def set_watched(state_key: str, param: str, job_id: int | None) -> None:
