@@ -193,21 +193,27 @@ def exports(store, ids: list[int]) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- page
 
+def _options(key: str, *values) -> list[str]:
+    """Stable options: the known values, those of the runs, and what is chosen already (Streamlit
+    silently drops a chosen value that is no longer an option, e.g. after its runs were deleted)."""
+    return sorted({str(v) for group in values for v in group} | set(st.session_state.get(key) or []))
+
+
 def filters(runs: list) -> list:
     with st.sidebar:
         st.header("Filter")
         st.caption("Nothing chosen: all.")
-        st.multiselect("Status", sorted({r.status for r in runs}), key=P + "status", format_func=STATUS_WORDS.get,
-                       placeholder="all", persist_state="session",
+        st.multiselect("Status", _options(P + "status", STATUS_WORDS, (r.status for r in runs)), key=P + "status",
+                       format_func=lambda v: STATUS_WORDS.get(v, v), placeholder="all", persist_state="session",
                        help="stopped (kept): a run stopped early; what was done is stored.")
-        st.multiselect("Kind", sorted({r.kind for r in runs}), key=P + "kind",
+        st.multiselect("Kind", _options(P + "kind", KIND_WORDS, (r.kind for r in runs)), key=P + "kind",
                        format_func=lambda k: KIND_WORDS.get(k, k), placeholder="all", persist_state="session",
                        help="comparison: baseline and Facto side by side (main page); sweep run: one variant "
                             "of a sweep; single run: one variant (command line).")
-        st.multiselect("Model", sorted({str(r.config.get("model", "—")) for r in runs}), key=P + "models",
-                       placeholder="all", persist_state="session")
-        st.multiselect("Dataset", sorted({str(r.config.get("dataset", "—")) for r in runs}), key=P + "datasets",
-                       placeholder="all", persist_state="session")
+        st.multiselect("Model", _options(P + "models", (r.config.get("model", "—") for r in runs)),
+                       key=P + "models", placeholder="all", persist_state="session")
+        st.multiselect("Dataset", _options(P + "datasets", (r.config.get("dataset", "—") for r in runs)),
+                       key=P + "datasets", placeholder="all", persist_state="session")
         st.text_input("Settings contain", key=P + "text", placeholder="e.g. rank 0.25", persist_state="session")
     s = st.session_state
 

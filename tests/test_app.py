@@ -115,8 +115,8 @@ def run_events(accuracy: dict, peak: dict | None = None, device: str = "CPU", st
     return events
 
 
-def stored_run(store: RunStore, rank: float, status: str = "completed", delta: float = -1.0) -> int:
-    run_id = store.start_run({**RunConfig(rank=rank, epochs=1).to_dict()}, kind="compare")
+def stored_run(store: RunStore, rank: float, status: str = "completed", delta: float = -1.0, **config) -> int:
+    run_id = store.start_run(RunConfig(rank=rank, epochs=1, **config).to_dict(), kind="compare")
     store.log_metrics(run_id, [(v, "eval", 5, 1, {"accuracy": 90.0, "loss": 0.3}) for v in ("baseline", "facto")])
     store.log_metrics(run_id, [(v, "step", s, 1, {"accuracy": 50.0, "loss": 1.0, "act_bytes": 3e7})
                                for s in (1, 2) for v in ("baseline", "facto")])
@@ -411,6 +411,21 @@ def test_history_lists_compares_and_deletes(ui):
     at.button(key="hist_delete").click().run()
     assert not at.exception
     assert [r.id for r in RunStore().list_runs()] == [1]
+
+
+def test_history_filters_survive_deleting_the_runs_they_matched(ui):
+    store = RunStore()
+    stored_run(store, 0.5)
+    at = app("pages/4_History.py")
+    at.multiselect(key="hist_models").set_value(["simple_cnn"]).run()
+    at.checkbox(key="hist_confirm").check().run()
+    at.button(key="hist_delete").click().run()
+    assert not at.exception and not RunStore().list_runs()
+    stored_run(store, 0.25, model="resnet20")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="hist_models").value == ["simple_cnn"]  # kept, although no run has it now
+    assert at.subheader[0].value == "0 of 1 runs"
 
 
 def test_history_in_room_mode_shows_and_deletes_only_the_visitors_runs(ui, monkeypatch):
