@@ -253,7 +253,7 @@ st.session_state["sweep_drawn_running"] = running
 locked = running and job.owner == ui.visitor()
 sidebar(locked, job)
 st.title("Sweep")
-n = max(len(st.session_state[P + "ranks"]) * len(st.session_state[P + "bits"]) * len(st.session_state[P + "updates"]), 0)
+n = len(st.session_state[P + "ranks"]) * len(st.session_state[P + "bits"]) * len(st.session_state[P + "updates"])
 st.caption(f"The baseline is trained once, then one short Facto run per setting: {n} setting(s) = {n + 1} runs, "
            "each stored in the history. Which settings keep accuracy while storing least? Baseline: blue; "
            "Facto: orange.")

@@ -83,11 +83,11 @@ def report_table(a: LayerAnalysis) -> None:
         "note": [r["reason"] or (f"trains {r['update']}" if r["update"] else None) for r in rows],
     })
     st.dataframe(frame, hide_index=True, width="stretch", placeholder="—", column_config={
-        "layer": st.column_config.TextColumn(width=170),
+        "layer": st.column_config.TextColumn(width=150),
         "kept": st.column_config.TextColumn("kind", width=85),
-        "weight": st.column_config.TextColumn("shape", width=115, help="Weight shape: out × in × kernel."),
+        "weight": st.column_config.TextColumn("shape", width=100, help="Weight shape: out × in × kernel."),
         "ranks": st.column_config.TextColumn("ranks", width=70, help="Channels kept: (out, in)."),
-        "params": st.column_config.TextColumn("params", width=160, help="Dense → factorized (all factors)."),
+        "params": st.column_config.TextColumn("params", width=140, help="Dense → factorized (all factors)."),
         "trained": st.column_config.NumberColumn("trained", format="localized", width=75,
                                                  help="Parameters of the factor that trains."),
         "error": st.column_config.NumberColumn("error", format="%.3f", width=65,

@@ -116,39 +116,57 @@ def delete_selected() -> None:
 
 # ----------------------------------------------------------------------------- tables
 
-def runs_frame(runs: list) -> pd.DataFrame:
-    def num(run, field):
-        return _summary_value(run.summary, field)
+def short_settings(config: dict) -> str:
+    """'simple_cnn · digits · rank 0.5 · 4 bits · core · recompute · 4 ep' (the runs table's column)."""
+    c = config or {}
+    parts = [str(c.get("model", "?")), str(c.get("dataset", "?"))]
+    if "rank" in c:
+        parts.append(f"rank {c['rank']}")
+    if "bits" in c:
+        parts.append(SETTINGS["bits"].format(c["bits"]).split(" (")[0])
+    if c.get("update"):
+        parts.append(str(c["update"]))
+    if c.get("recompute"):
+        parts.append("recompute")
+    if c.get("epochs"):
+        parts.append(f"{c['epochs']} ep")
+    if c.get("max_train"):
+        parts.append(f"{c['max_train']:,} imgs")
+    return " · ".join(parts)
 
+
+def _accuracy(run) -> str | None:
+    acc = (run.summary or {}).get("accuracy") or {}
+    values = [f"{acc[v]:.1f}" if acc.get(v) is not None else "—" for v in ("baseline", "facto") if v in acc]
+    return " → ".join(values) if values else None
+
+
+def runs_frame(runs: list) -> pd.DataFrame:
     return pd.DataFrame({
         "#": [r.id for r in runs],
-        "run": [plots.config_label(r.config) for r in runs],
+        "run": [short_settings(r.config) for r in runs],
         "kind": [KIND_WORDS.get(r.kind, r.kind) + ("" if trained(r) in ("—", "baseline and Facto")
                                                    else f" · {trained(r)}") for r in runs],
         "status": [STATUS_WORDS.get(r.status, r.status) for r in runs],
         "started": [datetime.fromtimestamp(r.created_at) for r in runs],
-        "duration": [None if r.duration_s is None else _duration(r.duration_s) for r in runs],
-        "saving": [num(r, "saving_pct") for r in runs],
-        "change": [num(r, "accuracy_delta") for r in runs],
-        "baseline": [num(r, "accuracy.baseline") for r in runs],
-        "facto": [num(r, "accuracy.facto") for r in runs],
+        "saving": [_summary_value(r.summary, "saving_pct") for r in runs],
+        "change": [_summary_value(r.summary, "accuracy_delta") for r in runs],
+        "accuracy": [_accuracy(r) for r in runs],
     })
 
 
-RUNS_COLUMNS = {  # fixed widths for the short columns; the settings take the rest (hover shows it whole)
+RUNS_COLUMNS = {  # widths that fit a wide page; the settings text is cut first (the selection shows it whole)
     "#": st.column_config.NumberColumn("#", width=45, format="%d"),
-    "run": st.column_config.TextColumn("settings"),
-    "kind": st.column_config.TextColumn(width=125),
-    "status": st.column_config.TextColumn(width=105),
-    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=105),
-    "duration": st.column_config.TextColumn(width=70),
-    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=75,
+    "run": st.column_config.TextColumn("settings", width=310),
+    "kind": st.column_config.TextColumn(width=115),
+    "status": st.column_config.TextColumn(width=100),
+    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=100),
+    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=70,
                                             help="Memory saving: 1 − Facto / baseline activation bytes."),
-    "change": st.column_config.NumberColumn("change", format="%+.2f", width=70,
+    "change": st.column_config.NumberColumn("change", format="%+.2f", width=65,
                                             help="Facto minus baseline test accuracy, in points."),
-    "baseline": st.column_config.NumberColumn("baseline %", format="%.1f", width=85,
-                                              help="Baseline test accuracy."),
-    "facto": st.column_config.NumberColumn("Facto %", format="%.1f", width=70, help="Facto test accuracy."),
+    "accuracy": st.column_config.TextColumn("test acc. %", width=100,
+                                            help="Test accuracy: baseline → Facto (one value: the variant trained)."),
 }
 
 

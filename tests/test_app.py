@@ -394,6 +394,7 @@ def test_history_lists_compares_and_deletes(ui):
     assert at.multiselect(key="hist_selected").value == [2]  # the newest run, although interrupted
     listed = at.dataframe[0].value
     assert list(listed["#"]) == [2, 1] and set(listed["status"]) == {"completed", "stopped (kept)"}
+    assert list(listed["accuracy"]) == ["90.0 → 89.0", "90.0 → 89.0"]
     assert "None" not in listed.astype(str).to_string() and "nan" not in listed.astype(str).to_string()
     at.multiselect(key="hist_selected").set_value([2, 1]).run()
     history, tradeoff = at.get("plotly_chart")
