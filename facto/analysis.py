@@ -65,9 +65,13 @@ class LayerAnalysis:
     def report_rows(self) -> list[dict]:
         return [asdict(r) for r in self.report]
 
-    def types(self) -> dict[str, str]:
-        """Module type per layer name: Facto's where it has one, else the dense model's."""
-        return {**self.dense_types, **self.facto_types}
+    def type_labels(self) -> dict[str, str]:
+        """Module type per layer: 'ReLU', or 'BatchNorm2d → Identity' where Facto replaced it."""
+        labels = {}
+        for name in dict.fromkeys([*self.dense_types, *self.facto_types]):
+            dense, facto = self.dense_types.get(name), self.facto_types.get(name)
+            labels[name] = dense if facto in (None, dense) else facto if dense is None else f"{dense} → {facto}"
+        return labels
 
     def increases(self) -> list["Increase"]:
         """The rows where Facto stores more than the baseline, grouped and explained (see `Increase`)."""

@@ -115,7 +115,7 @@ except ValueError as exc:  # a combination the model can't take
     st.stop()
 
 cards(analysis)
-st.plotly_chart(plots.layer_bytes_bars(analysis.bytes_by_variant(), analysis.types(),
+st.plotly_chart(plots.layer_bytes_bars(analysis.bytes_by_variant(), analysis.type_labels(),
                                        title=f"Stored for backward per layer, one batch of {analysis.batch}"),
                 key="layers_bytes_chart", **ui.CHART)
 increases = analysis.increases()

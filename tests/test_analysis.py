@@ -31,6 +31,9 @@ def test_increases_are_explained_from_the_data():
         assert "less than in the baseline" in text
     assert all(f <= d for n, d, f in analysis.rows()
                if not any(n in i.layers for i in increases))  # every other row stores less (or the same)
+    labels = analysis.type_labels()
+    assert labels["features.2"] == "ReLU → MaskReLU" and labels["classifier"] == "Linear"
+    assert [n for n, _, _ in analysis.rows()][:4] == ["features.0", "features.1", "features.2", "features.3"]
 
 
 def test_feature_maps_and_compression_sample():
