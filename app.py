@@ -91,9 +91,8 @@ def start_run() -> None:
         st.session_state["form_errors"] = problems
         return
     store = ui.writable_history()
-    job = Job(lambda: record(_compare(config), store), RunTracker(), label=config.label(),
-              owner=ui.visitor(), meta={"config": config.to_dict()})
-    ui.registry().submit(job)
+    job = ui.submit(lambda: record(_compare(config), store), RunTracker(), label=config.label(),
+                    meta={"config": config.to_dict()})
     watch(job.id)
 
 
@@ -578,6 +577,7 @@ def train_and_compare() -> None:
 
 
 ui.history()  # opens the history once per server
+ui.visitor()  # every page keeps this tab's visitor token in its URL (a page switch clears the URL)
 st.navigation([
     st.Page(train_and_compare, title="Train & compare", icon=":material/compare_arrows:", default=True),
     st.Page("pages/1_Sweep.py", title="Sweep", icon=":material/grid_on:", url_path="sweep"),

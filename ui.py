@@ -7,8 +7,11 @@ Server-wide (one per `streamlit run` process, shared by every browser tab):
 - a cache of built figures per job and version, so three tabs watching one run build
   each figure once.
 
-A visitor is identified by a token in the page's URL (`?v=...`): it survives a reload, so a
-reloaded tab finds its own runs again (`?job=N` reattaches to the run it watched).
+A visitor is identified by a token in the page's URL (`?v=...`, kept in the session too, since
+switching pages clears the URL's parameters): it survives a reload, so a reloaded tab finds its
+own runs again (`?job=N` reattaches to the run it watched, `?sweep=N` to the sweep). The
+server remembers which stored runs each visitor started (`runs_started_by`): in room mode a
+visitor sees and deletes only those.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from facto.config import SETTINGS, RunConfig, Setting
+from facto.events import StartEvent
 from facto.jobs import Job, JobRegistry
 
 CHART = dict(theme=None, config={"displaylogo": False})
@@ -161,13 +165,128 @@ def figures() -> FigureCache:
     return FigureCache()
 
 
+class RunOwners:
+    """Which stored runs each visitor started (server-wide, thread-safe; filled by `submit`)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, owner: str, run_id: int) -> None:
+        with self._lock:
+            runs = self._runs.setdefault(owner, [])
+            if run_id not in runs:
+                runs.append(run_id)
+
+    def runs(self, owner: str) -> set[int]:
+        with self._lock:
+            return set(self._runs.get(owner, ()))
+
+    def owner(self, run_id: int) -> str | None:
+        with self._lock:
+            return next((o for o, runs in self._runs.items() if run_id in runs), None)
+
+
+@st.cache_resource(show_spinner=False)
+def run_owners() -> RunOwners:
+    return RunOwners()
+
+
+def runs_started_by(token: str | None = None) -> set[int]:
+    """Ids of the stored runs this visitor (or `token`) started on this server."""
+    return run_owners().runs(token or visitor())
+
+
+def submit(make_events: Callable[[], Any], accumulator: Any = None, label: str = "",
+           meta: dict | None = None) -> Job:
+    """Queue a job of this visitor on the server's registry.
+
+    Every run the job stores (a StartEvent with a run id: one for a comparison, one per point
+    of a sweep) is remembered as started by this visitor, as soon as it starts.
+    """
+    owner, owners = visitor(), run_owners()
+
+    def events():
+        inner = make_events()
+        try:
+            for event in inner:
+                if isinstance(event, StartEvent) and event.run_id is not None:
+                    owners.add(owner, event.run_id)
+                yield event
+        finally:
+            inner.close()  # Stop: the recorder stores the run in progress as interrupted
+
+    return registry().submit(Job(events, accumulator, label=label, owner=owner, meta=meta))
+
+
+def watched(state_key: str, param: str) -> Job | None:
+    """The job this tab watches (kept in st.session_state[state_key] and in the URL as ?param=N,
+    so a reloaded tab reattaches); None when it watches none or the server no longer has it."""
+    if st.session_state.get(state_key) is None:
+        wanted = st.query_params.get(param)
+        if wanted and wanted.isdigit() and registry().get(int(wanted)) is not None:
+            st.session_state[state_key] = int(wanted)
+    job_id = st.session_state.get(state_key)
+    job = registry().get(job_id) if job_id is not None else None
+    if job is not None and st.query_params.get(param) != str(job_id):
+        st.query_params[param] = str(job_id)  # back on the page after a page switch cleared the URL
+    return job
+
+
+def set_watched(state_key: str, param: str, job_id: int | None) -> None:
+    st.session_state[state_key] = job_id
+    if job_id is None:
+        st.query_params.pop(param, None)
+    else:
+        st.query_params[param] = str(job_id)
+
+
+def active_jobs_of_visitor() -> list[Job]:
+    return [j for j in registry().jobs(active_only=True) if j.owner == visitor()]
+
+
+def room_job_problems() -> list[str]:
+    """In room mode: why this visitor may not start another job now (empty when they may)."""
+    r = room()
+    mine = active_jobs_of_visitor()
+    if r.enabled and len(mine) >= r.runs_per_visitor:
+        return [f"you already have {len(mine)} run(s) going or waiting; stop one first"]
+    return []
+
+
+@st.cache_data(show_spinner=False)
+def model_params(model: str, dataset: str) -> int | None:
+    """Parameters of the dense model (None when the model or dataset is unknown)."""
+    from facto.build import dense_model
+    from facto.data import dataset_info
+
+    try:
+        info = dataset_info(dataset)
+        return sum(p.numel() for p in dense_model(RunConfig(model=model), info.num_classes,
+                                                  info.in_channels).parameters())
+    except ValueError:
+        return None
+
+
+def allowed_models() -> list[str]:
+    """The models a visitor may pick (room mode: those within the room's parameter limit)."""
+    models = SETTINGS["model"].allowed()
+    r = room()
+    if not r.enabled:
+        return models
+    return [m for m in models if (model_params(m, "digits") or 0) <= r.max_params]
+
+
 # ----------------------------------------------------------------------------- visitors
 
 def visitor() -> str:
-    """This tab's visitor token (kept in the URL, so it survives a reload)."""
-    token = st.query_params.get("v")
+    """This tab's visitor token (kept in the URL, so it survives a reload, and in the session,
+    so it survives a page switch, which clears the URL's parameters)."""
+    token = st.query_params.get("v") or st.session_state.get("visitor")
     if not token:
         token = secrets.token_hex(3)
+    st.session_state["visitor"] = token
+    if st.query_params.get("v") != token:
         st.query_params["v"] = token
     return token
 
@@ -203,7 +322,8 @@ def setting_widget(name: str, key: str, container=None, disabled: bool = False,
                    options: list | None = None, help_extra: str = "") -> None:
     """The widget for RunConfig field `name` (kind, allowed values, label and help from its Setting).
 
-    Its value lives in st.session_state[key] as the widget's value (`Setting.to_widget`).
+    Its value lives in st.session_state[key] as the widget's value (`Setting.to_widget`), kept
+    for the whole session (a page switch and back finds it as it was).
     """
     s: Setting = SETTINGS[name]
     box = container or st
@@ -216,7 +336,7 @@ def setting_widget(name: str, key: str, container=None, disabled: bool = False,
         if on_change is not None:
             on_change()
 
-    common = dict(key=key, disabled=disabled, help=help_text, on_change=changed)
+    common = dict(key=key, disabled=disabled, help=help_text, on_change=changed, persist_state="session")
     text = label or s.label
     if s.kind in ("choice", "model", "dataset", "bits", "device"):
         choices = options if options is not None else s.allowed()
@@ -269,3 +389,17 @@ def field_errors(prefix: str, names: list[str]) -> list[str]:
 def page_header(title: str, caption: str) -> None:
     st.title(title)
     st.caption(caption)
+
+
+def sidebar_footer() -> None:
+    """The end of every page's sidebar: room limits (room mode) and where runs are stored."""
+    r = room()
+    with st.sidebar:
+        if r.enabled:
+            st.info(r.describe(), icon=":material/groups:")
+        store = history()
+        if store is None:
+            st.caption("Run history: off")
+        else:
+            state = "" if getattr(store, "writable", True) else " (read-only)"
+            st.caption(f"Run history{state}: `{store.path}`")

@@ -21,7 +21,8 @@ __all__ = [
     "BASELINE_COLOR", "FACTO_COLOR", "COLORS", "NAMES", "MB",
     "accuracy_curves", "memory_curves", "layer_bytes_bars", "params_bars", "tradeoff_scatter",
     "pareto_front", "sweep_figure", "accuracy_heatmap", "feature_map_images", "error_histogram",
-    "bits_curves", "history_chart", "config_label", "live_point", "tradeoff_points",
+    "bits_curves", "history_chart", "run_style", "config_label", "live_point", "tradeoff_points",
+    "tradeoff_range",
 ]
 
 MB = 1e6  # bytes per MB, as the CLI prints them
@@ -33,9 +34,12 @@ INK = "#262730"
 COLORS = {"baseline": BASELINE_COLOR, "facto": FACTO_COLOR, "warmup": WARMUP_COLOR}
 NAMES = {"baseline": "Baseline", "facto": "Facto", "warmup": "Warm-up"}
 LONG_NAMES = {"baseline": "Baseline (dense fp32)", "facto": "Facto", "warmup": "Warm-up (dense)"}
-# one colour per run where several runs share a chart (history)
-RUN_PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B",
-               "#9D755D", "#FF9DA6", "#79706E")
+# several runs on one chart (history): each variant keeps its hue family, each run has its own
+# shade, line dash and marker
+RUN_SHADES = {"baseline": ("#4C78A8", "#1F4E79", "#8AB6E0", "#2F6DB5", "#6A8CAF", "#0B2E59"),
+              "facto": ("#F58518", "#A84E00", "#FFB36B", "#D9650B", "#C9884A", "#7A3300")}
+RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+RUN_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star")
 UPDATE_SYMBOLS = {"core": "circle", "last": "square", "first": "diamond", "all": "triangle-up",
                   "cycle": "star"}
 FONT_SIZE = 14
@@ -265,7 +269,7 @@ def live_point(steps: Iterable[Any], evals: Iterable[Any] = (), config: Mapping 
     else:
         mean = {v: float(np.mean([r["accuracy"] for r in last[v][-window:]])) for v in last}
         delta, basis = mean["facto"] - mean["baseline"], f"train accuracy, last {window} steps"
-    return {"saving_pct": saving, "accuracy_delta": delta,
+    return {"saving_pct": saving, "accuracy_delta": delta, "basis": "test" if basis == "test accuracy" else "train",
             "label": f"current run ({basis})<br>{config_label(config)}", "source": "live"}
 
 
@@ -288,19 +292,21 @@ def tradeoff_points(runs: Iterable[Any], source: str = "history") -> list[dict]:
 
 
 def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: str | None = None,
-                     empty_text: str = "Finished runs appear here") -> go.Figure:
+                     empty_text: str = "Finished runs appear here",
+                     session_name: str = "Runs of this session") -> go.Figure:
     """Memory saving (%) vs accuracy change (points): one marker per run, the live run as a star.
 
     Args:
         points: dicts with saving_pct, accuracy_delta, label (hover text) and source
             ('session' or 'history').
         live: the current run's point (see `live_point`), or None.
+        session_name: the legend name of the 'session' points (orange).
     """
     title = title or "Memory saving vs accuracy change"
     points = _rows(points)
     fig = go.Figure()
     styles = {"history": ("Earlier runs (history)", HISTORY_COLOR, 10),
-              "session": ("Runs of this session", FACTO_COLOR, 12)}
+              "session": (session_name, FACTO_COLOR, 12)}
     for source, (name, color, size) in styles.items():
         pts = [p for p in points if p.get("source", "session") == source]
         if not pts:
@@ -309,25 +315,37 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
             x=[p["saving_pct"] for p in pts], y=[p["accuracy_delta"] for p in pts], mode="markers", name=name,
             marker=dict(size=size, color=color, opacity=0.85, line=dict(color="white", width=1)),
             hovertext=[p.get("label", "") for p in pts],
-            hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>accuracy change %{y:+.2f} points<extra></extra>"))
+            hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>test accuracy change %{y:+.2f} points"
+                          "<extra></extra>"))
     if live:
+        basis = live.get("basis", "train")  # before the first test, the live point uses training accuracy
         fig.add_trace(go.Scatter(
-            x=[live["saving_pct"]], y=[live["accuracy_delta"]], mode="markers", name="Current run (live)",
+            x=[live["saving_pct"]], y=[live["accuracy_delta"]], mode="markers",
+            name=f"Current run (live, {basis} accuracy)",
             marker=dict(size=22, symbol="star", color=FACTO_COLOR, line=dict(color=INK, width=1.5)),
             hovertext=[live.get("label", "current run")],
-            hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>accuracy change %{y:+.2f} points<extra></extra>"))
-    ys = [p["accuracy_delta"] for p in points] + ([live["accuracy_delta"]] if live else [])
-    span = max([5.0] + [abs(y) * 1.15 for y in ys if y is not None and math.isfinite(y)])
+            hovertemplate=f"%{{hovertext}}<br>saving %{{x:.1f}} %<br>{basis} accuracy change %{{y:+.2f}} points"
+                          "<extra></extra>"))
+    ys = [y for y in [p.get("accuracy_delta") for p in points] + ([live["accuracy_delta"]] if live else [])
+          if y is not None and math.isfinite(y)]
+    low, high = tradeoff_range(ys)
     fig.add_hline(y=0, line=dict(color=BASELINE_COLOR, width=2, dash="dash"),
                   annotation_text="baseline accuracy", annotation_position="bottom left",
                   annotation_font=dict(color=BASELINE_COLOR, size=FONT_SIZE - 2))
     fig.update_xaxes(title_text="activation memory saved vs baseline (%)", range=[-2, 102])
-    fig.update_yaxes(title_text="accuracy change (points)", range=[-span, max(span * 0.4, 3.0)],
-                     zeroline=False)
+    fig.update_yaxes(title_text="test accuracy change (points)", range=[low, high], zeroline=False)
     if not fig.data:
-        fig.add_annotation(text=empty_text, x=50, y=-span / 2, showarrow=False,
+        fig.add_annotation(text=empty_text, x=50, y=low / 2, showarrow=False,
                            font=dict(size=FONT_SIZE, color="#808495"))
     return _style(fig, title)
+
+
+def tradeoff_range(ys: Sequence[float]) -> tuple[float, float]:
+    """The y range of `tradeoff_scatter`: every point inside with a margin, 0 always shown, and at
+    least -5..+3 points (losses are the common case, so the negative side gets more room)."""
+    low = min([-5.0] + [1.15 * y - 0.5 for y in ys if y < 0])
+    high = max([3.0, -0.4 * low] + [1.15 * y + 0.5 for y in ys if y > 0])
+    return low, high
 
 
 # ----------------------------------------------------------------------------- layers
@@ -362,12 +380,12 @@ def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: 
         else:
             fig.add_trace(go.Bar(x=labels, y=values, **bar))
     fig.update_layout(barmode="group", bargap=0.2)
-    if horizontal:
-        fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_SIZE - 3))
-        fig.update_xaxes(title_text="MB")
+    if horizontal:  # long layer names (resnet18's layer2.0.downsample.0): the margin grows to fit them
+        fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_SIZE - 3), automargin=True)
+        fig.update_xaxes(title_text="MB", automargin=True)
         return _style(fig, title, height=max(420, 120 + 22 * len(layers)))
-    fig.update_yaxes(title_text="MB", rangemode="tozero")
-    fig.update_xaxes(tickangle=-40, tickfont=dict(size=FONT_SIZE - 3))
+    fig.update_yaxes(title_text="MB", rangemode="tozero", automargin=True)
+    fig.update_xaxes(tickangle=-40, tickfont=dict(size=FONT_SIZE - 3), automargin=True)
     fig = _style(fig, title, height=480)
     fig.update_layout(margin=dict(b=130))
     return fig
@@ -399,9 +417,9 @@ def params_bars(report: Iterable[Any], title: str | None = None) -> go.Figure:
                          hovertext=hover,
                          hovertemplate="%{x}<br>trained %{y:,} params<br>%{hovertext}<extra></extra>"))
     fig.update_layout(barmode="group", bargap=0.2)
-    fig.update_yaxes(title_text="parameters", rangemode="tozero")
-    fig.update_xaxes(tickangle=-40 if len(rows) > 8 else 0, tickfont=dict(size=FONT_SIZE - 3))
-    return _style(fig, title, height=440)
+    fig.update_yaxes(title_text="parameters", rangemode="tozero", automargin=True)
+    fig.update_xaxes(tickangle=-40 if len(rows) > 8 else 0, tickfont=dict(size=FONT_SIZE - 3), automargin=True)
+    return _style(fig, title, height=440 if len(rows) <= 8 else 520)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -423,7 +441,9 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
     """Sweep points, memory saving (%) vs Facto test accuracy (%), with their Pareto front.
 
     The baseline (variant 'baseline', 0 % saving) is drawn as a dotted accuracy line, so the
-    x axis can zoom on the Facto points. Points on the front are labelled (rank, bits).
+    x axis can zoom on the Facto points. Points on the front are labelled (rank, bits). The
+    front is drawn as a staircase (the best accuracy reachable at each saving) that runs to
+    the plot's edges, so it is a visible line even with one or two points.
 
     Args:
         points: `facto.sweep.SweepPoint`s or dicts with variant, rank, bits, update, accuracy,
@@ -450,28 +470,49 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
             hovertext=[f"rank {p.get('rank')} · {_fmt_bits(p.get('bits'))} · update {p.get('update')}"
                        + (f" ({p['status']})" if p.get("status") not in (None, "completed") else "")
                        for p in group],
-            hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>accuracy %{y:.2f} %<extra></extra>"))
-    if front:
-        fig.add_trace(go.Scatter(
-            x=[p["saving_pct"] for p in front], y=[p["accuracy"] for p in front], mode="lines",
-            name="Pareto front", line=dict(color=INK, width=2, dash="dash"), hoverinfo="skip"))
-    for p in base:  # a line across the plot, and a legend entry
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"Baseline {p['accuracy']:.1f} %",
-                                 line=dict(color=BASELINE_COLOR, width=2, dash="dot")))
-        fig.add_hline(y=p["accuracy"], line=dict(color=BASELINE_COLOR, width=2, dash="dot"))
+            hovertemplate="%{hovertext}<br>saving %{x:.1f} %<br>test accuracy %{y:.2f} %<extra></extra>"))
+    y_range = x_range = None
     accs = [p["accuracy"] for p in pts if p.get("accuracy") is not None]
     if accs:
         lo, hi = min(accs), max(accs)
         pad = max(3.0, 0.1 * (hi - lo))  # room for the labels above and below
-        fig.update_yaxes(range=[max(0.0, lo - pad), min(101.0, hi + pad)])
+        y_range = [max(0.0, lo - pad), min(101.0, hi + pad)]
     savings = [p["saving_pct"] for p in facto]
     if savings:
         lo, hi = min(savings), max(savings)
         pad = max(2.0, 0.15 * (hi - lo))
-        fig.update_xaxes(range=[max(-1.0, lo - pad), min(101.0, hi + pad)])
+        x_range = [max(-1.0, lo - pad), min(101.0, hi + pad)]
+    if front and x_range and y_range:
+        xs, ys = _staircase(front, x_range, y_range)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", name="Pareto front (best accuracy at each saving)",
+            line=dict(color=INK, width=2, dash="dash"), hoverinfo="skip"))
+    for p in base:  # a line across the plot, and a legend entry
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"Baseline {p['accuracy']:.1f} %",
+                                 line=dict(color=BASELINE_COLOR, width=2, dash="dot")))
+        fig.add_hline(y=p["accuracy"], line=dict(color=BASELINE_COLOR, width=2, dash="dot"))
+    if y_range:
+        fig.update_yaxes(range=y_range)
+    if x_range:
+        fig.update_xaxes(range=x_range)
     fig.update_xaxes(title_text="activation memory saved vs baseline (%)")
     fig.update_yaxes(title_text="test accuracy (%)")
     return _style(fig, title, height=480)
+
+
+def _staircase(front: Sequence[Mapping], x_range: Sequence[float], y_range: Sequence[float]) -> tuple[list, list]:
+    """The front as steps: from the left edge at the best accuracy, across and down through each
+    front point (by increasing saving), to the bottom edge below the largest saving."""
+    xs, ys = [x_range[0]], [front[0]["accuracy"]]
+    for i, p in enumerate(front):
+        if i:
+            xs.append(front[i - 1]["saving_pct"])
+            ys.append(p["accuracy"])
+        xs.append(p["saving_pct"])
+        ys.append(p["accuracy"])
+    xs.append(front[-1]["saving_pct"])
+    ys.append(y_range[0])
+    return xs, ys
 
 
 def sweep_figure(points: Iterable[Any]) -> go.Figure:
@@ -629,6 +670,7 @@ def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | N
 
 # ----------------------------------------------------------------------------- history
 
+HISTORY_AXES = {"accuracy": "test accuracy (%)", "loss": "training loss", "act_bytes": "stored for backward (MB)"}
 HISTORY_METRICS = {
     "accuracy": ("eval", "accuracy", "Test accuracy (%)", "%"),
     "loss": ("step", "loss", "Training loss", "loss"),
@@ -636,8 +678,18 @@ HISTORY_METRICS = {
 }
 
 
+def run_style(index: int, variant: str) -> dict:
+    """How run number `index` of a chart with several runs is drawn: the variant's hue family
+    (baseline blues, Facto oranges, so the colour rule holds), one shade, line dash and marker
+    per run."""
+    shades = RUN_SHADES.get(variant, (INK,))
+    return dict(color=shades[index % len(shades)], dash=RUN_DASHES[index % len(RUN_DASHES)],
+                symbol=RUN_SYMBOLS[index % len(RUN_SYMBOLS)])
+
+
 def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str | None = None) -> go.Figure:
-    """Several stored runs on one chart: one colour per run, Facto solid, baseline dotted.
+    """Several stored runs on one chart: baseline in blues, Facto in oranges; each run has its
+    own shade, line dash and marker (`run_style`).
 
     Args:
         runs: dicts with label and rows (metric rows from `RunStore.metrics`, both kinds).
@@ -652,21 +704,22 @@ def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str 
         return _empty(title, "Select runs to compare")
     fig = go.Figure()
     for i, run in enumerate(runs):
-        color = RUN_PALETTE[i % len(RUN_PALETTE)]
         rows = [r for r in run.get("rows", []) if r.get("kind") == kind and r.get(key) is not None]
         for v in _variant_order(r["variant"] for r in rows):
             if v == "warmup":
                 continue
+            style = run_style(i, v)
             s = [r for r in rows if r["variant"] == v]
             y = [r[key] / MB if metric == "act_bytes" else r[key] for r in s]
             fig.add_trace(go.Scatter(
                 x=[r["step"] for r in s], y=y, mode="lines+markers" if kind == "eval" else "lines",
                 name=f"{run['label']} · {_name(v)}", legendgroup=run["label"],
-                line=dict(color=color, width=3 if v == "facto" else 2, dash="solid" if v == "facto" else "dot"),
-                marker=dict(size=8, symbol="circle" if v == "facto" else "diamond-open"),
+                line=dict(color=style["color"], width=3 if v == "facto" else 2, dash=style["dash"]),
+                marker=dict(size=9, symbol=style["symbol"], color=style["color"],
+                            line=dict(color="white", width=1)),
                 hovertemplate=f"{run['label']} · {_name(v)}<br>step %{{x}}<br>%{{y:.3f}} {unit}<extra></extra>"))
     fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(title_text=unit, rangemode="tozero" if metric != "accuracy" else "normal")
+    fig.update_yaxes(title_text=HISTORY_AXES[metric], rangemode="tozero" if metric != "accuracy" else "normal")
     if not fig.data:
         fig.add_annotation(text="The selected runs have no such rows yet", x=0.5, y=0.5, xref="paper",
                            yref="paper", showarrow=False, font=dict(size=FONT_SIZE, color="#808495"))
@@ -674,68 +727,6 @@ def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str 
     fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
                       margin=dict(t=64, r=24))
     return fig
-
-
-# ----------------------------------------------------------------------------- data behind the compression figures
-
-def feature_maps(model, x) -> dict:
-    """Outputs of every leaf module that returns a 4-D floating tensor, for one forward of `x`.
-
-    Training-mode forward without gradients (BatchNorm statistics are restored afterwards).
-    Returns {module name: tensor (B, C, H, W)} in forward order.
-    """
-    import torch
-
-    maps: dict = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            def hook(m, args, out, name=name):
-                if isinstance(out, torch.Tensor) and out.dim() == 4 and out.is_floating_point():
-                    maps.setdefault(name, out.detach().clone())  # in-place ops (ReLU) come later
-            hooks.append(module.register_forward_hook(hook))
-    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    was_training = model.training
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-        model.load_state_dict(state, strict=False)
-    return maps
-
-
-def compression_sample(x, bits: int, block: int = 64, stochastic: bool = True, seed: int = 0) -> dict:
-    """Quantize `x` as training stores it (`facto.compress.quantize`) and measure the result.
-
-    Returns compressed (dequantized tensor), error (compressed - x), rel_error (||error|| / ||x||),
-    max_error, mean_abs_error, bytes (stored, with block metadata) and raw_bytes (fp32).
-    """
-    import torch
-
-    from .compress import quantize
-
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    packed = quantize(x, bits, block, stochastic=stochastic, generator=gen)
-    restored = packed.dequantize()
-    error = restored - x
-    return dict(compressed=restored, error=error, bits=bits,
-                rel_error=float(error.norm() / x.norm().clamp_min(1e-12)),
-                max_error=float(error.abs().max()), mean_abs_error=float(error.abs().mean()),
-                bytes=packed.nbytes, raw_bytes=x.numel() * x.element_size())
-
-
-def bits_table(x, block: int = 64, stochastic: bool = True, bits: Iterable[int] = range(1, 9),
-               seed: int = 0) -> list[dict]:
-    """Rows for `bits_curves`: error and stored bytes of `x` at each bit width."""
-    rows = []
-    for b in bits:
-        s = compression_sample(x, b, block, stochastic, seed)
-        rows.append({k: s[k] for k in ("bits", "rel_error", "max_error", "mean_abs_error", "bytes", "raw_bytes")})
-    return rows
 
 
 # ----------------------------------------------------------------------------- method comparison

@@ -5,8 +5,8 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence, Union
 
-from .config import RunConfig
-from .events import Event, SummaryEvent
+from .config import RunConfig, bits_label
+from .events import Event, RunTracker, StartEvent, StepEvent, SummaryEvent
 from .recorder import record
 from .train import run
 
@@ -40,6 +40,10 @@ class SweepPoint:
     step_seconds: float
     config: dict
     type: str = "point"
+
+
+TOO_SHORT_PCT = 50.0  # a baseline below this test accuracy has not learned enough to rank settings
+CHANCE_FACTOR = 1.5  # a Facto run below 1.5 x chance accuracy (15 % for 10 classes) learned nothing
 
 
 def sweep_configs(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[str]) -> list[RunConfig]:
@@ -100,3 +104,127 @@ def points_table(points: Sequence[SweepPoint]) -> list[dict]:
     """Rows for a table / CSV, sorted by saving (largest first)."""
     rows = [{k: v for k, v in asdict(p).items() if k not in ("config", "type", "total")} for p in points]
     return sorted(rows, key=lambda r: -r["saving_pct"])
+
+
+class SweepTracker:
+    """Folds a sweep's events (`sweep`) into what a reader draws: the finished points, the run in
+    progress (its config, variant, step) and, for that run, a `RunTracker` (`start`, `steps`,
+    `evals`, `failures`, `summary()`), so a sweep can be listed and watched like a single run.
+    """
+
+    def __init__(self) -> None:
+        self.total: int | None = None  # runs in the sweep, the baseline included
+        self.configs: list[dict] = []  # the Facto configs, in order
+        self.points: list[SweepPoint] = []
+        self.current: dict | None = None  # config of the run in progress (None between runs)
+        self.current_variant: str | None = None
+        self.run = RunTracker()
+        self.run_ids: list[int] = []  # stored runs of the sweep, in order
+        self.train_size: int | None = None
+
+    def add(self, event) -> None:
+        if isinstance(event, SweepStart):
+            self.total, self.configs = event.total, list(event.configs)
+        elif isinstance(event, StartEvent):
+            self.run = RunTracker()
+            self.run.add(event)
+            self.current, self.current_variant = event.config, next(iter(event.params), None)
+            self.train_size = event.train_size
+            if event.run_id is not None:
+                self.run_ids.append(event.run_id)
+        elif isinstance(event, SweepPoint):
+            self.points.append(event)
+            self.current = self.current_variant = None
+        else:
+            self.run.add(event)
+
+    # -- the run in progress, like a RunTracker -------------------------------------------
+
+    @property
+    def start(self) -> StartEvent | None:
+        return self.run.start if self.current is not None else None
+
+    @property
+    def steps(self) -> dict[str, list[StepEvent]]:
+        return self.run.steps
+
+    @property
+    def evals(self) -> dict:
+        return self.run.evals
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return self.run.failures
+
+    @property
+    def run_id(self) -> int | None:
+        return self.run.run_id
+
+    def summary(self, status: str = "completed") -> SummaryEvent:
+        return self.run.summary(status)
+
+    # -- progress ---------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """Training steps done in the run in progress (0 between runs)."""
+        if self.current is None:
+            return 0
+        return max((s.step for v, steps in self.run.steps.items() if v != "warmup" for s in steps), default=0)
+
+    @property
+    def run_steps(self) -> int | None:
+        """Steps of the run in progress (None before it started)."""
+        return self.run.start.total_steps if self.current is not None and self.run.start else None
+
+    def fraction(self) -> float:
+        """How much of the sweep is done, 0..1 (finished runs plus the part of the current one)."""
+        if not self.total:
+            return 0.0
+        part = self.step / self.run_steps if self.run_steps else 0.0
+        return min((len(self.points) + part) / self.total, 1.0)
+
+    def describe_current(self) -> str:
+        """'baseline (dense fp32)' or 'rank 0.25, 2 bits, update core' (empty between runs)."""
+        if self.current is None:
+            return ""
+        if self.current_variant == "baseline":
+            return "baseline (dense fp32)"
+        c = self.current
+        return f"rank {c.get('rank')}, {bits_label(c.get('bits'))}, update {c.get('update')}"
+
+    def too_short(self) -> str | None:
+        """Why the finished points can't rank the settings yet, and what to change (None if they can).
+
+        Too short: the baseline's test accuracy is below TOO_SHORT_PCT, or every finished Facto
+        run stayed near chance level (below CHANCE_FACTOR x 100 / classes).
+        """
+        base = next((p for p in self.points if p.variant == "baseline" and p.accuracy is not None), None)
+        facto = [p for p in self.points if p.variant == "facto" and p.accuracy is not None]
+        if base is None and not facto:
+            return None
+        config = (base or facto[0]).config
+        images = f"{config['max_train']:,}" if config.get("max_train") else \
+            (f"all {self.train_size:,}" if self.train_size else "all")
+        epochs = config.get("epochs", 1)
+        advice = (f"Train longer: more epochs per run (now {epochs}) or more training images (now {images}); "
+                  "every run of the sweep gets the same budget.")
+        if base is not None and base.accuracy < TOO_SHORT_PCT:
+            return (f"The baseline reached only {base.accuracy:.1f} % test accuracy: these runs are too short "
+                    f"to rank the settings. {advice}")
+        chance = _chance_pct(config.get("dataset"))
+        if facto and chance is not None and all(p.accuracy < CHANCE_FACTOR * chance for p in facto):
+            so_far = " so far" if self.total and len(self.points) < self.total else ""
+            return (f"Every Facto run{so_far} stayed near chance level (below {CHANCE_FACTOR * chance:.0f} % test "
+                    f"accuracy; guessing gives {chance:.0f} %): they did not learn in this budget, so the "
+                    f"grid says nothing about rank and bits yet. {advice}")
+        return None
+
+
+def _chance_pct(dataset: str | None) -> float | None:
+    from .data import dataset_info
+
+    try:
+        return 100.0 / dataset_info(dataset).num_classes
+    except (ValueError, TypeError):
+        return None

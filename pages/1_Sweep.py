@@ -1,214 +1,268 @@
-"""Sweep: short runs over ranks x bits x update modes; Pareto front of saving vs accuracy.
+"""Sweep: short runs over ranks x bits x update modes; the Pareto front of saving vs accuracy.
 
-Layout only: `facto.sweep.sweep` trains the baseline once, then one Facto run per point
-(each run stored); figures from facto.plots. Same live pattern as the main page: a worker
-thread consumes the generator (no Streamlit calls in it), a self-refreshing fragment draws
-what has arrived, and Stop asks the worker to close the generator after the current step.
+Layout only: `facto.sweep.sweep` trains the baseline once, then one Facto run per setting
+(each run stored); `facto.sweep.SweepTracker` folds its events; figures from facto.plots.
+A sweep is a `facto.jobs.Job` of the server's registry, like a comparison on the main page:
+it belongs to the server, not to the tab (`?sweep=N` reattaches a reloaded tab), and Stop
+keeps the finished points (the run in progress is stored as interrupted).
 """
 from __future__ import annotations
-
-import logging
-import threading
-from dataclasses import asdict
 
 import pandas as pd
 import streamlit as st
 
+import ui
 from facto import plots
-from facto.data import list_datasets
-from facto.factorize import rank_from_text
-from facto.models import list_models
-from facto.store import RunStore, default_db_path
-from facto.sweep import SweepPoint, SweepStart, points_table, sweep, sweep_configs
-from facto.train import RunConfig, StartEvent, StepEvent, SummaryEvent
+from facto.config import SETTINGS, RunConfig
+from facto.jobs import Job
+from facto.sweep import SweepTracker, points_table, sweep, sweep_configs
 
-st.set_page_config(page_title="Facto · sweep", page_icon=":material/grid_on:", layout="wide")
-log = logging.getLogger("facto.app.sweep")
+P = "sweep_"
+BASE = ["model", "dataset", "epochs", "batch_size", "seed", "recompute", "max_train", "data_dir"]
 DEFAULTS = RunConfig()
-REFRESH_S, STOP_WAIT_S, STALE_AFTER_S = 1.0, 15.0, 900
-RANK_OPTIONS = ["0.125", "0.25", "0.5", "0.75", "1.0"]
-BITS_OPTIONS = [None, 1, 2, 3, 4, 5, 6, 7, 8, 16]
-UPDATES = ["core", "last", "first", "all", "cycle"]
+RANK_SUGGESTIONS = ["0.125", "0.25", "0.5", "0.75", "1.0", "energy:0.9"]
+GRID_DEFAULTS = {"ranks": ["0.25", str(DEFAULTS.rank)], "bits": [2, DEFAULTS.bits], "updates": [DEFAULTS.update]}
+WATCH, PARAM = "sweep_watch", "sweep"
 
 
-@st.cache_resource(show_spinner=False)
-def _open_store(path: str) -> RunStore:
-    store = RunStore(path)
-    store.mark_stale_running(max_age_s=STALE_AFTER_S)
-    return store
+# ----------------------------------------------------------------------------- controls
+
+def init_state() -> None:
+    ui.init_widgets(P, BASE)
+    r = ui.room()
+    if r.enabled:  # the host fixes the data folder
+        st.session_state[P + "data_dir"] = r.data_dir
+    for name, values in GRID_DEFAULTS.items():
+        st.session_state.setdefault(P + name, list(values))
 
 
-class SweepJob:
-    """The sweep, run by a worker thread: finished points, and the current run's progress."""
-
-    def __init__(self, base: RunConfig, ranks: list, bits: list, updates: list, store: RunStore) -> None:
-        self.total = len(sweep_configs(base, ranks, bits, updates)) + 1  # validates before anything trains
-        self.points: list[dict] = []
-        self.current: dict | None = None  # config of the run in progress
-        self.run_total, self.step = None, 0
-        self.status, self.error = "running", None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(sweep(base, ranks, bits, updates, store=store),),
-                                        name="facto-sweep", daemon=True)
-        self._thread.start()
-
-    def _work(self, events) -> None:
+def rank_errors() -> list[str]:
+    """Each chosen or typed rank, checked by the rank setting (plain words)."""
+    errors = []
+    for text in st.session_state.get(P + "ranks", []):
         try:
-            for event in events:
-                if isinstance(event, SweepStart):
-                    self.total = event.total
-                elif isinstance(event, StartEvent):
-                    self.current, self.run_total, self.step = event.config, event.total_steps, 0
-                elif isinstance(event, StepEvent) and event.variant != "warmup":
-                    self.step = max(self.step, event.step)
-                elif isinstance(event, SweepPoint):
-                    self.points = [*self.points, asdict(event)]
-                    self.current = None
-                if self._stop.is_set():
-                    events.close()  # the run in progress is stored as 'interrupted'
-                    self.status = "interrupted"
-                    return
-            self.status = "completed"
-        except ValueError as exc:
-            self.error, self.status = str(exc), "failed"
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            log.exception("sweep failed")
-            self.error, self.status = f"{type(exc).__name__}: {exc}", "failed"
+            SETTINGS["rank"].from_widget("rank", text)
+        except ValueError:
+            errors.append(f"Rank {text!r} is not allowed. Use {SETTINGS['rank'].describe_allowed()}.")
+    return errors
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set() and self.status == "running"
 
-    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
-        self._stop.set()
-        self._thread.join(wait_s)
+def grid_errors() -> list[str]:
+    s = st.session_state
+    errors = rank_errors()
+    for name, what in (("ranks", "one rank"), ("bits", "one bits value"), ("updates", "one trained factor")):
+        if not s.get(P + name):
+            errors.append(f"Choose at least {what}.")
+    return errors
 
-    def wait(self, timeout_s: float | None = None) -> None:
-        self._thread.join(timeout_s)
+
+def grid() -> tuple[list, list, list]:
+    s = st.session_state
+    ranks = [SETTINGS["rank"].from_widget("rank", text) for text in s[P + "ranks"]]
+    return ranks, list(s[P + "bits"]), list(s[P + "updates"])
 
 
 def start_sweep() -> None:
     s = st.session_state
-    s.pop("sweep_error", None)
-    if s.get("sweep_job") is not None and s["sweep_job"].status == "running":
+    s.pop("sweep_errors", None)
+    errors = ui.field_errors(P, BASE) + grid_errors()
+    if errors:
+        s["sweep_errors"] = errors
         return
+    base = ui.config_from_widgets(P, BASE)
+    ranks, bits, updates = grid()
     try:
-        base = RunConfig(model=s["sweep_model"], dataset=s["sweep_dataset"], epochs=int(s["sweep_epochs"]),
-                         batch_size=int(s["sweep_batch_size"]), seed=int(s["sweep_seed"]),
-                         recompute=bool(s["sweep_recompute"]), max_train=int(s["sweep_max_train"]) or None,
-                         data_dir=str(s["sweep_data_dir"]).strip())
-        ranks = [rank_from_text(r) for r in s["sweep_ranks"]]
-        s["sweep_job"] = SweepJob(base, ranks, list(s["sweep_bits"]), list(s["sweep_updates"]),
-                                  _open_store(str(default_db_path())))
+        configs = sweep_configs(base, ranks, bits, updates)  # every point validated before anything trains
     except ValueError as exc:
-        s["sweep_error"] = str(exc)
-
-
-def stop_sweep() -> None:
-    job = st.session_state.get("sweep_job")
-    if job is not None and job.status == "running":
-        job.stop()
-
-
-job: SweepJob | None = st.session_state.get("sweep_job")
-running = job is not None and job.status == "running"
-st.session_state["sweep_locked"] = running
-_open_store(str(default_db_path()))
-keep = dict(disabled=running, persist_state="session")
-with st.sidebar:
-    a, b = st.columns(2)
-    a.button("Run", key="sweep_run", type="primary", on_click=start_sweep, disabled=running,
-             icon=":material/play_arrow:", width="stretch")
-    b.button("Stop", key="sweep_stop", on_click=stop_sweep, disabled=not running, icon=":material/stop:",
-             width="stretch", help="Stop now; finished points are kept, the run in progress is stored as "
-                                   "interrupted.")
-    st.multiselect("Ranks", RANK_OPTIONS, default=["0.25", "0.5"], key="sweep_ranks", accept_new_options=True,
-                   **keep, help="Fractions of the channels, numbers of channels, or type e.g. energy:0.9. "
-                                "Lower rank: less memory, less capacity.")
-    st.multiselect("Bits", BITS_OPTIONS, default=[2, 4], key="sweep_bits",
-                   format_func=lambda b: "fp32" if b is None else f"{b} bits", **keep,
-                   help="Bits per stored value: fewer bits, less memory, noisier gradients.")
-    st.multiselect("Update modes", UPDATES, default=["core"], key="sweep_updates", **keep,
-                   help="Which factor trains (core trains best from scratch).")
-    models, datasets = list_models(), list_datasets()
-    st.selectbox("Model", models, index=models.index(DEFAULTS.model), key="sweep_model", **keep)
-    st.selectbox("Dataset", datasets, index=datasets.index(DEFAULTS.dataset), key="sweep_dataset", **keep)
-    a, b = st.columns(2)
-    a.number_input("Epochs per run", min_value=1, max_value=100, value=2, key="sweep_epochs", **keep,
-                   help="Short runs rank the settings; more epochs, closer to final accuracy.")
-    b.number_input("Train images (0 = all)", min_value=0, max_value=10_000_000, value=0, step=64,
-                   key="sweep_max_train", **keep, help="A fixed random subset makes every run faster.")
-    a, b = st.columns(2)
-    a.select_slider("Batch size", [16, 32, 64, 128, 256], value=DEFAULTS.batch_size, key="sweep_batch_size", **keep)
-    b.number_input("Seed", min_value=0, value=0, key="sweep_seed", **keep,
-                   help="Every run starts from the same weights and sees the same batches.")
-    st.checkbox("Recompute BatchNorm inputs", value=DEFAULTS.recompute, key="sweep_recompute", **keep,
-                help="Don't store BatchNorm inputs; recompute them in backward (less memory, a little compute).")
-    st.text_input("Data folder", value=DEFAULTS.data_dir, key="sweep_data_dir", **keep)
-
-s = st.session_state
-st.title("Sweep")
-n_runs = len(s["sweep_ranks"]) * len(s["sweep_bits"]) * len(s["sweep_updates"])
-st.caption(f"The baseline is trained once, then one short Facto run per setting: {n_runs} setting(s) = "
-           f"{n_runs + 1} runs, each stored in the history. Which settings keep accuracy while storing least?")
-if s.get("sweep_error"):
-    st.error(f"Can't start this sweep: {s['sweep_error']}", icon=":material/error:")
-
-
-def sweep_panel() -> None:
-    job: SweepJob | None = st.session_state.get("sweep_job")
-    if job is None:
-        st.info("Pick ranks, bits and update modes on the left and press **Run**.", icon=":material/grid_on:")
+        s["sweep_errors"] = [str(exc)]
         return
-    if job.status != "running" and st.session_state.get("sweep_locked"):
-        st.rerun(scope="app")  # finished: redraw the page with the controls enabled
-    if job.status == "running":
-        done = len(job.points)
-        cur = job.current
-        if cur is None:
-            text = f"Run {done + 1} of {job.total}: loading and factorizing…"
-            frac = done / job.total
+    problems = ui.room_problems(base, ui.model_params(base.model, base.dataset)) + ui.room_job_problems()
+    if problems:
+        s["sweep_errors"] = problems
+        return
+    store = ui.writable_history()
+    job = ui.submit(lambda: sweep(base, ranks, bits, updates, store=store), SweepTracker(),
+                    label=f"sweep of {len(configs)} settings · {base.model} on {base.dataset}",
+                    meta={"config": base.to_dict(), "kind": "sweep"})
+    ui.set_watched(WATCH, PARAM, job.id)
+
+
+def stop_sweep(job_id: int) -> None:
+    job = ui.registry().get(job_id)
+    if job is not None and ui.may_stop(job):
+        job.stop(wait_s=15.0)  # returns once the worker closed the run in progress (stored as interrupted)
+
+
+def watched_sweep() -> Job | None:
+    job = ui.watched(WATCH, PARAM)
+    return job if job is not None and job.meta.get("kind") == "sweep" else None
+
+
+def sidebar(locked: bool, job: Job | None) -> None:
+    r = ui.room()
+    with st.sidebar:
+        left, right = st.columns(2)
+        left.button("Run", key="sweep_run", type="primary", on_click=start_sweep, disabled=locked,
+                    icon=":material/play_arrow:", width="stretch",
+                    help="Train the baseline once, then one Facto run per setting of the grid.")
+        can_stop = job is not None and not job.finished and ui.may_stop(job)
+        right.button("Stop", key="sweep_stop", on_click=stop_sweep, args=(job.id if job else 0,),
+                     disabled=not can_stop, icon=":material/stop:", width="stretch",
+                     help="Stop now: the finished points are kept, the run in progress is stored as interrupted.")
+        st.multiselect("Ranks", sorted(set(RANK_SUGGESTIONS) | set(st.session_state[P + "ranks"]), key=_rank_key),
+                       key=P + "ranks", accept_new_options=True, disabled=locked, persist_state="session",
+                       help=SETTINGS["rank"].help + " Pick some or type your own (Enter adds it).")
+        for error in rank_errors():
+            st.error(error, icon=":material/error:")
+        st.multiselect("Bits per stored value", SETTINGS["bits"].allowed(), key=P + "bits",
+                       format_func=SETTINGS["bits"].format, disabled=locked, persist_state="session",
+                       help=SETTINGS["bits"].help)
+        st.multiselect("Trained factor", SETTINGS["update"].allowed(), key=P + "updates", disabled=locked,
+                       persist_state="session", help=SETTINGS["update"].help + " " + " ".join(
+                           f"**{k}**: {v}." for k, v in (SETTINGS["update"].choice_help or {}).items()))
+        st.divider()
+        st.caption("Every run of the sweep (the baseline too) uses these settings:")
+        ui.setting_widget("model", P + "model", disabled=locked, options=ui.allowed_models())
+        ui.setting_widget("dataset", P + "dataset", disabled=locked)
+        a, b = st.columns(2)
+        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, label="Epochs per run")
+        ui.setting_widget("seed", P + "seed", b, disabled=locked)
+        ui.setting_widget("batch_size", P + "batch_size", disabled=locked)
+        ui.setting_widget("max_train", P + "max_train", disabled=locked)
+        ui.setting_widget("recompute", P + "recompute", disabled=locked)
+        ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
+    ui.sidebar_footer()
+
+
+def _rank_key(text: str):
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+# ----------------------------------------------------------------------------- what is shown
+
+def sweep_state(job: Job) -> dict:
+    def read(t: SweepTracker) -> dict:
+        return dict(points=list(t.points), total=t.total, fraction=t.fraction(), current=t.describe_current(),
+                    step=t.step, run_steps=t.run_steps, too_short=t.too_short(), run_ids=list(t.run_ids))
+
+    return job.read(read)
+
+
+def progress(job: Job, state: dict) -> None:
+    done, total = len(state["points"]), state["total"]
+    if job.status == "queued":
+        st.info(f"Waiting for a free slot: position {ui.registry().queue_position(job)} in the queue (runs on "
+                "this server train one at a time).", icon=":material/hourglass_top:")
+    elif job.status == "running":
+        if total is None:
+            text = "Checking the grid…"
+        elif not state["current"]:
+            text = f"Run {done + 1} of {total}: loading data, building and factorizing the model…"
         else:
-            what = "baseline (dense fp32)" if done == 0 else (
-                f"rank {cur['rank']}, {'fp32' if cur['bits'] is None else str(cur['bits']) + ' bits'}, "
-                f"update {cur['update']}")
-            part = job.step / job.run_total if job.run_total else 0.0
-            text = f"Run {done + 1} of {job.total}: {what} · step {job.step} of {job.run_total}"
-            frac = (done + part) / job.total
+            text = f"Run {done + 1} of {total}: {state['current']} · step {state['step']} of {state['run_steps']}"
         if job.stopping:
-            text = f"Stopping: run {done + 1} of {job.total} finishes its current step first…"
-        st.progress(min(frac, 1.0), text=text)
+            text = f"Stopping: run {done + 1} of {total} finishes its current step first…"
+        st.progress(state["fraction"], text=text)
     elif job.status == "completed":
-        st.success(f"Sweep done: {len(job.points)} runs, all stored in the history.", icon=":material/check_circle:")
+        stored = " Every run is stored in the history." if state["run_ids"] else " Not stored (history off)."
+        st.success(f"Sweep done: {done} runs (the baseline and {done - 1} Facto settings).{stored}",
+                   icon=":material/check_circle:")
     elif job.status == "interrupted":
-        st.warning(f"Stopped after {len(job.points)} of {job.total} runs; the finished points are kept.",
+        st.warning(f"Stopped after {done} of {total} runs; the finished points are kept.",
                    icon=":material/pause_circle:")
     else:
         st.error(f"The sweep could not go on: {job.error}", icon=":material/error:")
-    chart = dict(theme=None, config={"displaylogo": False})
+    if state["too_short"]:
+        st.warning(state["too_short"], icon=":material/warning:")
+
+
+def points_frame(points: list) -> pd.DataFrame:
+    rows = points_table(points)
+    bits = SETTINGS["bits"]
+    return pd.DataFrame({
+        "run": ["baseline (dense fp32)" if r["variant"] == "baseline" else "Facto" for r in rows],
+        "rank": [None if r["variant"] == "baseline" else r["rank"] for r in rows],
+        "bits": [None if r["variant"] == "baseline" else bits.format(r["bits"]) for r in rows],
+        "trained factor": [None if r["variant"] == "baseline" else r["update"] for r in rows],
+        "test accuracy": [r["accuracy"] for r in rows],
+        "change": [r["accuracy_delta"] if r["variant"] != "baseline" else None for r in rows],
+        "memory saving": [r["saving_pct"] if r["variant"] != "baseline" else None for r in rows],
+        "stored": [r["act_bytes"] / plots.MB for r in rows],
+        "time per step": [r["step_seconds"] * 1000 for r in rows],
+        "status": [r["status"] for r in rows],
+    })
+
+
+def sweep_panel() -> None:
+    job = watched_sweep()
+    if job is None:
+        return
+    if job.finished and st.session_state.get("sweep_drawn_running"):
+        st.rerun(scope="app")  # finished: redraw the page with the controls enabled
+    state = sweep_state(job)
+    if job.owner != ui.visitor():
+        st.caption(f"Watching sweep #{job.id}, started by {ui.owner_label(job)}.")
+    progress(job, state)
+    cache, n = ui.figures(), len(state["points"])
     left, right = st.columns([3, 2])
-    left.plotly_chart(plots.pareto_front(job.points), key="sweep_pareto", **chart)
-    right.plotly_chart(plots.accuracy_heatmap(job.points), key="sweep_heatmap", **chart)
-    if job.points:
-        table = pd.DataFrame(points_table([SweepPoint(**p) for p in job.points]))
-        table["act_bytes"] = table["act_bytes"] / plots.MB
-        base = table["variant"] == "baseline"
-        table["bits"] = [("—" if is_base else "fp32") if b is None or b != b else f"{int(b)}"
-                         for b, is_base in zip(table["bits"].astype(object), base)]
-        table["rank"] = ["—" if is_base else str(r) for r, is_base in zip(table["rank"], base)]
-        table = table.rename(columns={"act_bytes": "stored (MB)", "saving_pct": "saving (%)",
-                                      "accuracy": "accuracy (%)", "accuracy_delta": "change (points)",
-                                      "step_seconds": "s/step"})
-        cols = ["variant", "rank", "bits", "update", "status", "accuracy (%)", "change (points)", "saving (%)",
-                "stored (MB)", "s/step"]
-        st.dataframe(table[cols], hide_index=True, column_config={
-            "accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
-            "change (points)": st.column_config.NumberColumn(format="%+.2f"),
-            "saving (%)": st.column_config.NumberColumn(format="%.1f"),
-            "stored (MB)": st.column_config.NumberColumn(format="%.2f"),
-            "s/step": st.column_config.NumberColumn(format="%.2f")})
-        st.download_button("Download the table (CSV)", table.to_csv(index=False), file_name="facto_sweep.csv",
-                           mime="text/csv", key="sweep_csv", icon=":material/download:")
+    left.plotly_chart(cache.get(job.id, "pareto", n, lambda: plots.pareto_front(state["points"])),
+                      key="sweep_pareto", **ui.CHART)
+    right.plotly_chart(cache.get(job.id, "heatmap", n, lambda: plots.accuracy_heatmap(state["points"])),
+                       key="sweep_heatmap", **ui.CHART)
+    if not state["points"]:
+        return
+    table = points_frame(state["points"])
+    st.dataframe(table, hide_index=True, width="stretch", placeholder="—", column_config={
+        "run": st.column_config.TextColumn(width="medium"),
+        "test accuracy": st.column_config.NumberColumn("test accuracy (%)", format="%.2f"),
+        "change": st.column_config.NumberColumn("change (points)", format="%+.2f",
+                                                help="Facto minus baseline test accuracy."),
+        "memory saving": st.column_config.NumberColumn("saving (%)", format="%.1f",
+                                                       help="1 − Facto / baseline activation bytes."),
+        "stored": st.column_config.NumberColumn("stored (MB)", format="%.2f",
+                                                help="Activation bytes kept for backward, one batch."),
+        "time per step": st.column_config.NumberColumn("ms / step", format="%.0f")})
+    st.download_button("Download the table (CSV)", pd.DataFrame(points_table(state["points"])).to_csv(index=False),
+                       file_name="facto_sweep.csv", mime="text/csv", key="sweep_csv", icon=":material/download:")
 
 
-st.fragment(run_every=REFRESH_S if running else None)(sweep_panel)()
+def other_sweeps(job: Job | None) -> None:
+    """Sweeps of this server going or waiting (any visitor's): watch one."""
+    jobs = [j for j in ui.registry().jobs(active_only=True) if j.meta.get("kind") == "sweep"
+            and (job is None or j.id != job.id)]
+    if not jobs:
+        return
+    with st.container(border=True):
+        st.markdown(f"**Sweeps on this server** ({len(jobs)} going or waiting)")
+        for other in jobs:
+            a, b = st.columns([5, 1])
+            a.markdown(f"#{other.id} · {other.label} · started by {ui.owner_label(other)}")
+            b.button("Watch", key=f"sweep_watch_{other.id}", on_click=ui.set_watched,
+                     args=(WATCH, PARAM, other.id), width="stretch")
+
+
+# ----------------------------------------------------------------------------- page
+
+init_state()
+job = watched_sweep()
+running = job is not None and not job.finished
+st.session_state["sweep_drawn_running"] = running
+locked = running and job.owner == ui.visitor()
+sidebar(locked, job)
+st.title("Sweep")
+n = len(st.session_state[P + "ranks"]) * len(st.session_state[P + "bits"]) * len(st.session_state[P + "updates"])
+st.caption(f"The baseline is trained once, then one short Facto run per setting: {n} setting(s) = {n + 1} runs, "
+           "each stored in the history. Which settings keep accuracy while storing least? Baseline: blue; "
+           "Facto: orange.")
+ui.history_notice()
+for error in st.session_state.get("sweep_errors", []):
+    st.error(f"Can't start this sweep: {error}", icon=":material/error:")
+other_sweeps(job)
+if job is None:
+    st.info("Pick ranks, bits and trained factors on the left and press **Run**. Short runs rank the settings; "
+            "if the baseline itself has not learned, the page says so.", icon=":material/grid_on:")
+else:
+    st.fragment(run_every=ui.REFRESH_S if running else None)(sweep_panel)()

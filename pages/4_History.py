@@ -1,154 +1,344 @@
 """History: every stored run (app, sweeps, CLI): filter, compare on one chart, export, delete.
 
-Layout only: runs come from facto.store, figures from facto.plots.
+Layout only: runs come from facto.store (through `ui.history()`), figures from facto.plots,
+setting labels and formats from facto.config's settings. In room mode a visitor sees (and
+may delete) only the runs they started on this server.
 """
 from __future__ import annotations
 
 import io
 from datetime import datetime
+from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 
+import ui
 from facto import plots
-from facto.store import RunStore, default_db_path
+from facto.config import SETTINGS
 
-st.set_page_config(page_title="Facto · history", page_icon=":material/history:", layout="wide")
-KEEP = dict(persist_state="session")
-STALE_AFTER_S = 900
-METRICS = {"accuracy": "test accuracy (%)", "loss": "training loss", "act_bytes": "activation memory (MB)"}
+P = "hist_"
+METRICS = {"accuracy": "Test accuracy", "loss": "Training loss", "act_bytes": "Stored for backward"}
+STATUS_WORDS = {"completed": "completed", "interrupted": "stopped (kept)", "failed": "failed", "running": "running"}
+KIND_WORDS = {"compare": "comparison", "sweep": "sweep run", "single": "single run"}
+VARIANT_WORDS = {"baseline": "baseline", "facto": "Facto"}
 
 
-@st.cache_resource(show_spinner=False)
-def _open_store(path: str) -> RunStore:
-    store = RunStore(path)
-    store.mark_stale_running(max_age_s=STALE_AFTER_S)
-    return store
+def _mb(v: float) -> str:
+    return f"{v / plots.MB:,.2f} MB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# Results side by side: summary field (dotted for nested values) -> label, format of the value.
+RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "saving_pct": ("Memory saving", lambda v: f"{v:.1f} %"),
+    "accuracy_delta": ("Test accuracy change", lambda v: f"{v:+.2f} points"),
+    "accuracy.baseline": ("Baseline test accuracy", lambda v: f"{v:.2f} %"),
+    "accuracy.facto": ("Facto test accuracy", lambda v: f"{v:.2f} %"),
+    "act_bytes.baseline": ("Baseline: stored for backward", _mb),
+    "act_bytes.facto": ("Facto: stored for backward", _mb),
+    "peak_cuda.baseline": ("Baseline: peak CUDA memory", _mb),
+    "peak_cuda.facto": ("Facto: peak CUDA memory", _mb),
+    "step_seconds.baseline": ("Baseline: time per step", lambda v: f"{1000 * v:,.0f} ms"),
+    "step_seconds.facto": ("Facto: time per step", lambda v: f"{1000 * v:,.0f} ms"),
+    "steps.baseline": ("Baseline: steps trained", lambda v: f"{v:,}"),
+    "steps.facto": ("Facto: steps trained", lambda v: f"{v:,}"),
+    "params.baseline": ("Baseline: parameters", lambda v: f"{v:,}"),
+    "params.facto": ("Facto: parameters", lambda v: f"{v:,}"),
+    "wall_seconds": ("Wall time", _duration),
+}
+
+
+def _summary_value(summary: dict | None, field: str) -> Any:
+    value: Any = summary or {}
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def setting_text(name: str, value: Any) -> str:
+    """A stored config value as the app shows it (label formats from the setting)."""
+    s = SETTINGS[name]
+    if s.kind == "bool":
+        return "on" if value else "off"
+    text = s.format(value)
+    return f"{text} {s.unit}" if s.unit and value is not None and s.kind != "bits" else text
+
+
+def trained(run) -> str:
+    variants = list((run.summary or {}).get("steps") or {})
+    return " and ".join(VARIANT_WORDS.get(v, v) for v in variants) if variants else "—"
+
+
+def run_title(run) -> str:
+    """'#12 · simple_cnn on digits · rank 0.5 · update core · 4-bit …'."""
+    only = "" if trained(run) in ("—", "baseline and Facto") else f" ({trained(run)} only)"
+    return f"#{run.id} · {plots.config_label(run.config)}{only}"
+
+
+# ----------------------------------------------------------------------------- delete
+
+def deletable(run) -> str | None:
+    """Why `run` may not be deleted here (None when it may)."""
+    store = ui.history()
+    if store is None or not getattr(store, "writable", True):
+        return "the run history is read-only"
+    if run.status == "running":
+        return "it is still running"
+    if ui.room().enabled and run.id not in ui.runs_started_by():
+        return "in room mode you can delete only the runs you started"
+    return None
 
 
 def delete_selected() -> None:
-    store = _open_store(str(default_db_path()))
-    ids = st.session_state.get("hist_selected", [])
-    deletable = [i for i in ids if store.get_run(i).status != "running"]
-    for run_id in deletable:
-        store.delete_run(run_id)
-    st.session_state["hist_selected"] = [i for i in ids if i not in deletable]
-    st.session_state["hist_confirm"] = False
-    st.session_state["hist_deleted"] = len(deletable)
+    s = st.session_state
+    store = ui.history()
+    ids = s.get(P + "selected", [])
+    done, refused = [], []
+    for run_id in ids:
+        try:
+            run = store.get_run(run_id)
+        except ValueError:
+            continue
+        why = deletable(run)
+        if why is None:
+            store.delete_run(run_id)
+            done.append(run_id)
+        else:
+            refused.append(f"#{run_id}: {why}")
+    s[P + "selected"] = [i for i in ids if i not in done]
+    s[P + "confirm"] = False
+    s[P + "deleted"] = (done, refused)
 
 
-store = _open_store(str(default_db_path()))
-runs = store.list_runs()
-st.title("History")
-st.caption(f"Every stored run, newest first — from this app, its sweeps and the command line "
-           f"(`python -m facto`). Database: `{store.path}`")
-if st.session_state.pop("hist_deleted", None):
-    st.toast("Deleted the selected runs.", icon=":material/delete:")
-if not runs:
-    st.info("No runs stored yet: start one on the main page, the Sweep page or with `python -m facto train`.",
-            icon=":material/history:")
-    st.stop()
+# ----------------------------------------------------------------------------- tables
 
-# --------------------------------------------------------------------------- filters
-with st.sidebar:
-    st.header("Filter")
-    statuses = sorted({r.status for r in runs})
-    st.multiselect("Status", statuses, default=statuses, key="hist_status", **KEEP,
-                   help="completed, interrupted (stopped; what was done is kept), failed, running.")
-    kinds = sorted({r.kind for r in runs})
-    st.multiselect("Kind", kinds, default=kinds, key="hist_kind", **KEEP,
-                   help="compare: baseline and Facto side by side; single: one variant (sweeps).")
-    models = sorted({str(r.config.get("model")) for r in runs})
-    st.multiselect("Model", models, default=models, key="hist_models", **KEEP)
-    datasets = sorted({str(r.config.get("dataset")) for r in runs})
-    st.multiselect("Dataset", datasets, default=datasets, key="hist_datasets", **KEEP)
-    st.text_input("Name contains", key="hist_text", **KEEP, placeholder="e.g. rank=0.25")
-
-s = st.session_state
-shown = [r for r in runs if r.status in s["hist_status"] and r.kind in s["hist_kind"]
-         and str(r.config.get("model")) in s["hist_models"] and str(r.config.get("dataset")) in s["hist_datasets"]
-         and s["hist_text"].lower() in r.name.lower()]
+def short_settings(config: dict) -> str:
+    """'simple_cnn · digits · rank 0.5 · 4 bits · core · recompute · 4 ep' (the runs table's column)."""
+    c = config or {}
+    parts = [str(c.get("model", "?")), str(c.get("dataset", "?"))]
+    if "rank" in c:
+        parts.append(f"rank {c['rank']}")
+    if "bits" in c:
+        parts.append(SETTINGS["bits"].format(c["bits"]).split(" (")[0])
+    if c.get("update"):
+        parts.append(str(c["update"]))
+    if c.get("recompute"):
+        parts.append("recompute")
+    if c.get("epochs"):
+        parts.append(f"{c['epochs']} ep")
+    if c.get("max_train"):
+        parts.append(f"{c['max_train']:,} imgs")
+    return " · ".join(parts)
 
 
-def _row(r) -> dict:
-    summary = r.summary or {}
-    acc = summary.get("accuracy") or {}
-    trained = ", ".join(summary.get("steps") or acc) or "—"
-    return {"id": r.id, "name": r.name, "kind": r.kind, "trained": trained, "status": r.status,
-            "started": datetime.fromtimestamp(r.created_at), "duration (s)": r.duration_s,
-            "epochs": r.config.get("epochs"), "saving (%)": summary.get("saving_pct"),
-            "baseline acc (%)": acc.get("baseline"), "Facto acc (%)": acc.get("facto"),
-            "change (points)": summary.get("accuracy_delta"), "error": r.error}
+def _accuracy(run) -> str | None:
+    acc = (run.summary or {}).get("accuracy") or {}
+    values = [f"{acc[v]:.1f}" if acc.get(v) is not None else "—" for v in ("baseline", "facto") if v in acc]
+    return " → ".join(values) if values else None
 
 
-st.subheader(f"{len(shown)} of {len(runs)} runs")
-st.dataframe(pd.DataFrame([_row(r) for r in shown]), hide_index=True, height=min(420, 40 + 35 * len(shown)),
-             column_config={
-                 "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-                 "duration (s)": st.column_config.NumberColumn(format="%.0f"),
-                 "saving (%)": st.column_config.NumberColumn(format="%.1f"),
-                 "baseline acc (%)": st.column_config.NumberColumn(format="%.2f"),
-                 "Facto acc (%)": st.column_config.NumberColumn(format="%.2f"),
-                 "change (points)": st.column_config.NumberColumn(format="%+.2f")})
-
-# --------------------------------------------------------------------------- compare
-def label(r) -> str:
-    trained = list((r.summary or {}).get("steps") or {})
-    only = f", {trained[0]} only" if len(trained) == 1 else ""
-    return f"#{r.id} {r.name} ({r.status}{only})"
+def runs_frame(runs: list) -> pd.DataFrame:
+    return pd.DataFrame({
+        "#": [r.id for r in runs],
+        "run": [short_settings(r.config) for r in runs],
+        "kind": [KIND_WORDS.get(r.kind, r.kind) + ("" if trained(r) in ("—", "baseline and Facto")
+                                                   else f" · {trained(r)}") for r in runs],
+        "status": [STATUS_WORDS.get(r.status, r.status) for r in runs],
+        "started": [datetime.fromtimestamp(r.created_at) for r in runs],
+        "saving": [_summary_value(r.summary, "saving_pct") for r in runs],
+        "change": [_summary_value(r.summary, "accuracy_delta") for r in runs],
+        "accuracy": [_accuracy(r) for r in runs],
+    })
 
 
-by_id = {r.id: r for r in runs}
-if "hist_selected" not in s:
-    s["hist_selected"] = [r.id for r in shown if r.status == "completed"][:3]
-s["hist_selected"] = [i for i in s["hist_selected"] if i in by_id]
-st.multiselect("Runs to compare", [r.id for r in shown] + [i for i in s["hist_selected"]
-                                                          if i not in {r.id for r in shown}],
-               key="hist_selected", format_func=lambda i: label(by_id[i]),
-               help="Pick several runs: their curves share one chart, their numbers one table.")
-selected = [by_id[i] for i in s["hist_selected"] if i in by_id]
+RUNS_COLUMNS = {  # widths that fit a wide page; the settings text is cut first (the selection shows it whole)
+    "#": st.column_config.NumberColumn("#", width=45, format="%d"),
+    "run": st.column_config.TextColumn("settings", width=310),
+    "kind": st.column_config.TextColumn(width=115),
+    "status": st.column_config.TextColumn(width=100),
+    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=100),
+    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=70,
+                                            help="Memory saving: 1 − Facto / baseline activation bytes."),
+    "change": st.column_config.NumberColumn("change", format="%+.2f", width=65,
+                                            help="Facto minus baseline test accuracy, in points."),
+    "accuracy": st.column_config.TextColumn("test acc. %", width=100,
+                                            help="Test accuracy: baseline → Facto (one value: the variant trained)."),
+}
 
-chart = dict(theme=None, config={"displaylogo": False})
-left, right = st.columns([3, 2])
-with left:
-    st.segmented_control("Metric", list(METRICS), format_func=METRICS.get, key="hist_metric", default="accuracy",
-                         required=True, **KEEP)
-    series = [dict(label=f"#{r.id}", rows=store.metrics(r.id)) for r in selected]
-    st.plotly_chart(plots.history_chart(series, s["hist_metric"] or "accuracy"), key="hist_chart", **chart)
-with right:
-    st.plotly_chart(plots.tradeoff_scatter([{**p, "source": "session"} for p in plots.tradeoff_points(selected)],
-                                           title="Selected runs: saving vs accuracy change",
-                                           empty_text="Only comparisons (kind compare) have both numbers"),
-                    key="hist_tradeoff", **chart)
 
-if selected:
-    ids = [r.id for r in selected]
-    st.subheader("Selected runs side by side")
-    table = pd.DataFrame(store.compare_runs(ids)).set_index("id")
-    for col in ("created_at", "finished_at"):
-        table[col] = [datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S") if v else "" for v in table[col]]
-    varying = [c for c in table.columns if table[c].astype(str).nunique() > 1 or len(table) == 1]
-    shown_table = table[varying].T.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
-    shown_table.columns = [f"#{i}" for i in shown_table.columns]
-    st.dataframe(shown_table, height=min(600, 40 + 35 * len(varying)))
-    runs_csv, metrics_csv = io.StringIO(), io.StringIO()
+def side_by_side(runs: list, every_setting: bool) -> pd.DataFrame:
+    """One row per field (plain label, value with its unit), one column per run."""
+    columns = [f"#{r.id}" for r in runs]
+    rows: list[tuple[str, list[str]]] = [
+        ("Kind", [KIND_WORDS.get(r.kind, r.kind) for r in runs]),
+        ("Status", [STATUS_WORDS.get(r.status, r.status) for r in runs]),
+        ("Trained", [trained(r) for r in runs]),
+        ("Started", [datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M") for r in runs]),
+        ("Duration", [_duration(r.duration_s) if r.duration_s is not None else "—" for r in runs]),
+    ]
+    for field, (label, fmt) in RESULT_FIELDS.items():
+        values = [_summary_value(r.summary, field) for r in runs]
+        if any(v is not None for v in values):
+            rows.append((label, ["—" if v is None else fmt(v) for v in values]))
+    for name, s in SETTINGS.items():
+        if not any(name in r.config for r in runs):
+            continue
+        values = ["—" if name not in r.config else setting_text(name, r.config[name]) for r in runs]
+        if every_setting or len(runs) == 1 or len(set(values)) > 1:
+            rows.append((s.label, values))
+    errors = [r.error or "" for r in runs]
+    if any(errors):
+        rows.append(("Error", [e or "—" for e in errors]))
+    return pd.DataFrame([v for _, v in rows], columns=columns, index=[label for label, _ in rows])
+
+
+def exports(store, ids: list[int]) -> tuple[str, str]:
+    runs_csv = io.StringIO()
     store.export_runs_csv(ids, runs_csv)
     frames = []
     for run_id in ids:
         one = io.StringIO()
-        store.export_csv(run_id, one)
-        one.seek(0)
-        frames.append(pd.read_csv(one))
-    pd.concat(frames, ignore_index=True).to_csv(metrics_csv, index=False)
+        if store.export_csv(run_id, one):
+            one.seek(0)
+            frames.append(pd.read_csv(one))
+    metrics = pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
+    return runs_csv.getvalue(), metrics
+
+
+# ----------------------------------------------------------------------------- page
+
+def _options(key: str, *values) -> list[str]:
+    """Stable options: the known values, those of the runs, and what is chosen already (Streamlit
+    silently drops a chosen value that is no longer an option, e.g. after its runs were deleted)."""
+    return sorted({str(v) for group in values for v in group} | set(st.session_state.get(key) or []))
+
+
+def filters(runs: list) -> list:
+    with st.sidebar:
+        st.header("Filter")
+        st.caption("Nothing chosen: all.")
+        st.multiselect("Status", _options(P + "status", STATUS_WORDS, (r.status for r in runs)), key=P + "status",
+                       format_func=lambda v: STATUS_WORDS.get(v, v), placeholder="all", persist_state="session",
+                       help="stopped (kept): a run stopped early; what was done is stored.")
+        st.multiselect("Kind", _options(P + "kind", KIND_WORDS, (r.kind for r in runs)), key=P + "kind",
+                       format_func=lambda k: KIND_WORDS.get(k, k), placeholder="all", persist_state="session",
+                       help="comparison: baseline and Facto side by side (main page); sweep run: one variant "
+                            "of a sweep; single run: one variant (command line).")
+        st.multiselect("Model", _options(P + "models", (r.config.get("model", "—") for r in runs)),
+                       key=P + "models", placeholder="all", persist_state="session")
+        st.multiselect("Dataset", _options(P + "datasets", (r.config.get("dataset", "—") for r in runs)),
+                       key=P + "datasets", placeholder="all", persist_state="session")
+        st.text_input("Settings contain", key=P + "text", placeholder="e.g. rank 0.25", persist_state="session")
+    s = st.session_state
+
+    def keep(r) -> bool:
+        return ((not s.get(P + "status") or r.status in s[P + "status"])
+                and (not s.get(P + "kind") or r.kind in s[P + "kind"])
+                and (not s.get(P + "models") or str(r.config.get("model", "—")) in s[P + "models"])
+                and (not s.get(P + "datasets") or str(r.config.get("dataset", "—")) in s[P + "datasets"])
+                and (s.get(P + "text") or "").lower() in plots.config_label(r.config).lower())
+
+    return [r for r in runs if keep(r)]
+
+
+def newest(runs: list) -> list[int]:
+    """The newest run that trained something (completed, stopped or running), else the newest."""
+    for r in runs:
+        if r.status in ("completed", "interrupted", "running"):
+            return [r.id]
+    return [runs[0].id] if runs else []
+
+
+st.title("History")
+st.caption("Every stored run, newest first: from the main page, the Sweep page and the command line "
+           "(`python -m facto`). Baseline: blue; Facto: orange.")
+ui.history_notice()
+store = ui.history()
+room = ui.room()
+if store is None:
+    st.info("Nothing to show: the run history is off (see above). Runs still train on the other pages.",
+            icon=":material/history:")
+    ui.sidebar_footer()
+    st.stop()
+
+writable = getattr(store, "writable", True)
+all_runs = store.list_runs()
+if room.enabled:
+    mine = ui.runs_started_by()
+    all_runs = [r for r in all_runs if r.id in mine]
+    st.caption("Room mode: only the runs you started on this server are listed.")
+deleted = st.session_state.pop(P + "deleted", None)
+if deleted:
+    done, refused = deleted
+    if done:
+        st.toast(f"Deleted {len(done)} run(s).", icon=":material/delete:")
+    for why in refused:
+        st.error(f"Not deleted: {why}.", icon=":material/block:")
+if not all_runs:
+    st.info("You have not started a run on this server yet: start one on the main page or the Sweep page."
+            if room.enabled else
+            "No runs stored yet: start one on the main page, the Sweep page or with `python -m facto train`.",
+            icon=":material/history:")
+    ui.sidebar_footer()
+    st.stop()
+
+shown = filters(all_runs)
+ui.sidebar_footer()
+st.subheader(f"{len(shown)} of {len(all_runs)} runs")
+st.dataframe(runs_frame(shown), hide_index=True, width="stretch", placeholder="—",
+             height=min(420, 38 + 35 * max(len(shown), 1)), column_config=RUNS_COLUMNS)
+
+by_id = {r.id: r for r in all_runs}
+s = st.session_state
+if P + "selected" not in s:
+    s[P + "selected"] = newest(all_runs)
+s[P + "selected"] = [i for i in s[P + "selected"] if i in by_id]
+options = [r.id for r in shown] + [i for i in s[P + "selected"] if i not in {r.id for r in shown}]
+st.multiselect("Runs to compare", options, key=P + "selected", format_func=lambda i: run_title(by_id[i]),
+               help="Pick several runs: their curves share one chart, their numbers one table. The newest run "
+                    "is picked when you open the page.")
+selected = [by_id[i] for i in s[P + "selected"] if i in by_id]
+
+left, right = st.columns([3, 2])
+with left:
+    st.segmented_control("Metric", list(METRICS), format_func=METRICS.get, key=P + "metric", default="accuracy",
+                         required=True)
+    series = [dict(label=f"#{r.id}", rows=store.metrics(r.id)) for r in selected]
+    st.plotly_chart(plots.history_chart(series, s.get(P + "metric") or "accuracy"), key="hist_chart", **ui.CHART)
+    st.caption("Each run keeps its own line dash and marker; baseline lines are blue, Facto lines orange.")
+with right:
+    st.plotly_chart(plots.tradeoff_scatter([{**p, "source": "session"} for p in plots.tradeoff_points(selected)],
+                                           title="Selected runs: saving vs accuracy change",
+                                           empty_text="Comparisons (baseline and Facto) appear here",
+                                           session_name="Selected runs"),
+                    key="hist_tradeoff", **ui.CHART)
+
+if selected:
+    st.subheader("Selected runs side by side")
+    every = st.checkbox("Show every setting, also those the runs share", key=P + "every",
+                        disabled=len(selected) == 1)
+    table = side_by_side(selected, every)
+    st.dataframe(table, width="stretch", height=min(720, 38 + 35 * len(table)),
+                 column_config={"_index": st.column_config.TextColumn("", width="medium")})
+    runs_csv, metrics_csv = exports(store, [r.id for r in selected])
     a, b, c = st.columns(3)
-    a.download_button("Summary CSV (selected runs)", runs_csv.getvalue(), file_name="facto_runs.csv",
-                      mime="text/csv", key="hist_export_runs", icon=":material/download:", width="stretch")
-    b.download_button("Metrics CSV (every step)", metrics_csv.getvalue(), file_name="facto_metrics.csv",
-                      mime="text/csv", key="hist_export_metrics", icon=":material/download:", width="stretch")
+    a.download_button("Summary CSV (selected runs)", runs_csv, file_name="facto_runs.csv", mime="text/csv",
+                      key="hist_export_runs", icon=":material/download:", width="stretch")
+    b.download_button("Metrics CSV (every step)", metrics_csv, file_name="facto_metrics.csv", mime="text/csv",
+                      key="hist_export_metrics", icon=":material/download:", width="stretch",
+                      disabled=not metrics_csv)
     with c:
-        running = [r.id for r in selected if r.status == "running"]
-        st.checkbox(f"Yes, delete {len(selected) - len(running)} run(s)", key="hist_confirm",
-                    disabled=len(running) == len(selected),
-                    help="Runs still running can't be deleted." if running else None)
+        may = [r for r in selected if deletable(r) is None]
+        reasons = sorted({deletable(r) for r in selected} - {None})
+        why = ("Not possible for " + ", ".join(f"#{r.id}" for r in selected if r not in may) + ": "
+               + "; ".join(reasons) + ".") if reasons else None
+        st.checkbox(f"Yes, delete {len(may)} run(s)", key=P + "confirm", disabled=not may, help=why)
         st.button("Delete selected runs", key="hist_delete", on_click=delete_selected, type="primary",
-                  disabled=not s.get("hist_confirm"), icon=":material/delete:", width="stretch")
+                  disabled=not may or not s.get(P + "confirm"), icon=":material/delete:", width="stretch",
+                  help=why)
+        if not writable:
+            st.caption("Delete is off: the run history is read-only.")

@@ -1,34 +1,54 @@
 """The Streamlit app and its pages, driven headless with streamlit.testing.v1.AppTest.
 
-Every test uses a temporary FACTO_HOME, so the run store starts empty. Training runs use
-one epoch on a 128-image subset (2 steps per variant) to stay fast.
+Every test uses a temporary FACTO_HOME, so the run store starts empty, and a fresh server
+state: jobs belong to the server's registry (`ui.registry()`, an st.cache_resource shared by
+every AppTest of this process), so the fixture clears the cached resources before a test and
+stops what is still going after it. Training runs use one epoch on a 128-image subset (2
+steps per variant) to stay fast. Runs with made-up events (a GPU run, a run too short to
+compare, a sweep at chance level) are real `facto.jobs.Job`s fed by a list of events.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from facto.config import RunConfig
+from facto.events import EvalEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from facto.jobs import Job
 from facto.store import RunStore
+from facto.sweep import SweepPoint, SweepStart, SweepTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds per script run: the first one imports torch and factorizes
 RUN_LIMIT = 240  # seconds for a whole tiny training run on a busy 2-core machine
+PAGES = ["pages/1_Sweep.py", "pages/2_Layers.py", "pages/3_Compression.py", "pages/4_History.py"]
 
 
 @pytest.fixture()
-def home(tmp_path, monkeypatch):
+def ui(tmp_path, monkeypatch):
+    """The `ui` module the app imports, with a fresh server state and an empty FACTO_HOME."""
     monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
-    monkeypatch.syspath_prepend(str(ROOT))  # pages import facto like app.py does
-    return tmp_path / "home"
+    monkeypatch.delenv("FACTO_ROOM", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT))  # the app imports ui and facto from the repo root
+    import ui as module
+
+    st.cache_resource.clear()  # registry, history, room settings, owners: new for this test
+    yield module
+    for job in module.registry().jobs(active_only=True):
+        job.stop(wait_s=60)
+    st.cache_resource.clear()
 
 
-def app(page: str = "app.py") -> AppTest:
+def app(page: str = "app.py", **query: str) -> AppTest:
     at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT)
+    at.query_params.update(query)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -40,15 +60,19 @@ def tiny(at: AppTest, train: int = 128) -> None:
     at.number_input(key="max_test").set_value(64)
 
 
-def wait(at: AppTest, job_key: str = "job", until=lambda job: job.status != "running") -> None:
+def wait(at: AppTest, job: Job, until=lambda job: job.finished) -> None:
     """Redraw the page (as the live fragment does every second) until `until(job)` holds."""
     deadline = time.monotonic() + RUN_LIMIT
-    while not until(at.session_state[job_key]):
+    while not until(job):
         assert time.monotonic() < deadline, "the run did not get there in time"
         time.sleep(0.3)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
     at.run()  # the first redraw after the end re-enables the controls
+
+
+def watched(ui, at: AppTest, key: str = "watch") -> Job:
+    return ui.registry().get(at.session_state[key])
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -59,175 +83,330 @@ def number(text: str) -> float:
     return float(re.search(r"[-+]?\d+(?:\.\d+)?", text.replace(",", "")).group())
 
 
-def test_main_page_loads_with_the_runconfig_defaults(home):
+def spec(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def fake_job(ui, events: list, accumulator, meta: dict, owner: str | None = None) -> Job:
+    """A real job of the server's registry, fed by made-up events; finished when returned."""
+    job = ui.registry().submit(Job(lambda: iter(events), accumulator, label="made up", owner=owner, meta=meta))
+    assert job.wait(30) and job.status == "completed", job.error
+    return job
+
+
+def run_events(accuracy: dict, peak: dict | None = None, device: str = "CPU", steps: int = 2) -> list:
+    """A finished comparison: start, steps of both variants, one test each, summary."""
+    config = RunConfig(epochs=1).to_dict()
+    act = {"baseline": 32_000_000, "facto": 2_000_000}
+    peak = peak or {"baseline": None, "facto": None}
+    events = [StartEvent(config=config, device="cuda" if peak["facto"] else "cpu", device_name=device,
+                         steps_per_epoch=steps, total_steps=steps, train_size=1400, test_size=397,
+                         params={"baseline": 10, "facto": 5}, trainable_params={"baseline": 10, "facto": 2},
+                         layer_bytes={v: {"features.0": b} for v, b in act.items()}, report=[], evals_planned=1)]
+    events += [StepEvent(v, s, 1, 1.0, 50.0, act[v], act[v], peak[v], 0.01, 1e-3)
+               for s in range(1, steps + 1) for v in ("baseline", "facto")]
+    events += [EvalEvent(v, steps, 1, 0.5, accuracy[v]) for v in ("baseline", "facto")]
+    events.append(SummaryEvent("completed", {v: steps for v in act}, accuracy, act, peak, {v: 0.01 for v in act},
+                               {"baseline": 10, "facto": 5}, 1.0, 93.75, accuracy["facto"] - accuracy["baseline"]))
+    return events
+
+
+def stored_run(store: RunStore, rank: float, status: str = "completed", delta: float = -1.0, **config) -> int:
+    run_id = store.start_run(RunConfig(rank=rank, epochs=1, **config).to_dict(), kind="compare")
+    store.log_metrics(run_id, [(v, "eval", 5, 1, {"accuracy": 90.0, "loss": 0.3}) for v in ("baseline", "facto")])
+    store.log_metrics(run_id, [(v, "step", s, 1, {"accuracy": 50.0, "loss": 1.0, "act_bytes": 3e7})
+                               for s in (1, 2) for v in ("baseline", "facto")])
+    store.finish_run(run_id, status, {
+        "saving_pct": 80.0, "accuracy_delta": delta, "accuracy": {"baseline": 90.0, "facto": 90.0 + delta},
+        "act_bytes": {"baseline": 31_868_672, "facto": 1_781_760}, "steps": {"baseline": 5, "facto": 5},
+        "peak_cuda": {"baseline": None, "facto": None}, "step_seconds": {"baseline": 0.05, "facto": 0.07},
+        "params": {"baseline": 72_666, "facto": 27_674}, "wall_seconds": 31.2})
+    return run_id
+
+
+# ----------------------------------------------------------------------------- main page
+
+def test_main_page_loads_with_the_runconfig_defaults(ui):
     at = app()
+    defaults = RunConfig()
     assert at.title[0].value.startswith("Facto")
-    assert at.selectbox(key="model").value == "simple_cnn"
-    assert at.selectbox(key="dataset").value == "digits"
-    assert at.text_input(key="rank").value == "0.5"
-    assert at.selectbox(key="bits").value == 4
-    assert at.number_input(key="epochs").value == 4
-    assert at.segmented_control(key="preset").value == "balanced"
+    assert at.selectbox(key="model").value == defaults.model
+    assert at.selectbox(key="dataset").value == defaults.dataset
+    assert at.text_input(key="rank").value == str(defaults.rank)
+    assert at.selectbox(key="bits").value == defaults.bits
+    assert at.number_input(key="epochs").value == defaults.epochs
+    assert at.checkbox(key="recompute").value is defaults.recompute
+    assert at.radio(key="preset").value == "balanced"
     assert not at.button(key="run").disabled and at.button(key="stop").disabled
-    assert any("Press **Run**" in i.value or "press **Run**" in i.value for i in at.info)
+    assert any("press **Run**" in i.value for i in at.info)
 
 
-def test_run_completes_with_metrics_charts_and_a_stored_run(home):
+def test_run_completes_with_metrics_charts_and_a_stored_run(ui):
     at = app()
     tiny(at)
     at.button(key="run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    if at.session_state["job"].status == "running":  # controls are locked while it trains
+    job = watched(ui, at)
+    if not job.finished:  # controls are locked while it trains
         assert at.number_input(key="epochs").disabled and at.text_input(key="rank").disabled
         assert at.button(key="run").disabled and not at.button(key="stop").disabled
-    wait(at)
-    job = at.session_state["job"]
+    wait(at, job)
     assert job.status == "completed", job.error
     assert number(metric(at, "Memory saving")) > 0
     assert number(metric(at, "Facto activations")) < number(metric(at, "Baseline activations"))
     assert metric(at, "Baseline accuracy").endswith("%") and metric(at, "Facto accuracy").endswith("%")
     charts = at.get("plotly_chart")
-    assert len(charts) == 4
-    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
-    assert titles == ["Accuracy and loss vs step", "Activation memory stored for backward (MB)",
-                      "Stored for backward, per layer (one batch)", "Memory saving vs accuracy change"]
-    assert all(json.loads(c.proto.spec)["data"] for c in charts)
+    assert [spec(c)["layout"]["title"]["text"] for c in charts] == [
+        "Accuracy and loss vs step", "Activation memory stored for backward (MB)",
+        "Stored for backward, per layer (one batch)", "Memory saving vs accuracy change"]
+    assert all(spec(c)["data"] for c in charts)
     assert "Stored as run #1" in at.success[0].value
     assert not at.button(key="run").disabled and not at.number_input(key="epochs").disabled
-    store = RunStore()
-    (run,) = store.list_runs()
+    (run,) = RunStore().list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1 and run.config["max_train"] == 128
     assert run.summary["saving_pct"] > 0
+    assert ui.runs_started_by(at.query_params["v"]) == {run.id}  # remembered for room mode
 
     at.run()  # a rerun neither restarts nor loses the run
-    assert at.session_state["job"] is job and len(RunStore().list_runs()) == 1
+    assert watched(ui, at) is job and len(RunStore().list_runs()) == 1
 
-    fresh = app()  # a restart shows the stored run
+    fresh = app()  # a new tab shows the stored run
     assert any("last stored run #1" in i.value for i in fresh.info)
     assert number(metric(fresh, "Memory saving")) == pytest.approx(run.summary["saving_pct"], abs=0.06)
     assert len(fresh.get("plotly_chart")) == 4
 
+    again = app(job=str(job.id))  # a reloaded tab (?job=N) reattaches to the run
+    assert again.session_state["watch"] == job.id and "Stored as run #1" in again.success[0].value
 
-def test_stop_keeps_what_was_done_as_interrupted(home):
+
+def test_stop_keeps_what_was_done_as_interrupted(ui):
     at = app()
     tiny(at, train=640)  # 10 steps: plenty of time to stop
     at.button(key="run").click().run()
-    wait(at, until=lambda job: job.steps or job.status != "running")
+    job = watched(ui, at)
+    wait(at, job, until=lambda job: job.read(lambda t: bool(t.steps)) or job.finished)
     at.button(key="stop").click().run()
-    job = at.session_state["job"]
-    assert job.status == "interrupted" and job.steps
-    assert any("Stopped after" in w.value for w in at.warning)
+    assert job.status == "interrupted" and job.read(lambda t: bool(t.steps))
+    assert any("Stopped after" in w for w in texts(at, "warning"))
     assert number(metric(at, "Memory saving")) > 0  # what was done is still shown
     (run,) = RunStore().list_runs()
     assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1
     at.run()
-    assert at.session_state["job"].status == "interrupted"  # not restarted by a rerun
+    assert watched(ui, at).status == "interrupted"  # not restarted by a rerun
 
 
-def test_bad_rank_shows_an_error_not_a_traceback(home):
+def test_bad_rank_shows_a_plain_error_next_to_the_input_before_run(ui):
     at = app()
-    at.text_input(key="rank").input("2.0")
-    at.button(key="run").click().run()
+    at.text_input(key="rank").input("2.0").run()
     assert not at.exception
-    assert "rank=2.0 is not allowed" in at.error[0].value
-    assert "job" not in at.session_state or at.session_state["job"] is None
-    assert not RunStore().list_runs()
+    (error,) = texts(at, "error")  # at once, before Run, in plain words
+    assert error.startswith("Rank: '2.0' is not allowed. Use a fraction of the channels")
+    at.button(key="run").click().run()
+    assert any("Can't start this run" in e for e in texts(at, "error"))
+    assert not ui.registry().jobs() and not RunStore().list_runs()
 
 
-def test_missing_dataset_shows_the_fix(home, tmp_path):
+def test_missing_dataset_shows_the_fix(ui, tmp_path):
     at = app()
     at.selectbox(key="dataset").set_value("cifar10")
     at.text_input(key="data_dir").input(str(tmp_path / "empty"))
     at.button(key="run").click().run()
-    wait(at)
-    assert not at.exception
-    assert at.session_state["job"].status == "failed"
-    assert any("cifar10" in e.value and "To fix" in e.value for e in at.error)
+    job = watched(ui, at)
+    wait(at, job)
+    assert job.status == "failed"
+    assert any("cifar10" in e and "To fix" in e for e in texts(at, "error"))
 
 
-def test_presets_set_the_controls_and_hand_edits_make_custom(home):
+def test_presets_set_the_controls_and_hand_edits_make_custom(ui):
     at = app()
-    at.segmented_control(key="preset").set_value("max-saving").run()
+    at.radio(key="preset").set_value("max-saving").run()
     assert at.selectbox(key="bits").value == 2 and at.checkbox(key="recompute").value
-    at.segmented_control(key="preset").set_value("paper").run()
+    at.radio(key="preset").set_value("paper").run()
     assert at.selectbox(key="update").value == "last" and not at.checkbox(key="recompute").value
     at.text_input(key="rank").input("0.25").run()
-    assert at.segmented_control(key="preset").value == "custom"
+    assert at.radio(key="preset").value == "custom"
 
 
-def test_navigation_reaches_every_page(home):
+def test_too_short_run_is_flagged_and_tradeoff_chart_shows_every_point(ui):
+    """A made-up finished run at +13.85 points: the baseline at 40 % is too short to compare,
+    and the run's point lies inside the tradeoff chart's y range."""
+    job = fake_job(ui, run_events({"baseline": 40.0, "facto": 53.85}), RunTracker(),
+                   meta={"config": RunConfig(epochs=1).to_dict()})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["watch"] = job.id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("only 40.0 % test accuracy" in w and "Train longer" in w for w in texts(at, "warning"))
+    tradeoff = next(spec(c) for c in at.get("plotly_chart")
+                    if spec(c)["layout"]["title"]["text"] == "Memory saving vs accuracy change")
+    low, high = tradeoff["layout"]["yaxis"]["range"]
+    (point,) = [y for t in tradeoff["data"] for y in t["y"]]
+    assert point == pytest.approx(13.85) and low < point < high
+
+
+def test_gpu_runs_show_the_device_and_the_cuda_peak(ui):
+    events = run_events({"baseline": 99.0, "facto": 98.5}, peak={"baseline": 900e6, "facto": 300e6},
+                        device="NVIDIA H200 (139 GiB)")
+    job = fake_job(ui, events, RunTracker(), meta={"config": RunConfig(epochs=1).to_dict()})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["watch"] = job.id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("NVIDIA H200 (139 GiB)" in m.value for m in at.markdown)
+    assert metric(at, "Peak CUDA memory (Facto)") == "300.00 MB"
+    assert metric(at, "Peak CUDA memory (baseline)") == "900.00 MB"
+    assert "CUDA peak" in at.get("plotly_chart")[1].proto.spec
+
+
+# ----------------------------------------------------------------------------- navigation
+
+def test_navigation_reaches_every_page(ui):
     at = app()
-    for page in ("pages/1_Sweep.py", "pages/2_Layers.py", "pages/3_Compression.py", "pages/4_History.py"):
+    for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
         assert at.title[0].value in ("Sweep", "Layers", "Compression", "History")
 
 
-@pytest.mark.parametrize("page", ["pages/1_Sweep.py", "pages/2_Layers.py", "pages/3_Compression.py",
-                                  "pages/4_History.py"])
-def test_every_page_loads(home, page):
-    app(page)
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads(ui, page):
+    at = app(page)
+    assert not at.error, texts(at, "error")
 
 
-def test_layers_page_reports_and_measures(home):
-    at = app("pages/2_Layers.py")
-    assert len(at.get("plotly_chart")) == 2
-    assert number(metric(at, "Memory saving")) > 0
-    at.text_input(key="layers_rank").input("-1").run()
-    assert not at.exception and "rank" in at.error[0].value
+# ----------------------------------------------------------------------------- sweep
 
-
-def test_compression_page_error_shrinks_with_bits(home):
-    at = app("pages/3_Compression.py")
-    assert len(at.get("plotly_chart")) == 3
-    at.slider(key="cmp_bits").set_value(2).run()
-    err2 = number(metric(at, "Relative error"))
-    at.slider(key="cmp_bits").set_value(8).run()
-    assert number(metric(at, "Relative error")) < err2
-
-
-def test_sweep_runs_stores_and_draws(home):
+def sweep_page(ranks: list[str], bits: list, train: int) -> AppTest:
     at = app("pages/1_Sweep.py")
-    at.multiselect(key="sweep_ranks").set_value(["0.5"])
-    at.multiselect(key="sweep_bits").set_value([2])
+    at.multiselect(key="sweep_ranks").set_value(ranks)
+    at.multiselect(key="sweep_bits").set_value(bits)
     at.number_input(key="sweep_epochs").set_value(1)
-    at.number_input(key="sweep_max_train").set_value(128)
+    at.number_input(key="sweep_max_train").set_value(train)
+    return at
+
+
+def test_sweep_base_settings_start_at_the_runconfig_defaults(ui):
+    at = app("pages/1_Sweep.py")
+    d = RunConfig()
+    assert at.selectbox(key="sweep_model").value == d.model and at.selectbox(key="sweep_dataset").value == d.dataset
+    assert at.number_input(key="sweep_epochs").value == d.epochs and at.number_input(key="sweep_seed").value == d.seed
+    assert at.checkbox(key="sweep_recompute").value is d.recompute
+    assert at.number_input(key="sweep_max_train").value == 0  # all images
+    assert str(d.rank) in at.multiselect(key="sweep_ranks").value and d.bits in at.multiselect(key="sweep_bits").value
+    assert at.multiselect(key="sweep_bits").options == [ui.SETTINGS["bits"].format(b)
+                                                         for b in ui.SETTINGS["bits"].allowed()]
+    at.multiselect(key="sweep_ranks").set_value(["0.5", "two"]).run()
+    assert any(e.startswith("Rank 'two' is not allowed") for e in texts(at, "error"))  # at once, before Run
     at.button(key="sweep_run").click().run()
-    wait(at, "sweep_job")
-    job = at.session_state["sweep_job"]
+    assert any("Can't start this sweep" in e for e in texts(at, "error")) and not ui.registry().jobs()
+
+
+def test_sweep_runs_stores_draws_and_reattaches(ui):
+    at = sweep_page(["0.5"], [2], train=128)
+    at.button(key="sweep_run").click().run()
+    job = watched(ui, at, "sweep_watch")
+    wait(at, job)
     assert job.status == "completed", job.error
-    assert [p["variant"] for p in job.points] == ["baseline", "facto"]
+    points = job.read(lambda t: list(t.points))
+    assert [p.variant for p in points] == ["baseline", "facto"]
     assert len(at.get("plotly_chart")) == 2 and at.dataframe
-    assert len(RunStore().list_runs()) == 2
+    assert any("Sweep done: 2 runs" in s for s in texts(at, "success"))
+    runs = RunStore().list_runs()
+    assert len(runs) == 2 and {r.kind for r in runs} == {"sweep"}
+    assert ui.runs_started_by(at.query_params["v"]) == {r.id for r in runs}
+    front = next(t for t in spec(at.get("plotly_chart")[0])["data"] if t["name"].startswith("Pareto front"))
+    assert len(front["x"]) >= 3  # a visible line with a single Facto point
+
+    again = app("pages/1_Sweep.py", sweep=str(job.id))  # a reloaded tab (?sweep=N) finds the sweep again
+    assert again.session_state["sweep_watch"] == job.id
+    assert any("Sweep done" in s for s in texts(again, "success"))
 
 
-def test_sweep_stop_keeps_the_finished_points(home):
-    at = app("pages/1_Sweep.py")
-    at.multiselect(key="sweep_ranks").set_value(["0.5"])
-    at.multiselect(key="sweep_bits").set_value([2, 4])
-    at.number_input(key="sweep_epochs").set_value(1)
-    at.number_input(key="sweep_max_train").set_value(640)
+def test_sweep_stop_keeps_the_finished_points(ui):
+    at = sweep_page(["0.5"], [2, 4], train=640)
     at.button(key="sweep_run").click().run()
-    wait(at, "sweep_job", until=lambda job: job.points or job.status != "running")  # the baseline is done
+    job = watched(ui, at, "sweep_watch")
+    wait(at, job, until=lambda job: job.read(lambda t: bool(t.points)) or job.finished)  # the baseline is done
     at.button(key="sweep_stop").click().run()
-    job = at.session_state["sweep_job"]
-    assert job.status == "interrupted" and [p["variant"] for p in job.points] == ["baseline"]
-    assert any("Stopped after 1 of 3 runs" in w.value for w in at.warning)
+    assert job.status == "interrupted"
+    assert [p.variant for p in job.read(lambda t: list(t.points))] == ["baseline"]
+    assert any("Stopped after 1 of 3 runs" in w for w in texts(at, "warning"))
     statuses = [r.status for r in RunStore().list_runs()]
     assert statuses[-1] == "completed" and statuses[0] in ("interrupted", "completed")
 
 
-def test_history_lists_compares_and_deletes(home):
-    store = RunStore()
-    for rank in (0.5, 0.25):
-        run_id = store.start_run({"model": "simple_cnn", "dataset": "digits", "rank": rank, "bits": 4})
-        store.log_metrics(run_id, [(v, "eval", 5, 1, {"accuracy": 90.0, "loss": 0.3}) for v in ("baseline", "facto")])
-        store.finish_run(run_id, "completed", {"saving_pct": 80.0, "accuracy_delta": -1.0,
-                                               "accuracy": {"baseline": 90.0, "facto": 89.0}})
-    at = app("pages/4_History.py")
-    assert at.multiselect(key="hist_selected").value == [2, 1]
+def test_sweep_too_short_says_what_to_change(ui):
+    config = RunConfig(epochs=1, max_train=128).to_dict()
+
+    def point(i, variant, acc):
+        return SweepPoint(i, 3, variant, "0.5", 4 if i else None, "core" if i else "-", "completed", acc, 10,
+                          92.0, 100, 90.0, acc - 92.0, 0.01, config)
+
+    events = [SweepStart(3, [config, config]), point(0, "baseline", 92.0), point(1, "facto", 10.5),
+              point(2, "facto", 12.0)]
+    job = fake_job(ui, events, SweepTracker(), meta={"config": config, "kind": "sweep"})
+    at = AppTest.from_file(str(ROOT / "pages/1_Sweep.py"), default_timeout=TIMEOUT)
+    at.session_state["sweep_watch"] = job.id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (warning,) = [w for w in texts(at, "warning") if "chance level" in w]
+    assert "more epochs per run (now 1)" in warning and "(now 128)" in warning
+
+
+# ----------------------------------------------------------------------------- layers, compression
+
+def test_layers_page_reports_measures_and_explains(ui):
+    at = app("pages/2_Layers.py")
+    d = RunConfig()
+    assert at.checkbox(key="layers_recompute").value is d.recompute  # the main page's defaults
+    assert at.text_input(key="layers_rank").value == str(d.rank) and at.selectbox(key="layers_bits").value == d.bits
     assert len(at.get("plotly_chart")) == 2
-    assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 4
+    assert number(metric(at, "Memory saving")) > 0
+    at.checkbox(key="layers_recompute").uncheck().run()
+    explained = [i.value for i in at.info if "more in Facto than in the baseline" in i.value]
+    assert any("MaxPool2d" in e and "ReLU → MaskReLU" in e and "1 bit per value" in e for e in explained)
+    at.text_input(key="layers_rank").input("-1").run()
+    assert not at.exception and any("Rank: '-1' is not allowed" in e for e in texts(at, "error"))
+
+
+def test_compression_page_error_shrinks_with_bits(ui):
+    at = app("pages/3_Compression.py")
+    assert len(at.get("plotly_chart")) == 3
+    assert at.select_slider(key="cmp_batch_size").value == RunConfig().batch_size
+    assert at.select_slider(key="cmp_block").value == RunConfig().block
+    at.select_slider(key="cmp_bits").set_value(2).run()
+    err2 = number(metric(at, "Relative error"))
+    at.select_slider(key="cmp_bits").set_value(8).run()
+    assert not at.exception and number(metric(at, "Relative error")) < err2
+
+
+# ----------------------------------------------------------------------------- history
+
+def test_history_lists_compares_and_deletes(ui):
+    store = RunStore()
+    stored_run(store, 0.5)
+    stored_run(store, 0.25, status="interrupted")
+    at = app("pages/4_History.py")
+    assert at.multiselect(key="hist_selected").value == [2]  # the newest run, although interrupted
+    listed = at.dataframe[0].value
+    assert list(listed["#"]) == [2, 1] and set(listed["status"]) == {"completed", "stopped (kept)"}
+    assert list(listed["accuracy"]) == ["90.0 → 89.0", "90.0 → 89.0"]
+    assert "None" not in listed.astype(str).to_string() and "nan" not in listed.astype(str).to_string()
+    at.multiselect(key="hist_selected").set_value([2, 1]).run()
+    history, tradeoff = at.get("plotly_chart")
+    traces = spec(history)["data"]
+    assert [t["name"] for t in traces] == ["#2 · Baseline", "#2 · Facto", "#1 · Baseline", "#1 · Facto"]
+    assert len({t["line"]["dash"] for t in traces}) == 2  # one dash per run
+    table = at.dataframe[1].value
+    assert list(table.columns) == ["#2", "#1"]
+    assert {"Memory saving", "Facto: stored for backward", "Rank"} <= set(table.index)
+    assert table.loc["Facto: stored for backward", "#2"] == "1.78 MB"
+    assert table.loc["Test accuracy change", "#1"] == "-1.00 points"
+    assert not any(re.search(r"\bNone\b|\bnan\b|act_bytes|wall_seconds", v) for v in table.to_numpy().ravel())
     at.multiselect(key="hist_selected").set_value([2]).run()
     at.checkbox(key="hist_confirm").check().run()
     at.button(key="hist_delete").click().run()
@@ -235,31 +414,71 @@ def test_history_lists_compares_and_deletes(home):
     assert [r.id for r in RunStore().list_runs()] == [1]
 
 
-class FakeGpuJob:
-    """A finished job as a CUDA run reports it (this machine has no GPU)."""
-
-    status, remembered, run_id = "completed", True, 7
-
-    def view(self) -> dict:
-        summary = {"status": "completed", "steps": {"baseline": 10, "facto": 10},
-                   "accuracy": {"baseline": 99.0, "facto": 98.5}, "act_bytes": {"baseline": 32e6, "facto": 2e6},
-                   "peak_cuda": {"baseline": 900e6, "facto": 300e6}, "step_seconds": {"baseline": .01, "facto": .01},
-                   "saving_pct": 93.75, "accuracy_delta": -0.5}
-        steps = [dict(variant=v, step=s, epoch=1, loss=1.0, accuracy=50.0, act_bytes=summary["act_bytes"][v],
-                      raw_bytes=summary["act_bytes"][v], peak_cuda=summary["peak_cuda"][v]) for s in (1, 2)
-                 for v in ("baseline", "facto")]
-        return dict(source="session", status="completed", config={"model": "simple_cnn", "dataset": "digits"},
-                    run_id=7, steps=steps, evals=[], summary=summary, error=None, stopping=False,
-                    layer_bytes={}, report=[], total_steps=10, steps_per_epoch=10,
-                    device="NVIDIA H200 (139 GiB)", device_type="cuda", params={"baseline": 10, "facto": 5},
-                    trainable={"facto": 2}, train_size=1400, test_size=397)
-
-
-def test_gpu_runs_show_the_device_and_the_cuda_peak(home):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["job"] = FakeGpuJob()
+def test_history_filters_survive_deleting_the_runs_they_matched(ui):
+    store = RunStore()
+    stored_run(store, 0.5)
+    at = app("pages/4_History.py")
+    at.multiselect(key="hist_models").set_value(["simple_cnn"]).run()
+    at.checkbox(key="hist_confirm").check().run()
+    at.button(key="hist_delete").click().run()
+    assert not at.exception and not RunStore().list_runs()
+    stored_run(store, 0.25, model="resnet20")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "NVIDIA H200 (139 GiB)" in at.markdown[0].value
-    assert metric(at, "Peak CUDA memory (Facto)") == "300.00 MB"
-    assert "CUDA peak" in at.get("plotly_chart")[1].proto.spec
+    assert at.multiselect(key="hist_models").value == ["simple_cnn"]  # kept, although no run has it now
+    assert at.subheader[0].value == "0 of 1 runs"
+
+
+def test_history_in_room_mode_shows_and_deletes_only_the_visitors_runs(ui, monkeypatch):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    store = RunStore()
+    mine, theirs = stored_run(store, 0.5), stored_run(store, 0.25)
+    ui.run_owners().add("me", mine)
+    ui.run_owners().add("them", theirs)
+    at = app("pages/4_History.py", v="me")
+    assert list(at.dataframe[0].value["#"]) == [mine]  # their run is not even listed
+    (option,) = at.multiselect(key="hist_selected").options
+    assert option.startswith(f"#{mine} · ")
+    at.checkbox(key="hist_confirm").check().run()
+    at.button(key="hist_delete").click().run()
+    assert [r.id for r in RunStore().list_runs()] == [theirs]  # only the visitor's own run went
+    other = app("pages/4_History.py", v="them")
+    assert list(other.dataframe[0].value["#"]) == [theirs]
+
+
+def test_history_drops_another_visitors_run_from_a_selection_in_room_mode(ui, monkeypatch):
+    """A selection naming another visitor's run (a crafted session state) is dropped: it can't
+    be compared nor deleted, and the delete button stays off."""
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    theirs = stored_run(RunStore(), 0.25)
+    ui.run_owners().add("them", theirs)
+    at = AppTest.from_file(str(ROOT / "pages/4_History.py"), default_timeout=TIMEOUT)
+    at.query_params["v"] = "me"
+    at.session_state["hist_selected"] = [theirs]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("You have not started a run" in i.value for i in at.info)  # nothing of theirs is shown
+    assert not [b for b in at.button if b.key == "hist_delete"]
+    assert [r.id for r in RunStore().list_runs()] == [theirs]
+
+
+@pytest.mark.parametrize("state", ["read-only", "off"])
+def test_history_says_when_it_is_read_only_or_off_and_disables_delete(ui, monkeypatch, tmp_path, state):
+    import facto.store
+
+    if state == "read-only":
+        stored_run(RunStore(), 0.5)
+        monkeypatch.setattr(facto.store, "RunStore", functools.partial(facto.store.RunStore, read_only=True))
+    else:
+        (tmp_path / "a file").write_text("not a folder")
+        monkeypatch.setenv("FACTO_HOME", str(tmp_path / "a file"))
+    at = app("pages/4_History.py")
+    if state == "read-only":
+        assert any("read-only" in w for w in texts(at, "warning"))
+        assert at.checkbox(key="hist_confirm").disabled and at.button(key="hist_delete").disabled
+        assert any("Delete is off" in c.value for c in at.caption)
+        assert len(RunStore().list_runs()) == 1
+    else:
+        assert any("Run history is off" in e for e in texts(at, "error"))
+        assert any("Nothing to show" in i.value for i in at.info)
+        assert not [b for b in at.button if b.key == "hist_delete"]

@@ -116,10 +116,21 @@ def test_tradeoff_scatter_with_session_history_and_live_point():
               dict(saving_pct=60.0, accuracy_delta=-4.0, label="b", source="history")]
     fig = plots.tradeoff_scatter(points, live)
     _check(fig)
-    assert _names(fig) == ["Earlier runs (history)", "Runs of this session", "Current run (live)"]
-    assert fig.data[2].marker.symbol == "star"
-    assert plots.live_point(_steps(), _evals())["accuracy_delta"] == pytest.approx(-2.0)  # test accuracy wins
+    assert _names(fig) == ["Earlier runs (history)", "Runs of this session", "Current run (live, train accuracy)"]
+    assert fig.data[2].marker.symbol == "star" and "train accuracy change" in fig.data[2].hovertemplate
+    assert "test accuracy change" in fig.data[1].hovertemplate
+    tested = plots.live_point(_steps(), _evals())
+    assert tested["accuracy_delta"] == pytest.approx(-2.0) and tested["basis"] == "test"  # test accuracy wins
+    assert plots.tradeoff_scatter([], tested).data[0].name == "Current run (live, test accuracy)"
     assert plots.live_point([], []) is None
+
+
+@pytest.mark.parametrize("deltas", [[13.85], [-1.0, 13.85], [-22.0, 4.0], [0.2], [-0.3], [40.0, -60.0]])
+def test_tradeoff_scatter_y_range_holds_every_point(deltas):
+    points = [dict(saving_pct=90.0, accuracy_delta=d, label="", source="session") for d in deltas]
+    low, high = plots.tradeoff_scatter(points).layout.yaxis.range
+    assert all(low < d < high for d in deltas) and low <= -5 and high >= 3
+    assert high - max(deltas) > 0.5 and min(deltas) - low > 0.5  # a marker is not cut at the edge
 
 
 def test_tradeoff_points_from_stored_runs():
@@ -143,13 +154,25 @@ def _sweep_points() -> list[SweepPoint]:
 def test_pareto_front_marks_the_non_dominated_points():
     fig = plots.pareto_front(_sweep_points())
     _check(fig)
-    assert _names(fig) == ["Facto, update=core", "Facto, update=last", "Pareto front", "Baseline 99.0 %"]
+    front_name = "Pareto front (best accuracy at each saving)"
+    assert _names(fig) == ["Facto, update=core", "Facto, update=last", front_name, "Baseline 99.0 %"]
     front = fig.data[2]
-    assert list(front.x) == [90.0, 92.0]  # 85 % / 98 % and 80 % / 96 % are dominated
+    # 85 % / 98 % and 80 % / 96 % are dominated: steps from the left edge through 90/98.5 and 92/97
+    x0, x1 = fig.layout.xaxis.range
+    y0, _ = fig.layout.yaxis.range
+    assert list(front.x) == [x0, 90.0, 90.0, 92.0, 92.0] and list(front.y) == [98.5, 98.5, 97.0, 97.0, y0]
     assert list(fig.data[0].text) == ["", "r0.5·2b", ""]  # front points are labelled
     assert fig.layout.shapes[0].y0 == 99.0  # the baseline accuracy line
-    assert plots.sweep_figure(_sweep_points()).data[2].name == "Pareto front"
+    assert plots.sweep_figure(_sweep_points()).data[2].name == front_name
     assert len(plots.pareto_front([]).data) == 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_pareto_front_is_a_visible_line_with_one_or_two_points(n):
+    fig = plots.pareto_front(_sweep_points()[: n + 1])
+    front = next(t for t in fig.data if t.name.startswith("Pareto front"))
+    assert front.mode == "lines" and len(front.x) >= 3
+    assert len({(x, y) for x, y in zip(front.x, front.y)}) >= 3  # not a single dot
 
 
 def test_accuracy_heatmap_one_panel_per_update():
@@ -177,33 +200,29 @@ def test_error_histogram_and_bits_curves():
     fig = plots.error_histogram(torch.randn(1000))
     _check(fig)
     assert fig.data[0].type == "histogram" and len(fig.data[0].x) == 1000
-    rows = plots.bits_table(torch.randn(4, 8, 8, 8), block=64)
-    assert [r["bits"] for r in rows] == list(range(1, 9))
-    assert rows[0]["rel_error"] > rows[-1]["rel_error"] and rows[0]["bytes"] < rows[-1]["bytes"]
-    assert all(r["bytes"] < r["raw_bytes"] for r in rows)
+    rows = [dict(bits=b, rel_error=1.0 / b, bytes=100 * b, raw_bytes=3200) for b in range(1, 9)]
     fig = plots.bits_curves(rows, selected=4)
     _check(fig)
     assert _names(fig) == ["relative error", "stored size", "fp32 size"]
 
 
-def test_feature_maps_and_compression_sample():
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
-                              torch.nn.ReLU(inplace=True), torch.nn.Flatten(), torch.nn.Linear(256, 2))
-    before = net[1].running_mean.clone()
-    maps = plots.feature_maps(net, torch.randn(2, 1, 8, 8))
-    assert list(maps) == ["0", "1", "2"]  # 4-D outputs only
-    assert (maps["1"] < 0).any()  # not overwritten by the in-place ReLU that follows
-    assert torch.equal(net[1].running_mean, before)
-    s = plots.compression_sample(maps["1"], 8, 16, stochastic=False)
-    assert s["rel_error"] < 0.01 and s["compressed"].shape == maps["1"].shape
+def test_plots_holds_only_figure_builders():
+    for moved in ("feature_maps", "compression_sample", "bits_table"):  # now in facto.analysis
+        assert not hasattr(plots, moved)
 
 
-def test_history_chart_one_colour_per_run():
+def test_history_chart_keeps_baseline_blue_and_facto_orange_per_run():
     rows = [dict(variant=v, kind="eval", step=s, accuracy=90.0 + s) for s in (1, 2) for v in VARIANTS]
     fig = plots.history_chart([dict(label="#1", rows=rows), dict(label="#2", rows=rows)])
     _check(fig)
     assert _names(fig) == ["#1 · Baseline", "#1 · Facto", "#2 · Baseline", "#2 · Facto"]
-    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    b1, f1, b2, f2 = fig.data
+    assert b1.line.color == plots.BASELINE_COLOR and f1.line.color == plots.FACTO_COLOR
+    assert b2.line.color in plots.RUN_SHADES["baseline"] and f2.line.color in plots.RUN_SHADES["facto"]
+    assert b1.line.color != b2.line.color and f1.line.color != f2.line.color  # a shade per run
+    assert b1.line.dash == f1.line.dash != b2.line.dash == f2.line.dash  # a dash per run
+    assert b1.marker.symbol == f1.marker.symbol != b2.marker.symbol
+    assert not set(plots.RUN_SHADES["baseline"]) & set(plots.RUN_SHADES["facto"])
     assert plots.history_chart([dict(label="#1", rows=rows)], "act_bytes").data == ()
     with pytest.raises(ValueError):
         plots.history_chart([], "speed")

@@ -1,0 +1,52 @@
+"""facto.sweep.SweepTracker: what the Sweep page draws, from a real tiny sweep and from made-up points."""
+from __future__ import annotations
+
+from facto.config import RunConfig
+from facto.events import StartEvent
+from facto.store import RunStore
+from facto.sweep import SweepPoint, SweepTracker, sweep
+
+TINY = dict(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu")
+
+
+def test_tracker_follows_a_sweep_points_current_run_and_run_ids(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    tracker = SweepTracker()
+    seen = []
+    for event in sweep(RunConfig(**TINY, max_steps=2), [0.5], [2, 4], ["core"], store=store):
+        tracker.add(event)
+        if isinstance(event, StartEvent):
+            seen.append((tracker.describe_current(), tracker.run_steps, tracker.start is event))
+        if getattr(event, "type", "") == "step":
+            assert 0 < tracker.step <= 2 and 0 < tracker.fraction() <= 1
+    assert seen == [("baseline (dense fp32)", 2, True), ("rank 0.5, 2 bits, update core", 2, True),
+                    ("rank 0.5, 4 bits, update core", 2, True)]
+    assert tracker.total == 3 and [p.variant for p in tracker.points] == ["baseline", "facto", "facto"]
+    assert tracker.current is None and tracker.step == 0 and tracker.fraction() == 1.0
+    assert tracker.run_ids == [r.id for r in reversed(store.list_runs())]
+    assert tracker.train_size == 128
+
+
+def _point(variant: str, accuracy: float, index: int = 0, **config) -> SweepPoint:
+    cfg = RunConfig(**{**TINY, **config}).to_dict()
+    return SweepPoint(index, 3, variant, "0.5", 4, "core", "completed", accuracy, 10, 90.0, 100, 90.0,
+                      accuracy - 90.0, 0.1, cfg)
+
+
+def test_too_short_when_the_baseline_did_not_learn():
+    tracker = SweepTracker()
+    tracker.total = 3
+    assert tracker.too_short() is None
+    tracker.points = [_point("baseline", 31.0)]
+    text = tracker.too_short()
+    assert "31.0 %" in text and "more epochs per run (now 1)" in text and "(now 128)" in text
+
+
+def test_too_short_when_every_facto_run_is_at_chance_level():
+    tracker = SweepTracker()
+    tracker.total = 3
+    tracker.points = [_point("baseline", 92.0), _point("facto", 11.0, 1), _point("facto", 9.5, 2)]
+    text = tracker.too_short()
+    assert "chance level" in text and "guessing gives 10 %" in text and "so far" not in text
+    tracker.points[2] = _point("facto", 80.0, 2)
+    assert tracker.too_short() is None
