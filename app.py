@@ -83,10 +83,7 @@ def start_run() -> None:
         st.session_state["form_errors"] = errors
         return
     config = ui.config_from_widgets(P, FIELDS)
-    problems = ui.room_problems(config, model_params(config.model, config.dataset))
-    mine = [j for j in ui.registry().jobs(active_only=True) if j.owner == ui.visitor()]
-    if ui.room().enabled and len(mine) >= ui.room().runs_per_visitor:
-        problems.append(f"you already have {len(mine)} run(s) going or waiting; stop one first")
+    problems = ui.room_problems(config, ui.model_params(config.model, config.dataset)) + ui.room_job_problems()
     if problems:
         st.session_state["form_errors"] = problems
         return
@@ -103,11 +100,7 @@ def _compare(config: RunConfig):
 
 
 def watch(job_id: int | None) -> None:
-    st.session_state["watch"] = job_id
-    if job_id is None:
-        st.query_params.pop("job", None)
-    else:
-        st.query_params["job"] = str(job_id)
+    ui.set_watched("watch", "job", job_id)
 
 
 def stop_run(job_id: int) -> None:
@@ -134,7 +127,7 @@ def sidebar(locked: bool) -> None:
         st.caption(preset_text(st.session_state["preset"]) if st.session_state["preset"] in PRESETS
                    else "custom: your own settings")
         for name in METHOD:
-            options = allowed_models() if name == "model" else None
+            options = ui.allowed_models() if name == "model" else None
             ui.setting_widget(name, P + name, disabled=locked, options=options,
                               on_change=match_preset if name in PRESET_FIELDS else None)
         a, b = st.columns(2)
@@ -161,31 +154,6 @@ def sidebar(locked: bool) -> None:
             st.info(r.describe(), icon=":material/groups:")
         store = ui.history()
         st.caption(f"Run history: `{store.path}`" if store is not None else "Run history: off")
-
-
-def allowed_models() -> list[str]:
-    from facto.models import list_models
-
-    models = list_models()
-    r = ui.room()
-    if not r.enabled:
-        return models
-    return [m for m in models if (model_params(m, "digits") or 0) <= r.max_params]
-
-
-# ----------------------------------------------------------------------------- header
-
-@st.cache_data(show_spinner=False)
-def model_params(model: str, dataset: str) -> int | None:
-    from facto.build import dense_model
-    from facto.data import dataset_info
-
-    try:
-        info = dataset_info(dataset)
-        return sum(p.numel() for p in dense_model(RunConfig(model=model), info.num_classes,
-                                                  info.in_channels).parameters())
-    except ValueError:
-        return None
 
 
 @st.cache_data(show_spinner=False)
@@ -235,7 +203,7 @@ def header(view: dict | None) -> None:
     else:
         device = describe_device(s.get(P + "device", "auto"))
         dataset = s.get(P + "dataset", RunConfig().dataset)
-        n = model_params(s.get(P + "model", RunConfig().model), dataset)
+        n = ui.model_params(s.get(P + "model", RunConfig().model), dataset)
         model = f"{s.get(P + 'model')}: {n:,} params" if n else str(s.get(P + "model"))
         sizes = data_sizes(dataset, str(s.get(P + "data_dir", "")).strip(), int(s.get(P + "max_train") or 0),
                            int(s.get(P + "max_test") or 0))
@@ -247,8 +215,9 @@ def header(view: dict | None) -> None:
 # ----------------------------------------------------------------------------- what is shown
 
 def watched_job() -> Job | None:
-    job_id = st.session_state.get("watch")
-    return ui.registry().get(job_id) if job_id is not None else None
+    """The comparison this tab watches (?job=N in the URL: a reloaded tab reattaches to it)."""
+    job = ui.watched("watch", "job")
+    return job if job is not None and job.meta.get("kind") != "sweep" else None
 
 
 def job_view(job: Job) -> dict:
@@ -491,7 +460,14 @@ def server_runs() -> None:
             state = (f"waiting, position {position}" if position else
                      f"step {done} of {total}" if total else "starting")
             a, b = st.columns([5, 1])
-            a.markdown(f"#{job.id} · {job.label} · started by {ui.owner_label(job)} · {state}")
+            sweep = job.meta.get("kind") == "sweep"
+            a.markdown(f"#{job.id} · {'sweep · ' if sweep else ''}{job.label} · started by {ui.owner_label(job)}"
+                       f" · {state}")
+            if sweep:  # a sweep is watched on its own page
+                if b.button("Open", key=f"watch_{job.id}", width="stretch", help="Watch this sweep on the Sweep page"):
+                    ui.set_watched("sweep_watch", "sweep", job.id)
+                    st.switch_page("pages/1_Sweep.py")
+                continue
             watching = st.session_state.get("watch") == job.id
             b.button("Watching" if watching else "Watch", key=f"watch_{job.id}", disabled=watching,
                      on_click=watch, args=(job.id,), width="stretch")
@@ -549,9 +525,6 @@ def intro() -> None:
 def train_and_compare() -> None:
     """The main page: sidebar controls, header line, the runs of the server, the watched run."""
     init_state()
-    wanted = st.query_params.get("job")
-    if st.session_state.get("watch") is None and wanted and wanted.isdigit() and ui.registry().get(int(wanted)):
-        st.session_state["watch"] = int(wanted)  # a reloaded tab reattaches to its run
     job = watched_job()
     running = job is not None and not job.finished
     st.session_state["controls_locked"] = running and job.owner == ui.visitor()
@@ -584,4 +557,6 @@ st.navigation([
     st.Page("pages/2_Layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
     st.Page("pages/3_Compression.py", title="Compression", icon=":material/compress:", url_path="compression"),
     st.Page("pages/4_History.py", title="History", icon=":material/history:", url_path="history"),
+    st.Page("pages/5_How_it_works.py", title="How it works", icon=":material/school:", url_path="how-it-works"),
+    st.Page("pages/6_Fit_my_GPU.py", title="Fit my GPU", icon=":material/memory_alt:", url_path="fit-my-gpu"),
 ]).run()
