@@ -102,3 +102,45 @@ def test_run_in_a_real_browser(server, tmp_path):
             browser.close()
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1
+
+
+def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, tmp_path):
+    """Two browser contexts (two students): A starts a run; B sees it in progress and watches it;
+    A reloads and is back on its run; B stops it; the run is stored as interrupted."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, home = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            a.goto(url)
+            a.wait_for_selector(IDLE, timeout=90_000)
+            a.get_by_text("Advanced: subset, blocks").click()
+            subset = a.get_by_role("spinbutton", name="Train images (0 = all)")
+            subset.fill("1280")  # 20 steps per epoch x 4 epochs: time enough to stop it
+            subset.press("Enter")
+            a.wait_for_selector(IDLE, timeout=30_000)
+            a.get_by_role("button", name="Run", exact=True).click()
+            expect(a.get_by_text("Step ", exact=False).first).to_be_visible(timeout=90_000)
+
+            b.goto(url)
+            expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
+            expect(b.get_by_text("started by visitor")).to_be_visible()
+            b.get_by_role("button", name="Watch", exact=True).click()
+            expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
+
+            a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
+            expect(a.get_by_text("Step ", exact=False).first).to_be_visible(timeout=60_000)
+            assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
+
+            b.get_by_role("button", name="Stop", exact=True).click()
+            expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+            expect(a.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+            b.screenshot(path=str(tmp_path / "watcher.png"), full_page=True)
+        finally:
+            browser.close()
+    (run,) = RunStore(home / "runs.db").list_runs()
+    assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1

@@ -95,10 +95,11 @@ def test_torchrun_two_processes_gloo(facto_home):
     """DDP on CPU: 2 processes with gloo; rank 0 prints and stores, metrics reduced across ranks."""
     env = {**os.environ, "FACTO_HOME": str(facto_home), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "facto",
-         "train", *TINY, "--max-steps", "3", "--json"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee", "2", "-m",
+         "facto", "train", *TINY, "--max-steps", "3", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [line for line in proc.stderr.splitlines() if line.startswith("[default")]
+    assert proc.returncode == 0, "\n".join(ranks[-40:]) + proc.stderr[-1500:]
     summary = json.loads(proc.stdout)  # exactly one JSON document: only rank 0 prints
     assert summary["steps"] == {"baseline": 3, "facto": 3}
     from facto.store import RunStore

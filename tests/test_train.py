@@ -56,7 +56,7 @@ def test_reported_baseline_bytes_match_an_independent_walk():
     model and batch shape (our own hooks, each storage once, parameters excluded)."""
     from facto.build import dense_model
 
-    from .test_activations import storage_walk
+    from facto.audit import storage_walk
 
     config = RunConfig(**TINY, max_steps=1)
     steps = [e for e in compare(config, variants=("baseline",)) if isinstance(e, StepEvent)]
