@@ -263,8 +263,9 @@ WIDEN_WORK = 4  # a 16-bit map is quantized and restored through an fp32 copy
 MASK_WORK = 5  # 1-bit ReLU mask: bool mask, uint8 copy, bit-packing buffers (forward and backward)
 CONV_WORK = 1  # conv backward work buffer (output-sized) seen on the CPU (oneDNN); cuDNN workspace: reserve
 RECOMPUTE_FORWARD = 1  # fused conv+BN forward: BN's input exists until BN has run (output-sized)
-# fused backward, output-sized: recomputed BN input, its gradient, BN's work (ConvBN on the CPU: + a conv buffer)
-RECOMPUTE_MAPS = {ConvBN.__name__: 3, FactoConvBN.__name__: 2}
+# fused backward, output-sized (calibrated against the CPU profiler): the recomputed BN input is freed once
+# BN's backward has used it, so beside the incoming gradient about one more map (ConvBN: two) is alive
+RECOMPUTE_MAPS = {ConvBN.__name__: 2, FactoConvBN.__name__: 1}
 RECOMPUTE_INNER = 2  # FactoConvBN: the recomputed inner stage and its gradient (sized like the stored input)
 
 
