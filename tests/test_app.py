@@ -482,3 +482,41 @@ def test_history_says_when_it_is_read_only_or_off_and_disables_delete(ui, monkey
         assert any("Run history is off" in e for e in texts(at, "error"))
         assert any("Nothing to show" in i.value for i in at.info)
         assert not [b for b in at.button if b.key == "hist_delete"]
+
+
+# ----------------------------------------------------------------------------- room mode (main page)
+
+def test_room_mode_shows_its_bounds_fixes_the_data_and_refuses_runs_beyond_them(ui, monkeypatch, tmp_path):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", "3")
+    monkeypatch.setenv("FACTO_DATA_DIR", str(tmp_path / "room-data"))
+    st.cache_resource.clear()
+    at = app()
+    assert any("Room mode: at most 3 epochs" in i.value for i in at.info)
+    assert at.text_input(key="data_dir").disabled and at.text_input(key="data_dir").value == str(tmp_path / "room-data")
+    assert at.checkbox(key="download").disabled and not at.checkbox(key="download").value
+    at.number_input(key="max_train").set_value(128)
+    at.number_input(key="epochs").set_value(5)
+    at.button(key="run").click().run()
+    assert any("epochs 5 is above this room's limit of 3" in e for e in texts(at, "error"))
+    assert "watch" not in at.session_state or at.session_state["watch"] is None
+    assert not ui.registry().jobs()
+
+
+def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypatch):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    st.cache_resource.clear()
+    owner = app(v="alice")
+    owner.number_input(key="epochs").set_value(1)
+    owner.number_input(key="max_train").set_value(640)
+    owner.number_input(key="max_test").set_value(64)
+    owner.button(key="run").click().run()
+    job = watched(ui, owner)
+    assert job.owner == "alice"
+    assert owner.button(key="run").disabled  # locked while her run goes: one run per visitor
+    assert len(ui.registry().jobs()) == 1
+    other = app(v="bob")
+    assert any("started by visitor alice" in m.value for m in other.markdown)
+    other.button(key=f"watch_{job.id}").click().run()
+    assert other.session_state["watch"] == job.id and other.button(key="stop").disabled  # not his run
+    job.stop(wait_s=60)
