@@ -10,15 +10,51 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Iterable, Union
 
+import torch
+
 from .compress import ALLOWED_BITS
 from .decompose import RANK_HELP, RankPolicy
 from .layers import UPDATE_HELP, UPDATES
 
 CYCLE = "cycle"
 UPDATE_CHOICES = (*UPDATES, CYCLE)
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("onecycle", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How an optimizer is made, and what it keeps (for memory planning)."""
+
+    make: Callable[[list, float, float], torch.optim.Optimizer]  # (params, lr, weight_decay)
+    state_per_weight: int  # values it keeps per trained weight (momentum, Adam's two moments)
+
+
+OPTIMIZER_SPECS: dict[str, OptimizerSpec] = {
+    "adam": OptimizerSpec(lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd), 2),
+    "adamw": OptimizerSpec(lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd), 2),
+    "sgd": OptimizerSpec(lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd,
+                                                           nesterov=True), 1),
+}
+OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+
+
+def _one_cycle(opt, lr: float, total: int):
+    if total < 8:  # shorter: OneCycleLR has no room to warm up
+        return _cosine(opt, lr, total)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+
+
+def _cosine(opt, lr: float, total: int):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+
+
+def _constant(opt, lr: float, total: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+SCHEDULE_MAKERS: dict[str, Callable] = {"onecycle": _one_cycle, "cosine": _cosine, "constant": _constant}
+SCHEDULES = tuple(SCHEDULE_MAKERS)
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
+PRECISIONS = tuple(PRECISION_DTYPES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NONE_WORDS = ("none", "fp32", "off", "")
 

@@ -50,13 +50,13 @@ from .build import method_model, seeded
 from .fuse import ConvBN, FactoConvBN
 from .layers import MaskReLU
 from .models import check_model_name, create_model, replace_first_conv
-from .config import PRESETS, RunConfig
+from .config import OPTIMIZER_SPECS, PRECISION_DTYPES, PRESETS, RunConfig
 from .train import make_optimizer, resolve_device
 
 GiB, MiB, GB, MB = 2**30, 2**20, 10**9, 10**6
 
-OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}  # state values kept per trained parameter
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZER_SLOTS = {name: spec.state_per_weight for name, spec in OPTIMIZER_SPECS.items()}
+PRECISIONS = PRECISION_DTYPES
 DEFAULT_VARIANTS = ("dense", "compress-4", "paper", "balanced", "max-saving")
 DEFAULT_RESERVE = 256 * MiB
 PROBE_BATCHES = (2, 4)

@@ -27,13 +27,12 @@ from torch import nn
 from . import distributed
 from .activations import saved_activations
 from .build import dense_model, layer_bytes, variant_models
-from .config import CYCLE, RunConfig, cycle_order
+from .config import CYCLE, OPTIMIZER_SPECS, PRECISION_DTYPES, SCHEDULE_MAKERS, RunConfig, cycle_order
 from .data import DataBundle, load_data
 from .events import (Event, EvalEvent, FailureEvent, RunTracker, StartEvent, StepEvent, SummaryEvent)
 from .factorize import describe
 from .layers import FactorizedLayer
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NONFINITE_ADVICE = "try a lower learning rate or more bits"
 OOM_ADVICE = "try a smaller batch, fewer bits or recompute on"
 
@@ -68,23 +67,10 @@ def device_name(device: torch.device) -> str:
 # ----------------------------------------------------------------------------- one model's training
 
 def make_optimizer(config: RunConfig, model: nn.Module, total_steps: int):
-    """Optimizer over the trainable parameters and its schedule (frozen factors never move)."""
-    params = list(model.parameters())
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay,
-                              nesterov=True)
-    elif config.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.schedule == "onecycle" and total_steps >= 8:  # shorter: OneCycleLR has no room to warm up
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
-                                                    pct_start=0.25)
-    elif config.schedule in ("cosine", "onecycle"):
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+    """The config's optimizer over the model's parameters (frozen factors get no gradient, so they
+    never move) and its learning-rate schedule, both from facto.config's registries."""
+    opt = OPTIMIZER_SPECS[config.optimizer].make(list(model.parameters()), config.lr, config.weight_decay)
+    return opt, SCHEDULE_MAKERS[config.schedule](opt, config.lr, total_steps)
 
 
 def set_model_update(model: nn.Module, update: str) -> None:
@@ -98,7 +84,7 @@ def autocast(device: torch.device, precision: str):
     """torch.autocast for bf16/fp16, a no-op context for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
 
 
 class OwnedDropout(nn.Dropout):

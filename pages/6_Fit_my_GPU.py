@@ -10,12 +10,11 @@ import streamlit as st
 
 import ui
 from facto import plots
+from facto.config import OPTIMIZERS, PRECISIONS
 from facto.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
 
 st.set_page_config(page_title="Facto · fit my GPU", page_icon=":material/memory_alt:", layout="wide")
 VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]
-OPTIMIZERS = ["sgd", "adam", "adamw"]
-PRECISIONS = ["fp32", "bf16", "fp16"]
 
 
 @st.cache_data(show_spinner="Measuring per-sample bytes of each variant (a few forward passes)…", max_entries=32)
@@ -38,9 +37,9 @@ with st.sidebar:
     st.text_input("Memory budget", key="fit_budget",
                   help="What the GPU may hold for training, e.g. 8GB, 24 GiB, 500MB.")
     a, b = st.columns(2)
-    a.selectbox("Optimizer", OPTIMIZERS, key="fit_optimizer",
+    a.selectbox("Optimizer", list(OPTIMIZERS), key="fit_optimizer",
                 help="SGD (momentum) keeps one extra value per trained weight, Adam and AdamW two.")
-    b.selectbox("Precision", PRECISIONS, key="fit_precision",
+    b.selectbox("Precision", list(PRECISIONS), key="fit_precision",
                 help="bf16/fp16 autocast: 16-bit maps (an estimate on a CPU; verify on the GPU).")
     st.multiselect("Variants", VARIANT_CHOICES, key="fit_variants",
                    help="dense fp32; compression only at b bits; Facto presets (paper, balanced, max-saving).")
