@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .build import dense_model, facto_model, layer_bytes
+from .build import dense_model, facto_model, layer_bytes, probing
 from .compress import quantize
 from .config import RunConfig
 from .data import dataset_info, load_data
@@ -205,17 +205,8 @@ def input_sources(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
                 produced[key] = name
 
         hooks += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    was_training = model.training
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-        model.load_state_dict(state, strict=False)
+    with probing(model, hooks), torch.no_grad():
+        model(x)
     return sources
 
 
@@ -264,17 +255,8 @@ def feature_maps(model, x) -> dict:
                 if isinstance(out, torch.Tensor) and out.dim() == 4 and out.is_floating_point():
                     maps.setdefault(name, out.detach().clone())  # in-place ops (ReLU) come later
             hooks.append(module.register_forward_hook(hook))
-    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    was_training = model.training
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-        model.load_state_dict(state, strict=False)
+    with probing(model, hooks), torch.no_grad():
+        model(x)
     return maps
 
 

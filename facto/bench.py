@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import measure_activations, saved_activations
-from .build import dense_model, method_model
+from .build import Recipe, dense_model
 from .config import RunConfig
 from .data import load_data
 from .train import train_model
@@ -29,18 +29,7 @@ from .train import train_model
 
 # ----------------------------------------------------------------------------- methods
 
-@dataclass(frozen=True)
-class Method:
-    """A way to train: a build method (`facto.build.METHODS`), its config and the bits for its maps."""
-
-    name: str
-    method: str
-    bits: int | None
-    config: RunConfig = RunConfig()
-    cycle: tuple[str, ...] = ()
-
-    def build(self, dense: nn.Module) -> nn.Module:
-        return method_model(self.method, dense, self.config)
+Method = Recipe  # a method of the comparison: name, build method, bits, config, cycle
 
 
 def methods(rank: float = 0.5) -> list[Method]:

@@ -15,6 +15,7 @@ import functools
 import inspect
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -119,6 +120,25 @@ def method_model(method: str, dense: nn.Module, config: RunConfig | None = None)
     raise ValueError(f"method={method!r} is not allowed: use one of {', '.join(METHODS)}")
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A way to train a model: how it is built from the dense one (a METHOD and its config), the bits
+    of its stored maps, its precision and factor cycle. The benchmark, the GPU suite and the planner
+    describe what they compare with it."""
+
+    name: str
+    method: str = "dense"
+    bits: int | None = None
+    config: RunConfig = RunConfig()
+    precision: str = "fp32"
+    cycle: tuple[str, ...] = ()
+    label: str = ""
+
+    def build(self, dense: nn.Module) -> nn.Module:
+        """The model this recipe trains (a copy; `dense` is not modified)."""
+        return method_model(self.method, dense, self.config)
+
+
 def variant_models(config: RunConfig, dense: nn.Module, variants: tuple[str, ...]) -> dict[str, nn.Module]:
     """{'baseline': dense copy, 'facto': factorized} for the requested variants, in that order."""
     makers = {"baseline": lambda: method_model("dense", dense), "facto": lambda: facto_model(config, dense)}
@@ -128,9 +148,24 @@ def variant_models(config: RunConfig, dense: nn.Module, variants: tuple[str, ...
     return {v: makers[v]() for v in ("baseline", "facto") if v in variants}
 
 
+@contextmanager
+def probing(model: nn.Module, hooks: list | None = None) -> Iterator[nn.Module]:
+    """A measuring forward in training mode that changes nothing: BatchNorm's running statistics,
+    the train/eval mode and the given hook handles are put back (removed) afterwards."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        for handle in hooks or []:
+            handle.remove()
+        model.train(was_training)
+        model.load_state_dict(state, strict=False)
+
+
 def layer_bytes(model: nn.Module, x: torch.Tensor, bits: int | None, block: int = 64) -> dict[str, int]:
     """Stored bytes per module for one training-mode forward of `x` (BN statistics restored after)."""
-    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    meter = measure_activations(model, x, bits, block)
-    model.load_state_dict(state, strict=False)
+    with probing(model):
+        meter = measure_activations(model, x, bits, block)
     return {k: v for k, v in meter.by_module.items() if v}

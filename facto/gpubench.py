@@ -25,25 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import saved_activations
-from .build import method_model
+from .build import Recipe
 from .config import RunConfig
 
 GB = 1e9
 MB = 1e6
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One way to train a model: build method, config, bits, precision."""
-
-    name: str
-    method: str
-    bits: int | None
-    config: RunConfig = RunConfig()
-    precision: str = "fp32"
-
-    def build(self, dense: nn.Module) -> nn.Module:
-        return method_model(self.method, dense, self.config)
+Variant = Recipe
 
 
 VARIANTS = (

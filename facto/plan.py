@@ -46,7 +46,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .activations import SavedRecord, saved_activations
-from .build import method_model, seeded
+from .build import Recipe, seeded
 from .fuse import ConvBN, FactoConvBN
 from .layers import MaskReLU
 from .models import check_model_name, create_model, replace_first_conv
@@ -497,24 +497,7 @@ def _check_choice(name: str, value: object, allowed: Iterable[str]) -> str:
 
 # ----------------------------------------------------------------------------- variants
 
-@dataclass(frozen=True)
-class VariantSpec:
-    """How a variant trains: the model it builds from the dense one, and the bits of its maps."""
-
-    name: str
-    label: str
-    bits: int | None
-    rank: float | None = None
-    update: str | None = None
-    recompute: bool = False
-
-    def build(self, dense: nn.Module) -> nn.Module:
-        """The model this variant trains (a copy; `dense` is not modified), built as runs build it."""
-        if self.name == "dense":
-            return method_model("dense", dense)
-        if self.rank is None:
-            return method_model("compress", dense)
-        return method_model("facto", dense, RunConfig(rank=self.rank, update=self.update, recompute=self.recompute))
+VariantSpec = Recipe  # a planned variant: name (dense | compress-<bits> | a preset), label, method, bits
 
 
 VARIANT_HELP = ("dense, compress-<bits> (compression only, bits 1..8 or 16, e.g. compress-4) "
@@ -524,16 +507,16 @@ VARIANT_HELP = ("dense, compress-<bits> (compression only, bits 1..8 or 16, e.g.
 def variant_spec(name: str) -> VariantSpec:
     """The spec of a variant name: dense | compress-<bits> | a key of facto.config.PRESETS."""
     if name == "dense":
-        return VariantSpec("dense", "dense fp32", None)
+        return Recipe("dense", "dense", None, label="dense fp32")
     match = re.fullmatch(r"compress-(\d+)", name) if isinstance(name, str) else None
     if match and (1 <= int(match.group(1)) <= 8 or int(match.group(1)) == 16):
         bits = int(match.group(1))
-        return VariantSpec(name, f"compression only {bits}-bit (ActNN-style)", bits)
+        return Recipe(name, "compress", bits, label=f"compression only {bits}-bit (ActNN-style)")
     if isinstance(name, str) and name in PRESETS:
         p = PRESETS[name]
         extra = ", recompute" if p["recompute"] else ""
         label = f"Facto {name} (rank {p['rank']}, {p['update']}, {p['bits']}-bit{extra})"
-        return VariantSpec(name, label, p["bits"], p["rank"], p["update"], p["recompute"])
+        return Recipe(name, "facto", p["bits"], RunConfig(**p), label=label)
     raise ValueError(f"variant={name!r} is not allowed: choose {VARIANT_HELP}")
 
 

@@ -141,24 +141,28 @@ def _fmt_bits(bits) -> str:
     return "fp32" if bits is None else f"{bits}-bit"
 
 
-def config_label(config: Mapping | None) -> str:
-    """One readable line for hover texts: model/dataset, rank, update, bits, epochs."""
+def config_label(config: Mapping | None, compact: bool = False) -> str:
+    """One readable line for a run's settings: model/dataset, rank, update, bits, epochs.
+
+    compact: the short form of tables ('simple_cnn · digits · rank 0.5 · 4 bits · core · ...').
+    """
     if not config:
         return ""
     c = _row(config)
-    parts = [f"{c.get('model', '?')} on {c.get('dataset', '?')}"]
+    parts = ([str(c.get("model", "?")), str(c.get("dataset", "?"))] if compact
+             else [f"{c.get('model', '?')} on {c.get('dataset', '?')}"])
     if "rank" in c:
         parts.append(f"rank {c['rank']}")
     if c.get("update"):
-        parts.append(f"update {c['update']}")
+        parts.append(str(c["update"]) if compact else f"update {c['update']}")
     if "bits" in c:
         parts.append(_fmt_bits(c.get("bits")))
     if c.get("recompute"):
-        parts.append("recompute BN")
+        parts.append("recompute" if compact else "recompute BN")
     if c.get("epochs"):
         parts.append(f"{c['epochs']} ep")
     if c.get("max_train"):
-        parts.append(f"{c['max_train']} train imgs")
+        parts.append(f"{c['max_train']:,} imgs" if compact else f"{c['max_train']} train imgs")
     return " · ".join(parts)
 
 

@@ -117,22 +117,8 @@ def delete_selected() -> None:
 # ----------------------------------------------------------------------------- tables
 
 def short_settings(config: dict) -> str:
-    """'simple_cnn · digits · rank 0.5 · 4 bits · core · recompute · 4 ep' (the runs table's column)."""
-    c = config or {}
-    parts = [str(c.get("model", "?")), str(c.get("dataset", "?"))]
-    if "rank" in c:
-        parts.append(f"rank {c['rank']}")
-    if "bits" in c:
-        parts.append(SETTINGS["bits"].format(c["bits"]).split(" (")[0])
-    if c.get("update"):
-        parts.append(str(c["update"]))
-    if c.get("recompute"):
-        parts.append("recompute")
-    if c.get("epochs"):
-        parts.append(f"{c['epochs']} ep")
-    if c.get("max_train"):
-        parts.append(f"{c['max_train']:,} imgs")
-    return " · ".join(parts)
+    """'simple_cnn · digits · rank 0.5 · 4-bit · core · recompute · 4 ep' (the runs table's column)."""
+    return plots.config_label(config, compact=True)
 
 
 def _accuracy(run) -> str | None:
