@@ -825,6 +825,7 @@ def chart_data(result: PlanResult) -> dict:
     """A stacked bar per variant at its max batch: components in MB, and the budget line."""
     return {
         "variants": [r.label for r in result.rows],
+        "names": [r.variant for r in result.rows],
         "max_batch": [r.max_batch for r in result.rows],
         "components": [c.replace("_", " ") for c in COMPONENTS],
         "series": {c.replace("_", " "): [getattr(r.breakdown, c) / MB for r in result.rows] for c in COMPONENTS},

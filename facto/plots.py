@@ -829,7 +829,7 @@ def kept_bytes_bars(story: Any, title: str | None = None) -> go.Figure:
     title = title or f"Kept for backward by this layer, batch {s['batch']} (MB)"
     kept = [k for k in s["kept"] if k["bytes"]]
     whats = list(dict.fromkeys(k["what"] for k in kept))
-    palette = ["#4C78A8", "#F58518", "#72B7B2", "#54A24B", "#B279A2", "#9D755D"]
+    palette = ["#72B7B2", "#B279A2", "#54A24B", "#9D755D", "#EECA3B", "#FF9DA6"]  # kinds, not variants
     fig = go.Figure()
     for i, what in enumerate(whats):
         ys = ["Baseline (dense fp32)", "Facto"]
@@ -843,9 +843,11 @@ def kept_bytes_bars(story: Any, title: str | None = None) -> go.Figure:
                              orientation="h", marker=dict(color="rgba(0,0,0,0)", line=dict(color=INK, width=1.5),
                                                           pattern=dict(shape="/")),
                              hovertemplate="recompute removes %{x:.3f} MB<extra></extra>"))
-    fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="MB")
-    return _style(fig, title, 360)
+    _style(fig, title, 470)
+    fig.update_layout(barmode="stack", margin=dict(t=64, b=150), yaxis=dict(automargin=True),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.22, yanchor="top"))
+    return fig
 
 
 def rank_curve_figure(points: Iterable[Any], selected: str | None = None, title: str | None = None) -> go.Figure:
@@ -870,8 +872,9 @@ def rank_curve_figure(points: Iterable[Any], selected: str | None = None, title:
     return _style(fig, title, 360)
 
 
-PLAN_COLORS = {"weights": "#4C78A8", "gradients": "#72B7B2", "optimizer state": "#54A24B",
-               "activations": "#F58518", "transients": "#E45756", "reserve": "#BAB0AC"}
+PLAN_COLORS = {"weights": "#72B7B2", "gradients": "#54A24B", "optimizer state": "#EECA3B",
+               "activations": "#B279A2", "transients": "#E45756", "reserve": "#BAB0AC"}  # not blue/orange:
+# those mean baseline and Facto everywhere else
 
 
 def plan_bars(data: Mapping, title: str | None = None) -> go.Figure:
@@ -881,12 +884,13 @@ def plan_bars(data: Mapping, title: str | None = None) -> go.Figure:
         data: `facto.plan.chart_data(result)`.
     """
     title = title or "What fills the budget at each variant's largest batch (MB)"
-    labels = [f"{v}<br><b>batch {b}</b>" for v, b in zip(data["variants"], data["max_batch"])]
+    names = data.get("names") or data["variants"]
+    labels = [f"{n}<br><b>batch {b}</b>" for n, b in zip(names, data["max_batch"])]
     fig = go.Figure()
     for component in data["components"]:
         fig.add_trace(go.Bar(x=labels, y=data["series"][component], name=component,
-                             marker_color=PLAN_COLORS.get(component, "#9D9D9D"),
-                             hovertemplate=f"{component}: %{{y:,.0f}} MB<extra></extra>"))
+                             marker_color=PLAN_COLORS.get(component, "#9D9D9D"), customdata=data["variants"],
+                             hovertemplate=f"%{{customdata}}<br>{component}: %{{y:,.0f}} MB<extra></extra>"))
     fig.add_hline(y=data["budget"], line=dict(color=INK, dash="dash", width=2),
                   annotation_text=f"budget {data['budget']:,.0f} MB", annotation_position="top left")
     fig.update_layout(barmode="stack")

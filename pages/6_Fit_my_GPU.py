@@ -60,10 +60,14 @@ dense = next((r for r in rows if r.variant == "dense"), None)
 cols = st.columns(min(len(rows), 5) or 1)
 for col, row in zip(cols, rows):
     delta = f"{row.max_batch / dense.max_batch:.1f}× dense" if dense and dense.max_batch and row is not dense else None
-    col.metric(row.label, f"batch {row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
-               help=f"{row.per_sample / plots.MB:.2f} MB more per extra image.")
+    col.metric(row.variant, f"batch {row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
+               help=f"{row.label}: {row.per_sample / plots.MB:.2f} MB more per extra image.")
 st.plotly_chart(plots.plan_bars(chart_data(result)), key="fit_chart", **ui.CHART)
-st.dataframe(pd.DataFrame(table_rows(result)), hide_index=True, width="stretch")
+table = pd.DataFrame(table_rows(result)).rename(columns=lambda c: c.replace(" MB", "").replace("optimizer state",
+                                                                                              "optimizer"))
+st.caption("MB at each variant's largest batch (MB = 10^6 bytes); activations = stored for backward.")
+st.dataframe(table.rename(columns={"per sample": "MB per image", "activations": "stored"}), hide_index=True,
+             width="stretch", column_config={"variant": st.column_config.TextColumn(width="large")})
 for note in result.notes:
     st.info(note, icon=":material/info:")
 st.caption(f"How: stored bytes measured by Facto's meter on {result.device} at batches {result.probes[0]} and "
