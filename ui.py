@@ -386,11 +386,6 @@ def field_errors(prefix: str, names: list[str]) -> list[str]:
     return errors
 
 
-def page_header(title: str, caption: str) -> None:
-    st.title(title)
-    st.caption(caption)
-
-
 def sidebar_footer() -> None:
     """The end of every page's sidebar: room limits (room mode) and where runs are stored."""
     r = room()
