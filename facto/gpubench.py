@@ -57,8 +57,10 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: int | N
                opt: torch.optim.Optimizer | None = None) -> int:
     """One training step as facto.train runs it; returns the meter's stored bytes."""
     model.train()
-    with _autocast(x.device, precision), saved_activations(bits, model=model) as meter:
-        loss = F.cross_entropy(model(x).float(), y)
+    with _autocast(x.device, precision):
+        with saved_activations(bits, model=model) as meter:
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)  # outside the meter, as facto.train does
     loss.backward()
     if opt is not None:
         opt.step()

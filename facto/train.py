@@ -173,9 +173,11 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         self.model.train()
-        with autocast(self.device, self.precision), \
-                saved_activations(self.bits, self.block, model=self.model, generator=self.generator) as meter:
-            out = self.model(x)
+        with autocast(self.device, self.precision):
+            with saved_activations(self.bits, self.block, model=self.model, generator=self.generator) as meter:
+                out = self.model(x)
+            # the loss is outside the hooks: its saved softmax is the model's output, not an activation
+            # map, and compressing it would bend every gradient
             loss = F.cross_entropy(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
