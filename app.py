@@ -121,11 +121,10 @@ def sidebar(locked: bool) -> None:
         right.button("Stop", key="stop", on_click=stop_run, args=(job.id if job else 0,), disabled=not can_stop,
                      width="stretch", icon=":material/stop:",
                      help="Stop the run you are watching. What was done is kept (stored as interrupted).")
-        st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, horizontal=True, **keep,
+        st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, **keep,
+                 captions=[preset_text(p).split(": ", 1)[1] for p in PRESETS] + ["your own settings"],
                  help="One click sets rank, trained factor, bits and recompute. Editing one of them by hand "
                       "switches to custom.")
-        st.caption(preset_text(st.session_state["preset"]) if st.session_state["preset"] in PRESETS
-                   else "custom: your own settings")
         for name in METHOD:
             options = ui.allowed_models() if name == "model" else None
             ui.setting_widget(name, P + name, disabled=locked, options=options,
