@@ -413,6 +413,11 @@ def remember(view: dict) -> None:
                                  f"{acc.get('facto', 0):.1f} %")))
 
 
+def _field(row, name: str):
+    """A value of a step: an event (live run) or a dict (stored run)."""
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+
+
 def charts(view: dict) -> None:
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
     cfg = view["config"]
@@ -421,6 +426,9 @@ def charts(view: dict) -> None:
                       key="chart_accuracy", **ui.CHART)
     right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"])),
                        key="chart_memory", **ui.CHART)
+    if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
+        st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"])),
+                        key="chart_cuda", **ui.CHART)
     left, right = st.columns(2)
     types = layer_types(cfg.get("model", RunConfig().model), cfg.get("dataset", RunConfig().dataset))
     left.plotly_chart(cache.get(job_id, "layers", 1 if view["layer_bytes"] else 0,

@@ -19,10 +19,10 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "BASELINE_COLOR", "FACTO_COLOR", "COLORS", "NAMES", "MB",
-    "accuracy_curves", "memory_curves", "layer_bytes_bars", "params_bars", "tradeoff_scatter",
-    "pareto_front", "sweep_figure", "accuracy_heatmap", "feature_map_images", "error_histogram",
-    "bits_curves", "history_chart", "run_style", "config_label", "live_point", "tradeoff_points",
-    "tradeoff_range",
+    "config_label", "accuracy_curves", "memory_curves", "live_point", "tradeoff_points", "tradeoff_scatter",
+    "tradeoff_range", "layer_bytes_bars", "params_bars", "pareto_front", "sweep_figure", "accuracy_heatmap",
+    "feature_map_images", "error_histogram", "bits_curves", "run_style", "history_chart", "methods_figure",
+    "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves",
 ]
 
 MB = 1e6  # bytes per MB, as the CLI prints them

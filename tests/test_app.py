@@ -260,6 +260,10 @@ def test_gpu_runs_show_the_device_and_the_cuda_peak(ui):
     assert metric(at, "Peak CUDA memory (Facto)") == "300.00 MB"
     assert metric(at, "Peak CUDA memory (baseline)") == "900.00 MB"
     assert "CUDA peak" in at.get("plotly_chart")[1].proto.spec
+    gpu = spec(at.get("plotly_chart")[2])  # what the allocator holds per step, beside the stored bytes
+    assert gpu["layout"]["title"]["text"].startswith("GPU memory per step")
+    assert {t["name"] for t in gpu["data"]} >= {"Baseline · step peak", "Facto · step peak",
+                                                "Facto · stored for backward"}
 
 
 # ----------------------------------------------------------------------------- navigation
