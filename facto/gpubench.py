@@ -183,50 +183,40 @@ def step_table(cases=CASES, variants: Sequence[Variant] = VARIANTS, device: torc
 
 @dataclass
 class BatchRow:
-    """The largest batch that trains under a memory cap, measured."""
+    """The largest batch that trains under a memory cap: measured, and what `facto plan` predicted."""
 
     model: str
     cap_gb: float
     variant: str
     max_batch: int | None
     vs_dense: float | None
+    predicted: int | None
+    prediction_error_pct: float | None
     note: str = ""
 
 
-def max_batch_table(cap_gb: float, cases=(("tv:resnet18", (3, 224, 224)), ("tv:resnet50", (3, 224, 224))),
-                    variants: Sequence[Variant] = VARIANTS[:4], optimizer: str = "sgd",
+PLAN_VARIANTS = ("dense", "compress-4", "paper", "balanced")
+
+
+def max_batch_table(cap_gb: float, cases=(("tv:resnet18", "3x224x224"), ("tv:resnet50", "3x224x224")),
+                    variants: Sequence[str] = PLAN_VARIANTS, optimizer: str = "sgd",
                     log: Callable[[str], None] = print) -> list[BatchRow]:
-    """Binary search of the largest batch with 2 real SGD steps under
-    torch.cuda.set_per_process_memory_fraction(cap / total); needs CUDA."""
-    from .plan import build_model, gpu_fits, largest_fitting
+    """For each case: `facto plan`'s prediction, then the real largest batch (2 SGD steps per try,
+    binary search under torch.cuda.set_per_process_memory_fraction(cap / total)); needs CUDA."""
+    from .plan import plan, verify
 
     if not torch.cuda.is_available():
-        return [BatchRow(name, cap_gb, v.name, None, None, "needs CUDA") for name, _ in cases for v in variants]
-    device = torch.device("cuda")
-    total = torch.cuda.get_device_properties(device).total_memory
+        return [BatchRow(name, cap_gb, v, None, None, None, None, "needs CUDA") for name, _ in cases for v in variants]
     rows = []
-    torch.cuda.set_per_process_memory_fraction(min(cap_gb * GB / total, 1.0), device)
-    try:
-        for name, shape in cases:
-            dense = build_model(name, 10, shape[0])
-            found = []
-            for v in variants:
-                template = v.build(dense)
-
-                def fits(batch: int, v=v, template=template) -> bool:
-                    import copy
-
-                    ok = gpu_fits(lambda: copy.deepcopy(template), v.bits, batch, shape, 10, optimizer,
-                                  v.precision, device)
-                    log(f"  {name} | {v.name}: batch {batch} {'fits' if ok else 'out of memory'}")
-                    return ok
-
-                best = largest_fitting(fits, hint=64)
-                found.append(best)
-                rows.append(BatchRow(name, cap_gb, v.name, best, best / found[0] if found[0] else None))
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-        torch.cuda.empty_cache()
+    for name, shape in cases:
+        result = plan(name, shape, 10, int(cap_gb * GB), optimizer, variants=list(variants), device="cuda", log=log)
+        checks = verify(result, log=log)
+        dense = next((c.measured for c in checks if c.variant == "dense"), None)
+        for c in checks:
+            error = None if not c.measured else 100.0 * (c.predicted - c.measured) / c.measured
+            rows.append(BatchRow(name, cap_gb, c.variant, c.measured,
+                                 c.measured / dense if c.measured and dense else None, c.predicted, error,
+                                 c.error or ""))
     return rows
 
 
@@ -283,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"largest batch under {args.max_batch_gb:g} GB ...")
         rows = max_batch_table(args.max_batch_gb, log=log)
         results["max_batch"] = [asdict(r) for r in rows]
-        out += [f"## Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try)", "",
-                markdown(rows), ""]
+        out += [f"## Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try), "
+                "measured and as `facto plan` predicted it", "", markdown(rows), ""]
     if "app" not in skip:
         log("default app comparison ...")
         seconds = app_default_seconds()
