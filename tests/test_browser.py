@@ -91,8 +91,10 @@ def test_run_in_a_real_browser(server, tmp_path):
             expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled(timeout=30_000)  # locked while running
             done = page.get_by_text("Done: Facto stored")
             expect(done).to_be_visible(timeout=240_000)
+            page.wait_for_selector(IDLE, timeout=60_000)  # the page's last redraw after the run is over
             page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)
             saving = page.locator("[data-testid='stMetric']", has_text="Memory saving")
+            expect(saving).to_have_count(1, timeout=30_000)  # stale elements of the live view are gone
             value = saving.locator("[data-testid='stMetricValue']").inner_text()
             assert float(value.split()[0]) > 0
             assert page.locator("[data-testid='stPlotlyChart']").count() == 4
