@@ -422,8 +422,8 @@ def charts(view: dict) -> None:
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
     cfg = view["config"]
     left, right = st.columns(2)
-    left.plotly_chart(cache.get(job_id, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"])),
-                      key="chart_accuracy", **ui.CHART)
+    accuracy = cache.get(job_id, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"]))
+    left.plotly_chart(accuracy, key="chart_accuracy", **ui.CHART)
     right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"])),
                        key="chart_memory", **ui.CHART)
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA

@@ -136,7 +136,9 @@ class _Packer:
         if x.is_complex() or (x.is_floating_point() and (
                 self.meter.bits is None or x.dim() < 2 or x.numel() < self.min_numel)):
             return x
-        generator = self.generator if self.generator is not None and self.generator.device.type == x.device.type else None
+        generator = self.generator
+        if generator is not None and generator.device.type != x.device.type:
+            generator = None  # a generator draws on its own device only
         return compress(x.detach(), self.meter.bits, self.meter.block, self.stochastic, generator=generator)
 
     def hold(self, x: Tensor) -> None:

@@ -239,7 +239,7 @@ def analyse_layers(config: RunConfig, real_data: bool = False) -> LayerAnalysis:
         batch=int(x.shape[0]), input_shape=tuple(x.shape[1:]), dense_inputs=input_sources(dense, x))
 
 
-# ----------------------------------------------------------------------------- the numbers behind the compression figures
+# ----------------------------------------------------------------------------- behind the compression figures
 
 def feature_maps(model, x) -> dict:
     """Outputs of every leaf module that returns a 4-D floating tensor, for one forward of `x`.

@@ -2,8 +2,9 @@
 batch under a memory cap, the meter against the allocator, compress/restore throughput.
 
 `python benchmarks/gpu.py` runs the whole suite (this module, then the compress/restore
-throughput of benchmarks/kernels.py) and prints markdown tables (also written under --out). Every number is measured on the machine it prints; on a
-machine without CUDA the CUDA-only columns say so ("n/a") and the suite runs small.
+throughput of benchmarks/kernels.py) and prints markdown tables (also written under --out).
+Every number is measured on the machine it prints; on a machine without CUDA the CUDA-only
+columns say so ("n/a") and the suite runs small.
 
 Rows per model: dense fp32, compression only 4-bit (ActNN-style), Facto rank 0.5 core without
 compression, Facto + recompute 4-bit (the default), and the dense and default Facto under bf16
