@@ -524,3 +524,18 @@ def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypat
     other.button(key=f"watch_{job.id}").click().run()
     assert other.session_state["watch"] == job.id and other.button(key="stop").disabled  # not his run
     job.stop(wait_s=60)
+
+
+def test_a_second_run_waits_in_the_queue_with_its_position(ui):
+    first = app(v="alice")
+    first.number_input(key="max_train").set_value(1280)  # 80 steps: still going when bob presses Run
+    first.button(key="run").click().run()
+    second = app(v="bob")
+    tiny(second)
+    second.button(key="run").click().run()
+    waiting = watched(ui, second)
+    assert not watched(ui, first).finished and waiting.status == "queued" and ui.registry().queue_position(waiting) == 1
+    assert any("position 1 in the queue" in i.value for i in second.info)
+    assert any("waiting, position 1" in m.value for m in second.markdown)
+    watched(ui, first).stop(wait_s=60)
+    assert waiting.wait(RUN_LIMIT) and waiting.status == "completed"  # it ran once the slot was free

@@ -1,0 +1,95 @@
+"""facto.jobs: runs in the background, queued one at a time, stoppable, with nothing lost."""
+from __future__ import annotations
+
+import threading
+import time
+
+from facto.jobs import Job, JobRegistry
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.seen = []
+
+    def add(self, event) -> None:
+        self.seen.append(event)
+
+
+def gated(n: int, gate: threading.Event, closed: list | None = None):
+    """A stream of n events that waits for `gate` before each; records whether it was closed."""
+    def events():
+        try:
+            for i in range(n):
+                gate.wait(10)
+                yield i
+        finally:
+            if closed is not None:
+                closed.append(True)
+    return events
+
+
+def test_a_job_consumes_its_events_into_the_accumulator():
+    gate = threading.Event()
+    gate.set()
+    job = Job(gated(5, gate), Collect(), label="five").start()
+    assert job.wait(10) and job.status == "completed"
+    assert job.read(lambda acc: acc.seen) == [0, 1, 2, 3, 4]
+    snap = job.snapshot(since=3)
+    assert snap.events == [3, 4] and snap.status == "completed" and snap.version == 6
+
+
+def test_stop_closes_the_stream_after_the_current_event():
+    closed = []
+
+    def slow():
+        try:
+            for i in range(1000):
+                time.sleep(0.01)
+                yield i
+        finally:
+            closed.append(True)
+
+    job = Job(slow).start()
+    time.sleep(0.1)
+    job.stop(wait_s=10)
+    assert job.status == "interrupted" and closed == [True]  # the recorder's finally would store it
+    assert 0 < len(job.snapshot().events) < 1000
+
+
+def test_errors_end_the_job_as_failed_with_the_message():
+    def broken():
+        yield 1
+        raise ValueError("dataset='cifar10' is not on disk")
+
+    job = Job(broken).start()
+    job.wait(10)
+    assert job.status == "failed" and "cifar10" in job.error and job.snapshot().events == [1]
+
+
+def test_the_registry_runs_one_at_a_time_and_queues_the_rest():
+    registry = JobRegistry(max_running=1)
+    gate = threading.Event()
+    first = registry.submit(Job(gated(3, gate), owner="alice"))
+    second = registry.submit(Job(gated(3, gate), owner="bob"))
+    third = registry.submit(Job(gated(3, gate), owner="carol"))
+    assert first.status == "running" and second.status == third.status == "queued"
+    assert registry.queue_position(second) == 1 and registry.queue_position(third) == 2
+    third.stop()  # stopped while waiting: it never starts
+    assert third.status == "interrupted" and registry.queue_position(third) is None
+    gate.set()
+    assert first.wait(10) and second.wait(10)
+    assert second.status == "completed" and third.snapshot().events == []
+    assert [j.id for j in registry.jobs()] == [third.id, second.id, first.id]
+    assert registry.jobs(active_only=True) == []
+
+
+def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first():
+    registry = JobRegistry(max_running=2, keep_finished=2)
+    done = threading.Event()
+    done.set()
+    jobs = [registry.submit(Job(gated(1, done))) for _ in range(4)]
+    for job in jobs:
+        job.wait(10)
+    registry.submit(Job(gated(1, done))).wait(10)
+    kept = {j.id for j in registry.jobs()}
+    assert jobs[0].id not in kept and jobs[-1].id in kept
