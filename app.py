@@ -22,7 +22,7 @@ from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
 from facto.events import RunTracker, StartEvent
 from facto.jobs import Job
-from facto.recorder import record
+from facto.train import compare_and_record
 
 st.set_page_config(page_title="Facto", page_icon=":material/memory:", layout="wide")
 
@@ -88,15 +88,10 @@ def start_run() -> None:
         st.session_state["form_errors"] = problems
         return
     store = ui.writable_history()
-    job = ui.submit(lambda: record(_compare(config), store), RunTracker(), label=config.label(),
+    job = ui.submit(ui.events_of(compare_and_record, config.to_dict(), str(store.path) if store else None),
+                    RunTracker(), label=config.label(),
                     meta={"config": config.to_dict()})
     watch(job.id)
-
-
-def _compare(config: RunConfig):
-    from facto.train import compare
-
-    return compare(config)
 
 
 def watch(job_id: int | None) -> None:
@@ -420,14 +415,16 @@ def _field(row, name: str):
 
 def charts(view: dict) -> None:
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
+    age = ui.CHART_REFRESH_S if view["status"] in ("running", "queued") else 0.0  # the last redraw: every step
     cfg = view["config"]
     left, right = st.columns(2)
-    accuracy = cache.get(job_id, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"]))
+    accuracy = cache.get(job_id, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"]),
+                         age)
     left.plotly_chart(accuracy, key="chart_accuracy", **ui.CHART)
-    right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"])),
+    right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"]), age),
                        key="chart_memory", **ui.CHART)
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
-        st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"])),
+        st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), age),
                         key="chart_cuda", **ui.CHART)
     left, right = st.columns(2)
     types = layer_types(cfg.get("model", RunConfig().model), cfg.get("dataset", RunConfig().dataset))
@@ -436,7 +433,11 @@ def charts(view: dict) -> None:
                       key="chart_layers", **ui.CHART)
     with right:
         live = plots.live_point(view["steps"], view["evals"], cfg) if view["status"] == "running" else None
-        st.plotly_chart(plots.tradeoff_scatter(tradeoff_points(), live), key="chart_tradeoff", **ui.CHART)
+        points = tradeoff_points()
+        tradeoff_version = (version, tuple(p.get("id") for p in points))
+        st.plotly_chart(cache.get(job_id, f"tradeoff-{ui.visitor()}", tradeoff_version,
+                                  lambda: plots.tradeoff_scatter(points, live), age),
+                        key="chart_tradeoff", **ui.CHART)
         st.checkbox("Show earlier runs from the history", key="history_points",
                     help="Adds every stored comparison (grey) to the chart.")
     if view["report"]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import streamlit as st
 
 from facto.config import SETTINGS, RunConfig, Setting
 from facto.events import StartEvent
-from facto.jobs import Job, JobRegistry
+from facto.jobs import Job, JobRegistry, in_child
 
 CHART = dict(theme=None, config={"displaylogo": False})
 REFRESH_S = 1.0  # progress and cards while a watched run goes
@@ -139,22 +140,25 @@ def writable_history():
 
 
 class FigureCache:
-    """Built figures per (job, name, version): every tab watching a run shares them."""
+    """Built figures per (job, name): every tab watching a run shares them. With `max_age_s` a
+    figure of an older version is reused while younger than that: however many tabs ask, it is
+    rebuilt at most once per `max_age_s` (building is the costly part)."""
 
     def __init__(self, size: int = 64) -> None:
-        self._items: dict[tuple, tuple[int, Any]] = {}
+        self._items: dict[tuple, tuple[Any, float, Any]] = {}  # key -> (version, built at, figure)
         self._lock = threading.Lock()
         self._size = size
 
-    def get(self, job_id: int, name: str, version: int, build: Callable[[], Any]) -> Any:
+    def get(self, job_id: int, name: str, version: Any, build: Callable[[], Any], max_age_s: float = 0.0) -> Any:
         key = (job_id, name)
+        now = time.monotonic()
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and hit[0] == version:
-                return hit[1]
+            if hit is not None and (hit[0] == version or now - hit[1] < max_age_s):
+                return hit[2]
         figure = build()
         with self._lock:
-            self._items[key] = (version, figure)
+            self._items[key] = (version, now, figure)
             if len(self._items) > self._size:
                 self._items.pop(next(iter(self._items)))
         return figure
@@ -195,6 +199,14 @@ def run_owners() -> RunOwners:
 def runs_started_by(token: str | None = None) -> set[int]:
     """Ids of the stored runs this visitor (or `token`) started on this server."""
     return run_owners().runs(token or visitor())
+
+
+def events_of(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """`make_events` running `fn(*args)` in a child process (the default: page redraws can't starve
+    training there), or in a thread of this server when FACTO_JOBS=thread."""
+    if os.environ.get("FACTO_JOBS", "process") == "thread":
+        return lambda: fn(*args)
+    return in_child(fn, *args)
 
 
 def submit(make_events: Callable[[], Any], accumulator: Any = None, label: str = "",

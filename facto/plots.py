@@ -82,20 +82,28 @@ def _name(variant: str) -> str:
     return NAMES.get(variant, variant)
 
 
+GRID = "#EBF0F8"  # plotly_white's grid, set by hand: applying a template costs ~10 ms a figure
+
+
 def _style(fig: go.Figure, title: str, height: int = 420, legend: bool = True) -> go.Figure:
-    """Common look: white template, readable fonts, title top-left, legend above the plot."""
+    """Common look: white background, light grid, readable fonts, title top-left, legend above."""
     fig.update_layout(
-        template="plotly_white",
+        template="none",
+        paper_bgcolor="white",
+        plot_bgcolor="white",
         title=dict(text=title, x=0.01, xanchor="left", y=0.98, yanchor="top", yref="container",
                    font=dict(size=FONT_SIZE + 3)),
         font=dict(size=FONT_SIZE, color=INK),
         height=height,
         margin=dict(l=64, r=24, t=96 if legend else 64, b=56),
         hoverlabel=dict(font_size=FONT_SIZE - 1),
+        hovermode="closest",
         showlegend=legend,
         legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom",
                     bgcolor="rgba(255,255,255,0)", font=dict(size=FONT_SIZE - 1)),
     )
+    fig.update_xaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID, ticks="", automargin=True)
+    fig.update_yaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID, ticks="", automargin=True)
     fig.update_annotations(font_size=FONT_SIZE)  # subplot titles
     return fig
 

@@ -228,3 +228,17 @@ def _chance_pct(dataset: str | None) -> float | None:
         return 100.0 / dataset_info(dataset).num_classes
     except (ValueError, TypeError):
         return None
+
+
+def sweep_and_record(base: dict, ranks: Sequence, bits: Sequence, updates: Sequence[str],
+                     store_path: str | None = None) -> Iterator:
+    """`sweep(...)` from plain arguments, storing into RunStore(store_path): what a child process
+    runs for the app (see facto.jobs.in_child)."""
+    from .store import RunStore
+
+    store = RunStore(store_path) if store_path else None
+    try:
+        yield from sweep(RunConfig.from_dict(base), ranks, bits, updates, store=store)
+    finally:
+        if store is not None:
+            store.close()

@@ -400,3 +400,17 @@ def consume(events: Iterator[Event]) -> SummaryEvent:
     if not isinstance(last, SummaryEvent):
         raise RuntimeError("the run ended without a summary")
     return last
+
+
+def compare_and_record(config: dict, store_path: str | None = None) -> Iterator[Event]:
+    """`record(compare(config), RunStore(store_path))` from plain arguments: what a child process
+    runs for the app (see facto.jobs.in_child). No store_path: nothing is stored."""
+    from .recorder import record
+    from .store import RunStore
+
+    store = RunStore(store_path) if store_path else None
+    try:
+        yield from record(compare(RunConfig.from_dict(config)), store)
+    finally:
+        if store is not None:
+            store.close()

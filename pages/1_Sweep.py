@@ -15,7 +15,7 @@ import ui
 from facto import plots
 from facto.config import SETTINGS, RunConfig
 from facto.jobs import Job
-from facto.sweep import SweepTracker, points_table, sweep, sweep_configs
+from facto.sweep import SweepTracker, points_table, sweep_and_record, sweep_configs
 
 P = "sweep_"
 BASE = ["model", "dataset", "epochs", "batch_size", "seed", "recompute", "max_train", "data_dir"]
@@ -81,7 +81,8 @@ def start_sweep() -> None:
         s["sweep_errors"] = problems
         return
     store = ui.writable_history()
-    job = ui.submit(lambda: sweep(base, ranks, bits, updates, store=store), SweepTracker(),
+    job = ui.submit(ui.events_of(sweep_and_record, base.to_dict(), ranks, bits, updates,
+                                 str(store.path) if store else None), SweepTracker(),
                     label=f"sweep of {len(configs)} settings · {base.model} on {base.dataset}",
                     meta={"config": base.to_dict(), "kind": "sweep"})
     ui.set_watched(WATCH, PARAM, job.id)

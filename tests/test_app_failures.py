@@ -58,6 +58,7 @@ def test_out_of_memory_in_facto_is_explained_and_the_app_stays_usable(home, monk
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     _sabotage(monkeypatch, oom)
+    monkeypatch.setenv("FACTO_JOBS", "thread")  # the sabotage patches this process: train here, not in a child
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
     start_tiny_run(at)

@@ -93,3 +93,32 @@ def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first():
     registry.submit(Job(gated(1, done))).wait(10)
     kept = {j.id for j in registry.jobs()}
     assert jobs[0].id not in kept and jobs[-1].id in kept
+
+
+def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
+    """The app's runs train in a child process (page redraws can't starve them of the GIL there):
+    events come back, Stop lets the child store the run as interrupted, errors keep their kind."""
+    from facto.config import RunConfig
+    from facto.events import RunTracker
+    from facto.jobs import in_child
+    from facto.store import RunStore
+    from facto.train import compare_and_record
+
+    db = str(tmp_path / "runs.db")
+    tiny = RunConfig(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu").to_dict()
+    done = Job(in_child(compare_and_record, tiny, db), RunTracker()).start()
+    assert done.wait(180) and done.status == "completed", done.error
+    assert done.read(lambda t: t.summary().steps) == {"baseline": 4, "facto": 4}
+
+    long = {**tiny, "max_train": 1280, "epochs": 3}
+    stopped = Job(in_child(compare_and_record, long, db), RunTracker()).start()
+    deadline = time.monotonic() + 120
+    while not stopped.read(lambda t: t.steps) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stopped.stop(wait_s=120)
+    assert stopped.status == "interrupted"
+    assert [r.status for r in RunStore(db).list_runs()] == ["interrupted", "completed"]
+
+    broken = Job(in_child(compare_and_record, {**tiny, "dataset": "cifar10", "data_dir": str(tmp_path)}, None))
+    broken.start().wait(120)
+    assert broken.status == "failed" and "cifar10" in broken.error
