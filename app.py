@@ -482,7 +482,7 @@ def server_runs() -> None:
 
 
 def live_progress() -> None:
-    """Progress, status and cards (redrawn every second while the watched run goes)."""
+    """Progress and status (redrawn every REFRESH_S while the watched run goes: a small redraw)."""
     job = watched_job()
     view = job_view(job) if job is not None else None
     if job is not None and job.finished and st.session_state.get("drawn_running"):
@@ -493,17 +493,17 @@ def live_progress() -> None:
         st.caption(f"Watching run #{job.id}, started by {view['owner']}.")
     progress(view)
     status_line(view)
-    if view["steps"]:
-        cards(view)
 
 
 def live_charts() -> None:
-    """The charts (redrawn every few seconds while the watched run goes, from shared figures)."""
+    """Cards and charts (redrawn every CHART_REFRESH_S while the watched run goes, from figures built
+    once for every tab): what costs the server and the browser most is redrawn least often."""
     job = watched_job()
     if job is None:
         return
     view = job_view(job)
     if view["steps"]:
+        cards(view)
         remember(view)
         charts(view)
 

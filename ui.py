@@ -29,8 +29,8 @@ from facto.events import StartEvent
 from facto.jobs import Job, JobRegistry, in_child
 
 CHART = dict(theme=None, config={"displaylogo": False})
-REFRESH_S = 1.0  # progress and cards while a watched run goes
-CHART_REFRESH_S = 2.5  # charts while it goes (built once per new data for every tab)
+REFRESH_S = 2.0  # progress and cards while a watched run goes
+CHART_REFRESH_S = 5.0  # charts while it goes (built at most once per interval for every tab)
 
 
 # ----------------------------------------------------------------------------- room mode
