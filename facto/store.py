@@ -638,7 +638,7 @@ class RunStore:
             # Read the schema first: a damaged file fails here, before anything is written.
             self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             if not in_memory:
-                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
             self._conn.execute("PRAGMA foreign_keys = ON")
@@ -646,6 +646,30 @@ class RunStore:
             self._conn.close()
             raise
         return self._conn
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL (it stays so), retrying while others hold it.
+
+        SQLite answers a journal-mode change with "database is locked" at once,
+        without its busy handler, while another process opens the same new file,
+        so processes that create one history together must wait here themselves.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if _sqlite_code(exc) not in ("SQLITE_BUSY", "SQLITE_LOCKED") or (
+                    time.monotonic() > deadline
+                ):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _open_ro(self) -> sqlite3.Connection:
         """Read-only connection: ``mode=ro``, or ``immutable=1`` where SQLite cannot
