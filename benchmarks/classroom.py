@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facto.bench import machine  # noqa: E402
+from facto.machine import machine  # noqa: E402
 from facto.store import RunStore  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

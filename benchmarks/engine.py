@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from facto.bench import machine  # noqa: E402
+from facto.machine import machine  # noqa: E402
 from facto.train import RunConfig, StepEvent, SummaryEvent, compare  # noqa: E402
 
 

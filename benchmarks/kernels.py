@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from facto import compress as C  # noqa: E402
-from facto.bench import machine  # noqa: E402
+from facto.machine import machine  # noqa: E402
 
 MAP = (64, 112, 112)  # channels, height, width of one image's map
 IMAGE_MB = 4 * 64 * 112 * 112 / 1e6

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import facto  # noqa: E402
 from facto import FactoConv2d, FactoLinear, factorize, saved_activations, with_relu_masks  # noqa: E402
-from facto.bench import cpu_name  # noqa: E402
+from facto.machine import cpu_name  # noqa: E402
 from facto.models import create_model  # noqa: E402
 
 BITS = (None, 8, 4, 2)

@@ -99,7 +99,7 @@ def rss_growth(name: str, variant: str, bits: int | None, batch: int = 256) -> d
 
 def main() -> int:
     from .activations import measure_activations
-    from .bench import machine
+    from .machine import machine
     from .factorize import factorize
     from .models import create_model, list_models
 

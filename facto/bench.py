@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +22,7 @@ from .activations import measure_activations, saved_activations
 from .build import Recipe, dense_model
 from .config import RunConfig
 from .data import load_data
+from .machine import machine
 from .train import train_model
 
 
@@ -142,22 +141,6 @@ def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, 
                         accuracy_mean=statistics.mean(accs) if accs else None,
                         accuracy_std=statistics.pstdev(accs) if accs else None, accuracies=accs))
     return rows
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    """One line: CPU, cores, torch threads, GPU, torch and Python versions (benchmarks print it)."""
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, Python {platform.python_version()}")
 
 
 def markdown(rows: Sequence[Row]) -> str:

@@ -250,7 +250,7 @@ def markdown(rows: Sequence, columns: Sequence[str] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .bench import machine
+    from .machine import machine
 
     p = argparse.ArgumentParser(prog="python benchmarks/gpu.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--max-batch-gb", type=float, default=4.0, help="memory cap for the largest-batch search")
