@@ -13,32 +13,17 @@ import sys
 from typing import Sequence
 
 from .config import PRESETS, SETTINGS, RunConfig
+from .usage import OneLineParser, UsageError
 
 MB = 1e6
-
-
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the usage block
-        raise UsageError(f"{self.prog}: {message}")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix (mapped to one line + exit 2)."""
     from .data import DataNotFoundError
-    from .store import RunNotFoundError
+    from .store import RunNotFoundError, StoreUnavailableError
 
-    errors: list[type[BaseException]] = [UsageError, DataNotFoundError, RunNotFoundError]
-    try:
-        from .store import StoreUnavailableError
-
-        errors.append(StoreUnavailableError)
-    except ImportError:  # older store module
-        pass
-    return tuple(errors)
+    return (UsageError, DataNotFoundError, RunNotFoundError, StoreUnavailableError)
 
 
 # ----------------------------------------------------------------------------- config flags
@@ -277,8 +262,8 @@ def _need_id(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="facto", description="Facto: memory-efficient CNN training.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="facto", description="Facto: memory-efficient CNN training.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("train", help="train baseline and Facto side by side")
     add_config_flags(p)
     p.add_argument("--variants", default="baseline,facto", choices=["baseline,facto", "baseline", "facto"],
@@ -318,10 +303,8 @@ def _delegate(argv: list[str]) -> int | None:
 
         return bench_main(argv[1:])
     if argv[:1] == ["plan"]:
-        try:
-            from .plan import main as plan_main
-        except ImportError:
-            raise UsageError("plan is not available in this version") from None
+        from .plan import main as plan_main
+
         return plan_main(argv[1:])
     return None
 

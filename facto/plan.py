@@ -52,6 +52,7 @@ from .layers import MaskReLU
 from .models import check_model_name, create_model, replace_first_conv
 from .config import OPTIMIZER_SPECS, PRECISION_DTYPES, PRESETS, RunConfig
 from .train import make_optimizer, resolve_device
+from .usage import OneLineParser, UsageError
 
 GiB, MiB, GB, MB = 2**30, 2**20, 10**9, 10**6
 
@@ -960,17 +961,8 @@ def _verify_row(result: PlanResult, row: PlanRow, template: nn.Module, device: t
 
 # ----------------------------------------------------------------------------- command line
 
-class UsageError(Exception):
-    """A user mistake on the command line: one line on stderr, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the usage block
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m facto plan",
+    p = OneLineParser(prog="python -m facto plan",
                 description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
     p.add_argument("--model", default="resnet20",
                    help="registry name, any torchvision classification model, or tv:NAME for torchvision's own layout")
