@@ -43,7 +43,7 @@ def apply_preset() -> None:
         ref = RunConfig(**PRESETS[name])
         for field in PRESET_FIELDS:
             st.session_state[P + field] = ui.SETTINGS[field].to_widget(getattr(ref, field))
-            st.session_state.get(f"{P + field}__errors", {}).pop(P + field, None)
+            st.session_state.pop(ui.error_key(P + field), None)
 
 
 def match_preset() -> None:
@@ -349,7 +349,7 @@ def cards(view: dict) -> None:
     act = summary.get("act_bytes") or {}
     acc = summary.get("accuracy") or {}
     base_b, facto_b = act.get("baseline"), act.get("facto")
-    tested = sorted({e.step if hasattr(e, "step") else e["step"] for e in view["evals"]})
+    tested = sorted({_field(e, "step") for e in view["evals"]})
     when = f"test accuracy after step {tested[-1]}" if tested else "test accuracy, measured after epoch 1"
     acc_delta = summary.get("accuracy_delta")
     peak = summary.get("peak_cuda") or {}

@@ -319,14 +319,18 @@ def _plain_error(name: str, value: Any, error: Exception) -> str:
     return f"{s.label}: {value!r} is not allowed. Use {s.describe_allowed()}."
 
 
+def error_key(key: str) -> str:
+    """Where the plain-language error of widget `key` waits to be shown next to it."""
+    return f"{key}__error"
+
+
 def check_field(name: str, key: str) -> None:
     """on_change: validate one widget at once; its error shows next to it."""
-    errors = st.session_state.setdefault(f"{key}__errors", {})
     try:
         SETTINGS[name].from_widget(name, st.session_state[key])
-        errors.pop(key, None)
+        st.session_state.pop(error_key(key), None)
     except ValueError as exc:
-        errors[key] = _plain_error(name, st.session_state[key], exc)
+        st.session_state[error_key(key)] = _plain_error(name, st.session_state[key], exc)
 
 
 def setting_widget(name: str, key: str, container=None, disabled: bool = False,
@@ -366,7 +370,7 @@ def setting_widget(name: str, key: str, container=None, disabled: bool = False,
         box.number_input(label_text, min_value=minimum, step=1, **common)
     else:
         box.number_input(text, min_value=float(s.minimum or 0), format="%g", **common)
-    error = st.session_state.get(f"{key}__errors", {}).get(key)
+    error = st.session_state.get(error_key(key))
     if error:
         box.error(error, icon=":material/error:")
 
