@@ -7,6 +7,7 @@ an exception stores it as 'failed' with the error, then propagates.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterator
 
@@ -78,3 +79,17 @@ def _flush(store, run_id: int, pending: list) -> None:
         store.log_metrics(run_id, list(pending))
         pending.clear()
 
+
+
+@contextmanager
+def history_at(path: str | None):
+    """The RunStore at `path` (None: no store), closed afterwards: for streams run in a child
+    process, which opens its own connection (see facto.jobs.in_child)."""
+    from .store import RunStore
+
+    store = RunStore(path) if path else None
+    try:
+        yield store
+    finally:
+        if store is not None:
+            store.close()

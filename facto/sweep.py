@@ -7,7 +7,7 @@ from typing import Iterator, Sequence, Union
 
 from .config import RunConfig, bits_label
 from .events import Event, RunTracker, StartEvent, StepEvent, SummaryEvent
-from .recorder import record
+from .recorder import history_at, record
 from .train import run
 
 
@@ -234,11 +234,5 @@ def sweep_and_record(base: dict, ranks: Sequence, bits: Sequence, updates: Seque
                      store_path: str | None = None) -> Iterator:
     """`sweep(...)` from plain arguments, storing into RunStore(store_path): what a child process
     runs for the app (see facto.jobs.in_child)."""
-    from .store import RunStore
-
-    store = RunStore(store_path) if store_path else None
-    try:
+    with history_at(store_path) as store:
         yield from sweep(RunConfig.from_dict(base), ranks, bits, updates, store=store)
-    finally:
-        if store is not None:
-            store.close()

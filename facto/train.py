@@ -405,12 +405,7 @@ def consume(events: Iterator[Event]) -> SummaryEvent:
 def compare_and_record(config: dict, store_path: str | None = None) -> Iterator[Event]:
     """`record(compare(config), RunStore(store_path))` from plain arguments: what a child process
     runs for the app (see facto.jobs.in_child). No store_path: nothing is stored."""
-    from .recorder import record
-    from .store import RunStore
+    from .recorder import history_at, record
 
-    store = RunStore(store_path) if store_path else None
-    try:
+    with history_at(store_path) as store:
         yield from record(compare(RunConfig.from_dict(config)), store)
-    finally:
-        if store is not None:
-            store.close()
