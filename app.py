@@ -5,10 +5,11 @@ Layout only: numbers come from `facto`, figures from `facto.plots`, shared piece
 
 How a run lives: Run builds a `RunConfig` from the sidebar and submits a `facto.Job` to the
 server's `JobRegistry` (runs belong to the server, not to the tab: closing or reloading the
-tab loses nothing). A worker thread consumes `record(compare(config), history)`; the page
-watches a job (`?job=N` in the URL, so a reloaded tab reattaches) and redraws in two
-fragments: progress and cards every second, charts every few seconds and only when new
-data arrived (figures are built once per new data for every tab watching).
+tab loses nothing). The run trains in a child process (`facto.worker`) that records it in the
+history and streams its events back; the page watches a job (`?job=N` in the URL, so a
+reloaded tab reattaches) and redraws in two fragments: progress every `ui.REFRESH_S`, cards
+and charts every `ui.CHART_REFRESH_S` (each figure built at most once per interval for every
+tab watching).
 """
 from __future__ import annotations
 
