@@ -1,4 +1,5 @@
-"""Fit my GPU (facto.plan): parsing, the batch search, the memory model against the CPU profiler, the CLI.
+"""Fit my GPU (facto.plan): parsing, the batch search, the step-peak model (facto.steppeak) against the
+CPU profiler, the CLI.
 
 CPU only and small (simple_cnn / resnet20 at 32x32): the whole file runs in well under a minute.
 """
@@ -9,6 +10,7 @@ import torch
 
 import facto
 from facto import plan as fp
+from facto import steppeak as sp
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -86,13 +88,13 @@ def test_transient_model_within_tolerance_of_the_profiler_peak(model_name, varia
     model, bits = _variant(variant, model_name)
     torch.manual_seed(1)
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
-    measured = fp.measure_step_peak_cpu(model, x, y, bits)
-    predicted = fp.predict_step_peak(model, x, bits)
-    assert abs(predicted - measured.peak) <= fp.TOLERANCE * measured.peak, (predicted, measured)
+    measured = sp.measure_step_peak_cpu(model, x, y, bits)
+    predicted = sp.predict_step_peak(model, x, bits)
+    assert abs(predicted - measured.peak) <= sp.TOLERANCE * measured.peak, (predicted, measured)
     # the transient alone: what the model adds above the stored bytes, within the same margin
     transient_measured = measured.peak - measured.gradients - measured.stored
-    transient_predicted = predicted - fp.trainable_bytes(model) - measured.stored
-    assert abs(transient_predicted - transient_measured) <= fp.TOLERANCE * measured.peak
+    transient_predicted = predicted - sp.trainable_bytes(model) - measured.stored
+    assert abs(transient_predicted - transient_measured) <= sp.TOLERANCE * measured.peak
     if variant != "dense":  # compressed maps: the transients, not the stored bytes, set the peak
         assert transient_measured > measured.stored
 
@@ -103,9 +105,9 @@ def test_transient_model_under_bf16_autocast(model_name, variant):
     """Mixed precision is modelled too: the probes run under autocast (here CPU bf16)."""
     model, bits = _variant(variant, model_name)
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
-    measured = fp.measure_step_peak_cpu(model, x, y, bits, autocast=torch.bfloat16)
-    predicted = fp.predict_step_peak(model, x, bits, autocast=torch.bfloat16)
-    assert abs(predicted - measured.peak) <= fp.TOLERANCE * measured.peak, (predicted, measured)
+    measured = sp.measure_step_peak_cpu(model, x, y, bits, autocast=torch.bfloat16)
+    predicted = sp.predict_step_peak(model, x, bits, autocast=torch.bfloat16)
+    assert abs(predicted - measured.peak) <= sp.TOLERANCE * measured.peak, (predicted, measured)
 
 
 def test_profiler_sees_a_known_allocation():
@@ -120,14 +122,14 @@ def test_profiler_sees_a_known_allocation():
             return self.fc(x) + 0 * waste.sum()
 
     x, y = torch.randn(2, 4), torch.randint(0, 10, (2,))
-    peak = fp.measure_step_peak_cpu(Wasteful(), x, y, None)
+    peak = sp.measure_step_peak_cpu(Wasteful(), x, y, None)
     assert 8 * 2**20 <= peak.forward_rise < 9 * 2**20
 
 
 def test_stored_bytes_are_the_meters_and_linear_in_the_batch():
     model, bits = _variant("balanced", "resnet20")
     x = torch.randn(4, 1, 32, 32)
-    assert fp.trace_forward(model, x, bits).stored == facto.measure_activations(model, x, bits).bytes
+    assert sp.trace_forward(model, x, bits).stored == facto.measure_activations(model, x, bits).bytes
     profile = fp.profile_variant(fp.variant_spec("balanced"), facto.create_model("resnet20", 10, 1), (1, 32, 32))
     actual = facto.measure_activations(model, torch.randn(12, 1, 32, 32), bits).bytes
     assert abs(profile.stored.at(12) - actual) <= 0.01 * actual
