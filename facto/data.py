@@ -14,19 +14,27 @@ from ``data_dir`` (``download=True`` fetches them; that needs internet).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    Subset,
+    TensorDataset,
+)
 
 __all__ = [
     "DataBundle",
     "DataNotFoundError",
     "DatasetInfo",
+    "SeededSampler",
     "dataset_info",
     "list_datasets",
     "load_data",
@@ -137,6 +145,8 @@ def _check_args(
 
 def _subset(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
     """A fixed random subset of ``max_items`` items (the whole set if None or larger)."""
+    if isinstance(dataset, _Augmented):
+        return _Augmented(_subset(dataset.dataset, max_items, seed), dataset.augment)
     size = len(dataset)  # type: ignore[arg-type]
     if max_items is None or max_items >= size:
         return dataset
@@ -164,7 +174,9 @@ def load_data(
     ``max_test`` keep a fixed random subset (also chosen by ``seed``). ``augment=None``
     uses the dataset's default: on for CIFAR (crop + flip) and SVHN (crop), off for
     digits and the MNISTs (``augment=True`` gives them a random shift).
-    Random augmentation draws from the global torch RNG (seed it for exact repeats).
+    Augmentation never uses the global torch RNG: each train item gets its own seed,
+    drawn in the main process from the loader's seeded generator (see `SeededSampler`),
+    so the batches depend only on ``seed`` and the epoch, for any ``num_workers``.
     """
     spec = _spec(name)
     _check_args(batch_size, num_workers, max_train, max_test)
@@ -174,10 +186,13 @@ def load_data(
     train_set = _subset(train_set, max_train, seed)
     test_set = _subset(test_set, max_test, seed)
     generator = torch.Generator().manual_seed(seed)
+    sampler: Sampler = RandomSampler(train_set, generator=generator)
+    if isinstance(train_set, _Augmented):
+        sampler = SeededSampler(sampler, len(train_set), generator)
     train_loader = DataLoader(
         train_set,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=sampler,
         generator=generator,
         num_workers=num_workers,
     )
@@ -194,25 +209,74 @@ def load_data(
     )
 
 
-# --------------------------------------------------------------------------- digits (offline)
+# --------------------------------------------------------------------------- augmentation
 
 
-class _RandomShift(Dataset):
-    """Tensor dataset with random-shift augmentation: pad with background, crop 32x32."""
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, item seed)`` for each index that ``sampler`` yields.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, padding: int = 2) -> None:
-        self.images = images
-        self.labels = labels
-        self.padding = padding
-        self.background = float(images.min())  # the normalised value of a blank pixel
+    Each epoch draws one seed per dataset index (``size`` of them) from ``generator``,
+    in the main process, so the seeds depend on neither the workers nor the global RNG.
+    """
+
+    def __init__(self, sampler: Sampler[int], size: int, generator: torch.Generator) -> None:
+        self.sampler = sampler
+        self.size = size
+        self.generator = generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seeds = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
+        return ((index, seeds[index]) for index in self.sampler)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.sampler)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = F.pad(self.images[index], [self.padding] * 4, value=self.background)
-        top, left = torch.randint(0, 2 * self.padding + 1, (2,)).tolist()
-        return image[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE], self.labels[index]
+
+@dataclass(frozen=True)
+class _CropFlip:
+    """Random crop of the image padded by ``padding`` (pad value ``fill``), optional
+    horizontal flip (p=0.5), then normalisation if ``mean`` and ``std`` are given."""
+
+    padding: int
+    fill: float = 0.0
+    flip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=generator).tolist()
+        image = F.pad(image, [self.padding] * 4, value=self.fill)
+        image = image[:, top : top + height, left : left + width]
+        if self.flip and torch.rand((), generator=generator) < 0.5:
+            image = image.flip(-1)
+        if self.mean is not None and self.std is not None:
+            mean = torch.as_tensor(self.mean, dtype=image.dtype).view(-1, 1, 1)
+            std = torch.as_tensor(self.std, dtype=image.dtype).view(-1, 1, 1)
+            image = (image - mean) / std
+        return image
+
+
+class _Augmented(Dataset):
+    """``dataset`` of (image tensor, label), indexed by ``(index, item seed)``: the image
+    goes through ``augment`` with a generator seeded by the item seed."""
+
+    def __init__(
+        self, dataset: Dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    ) -> None:
+        self.dataset = dataset
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
+        index, seed = key
+        image, label = self.dataset[index]
+        return self.augment(image, torch.Generator().manual_seed(seed)), label
+
+
+# --------------------------------------------------------------------------- digits (offline)
 
 
 @functools.lru_cache(maxsize=1)
@@ -254,32 +318,39 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 )
 def _build_digits(root: Path, download: bool, augment: bool) -> tuple[Dataset, Dataset]:
     train_x, train_y, test_x, test_y = _digits_tensors()
-    train: Dataset = _RandomShift(train_x, train_y) if augment else TensorDataset(train_x, train_y)
+    train: Dataset = TensorDataset(train_x, train_y)
+    if augment:  # random shift of up to 2 px, filled with the value of a blank pixel
+        train = _Augmented(train, _CropFlip(padding=2, fill=float(train_x.min())))
     return train, TensorDataset(test_x, test_y)
 
 
 # --------------------------------------------------------------------------- torchvision datasets
 
 
-def _transforms(
+def _vision_sets(
+    open_split: Callable[[bool, Callable], Dataset],
     mean: tuple[float, ...],
     std: tuple[float, ...],
     augment: bool,
     pad: int = 0,
     crop_padding: int = 4,
     flip: bool = False,
-):
-    """(train, test) torchvision transforms: pad to 32, optional random crop/flip, normalise."""
+) -> tuple[Dataset, Dataset]:
+    """(train, test) from ``open_split(train, transform)``: pad to 32, to tensor, normalise.
+
+    With ``augment`` the train set is wrapped in `_Augmented`: seeded random crop (zero
+    padding in [0, 1] pixel space) and optional flip, then the normalisation.
+    """
     from torchvision import transforms as T
 
     base = [T.Pad(pad)] if pad else []
-    common = [T.ToTensor(), T.Normalize(mean, std)]
-    train = list(base)
+    base.append(T.ToTensor())
+    normalise = T.Normalize(mean, std)
+    train = open_split(True, T.Compose(base if augment else [*base, normalise]))
+    test = open_split(False, T.Compose([*base, normalise]))
     if augment:
-        train.append(T.RandomCrop(IMAGE_SIZE, padding=crop_padding))
-        if flip:
-            train.append(T.RandomHorizontalFlip())
-    return T.Compose(train + common), T.Compose(base + common)
+        train = _Augmented(train, _CropFlip(crop_padding, flip=flip, mean=mean, std=std))
+    return train, test
 
 
 def _manual_hint(cls: type, root: Path, folder: Path) -> str:
@@ -358,11 +429,12 @@ def _mnist_like(cls_name: str, name: str, mean: float, std: float) -> Builder:
         import torchvision.datasets as D
 
         cls = getattr(D, cls_name)
-        train_tf, test_tf = _transforms((mean,), (std,), augment, pad=2, crop_padding=2)
         folder = root / cls_name / "raw"
-        train = _open(name, folder, cls, root, download, train=True, transform=train_tf)
-        test = _open(name, folder, cls, root, download, train=False, transform=test_tf)
-        return train, test
+
+        def open_split(train: bool, transform: Callable) -> Dataset:
+            return _open(name, folder, cls, root, download, train=train, transform=transform)
+
+        return _vision_sets(open_split, (mean,), (std,), augment, pad=2, crop_padding=2)
 
     return build
 
@@ -376,11 +448,12 @@ def _cifar(
         import torchvision.datasets as D
 
         cls = getattr(D, cls_name)
-        train_tf, test_tf = _transforms(mean, std, augment, flip=True)
         folder = root / cls.base_folder
-        train = _open(name, folder, cls, root, download, train=True, transform=train_tf)
-        test = _open(name, folder, cls, root, download, train=False, transform=test_tf)
-        return train, test
+
+        def open_split(train: bool, transform: Callable) -> Dataset:
+            return _open(name, folder, cls, root, download, train=train, transform=transform)
+
+        return _vision_sets(open_split, mean, std, augment, flip=True)
 
     return build
 
@@ -390,11 +463,13 @@ def _build_svhn(root: Path, download: bool, augment: bool) -> tuple[Dataset, Dat
     from torchvision.datasets import SVHN
 
     mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-    train_tf, test_tf = _transforms(mean, std, augment)
     folder = root / "svhn"
-    train = _open("svhn", folder, SVHN, folder, download, split="train", transform=train_tf)
-    test = _open("svhn", folder, SVHN, folder, download, split="test", transform=test_tf)
-    return train, test
+
+    def open_split(train: bool, transform: Callable) -> Dataset:
+        split = "train" if train else "test"
+        return _open("svhn", folder, SVHN, folder, download, split=split, transform=transform)
+
+    return _vision_sets(open_split, mean, std, augment)
 
 
 register_dataset(

@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from .data import SeededSampler
+
 
 def init_from_env() -> bool:
     """Join the process group torchrun describes in the environment; True when distributed."""
@@ -42,17 +44,25 @@ def device_for(device: torch.device) -> torch.device:
 
 
 def shard_loader(loader: DataLoader, seed: int) -> DataLoader:
-    """The same loader with a DistributedSampler (each rank its own shard) when distributed."""
+    """The same loader with a DistributedSampler (each rank its own shard) when distributed.
+
+    An augmented loader keeps its `SeededSampler`, now over the shard's indices.
+    """
     if not is_distributed():
         return loader
     sampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed)
+    if isinstance(loader.sampler, SeededSampler):
+        sampler = SeededSampler(sampler, loader.sampler.size, loader.sampler.generator)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                       num_workers=loader.num_workers, drop_last=loader.drop_last)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
+    sampler = loader.sampler
+    if isinstance(sampler, SeededSampler):
+        sampler = sampler.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

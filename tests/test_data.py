@@ -10,19 +10,23 @@ integrity check itself still runs. MNIST only checks that the files exist.
 import hashlib
 import pickle
 import struct
+from collections import defaultdict
 from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.datasets as tvd
 from torchvision import transforms as T
 
+from facto import distributed
 from facto.data import (
     DataBundle,
     DataNotFoundError,
     DatasetInfo,
+    SeededSampler,
     dataset_info,
     list_datasets,
     load_data,
@@ -116,12 +120,112 @@ def test_digits_augment_shifts_images():
     assert data.augment is True
     images, _ = next(iter(data.train_loader))
     assert images.shape == (64, 1, 32, 32)
+    assert isinstance(data.train_loader.sampler, SeededSampler)
     dataset = data.train_loader.dataset
-    torch.manual_seed(0)
-    draws = [dataset[0][0] for _ in range(8)]
+    draws = [dataset[(0, item_seed)][0] for item_seed in range(8)]
     assert all(d.shape == (1, 32, 32) for d in draws)
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    assert torch.equal(dataset[(0, 5)][0], dataset[(0, 5)][0])  # a pure function of the seed
     assert load_data("digits").augment is False  # off by default for digits
+
+
+def _train_batches(data: DataBundle, epochs: int = 2, poke_global_rng: int | None = None) -> list:
+    """All train batches of ``epochs`` epochs; with ``poke_global_rng``, reseed and draw from
+    the global torch RNG before each epoch and between batches (as other code might)."""
+    batches = []
+    for epoch in range(epochs):
+        if poke_global_rng is not None:
+            torch.manual_seed(poke_global_rng + epoch)
+            torch.rand(3)
+        for images, labels in data.train_loader:
+            batches.append((images, labels))
+            if poke_global_rng is not None:
+                torch.manual_seed(poke_global_rng + 100 * len(batches))
+                torch.rand(len(batches))
+    return batches
+
+
+def _same_batches(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b)
+    )
+
+
+def _digits_augmented(seed: int = 0, num_workers: int = 0) -> DataBundle:
+    return load_data(
+        "digits", augment=True, max_train=64, batch_size=16, seed=seed, num_workers=num_workers
+    )
+
+
+def test_digits_augmentation_ignores_the_global_rng():
+    first = _train_batches(_digits_augmented(seed=4), poke_global_rng=1)
+    again = _train_batches(_digits_augmented(seed=4), poke_global_rng=777)
+    assert _same_batches(first, again)
+    assert not torch.equal(first[0][0], first[4][0])  # epoch 2 is not a repeat of epoch 1
+    other = _train_batches(_digits_augmented(seed=5), poke_global_rng=1)
+    assert not _same_batches(first, other)
+
+
+def test_digits_augmentation_same_with_worker_processes():
+    in_process = _train_batches(_digits_augmented(seed=2))
+    with_workers = _train_batches(_digits_augmented(seed=2, num_workers=2))
+    assert _same_batches(in_process, with_workers)
+
+
+def _match_shifts(
+    augmented: torch.Tensor, originals: torch.Tensor, fill: float
+) -> list[tuple[int, int, int]]:
+    """(original index, dy, dx) of each augmented image: the one shift of at most 2 px
+    (blank pixels filled with ``fill``) of one original that it equals exactly."""
+    matches = defaultdict(list)
+    padded = F.pad(originals, [2] * 4, value=fill)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            shifted = padded[..., 2 - dy : 34 - dy, 2 - dx : 34 - dx]
+            equal = (augmented[:, None] == shifted[None]).flatten(2).all(-1)
+            for a, o in equal.nonzero().tolist():
+                matches[a].append((o, dy, dx))
+    assert all(len(matches[a]) == 1 for a in range(len(augmented))), "not a shifted original"
+    return [matches[a][0] for a in range(len(augmented))]
+
+
+def test_digits_augmentation_shifts_within_two_pixels_and_varies_by_epoch():
+    originals = load_data("digits", max_train=64, seed=3).train_loader.dataset.tensors[0]
+    fill = float(load_data("digits").train_loader.dataset.tensors[0].min())  # a blank pixel
+    loader = load_data("digits", augment=True, max_train=64, batch_size=64, seed=3).train_loader
+    shifts = defaultdict(list)
+    for _ in range(3):  # one batch is one epoch
+        images, _ = next(iter(loader))
+        for index, dy, dx in _match_shifts(images, originals, fill):
+            shifts[index].append((dy, dx))
+    assert sorted(shifts) == list(range(64))  # every image once per epoch
+    assert sum(len(set(s)) > 1 for s in shifts.values()) >= 60  # new shifts each epoch
+    drawn = [shift for s in shifts.values() for shift in s]
+    assert {dy for dy, _ in drawn} == {dx for _, dx in drawn} == set(range(-2, 3))
+
+
+def test_sharded_augmented_loader_keeps_item_seeds(tmp_path):
+    """Under torchrun the train loader gets a DistributedSampler: still seeded, per epoch."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        def epochs(poke: int) -> list:
+            loader = distributed.shard_loader(_digits_augmented(seed=1).train_loader, seed=1)
+            assert isinstance(loader.sampler, SeededSampler)
+            batches = []
+            for epoch in range(2):
+                distributed.set_epoch(loader, epoch)
+                torch.manual_seed(poke + epoch)
+                batches.append(torch.cat([x for x, _ in loader]))
+            return batches
+
+        first, again = epochs(poke=0), epochs(poke=99)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert first[0].shape == (64, 1, 32, 32) and not torch.equal(first[0], first[1])
+    finally:
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- file writers
@@ -202,9 +306,14 @@ def _write_svhn(folder: Path, monkeypatch) -> None:
 
 def _transform_types(loader) -> list[type]:
     dataset = loader.dataset
-    while hasattr(dataset, "dataset"):  # torch Subset
+    while hasattr(dataset, "dataset"):  # torch Subset, augmentation wrapper
         dataset = dataset.dataset
     return [type(t) for t in dataset.transform.transforms]
+
+
+def _augmentation(loader):
+    """The train set's seeded augmentation, None if it is not augmented."""
+    return getattr(loader.dataset, "augment", None)
 
 
 def _check_batches(data: DataBundle, channels: int, num_classes: int) -> None:
@@ -227,7 +336,13 @@ def test_mnist_like_from_idx_files(tmp_path, name, folder):
     _check_batches(data, channels=1, num_classes=10)
     labels = torch.cat([y for _, y in data.test_loader])
     assert labels.tolist() == list(range(10))
-    assert T.RandomCrop not in _transform_types(data.train_loader)
+    assert _augmentation(data.train_loader) is None
+    assert _transform_types(data.train_loader) == [T.Pad, T.ToTensor, T.Normalize]
+    shifted = load_data(name, data_dir=tmp_path, batch_size=8, augment=True)
+    augmentation = _augmentation(shifted.train_loader)
+    assert (augmentation.padding, augmentation.fill, augmentation.flip) == (2, 0.0, False)
+    assert _transform_types(shifted.train_loader) == [T.Pad, T.ToTensor]  # normalised after
+    _check_batches(shifted, channels=1, num_classes=10)
 
 
 def test_cifar10_from_pickles_with_augmentation(tmp_path, monkeypatch):
@@ -236,12 +351,69 @@ def test_cifar10_from_pickles_with_augmentation(tmp_path, monkeypatch):
     assert (data.train_size, data.test_size) == (20, 10)
     assert data.augment is True
     _check_batches(data, channels=3, num_classes=10)
-    train_types = _transform_types(data.train_loader)
-    test_types = _transform_types(data.test_loader)
-    assert T.RandomCrop in train_types and T.RandomHorizontalFlip in train_types
-    assert T.RandomCrop not in test_types and T.RandomHorizontalFlip not in test_types
+    augmentation = _augmentation(data.train_loader)
+    assert (augmentation.padding, augmentation.fill, augmentation.flip) == (4, 0.0, True)
+    assert _transform_types(data.train_loader) == [T.ToTensor]  # crop, flip, normalise after
+    assert _transform_types(data.test_loader) == [T.ToTensor, T.Normalize]
     plain = load_data("cifar10", data_dir=tmp_path, augment=False)
-    assert plain.augment is False and T.RandomCrop not in _transform_types(plain.train_loader)
+    assert plain.augment is False and _augmentation(plain.train_loader) is None
+    assert _transform_types(plain.train_loader) == [T.ToTensor, T.Normalize]
+
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def test_cifar10_unaugmented_loaders_unchanged(tmp_path, monkeypatch):
+    """augment=False gives exactly the loader facto built before seeded augmentation."""
+    _write_cifar10(tmp_path, monkeypatch)
+    transform = T.Compose([T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    reference = torch.utils.data.DataLoader(
+        tvd.CIFAR10(str(tmp_path), train=True, transform=transform),
+        batch_size=8,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(3),
+    )
+    expected = [batch for _ in range(2) for batch in reference]
+    plain = load_data("cifar10", data_dir=tmp_path, batch_size=8, seed=3, augment=False)
+    assert _same_batches(_train_batches(plain, poke_global_rng=5), expected)
+    test_reference = tvd.CIFAR10(str(tmp_path), train=False, transform=transform)
+    test_images = torch.cat([x for x, _ in plain.test_loader])
+    assert torch.equal(test_images, torch.stack([x for x, _ in test_reference]))
+
+
+def _crops_and_flips(image: torch.Tensor) -> dict[tuple[int, int, bool], torch.Tensor]:
+    """Every RandomCrop(32, padding=4) + flip of a [0, 1] image, normalised by torchvision."""
+    normalise = T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    padded = F.pad(image, [4] * 4)  # zero padding in pixel space
+    return {
+        (top, left, flip): normalise(crop.flip(-1) if flip else crop)
+        for top in range(9)
+        for left in range(9)
+        for flip in (False, True)
+        for crop in [padded[:, top : top + 32, left : left + 32]]
+    }
+
+
+def test_cifar10_augmentation_is_seeded_crop_flip_then_normalise(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+
+    def augmented(seed: int, num_workers: int = 0) -> DataBundle:
+        return load_data("cifar10", data_dir=tmp_path, batch_size=8, seed=seed,
+                         num_workers=num_workers)
+
+    first = _train_batches(augmented(3), poke_global_rng=1)
+    assert _same_batches(first, _train_batches(augmented(3), poke_global_rng=50))
+    assert not _same_batches(first, _train_batches(augmented(4)))
+    dataset = augmented(3).train_loader.dataset
+    image = T.ToTensor()(tvd.CIFAR10(str(tmp_path), train=True)[0][0])
+    candidates = _crops_and_flips(image)
+    drawn = set()
+    for item_seed in range(40):
+        sample = dataset[(0, item_seed)][0]
+        drawn |= {key for key, candidate in candidates.items() if torch.equal(sample, candidate)}
+    assert {flip for _, _, flip in drawn} == {False, True}
+    assert len({(top, left) for top, left, _ in drawn}) > 20
+    assert any(top in (0, 8) or left in (0, 8) for top, left, _ in drawn)  # 4 px of padding
 
 
 def test_cifar100_subset(tmp_path, monkeypatch):
@@ -258,8 +430,8 @@ def test_svhn_from_mat_files_crop_without_flip(tmp_path, monkeypatch):
     assert (data.train_size, data.test_size) == (20, 10)
     _check_batches(data, channels=3, num_classes=10)
     assert sorted(torch.cat([y for _, y in data.test_loader]).tolist()) == list(range(10))
-    train_types = _transform_types(data.train_loader)
-    assert T.RandomCrop in train_types and T.RandomHorizontalFlip not in train_types
+    augmentation = _augmentation(data.train_loader)
+    assert (augmentation.padding, augmentation.flip) == (4, False)
 
 
 def test_torchvision_train_order_is_seeded(tmp_path, monkeypatch):
