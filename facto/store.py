@@ -20,16 +20,15 @@ stored, without anyone having to call :meth:`RunStore.mark_stale_running`.
 A history that cannot be used (FACTO_HOME is a file, a read-only folder, a
 damaged ``runs.db``) raises :class:`StoreUnavailableError` with a one-line
 fix; a valid history that cannot be written opens read-only.
+
+Split out: facto.runowner (owners), .storefile (file errors), .storerows (JSON/CSV), .storeschema (tables).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import enum
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -37,6 +36,31 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from .runowner import OWNER_COLUMNS, STALE_ERROR, owner_gone, this_process
+from .storefile import (
+    READ_ONLY_CODES,
+    StoreUnavailableError,
+    check_location,
+    fix_location,
+    not_writable,
+    sqlite_code,
+    sqlite_unavailable,
+)
+from .storerows import (
+    BASE_COLUMNS,
+    ROW_KEYS,
+    default_name,
+    dumps,
+    flatten,
+    loads,
+    metric_row,
+    parse_tags,
+    typed_values,
+    write_metrics_csv,
+    write_runs_csv,
+)
+from .storeschema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
     "RUN_KINDS",
@@ -56,104 +80,6 @@ RUN_STATUSES = ("running", "completed", "interrupted", "failed")
 FINAL_STATUSES = ("completed", "interrupted", "failed")
 BUSY_TIMEOUT_S = 10.0
 STALE_AFTER_S = 900.0  # a run owned by another host is presumed dead after this long without a write
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_READ_ONLY_CODES = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")
-
-# Metric keys copied into typed columns (first key present wins).
-_TYPED_COLUMNS = (
-    ("loss", ("loss",)),
-    ("accuracy", ("accuracy", "acc")),
-    ("act_bytes", ("act_bytes",)),
-)
-_ROW_KEYS = ("variant", "kind", "step", "epoch")
-_NAME_KEYS = ("model", "dataset", "rank", "bits", "update")
-_BASE_COLUMNS = ("id", "name", "kind", "status", "created_at", "finished_at")
-_STALE_ERROR = "process ended without finishing the run"  # prefix of every liveness verdict
-_OWNER_COLUMNS = ("host", "pid", "pid_start", "boot_id", "pid_ns")
-
-# Schema migrations: entry i brings user_version from i to i + 1.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE IF NOT EXISTS runs (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            finished_at REAL,
-            status TEXT NOT NULL DEFAULT 'running'
-                CHECK (status IN ('running', 'completed', 'interrupted', 'failed')),
-            error TEXT,
-            config_json TEXT NOT NULL DEFAULT '{}',
-            summary_json TEXT,
-            tags TEXT
-        )""",
-        "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at)",
-        """CREATE TABLE IF NOT EXISTS metrics (
-            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-            variant TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            step INTEGER NOT NULL,
-            epoch INTEGER,
-            loss REAL,
-            accuracy REAL,
-            act_bytes INTEGER,
-            data_json TEXT NOT NULL
-        )""",
-        """CREATE INDEX IF NOT EXISTS metrics_run_kind_variant_step
-            ON metrics (run_id, kind, variant, step)""",
-        """CREATE TABLE IF NOT EXISTS layers (
-            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-            variant TEXT NOT NULL,
-            layer TEXT NOT NULL,
-            bytes INTEGER NOT NULL,
-            PRIMARY KEY (run_id, variant, layer)
-        )""",
-    ),
-    # 1 -> 2: ids are never reused (AUTOINCREMENT) and each run records its owning
-    # process.  SQLite cannot add AUTOINCREMENT in place, so ``runs`` is rebuilt with
-    # its ids; foreign keys are off meanwhile so metrics and layers are kept.
-    (
-        """CREATE TABLE runs_v2 (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            finished_at REAL,
-            status TEXT NOT NULL DEFAULT 'running'
-                CHECK (status IN ('running', 'completed', 'interrupted', 'failed')),
-            error TEXT,
-            config_json TEXT NOT NULL DEFAULT '{}',
-            summary_json TEXT,
-            tags TEXT,
-            host TEXT,
-            pid INTEGER,
-            pid_start INTEGER,
-            boot_id TEXT,
-            pid_ns TEXT
-        )""",
-        """INSERT INTO runs_v2 (id, name, kind, created_at, updated_at, finished_at, status,
-                               error, config_json, summary_json, tags)
-            SELECT id, name, kind, created_at, updated_at, finished_at, status,
-                   error, config_json, summary_json, tags FROM runs""",
-        "DROP TABLE runs",
-        "ALTER TABLE runs_v2 RENAME TO runs",
-        "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at)",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-class StoreUnavailableError(ValueError):
-    """The run history cannot be opened or written; the message says where and how to fix it."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
-        text = f"run history {path} cannot be used: {problem}. To fix: {fix}."
-        super().__init__(" ".join(text.split()))  # always one line
-        self.path = Path(path)
-        self.problem = problem
-        self.fix = fix
 
 
 class RunNotFoundError(ValueError):
@@ -196,370 +122,6 @@ def default_db_path() -> Path:
     return base / "runs.db"
 
 
-# --------------------------------------------------------------------------- JSON
-
-
-def _json_default(obj: Any) -> Any:
-    """Make Paths, enums, numpy/torch scalars and the like JSON-encodable."""
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=str)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    for method in ("item", "tolist"):  # scalars first, then whole arrays
-        fn = getattr(obj, method, None)
-        if callable(fn):
-            try:
-                return fn()
-            except (TypeError, ValueError, RuntimeError):
-                pass
-    return str(obj)
-
-
-def _stringify_keys(obj: Any) -> Any:
-    """Copy of ``obj`` whose dict keys are all strings (for odd keys like enums)."""
-    if isinstance(obj, Mapping):
-        return {_key(k): _stringify_keys(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_stringify_keys(v) for v in obj]
-    return obj
-
-
-def _key(k: Any) -> str:
-    return str(k.value) if isinstance(k, enum.Enum) else str(k)
-
-
-def _dumps(obj: Any) -> str:
-    try:
-        return json.dumps(obj, default=_json_default)
-    except TypeError:  # e.g. dict keys that are Paths or tuples
-        return json.dumps(_stringify_keys(obj), default=_json_default)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def _number(value: Any) -> float | None:
-    """Float for numeric values (incl. numpy/torch scalars), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    item = getattr(value, "item", None)
-    if callable(item) and not isinstance(value, (int, float)):
-        try:
-            value = item()
-        except (TypeError, ValueError, RuntimeError):
-            return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _typed_values(metrics: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    """(loss, accuracy, act_bytes) pulled from a metric dict."""
-    out: list[Any] = []
-    for column, keys in _TYPED_COLUMNS:
-        value = next((_number(metrics[k]) for k in keys if k in metrics), None)
-        if column == "act_bytes" and value is not None:
-            value = int(value) if value == value and abs(value) != float("inf") else None
-        out.append(value)
-    return out[0], out[1], out[2]
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> one level with dotted keys (``{"a": {"b": 1}}`` -> ``a.b``)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, (list, tuple)):
-        return ",".join(_label(v) for v in value)
-    return str(value)
-
-
-def _default_name(config: Mapping[str, Any], kind: str) -> str:
-    """Readable run name from model/dataset/rank/bits/update in ``config``."""
-    flat = _flatten(config)
-    parts: list[str] = []
-    for key in _NAME_KEYS:
-        match = next(
-            (v for k, v in flat.items() if k == key or k.endswith("." + key)), None
-        )
-        if match is None or match == "":
-            continue
-        parts.append(_label(match) if key in ("model", "dataset") else f"{key}={_label(match)}")
-    if parts:
-        return " ".join(parts)
-    return f"{kind} run {time.strftime('%Y-%m-%d %H:%M:%S')}"
-
-
-def _parse_tags(tags: Iterable[str] | str | None) -> list[str]:
-    if tags is None:
-        return []
-    items = tags.split(",") if isinstance(tags, str) else [str(t) for t in tags]
-    return list(dict.fromkeys(t.strip() for t in items if t.strip()))
-
-
-def _metric_row(row: Any) -> tuple[str, str, int, int | None, Mapping[str, Any]]:
-    """Normalise one ``log_metrics`` row to (variant, kind, step, epoch, metrics)."""
-    if isinstance(row, Mapping):
-        if isinstance(row.get("metrics"), Mapping):
-            metrics = row["metrics"]
-        else:
-            metrics = {k: v for k, v in row.items() if k not in _ROW_KEYS}
-        return row["variant"], row["kind"], row["step"], row.get("epoch"), metrics
-    variant, kind, step, epoch, metrics = row
-    return variant, kind, step, epoch, metrics
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, dict)):
-        return _dumps(value)
-    return value
-
-
-@contextmanager
-def _open_text(path_or_file: str | Path | IO[str]) -> Iterator[IO[str]]:
-    if isinstance(path_or_file, (str, Path)):
-        with open(path_or_file, "w", newline="", encoding="utf-8") as fh:
-            yield fh
-    else:
-        yield path_or_file
-
-
-# ---------------------------------------------------------------- liveness
-
-
-@dataclasses.dataclass(frozen=True)
-class _Owner:
-    """Who writes a run: enough to tell later whether that process still exists."""
-
-    host: str
-    pid: int
-    pid_start: int | None  # start time in clock ticks since boot (Linux), tells pid reuse
-    boot_id: str | None  # changes when the machine restarts (Linux)
-    pid_ns: str | None  # pid namespace: pids are only comparable inside one
-
-    def row(self) -> tuple[Any, ...]:
-        return (self.host, self.pid, self.pid_start, self.boot_id, self.pid_ns)
-
-
-_owner_cache: tuple[int, _Owner] | None = None
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in ticks) from ``/proc/<pid>/stat``, or None."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if text is None or ")" not in text:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    try:
-        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
-    except (IndexError, ValueError):
-        return None
-
-
-def _this_process() -> _Owner:
-    """The current process as a run owner (recomputed after a fork)."""
-    global _owner_cache
-    pid = os.getpid()
-    if _owner_cache is None or _owner_cache[0] != pid:
-        try:
-            pid_ns: str | None = os.readlink("/proc/self/ns/pid")
-        except OSError:
-            pid_ns = None
-        stat = _proc_stat(pid)
-        owner = _Owner(
-            host=socket.gethostname(),
-            pid=pid,
-            pid_start=None if stat is None else stat[1],
-            boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
-            pid_ns=pid_ns,
-        )
-        _owner_cache = (pid, owner)
-    return _owner_cache[1]
-
-
-def _pid_alive(pid: int, pid_start: int | None) -> bool | None:
-    """Whether process ``pid`` (started at ``pid_start``) still runs here; None: can't tell."""
-    if os.name != "posix" or pid <= 0:  # os.kill(pid, 0) would kill on Windows
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    except OSError:
-        return None
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc (or hidden): os.kill is all we know
-    state, started = stat
-    if state in ("Z", "X"):  # killed, not yet reaped by its parent
-        return False
-    return pid_start is None or started == pid_start  # a different start: pid reused
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _owner_gone(row: Mapping[str, Any], now: float, stale_after_s: float) -> tuple[str, bool] | None:
-    """Why a 'running' row's process is gone and whether that is certain; None if it may live.
-
-    Pids are checked only where they mean the same thing: same host name, same
-    boot (Linux boot_id) and same pid namespace -- then a dead pid (or a pid now
-    used by a process started later) is gone at once.  Anything else (another
-    host, this host before a restart, a container that shares the host name, a
-    row without owner) is presumed gone after ``stale_after_s`` without a write.
-    """
-    me = _this_process()
-    host, pid = row.get("host"), row.get("pid")
-    last = f"last write {_when(row['updated_at'])}"
-    same_kernel = row.get("boot_id") == me.boot_id and row.get("pid_ns") == me.pid_ns
-    if host == me.host and pid is not None and same_kernel:
-        alive = _pid_alive(int(pid), row.get("pid_start"))
-        if alive is False:
-            return f"{_STALE_ERROR}: process {pid} on {host} is gone ({last})", True
-        if alive:
-            return None
-    quiet = now - row["updated_at"]
-    if quiet > stale_after_s:
-        who = f"process {pid} on {host}" if host is not None else "its process"
-        return (
-            f"{_STALE_ERROR}: no write from {who} for {quiet / 60:.0f} min ({last})",
-            False,
-        )
-    return None
-
-
-# ---------------------------------------------------------------- location
-
-
-def _fix_location(explicit: bool, what: str = "another folder") -> str:
-    return f"pass a path in {what}" if explicit else f"set FACTO_HOME to {what}"
-
-
-def _check_location(path: Path, explicit: bool, read_only: bool) -> None:
-    """Raise :class:`StoreUnavailableError` if ``path`` cannot hold a run history.
-
-    Only looks (stat, reads 16 bytes) and creates missing folders; never touches
-    an existing file.
-    """
-    where = _fix_location(explicit)
-    try:
-        for folder in (path.parent, *path.parent.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise StoreUnavailableError(
-                        path, f"{folder} is a file, not a folder",
-                        f"{where}, or move the file {folder} aside",
-                    )
-                break
-        if path.is_dir():
-            raise StoreUnavailableError(
-                path, "it is a folder, not a database file",
-                f"{where}, or move the folder {path} aside",
-            )
-        exists = path.exists()
-    except OSError as exc:
-        raise StoreUnavailableError(
-            path, f"cannot look at it ({exc.strerror or exc})",
-            _fix_location(explicit, "a folder you can read"),
-        ) from exc
-    if exists:
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
-        except OSError as exc:
-            raise StoreUnavailableError(
-                path, f"cannot read it ({exc.strerror or exc})",
-                f"make it readable, or {_fix_location(explicit, 'another folder')}",
-            ) from exc
-        if head and head != _SQLITE_MAGIC:  # an empty file is a valid new database
-            raise StoreUnavailableError(
-                path, "it is not an SQLite database", _damaged_fix(path, explicit)
-            )
-        return
-    if read_only:
-        raise StoreUnavailableError(
-            path, "there is no run history there (opened read-only)",
-            f"{_fix_location(explicit, 'the folder that holds your runs.db')}",
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreUnavailableError(
-            path, f"cannot create the folder {path.parent} ({exc.strerror or exc})",
-            _fix_location(explicit, "a writable folder"),
-        ) from exc
-
-
-def _damaged_fix(path: Path, explicit: bool) -> str:
-    return (
-        f"move {path} aside (e.g. rename it to {path.name}.bad) to start a new history,"
-        f" or {_fix_location(explicit)}"
-    )
-
-
-def _not_writable(path: Path) -> str | None:
-    """Why ``path`` (or its folder, where SQLite keeps its WAL files) can't be written."""
-    if path.exists() and not os.access(path, os.W_OK):
-        return "the file is read-only"
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        return f"the folder {path.parent} is read-only"
-    return None
-
-
-def _sqlite_code(exc: BaseException) -> str:
-    """SQLite's error name (``SQLITE_READONLY``...) or a guess from the message."""
-    name = getattr(exc, "sqlite_errorname", None)
-    if name:
-        return "_".join(str(name).split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
-    text = str(exc).lower()
-    for needle, code in (
-        ("not a database", "SQLITE_NOTADB"),
-        ("malformed", "SQLITE_CORRUPT"),
-        ("readonly", "SQLITE_READONLY"),
-        ("read-only", "SQLITE_READONLY"),
-        ("unable to open", "SQLITE_CANTOPEN"),
-        ("locked", "SQLITE_BUSY"),
-        ("disk is full", "SQLITE_FULL"),
-        ("disk i/o", "SQLITE_IOERR"),
-    ):
-        if needle in text:
-            return code
-    return "SQLITE_ERROR"
-
-
-# -------------------------------------------------------------------------- store
-
-
 class RunStore:
     """SQLite-backed run history; safe to share between threads of one process.
 
@@ -591,9 +153,9 @@ class RunStore:
                 raise ValueError("read_only=True needs a database file, not ':memory:'")
             self._conn = self._open_rw(in_memory=True)
             return
-        _check_location(self.path, explicit, read_only)
+        check_location(self.path, explicit, read_only)
         if self._read_only_reason is None:
-            reason = _not_writable(self.path)
+            reason = not_writable(self.path)
             if reason is not None and not self.path.exists():
                 raise StoreUnavailableError(
                     self.path, f"cannot create it: {reason}", self._fix("a writable folder")
@@ -608,7 +170,7 @@ class RunStore:
                 if not (
                     self.path.exists()
                     and isinstance(cause, sqlite3.OperationalError)
-                    and _sqlite_code(cause) in _READ_ONLY_CODES
+                    and sqlite_code(cause) in READ_ONLY_CODES
                 ):
                     if isinstance(exc, StoreUnavailableError):
                         raise
@@ -617,7 +179,7 @@ class RunStore:
         self._conn = self._open_ro()
 
     def _fix(self, what: str = "another folder") -> str:
-        return _fix_location(self._explicit, what)
+        return fix_location(self._explicit, what)
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -664,7 +226,7 @@ class RunStore:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if _sqlite_code(exc) not in ("SQLITE_BUSY", "SQLITE_LOCKED") or (
+                if sqlite_code(exc) not in ("SQLITE_BUSY", "SQLITE_LOCKED") or (
                     time.monotonic() > deadline
                 ):
                     raise
@@ -697,7 +259,7 @@ class RunStore:
                 return self._conn
             except sqlite3.DatabaseError as exc:
                 self._conn.close()
-                if not isinstance(exc, sqlite3.OperationalError) or _sqlite_code(exc) in (
+                if not isinstance(exc, sqlite3.OperationalError) or sqlite_code(exc) in (
                     "SQLITE_NOTADB", "SQLITE_CORRUPT"
                 ):
                     raise self._unavailable(exc, "read it") from exc
@@ -710,25 +272,7 @@ class RunStore:
 
     def _unavailable(self, exc: BaseException, doing: str) -> StoreUnavailableError:
         """A :class:`StoreUnavailableError` that explains SQLite error ``exc``."""
-        code = _sqlite_code(exc)
-        if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-            return StoreUnavailableError(
-                self.path, f"it is damaged or not a Facto run history ({exc})",
-                _damaged_fix(self.path, self._explicit),
-            )
-        if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-            return StoreUnavailableError(
-                self.path, f"cannot {doing}: another process holds it locked ({exc})",
-                "try again when the other Facto process is done",
-            )
-        if code == "SQLITE_FULL":
-            return StoreUnavailableError(
-                self.path, f"cannot {doing}: the disk is full",
-                f"free some space, or {self._fix('a folder on another disk')}",
-            )
-        return StoreUnavailableError(
-            self.path, f"cannot {doing} ({exc})", self._fix("a writable folder")
-        )
+        return sqlite_unavailable(self.path, self._explicit, exc, doing)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -817,7 +361,7 @@ class RunStore:
                         f"{self.path} has schema version {version}; this Facto "
                         f"understands up to {SCHEMA_VERSION}"
                     )
-                for statements in _MIGRATIONS[version:]:
+                for statements in MIGRATIONS[version:]:
                     for sql in statements:
                         conn.execute(sql)
                 if version < SCHEMA_VERSION:
@@ -843,8 +387,8 @@ class RunStore:
                 "INSERT INTO runs (name, kind, created_at, updated_at, status, config_json,"
                 " host, pid, pid_start, boot_id, pid_ns)"
                 " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (name or _default_name(config, kind), kind, now, now, _dumps(config),
-                 *_this_process().row()),
+                (name or default_name(config, kind), kind, now, now, dumps(config),
+                 *this_process().row()),
             )
             return int(cur.lastrowid)
 
@@ -869,8 +413,8 @@ class RunStore:
         """
         values = []
         for row in rows:
-            variant, kind, step, epoch, metrics = _metric_row(row)
-            metrics = {k: v for k, v in metrics.items() if k not in _ROW_KEYS}
+            variant, kind, step, epoch, metrics = metric_row(row)
+            metrics = {k: v for k, v in metrics.items() if k not in ROW_KEYS}
             values.append(
                 (
                     run_id,
@@ -878,8 +422,8 @@ class RunStore:
                     str(kind),
                     int(step),
                     None if epoch is None else int(epoch),
-                    *_typed_values(metrics),
-                    _dumps(metrics),
+                    *typed_values(metrics),
+                    dumps(metrics),
                 )
             )
         with self._write("store metrics") as conn:
@@ -918,13 +462,13 @@ class RunStore:
                 f"invalid run status {status!r}; expected one of {', '.join(FINAL_STATUSES)}"
             )
         now = time.time()
-        summary_json = None if summary is None else _dumps(dict(summary))
+        summary_json = None if summary is None else dumps(dict(summary))
         with self._write("finish a run") as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, updated_at = ?, error = ?,"
                 " summary_json = COALESCE(?, summary_json),"
                 " host = ?, pid = ?, pid_start = ?, boot_id = ?, pid_ns = ? WHERE id = ?",
-                (status, now, now, error, summary_json, *_this_process().row(), run_id),
+                (status, now, now, error, summary_json, *this_process().row(), run_id),
             )
             if cur.rowcount == 0:
                 raise RunNotFoundError(run_id)
@@ -954,7 +498,7 @@ class RunStore:
             "UPDATE runs SET status = 'interrupted', finished_at = updated_at,"
             " error = COALESCE(error, ?) WHERE status = 'running'"
         )
-        params: list[Any] = [_STALE_ERROR]
+        params: list[Any] = [STALE_ERROR]
         if max_age_s is not None:
             sql += " AND updated_at < ?"
             params.append(time.time() - max_age_s)
@@ -963,11 +507,11 @@ class RunStore:
 
     def set_tags(self, run_id: int, tags: Iterable[str] | str | None) -> None:
         """Replace a run's tags (list of strings or one comma-separated string)."""
-        clean = _parse_tags(tags)
+        clean = parse_tags(tags)
         with self._write("set tags") as conn:
             cur = conn.execute(
                 "UPDATE runs SET tags = ? WHERE id = ?",
-                (_dumps(clean) if clean else None, run_id),
+                (dumps(clean) if clean else None, run_id),
             )
             if cur.rowcount == 0:
                 raise RunNotFoundError(run_id)
@@ -991,7 +535,7 @@ class RunStore:
             f" pid_ns = ?, status = CASE WHEN {stale} THEN 'running' ELSE status END,"
             f" finished_at = CASE WHEN {stale} THEN NULL ELSE finished_at END,"
             f" error = CASE WHEN {stale} THEN NULL ELSE error END WHERE id = ?",
-            (time.time(), *_this_process().row(), *(len(_STALE_ERROR), _STALE_ERROR) * 3, run_id),
+            (time.time(), *this_process().row(), *(len(STALE_ERROR), STALE_ERROR) * 3, run_id),
         )
         if cur.rowcount == 0:
             raise RunNotFoundError(run_id)
@@ -1008,10 +552,10 @@ class RunStore:
         records, certain = [], []
         for row in rows:
             data = {k: row[k] for k in row.keys()}
-            for column in _OWNER_COLUMNS:  # an older schema read as it is (read-only)
+            for column in OWNER_COLUMNS:  # an older schema read as it is (read-only)
                 data.setdefault(column, None)
             if data["status"] == "running":
-                verdict = _owner_gone(data, now, self.stale_after_s)
+                verdict = owner_gone(data, now, self.stale_after_s)
                 if verdict is not None:
                     reason, sure = verdict
                     data.update(status="interrupted", finished_at=data["updated_at"], error=reason)
@@ -1046,9 +590,9 @@ class RunStore:
             created_at=data["created_at"],
             finished_at=data["finished_at"],
             error=data["error"],
-            config=_loads(data["config_json"]) or {},
-            summary=_loads(data["summary_json"]),
-            tags=tuple(_loads(data["tags"]) or ()),
+            config=loads(data["config_json"]) or {},
+            summary=loads(data["summary_json"]),
+            tags=tuple(loads(data["tags"]) or ()),
             updated_at=data["updated_at"],
             host=data["host"],
             pid=data["pid"],
@@ -1109,7 +653,7 @@ class RunStore:
         sql += " ORDER BY step, rowid"
         out = []
         for row in self._read(sql, params):
-            item: dict[str, Any] = {k: row[k] for k in _ROW_KEYS}
+            item: dict[str, Any] = {k: row[k] for k in ROW_KEYS}
             item.update(json.loads(row["data_json"]))
             out.append(item)
         return out
@@ -1134,11 +678,11 @@ class RunStore:
         compared runs -- in which case it gets a ``config.``/``summary.`` prefix.
         """
         records = [self.get_run(i) for i in run_ids]
-        configs = [_flatten(r.config) for r in records]
-        summaries = [_flatten(r.summary or {}) for r in records]
+        configs = [flatten(r.config) for r in records]
+        summaries = [flatten(r.summary or {}) for r in records]
         config_keys = list(dict.fromkeys(k for c in configs for k in c))
         summary_keys = list(dict.fromkeys(k for s in summaries for k in s))
-        base = set(_BASE_COLUMNS)
+        base = set(BASE_COLUMNS)
         config_cols = {
             k: f"config.{k}" if k in base or k in summary_keys else k for k in config_keys
         }
@@ -1147,7 +691,7 @@ class RunStore:
         }
         rows = []
         for record, config, summary in zip(records, configs, summaries):
-            row: dict[str, Any] = {c: getattr(record, c) for c in _BASE_COLUMNS}
+            row: dict[str, Any] = {c: getattr(record, c) for c in BASE_COLUMNS}
             row.update({col: config.get(k) for k, col in config_cols.items()})
             row.update({col: summary.get(k) for k, col in summary_cols.items()})
             rows.append(row)
@@ -1162,25 +706,8 @@ class RunStore:
         (sorted).  Missing values are empty; lists/dicts are JSON text.
         """
         self.get_run(run_id)  # raise for unknown ids
-        rows = self.metrics(run_id)
-        keys = sorted({k for r in rows for k in r if k not in _ROW_KEYS and k != "run_id"})
-        with _open_text(path_or_file) as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["run_id", *_ROW_KEYS, *keys])
-            for r in rows:
-                writer.writerow(
-                    [run_id, *(_csv_value(r[k]) for k in _ROW_KEYS)]
-                    + [_csv_value(r.get(k)) for k in keys]
-                )
-        return len(rows)
+        return write_metrics_csv(run_id, self.metrics(run_id), path_or_file)
 
     def export_runs_csv(self, run_ids: Iterable[int], path_or_file: str | Path | IO[str]) -> int:
         """Write :meth:`compare_runs` rows as CSV; returns data rows written."""
-        rows = self.compare_runs(run_ids)
-        columns = list(rows[0]) if rows else list(_BASE_COLUMNS)
-        with _open_text(path_or_file) as fh:
-            writer = csv.writer(fh)
-            writer.writerow(columns)
-            for r in rows:
-                writer.writerow([_csv_value(r[c]) for c in columns])
-        return len(rows)
+        return write_runs_csv(self.compare_runs(run_ids), path_or_file)

@@ -24,7 +24,6 @@ import pytest
 
 import facto.store as store_module
 from facto.store import (
-    _MIGRATIONS,
     SCHEMA_VERSION,
     RunNotFoundError,
     RunRecord,
@@ -32,6 +31,7 @@ from facto.store import (
     StoreUnavailableError,
     default_db_path,
 )
+from facto.storeschema import MIGRATIONS
 
 CONFIG = {
     "model": "resnet18",
@@ -654,7 +654,7 @@ def _v1_database(path: Path) -> None:
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("PRAGMA journal_mode = WAL")
     raw.execute("PRAGMA foreign_keys = ON")
-    for sql in _MIGRATIONS[0]:
+    for sql in MIGRATIONS[0]:
         raw.execute(sql)
     for i in (1, 2, 3, 4):
         raw.execute(
@@ -719,11 +719,11 @@ def test_read_only_store_reads_an_unmigrated_history(tmp_path):
 
 
 WRITER_SCRIPT = r"""
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("facto_store_standalone", sys.argv[1])
-store = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = store
-spec.loader.exec_module(store)
+import importlib, sys, time, types
+facto = types.ModuleType("facto")  # the package without its __init__ (no torch)
+facto.__path__ = [sys.argv[1]]
+sys.modules["facto"] = facto
+store = importlib.import_module("facto.store")
 s = store.RunStore(sys.argv[2])
 run_id = s.start_run({"model": "m"}, kind="single")
 for i in range(7):
@@ -737,7 +737,7 @@ def test_killed_writer_reads_as_interrupted_with_its_steps(tmp_path):
     db = tmp_path / "runs.db"
     RunStore(db).close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER_SCRIPT, store_module.__file__, str(db)],
+        [sys.executable, "-c", WRITER_SCRIPT, os.path.dirname(store_module.__file__), str(db)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
