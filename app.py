@@ -506,7 +506,9 @@ def live_charts() -> None:
     if view["steps"]:
         cards(view)
         remember(view)
-        charts(view)
+    # Empty charts while the run starts: the browser loads its chart library while the training
+    # process is still importing, not while it trains (on a laptop both share the same cores).
+    charts(view)
 
 
 def stored_panel(view: dict) -> None:
