@@ -1,21 +1,25 @@
 """What a classroom costs: a default comparison from the CLI, then the same run started in the app
 with 1 tab watching, then with 3 tabs watching (headless Chromium via Playwright).
 
-    python benchmarks/classroom.py                 # the default run (4 epochs), about 5 minutes here
-    python benchmarks/classroom.py --epochs 1      # quicker
+    python benchmarks/classroom.py                 # 3 rounds of the default run (4 epochs), ~5 minutes here
+    python benchmarks/classroom.py --epochs 1 --repeat 1   # quicker
 
 The wall time of each run is what the run history stored (finished_at - created_at), so the
-browser's own timing plays no part. The browsers run on the same machine as the server and
-the training, which a classroom does not do (each student's browser draws on their own
-machine): `--browsers-niced` lowers their priority to stand in for that, and the table has
-both. Prints a markdown table and the machine it ran on.
+browser's own timing plays no part. Each round runs every row once; the table has the median.
+The browsers run on the same machine as the server and the training, which a classroom does
+not do (each student's browser draws on their own machine): the CPU columns say where the
+machine's time went from Run to Done (the training process, start-up included, the web server,
+the browsers), and `--niced` adds rows with the browsers at the lowest priority.
+Prints a markdown table and the machine it ran on.
 Needs Debian's chromium at /usr/bin/chromium and the playwright package.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,11 +44,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_run(home: Path, epochs: int) -> float:
+def cli_run(home: Path, epochs: int) -> tuple[float, float]:
+    """The stored wall time of a CLI run and the CPU seconds of its process (start-up included)."""
     env = {**os.environ, "FACTO_HOME": str(home)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "facto", "train", "--quiet", "--device", "cpu", "--epochs", str(epochs)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
-    return last_run_seconds(home)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return last_run_seconds(home), cpu
 
 
 def last_run_seconds(home: Path) -> float:
@@ -146,23 +154,39 @@ def app_run(home: Path, tabs: int, epochs: int, niced: bool = False) -> tuple[fl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=3, help="rounds; each runs every row once (default 3)")
+    p.add_argument("--niced", action="store_true", help="also rows with the browsers at low priority")
     args = p.parse_args(argv)
-    rows = []
+    setups = [(tabs, niced) for niced in ((False, True) if args.niced else (False,)) for tabs in (1, 3)]
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[dict[str, float]]] = {}
+    cli_name = "CLI (`facto train`)"
     with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_run(Path(tmp) / "cli", args.epochs)
-        rows.append(("CLI (`facto train`)", cli, None))
-        for niced in (False, True):
-            for tabs in (1, 3):
-                seconds, cpu = app_run(Path(tmp) / f"tabs{tabs}{'n' if niced else ''}", tabs, args.epochs, niced)
-                where = "browsers at low priority" if niced else "browsers at normal priority"
-                rows.append((f"app, {tabs} tab{'s' if tabs > 1 else ''} watching ({where})", seconds, cpu))
+        for round_ in range(args.repeat):  # rounds interleave the rows, so drift touches all alike
+            seconds, cpu = cli_run(Path(tmp) / f"cli{round_}", args.epochs)
+            walls.setdefault(cli_name, []).append(seconds)
+            cpus.setdefault(cli_name, []).append({"training": cpu})
+            for tabs, niced in setups:
+                home = Path(tmp) / f"tabs{tabs}{'n' if niced else ''}{round_}"
+                seconds, cpu = app_run(home, tabs, args.epochs, niced)
+                name = f"app, {tabs} tab{'s' if tabs > 1 else ''} watching" + (
+                    " (browsers at low priority)" if niced else "")
+                walls.setdefault(name, []).append(seconds)
+                cpus.setdefault(name, []).append(cpu)
     print(f"machine: {machine()}\n")
-    print(f"default comparison ({args.epochs} epochs), wall time as stored in the run history;"
-          " CPU seconds from Run to Done (the training child includes its start-up)\n")
+    print(f"default comparison ({args.epochs} epochs), {args.repeat} rounds: median wall time as stored in the"
+          " run history (min-max), median CPU seconds from Run to Done (the training process's start-up"
+          " included)\n")
     print("| where | wall time | vs CLI | CPU: training | CPU: server | CPU: browsers |\n|---|---|---|---|---|---|")
-    for name, seconds, cpu in rows:
-        cells = [f"{cpu[k]:.1f} s" for k in ("training", "server", "browsers")] if cpu else ["", "", ""]
-        print(f"| {name} | {seconds:.1f} s | {seconds / cli:.2f}x | " + " | ".join(cells) + " |")
+    cli = statistics.median(walls[cli_name])
+    for name, times in walls.items():
+        wall = statistics.median(times)
+        cells = []
+        for key in ("training", "server", "browsers"):
+            values = [c[key] for c in cpus[name] if key in c]
+            cells.append(f"{statistics.median(values):.1f} s" if values else "")
+        print(f"| {name} | {wall:.1f} s ({min(times):.1f}-{max(times):.1f}) | {wall / cli:.2f}x | "
+              + " | ".join(cells) + " |")
     return 0
 
 
