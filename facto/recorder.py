@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import distributed
 from .events import Event, EvalEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+
+if TYPE_CHECKING:
+    from .store import RunStore
 
 FLUSH_EVERY = 20  # metric rows buffered before one write transaction
 _ROW_FIELDS = ("variant", "step", "epoch", "type")
@@ -80,9 +83,8 @@ def _flush(store, run_id: int, pending: list) -> None:
         pending.clear()
 
 
-
 @contextmanager
-def history_at(path: str | None):
+def history_at(path: str | None) -> Iterator[RunStore | None]:
     """The RunStore at `path` (None: no store), closed afterwards: for streams run in a child
     process, which opens its own connection (see facto.jobs.in_child)."""
     from .store import RunStore
