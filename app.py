@@ -442,17 +442,25 @@ def charts(view: dict) -> None:
         st.checkbox("Show earlier runs from the history", key="history_points",
                     help="Adds every stored comparison (grey) to the chart.")
     if view["report"]:
-        with st.expander("Factorization report: which layers were factorized, ranks, errors"):
-            rows = pd.DataFrame(view["report"])
-            rows["weight_shape"] = rows["weight_shape"].map(lambda s: "×".join(map(str, s)))
-            rows["ranks"] = rows["ranks"].map(lambda r: "" if r is None else f"{r[0]}, {r[1]}")
-            for text in ("update", "reason", "method", "requested"):
-                rows[text] = rows[text].fillna("—")
-            st.dataframe(rows[["name", "kind", "layer_type", "weight_shape", "ranks", "params_before",
-                               "params_after", "trainable_params", "rel_error", "update", "reason"]],
-                         hide_index=True, width="stretch", column_config={
-                             "rel_error": st.column_config.NumberColumn("reconstruction error", format="%.3f"),
-                             "reason": st.column_config.TextColumn("note", width="large")})
+        # Drawn only while open: a table costs the browser more than a chart redraw, every redraw.
+        report = st.expander("Factorization report: which layers were factorized, ranks, errors",
+                             key="report_open", on_change="rerun")
+        if report.open:
+            factorization_table(report, view["report"])
+
+
+def factorization_table(container, report: list[dict]) -> None:
+    """The factorization report as a table in `container`: one row per conv/linear layer."""
+    rows = pd.DataFrame(report)
+    rows["weight_shape"] = rows["weight_shape"].map(lambda s: "×".join(map(str, s)))
+    rows["ranks"] = rows["ranks"].map(lambda r: "" if r is None else f"{r[0]}, {r[1]}")
+    for text in ("update", "reason", "method", "requested"):
+        rows[text] = rows[text].fillna("—")
+    container.dataframe(rows[["name", "kind", "layer_type", "weight_shape", "ranks", "params_before",
+                              "params_after", "trainable_params", "rel_error", "update", "reason"]],
+                        hide_index=True, width="stretch", column_config={
+                            "rel_error": st.column_config.NumberColumn("reconstruction error", format="%.3f"),
+                            "reason": st.column_config.TextColumn("note", width="large")})
 
 
 def server_runs() -> None:

@@ -165,6 +165,14 @@ def test_run_completes_with_metrics_charts_and_a_stored_run(ui):
         "Stored for backward, per layer (one batch)", "Memory saving vs accuracy change"]
     assert all(spec(c)["data"] for c in charts)
     assert "Stored as run #1" in at.success[0].value
+    assert not at.dataframe  # the factorization report is drawn only when opened
+    at.session_state["report_open"] = True
+    at.run()
+    (table,) = at.dataframe
+    report = job.read(lambda t: t.start.report)
+    assert list(table.value["name"]) == [r["name"] for r in report] and "classifier" in list(table.value["name"])
+    at.session_state["report_open"] = False
+    at.run()
     assert not at.button(key="run").disabled and not at.number_input(key="epochs").disabled
     (run,) = RunStore().list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1 and run.config["max_train"] == 128
