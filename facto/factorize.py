@@ -139,7 +139,8 @@ def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             return f"padding={module.padding!r}/{module.padding_mode} is not supported"
         if name == first_conv:
-            return f"first conv on the image ({module.in_channels} input channels)"
+            n = module.in_channels
+            return f"first conv on the image ({n} input channel{'' if n == 1 else 's'})"
     elif name == output_layer:
         return "output layer (classifier) stays dense"
     return None
