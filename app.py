@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import streamlit as st
 
 import ui
@@ -446,32 +445,7 @@ def charts(view: dict) -> None:
         report = st.expander("Factorization report: which layers were factorized, ranks, errors",
                              key="report_open", on_change="rerun")
         if report.open:
-            factorization_table(report, view["report"])
-
-
-def factorization_table(container, report: list[dict]) -> None:
-    """The factorization report in `container`: a table with one row per conv/linear layer, narrow
-    enough to fit the page (a dash where a value does not apply), and the notes below it."""
-    def dash(value, fmt: str = "{}") -> str:
-        return "—" if value is None or value != value else fmt.format(value)  # None or NaN
-
-    rows = pd.DataFrame({
-        "layer": [f"{r['name']} · {r['layer_type']}" for r in report],
-        "kind": [r["kind"] for r in report],
-        "weight": ["×".join(map(str, r["weight_shape"])) for r in report],
-        "ranks": [dash(r["ranks"] and f"{r['ranks'][0]}, {r['ranks'][1]}") for r in report],
-        "params": [f"{r['params_before']:,} → {r['params_after']:,}" for r in report],
-        "trainable": [f"{r['trainable_params']:,}" for r in report],
-        "error": [dash(r["rel_error"], "{:.3f}") for r in report],
-        "trains": [dash(r["update"]) for r in report],
-    })
-    container.dataframe(rows, hide_index=True, width="stretch", column_config={
-        "params": st.column_config.TextColumn("params before → after"),
-        "error": st.column_config.TextColumn("weight error", help="Relative reconstruction error of the weight"),
-        "trains": st.column_config.TextColumn("trained factor")})
-    notes = [f"- **{r['name']}**: {r['reason']}" for r in report if r["reason"]]
-    if notes:  # whole sentences: below the table, where nothing cuts them
-        container.markdown("\n".join(notes))
+            ui.factorization_table(view["report"], report)
 
 
 def server_runs() -> None:

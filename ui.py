@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pandas as pd
 import streamlit as st
 
 from facto.config import SETTINGS, RunConfig, Setting
@@ -414,3 +415,31 @@ def sidebar_footer() -> None:
         else:
             state = "" if getattr(store, "writable", True) else " (read-only)"
             st.caption(f"Run history{state}: `{store.path}`")
+
+
+# ----------------------------------------------------------------------------- factorization report
+
+def factorization_table(rows: list[dict], container: Any = None) -> None:
+    """The factorization report (rows of `facto.describe`, as dicts) as a table that fits the page:
+    one row per conv/linear layer, a dash where a value does not apply."""
+    frame = pd.DataFrame({
+        "layer": [r["name"] for r in rows],
+        "kept": [r["kind"] for r in rows],
+        "weight": ["×".join(map(str, r["weight_shape"])) for r in rows],
+        "ranks": [None if r["ranks"] is None else f"{r['ranks'][0]}, {r['ranks'][1]}" for r in rows],
+        "params": [f"{r['params_before']:,} → {r['params_after']:,}" for r in rows],
+        "trained": [r["trainable_params"] for r in rows],
+        "error": [r["rel_error"] for r in rows],
+        "note": [r["reason"] or (f"trains {r['update']}" if r["update"] else None) for r in rows],
+    })
+    (container or st).dataframe(frame, hide_index=True, width="stretch", placeholder="—", column_config={
+        "layer": st.column_config.TextColumn(width=150),
+        "kept": st.column_config.TextColumn("kind", width=85),
+        "weight": st.column_config.TextColumn("shape", width=100, help="Weight shape: out × in × kernel."),
+        "ranks": st.column_config.TextColumn("ranks", width=70, help="Channels kept: (out, in)."),
+        "params": st.column_config.TextColumn("params", width=140, help="Dense → factorized (all factors)."),
+        "trained": st.column_config.NumberColumn("trained", format="localized", width=75,
+                                                 help="Parameters of the factor that trains."),
+        "error": st.column_config.NumberColumn("error", format="%.3f", width=65,
+                                               help="Reconstruction error ‖W − W_factorized‖ / ‖W‖."),
+        "note": st.column_config.TextColumn("note")})

@@ -70,31 +70,6 @@ def bytes_table(a: LayerAnalysis) -> None:
                                                              help="Facto minus baseline; > 0: Facto stores more.")})
 
 
-def report_table(a: LayerAnalysis) -> None:
-    rows = a.report_rows()
-    frame = pd.DataFrame({
-        "layer": [r["name"] for r in rows],
-        "kept": [r["kind"] for r in rows],
-        "weight": ["×".join(map(str, r["weight_shape"])) for r in rows],
-        "ranks": [None if r["ranks"] is None else f"{r['ranks'][0]}, {r['ranks'][1]}" for r in rows],
-        "params": [f"{r['params_before']:,} → {r['params_after']:,}" for r in rows],
-        "trained": [r["trainable_params"] for r in rows],
-        "error": [r["rel_error"] for r in rows],
-        "note": [r["reason"] or (f"trains {r['update']}" if r["update"] else None) for r in rows],
-    })
-    st.dataframe(frame, hide_index=True, width="stretch", placeholder="—", column_config={
-        "layer": st.column_config.TextColumn(width=150),
-        "kept": st.column_config.TextColumn("kind", width=85),
-        "weight": st.column_config.TextColumn("shape", width=100, help="Weight shape: out × in × kernel."),
-        "ranks": st.column_config.TextColumn("ranks", width=70, help="Channels kept: (out, in)."),
-        "params": st.column_config.TextColumn("params", width=140, help="Dense → factorized (all factors)."),
-        "trained": st.column_config.NumberColumn("trained", format="localized", width=75,
-                                                 help="Parameters of the factor that trains."),
-        "error": st.column_config.NumberColumn("error", format="%.3f", width=65,
-                                               help="Reconstruction error ‖W − W_factorized‖ / ‖W‖."),
-        "note": st.column_config.TextColumn("note")})
-
-
 # ----------------------------------------------------------------------------- page
 
 ui.init_widgets(P, FIELDS)
@@ -127,6 +102,6 @@ st.subheader("Stored bytes per layer")
 bytes_table(analysis)
 st.plotly_chart(plots.params_bars(analysis.report), key="layers_params_chart", **ui.CHART)
 st.subheader("Factorization report")
-report_table(analysis)
+ui.factorization_table(analysis.report_rows())
 st.caption("The reconstruction error is large on freshly initialised weights (they are noise-like); a warm start "
            "(main page) trains the dense model first, then factorizes it.")
