@@ -57,8 +57,11 @@ except ValueError as exc:
 
 rows = result.rows
 dense = next((r for r in rows if r.variant == "dense"), None)
-cols = st.columns(min(len(rows), 5) or 1)
-for col, row in zip(cols, rows):
+PER_LINE = 5  # metric cards per line: every variant gets one
+for i, row in enumerate(rows):
+    if i % PER_LINE == 0:
+        cols = st.columns(min(len(rows) - i, PER_LINE))
+    col = cols[i % PER_LINE]
     delta = f"{row.max_batch / dense.max_batch:.1f}× dense" if dense and dense.max_batch and row is not dense else None
     col.metric(row.variant, f"batch {row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
                help=f"{row.label}: {row.per_sample / plots.MB:.2f} MB more per extra image.")

@@ -129,3 +129,15 @@ def test_planner_page_numbers_follow_the_budget(home):
     assert batches["1GB"][0] < batches["2GB"][0] and batches["1GB"][0] < batches["1GB"][1]  # dense < Facto
     at.text_input(key="fit_budget").input("lots").run()
     assert "budget='lots' is not allowed" in at.error[0].value
+
+
+def test_planner_page_shows_a_card_for_every_variant(home):
+    """Seven variants: seven cards (in lines of five), not only the first five."""
+    at = AppTest.from_file(str(ROOT / "pages/6_Fit_my_GPU.py"), default_timeout=300)
+    at.run()
+    at.text_input(key="fit_model").input("simple_cnn").run()
+    at.text_input(key="fit_input").input("1x32x32").run()
+    every = at.multiselect(key="fit_variants").options
+    at.multiselect(key="fit_variants").set_value(every).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(every) > 5 and [m.label for m in at.metric] == every
