@@ -87,8 +87,7 @@ def start_run() -> None:
     if problems:
         st.session_state["form_errors"] = problems
         return
-    store = ui.writable_history()
-    job = ui.submit(ui.events_of(compare_and_record, config.to_dict(), str(store.path) if store else None),
+    job = ui.submit(ui.events_of(compare_and_record, config.to_dict(), ui.writable_history_path()),
                     RunTracker(), label=config.label(),
                     meta={"config": config.to_dict()})
     watch(job.id)
@@ -144,10 +143,7 @@ def sidebar(locked: bool) -> None:
             ui.setting_widget("precision", P + "precision", disabled=locked)
             ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
             ui.setting_widget("download", P + "download", disabled=locked or r.enabled)
-        if r.enabled:
-            st.info(r.describe(), icon=":material/groups:")
-        store = ui.history()
-        st.caption(f"Run history: `{store.path}`" if store is not None else "Run history: off")
+    ui.sidebar_footer()
 
 
 @st.cache_data(show_spinner=False)

@@ -134,10 +134,11 @@ def history_notice() -> None:
                    "are not stored.", icon=":material/lock:")
 
 
-def writable_history():
-    """The history when new runs can be stored in it, else None."""
+def writable_history_path() -> str | None:
+    """Where a new run stores itself (its process opens the file), or None when the history is
+    off or read-only."""
     store = history()
-    return store if store is not None and getattr(store, "writable", True) else None
+    return str(store.path) if store is not None and getattr(store, "writable", True) else None
 
 
 class FigureCache:

@@ -80,9 +80,8 @@ def start_sweep() -> None:
     if problems:
         s["sweep_errors"] = problems
         return
-    store = ui.writable_history()
     job = ui.submit(ui.events_of(sweep_and_record, base.to_dict(), ranks, bits, updates,
-                                 str(store.path) if store else None), SweepTracker(),
+                                 ui.writable_history_path()), SweepTracker(),
                     label=f"sweep of {len(configs)} settings · {base.model} on {base.dataset}",
                     meta={"config": base.to_dict(), "kind": "sweep"})
     ui.set_watched(WATCH, PARAM, job.id)
