@@ -85,29 +85,38 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def browsers_cpu_seconds() -> float:
-    """CPU seconds of every chromium process alive now."""
-    total = 0.0
+def browser_pids() -> list[int]:
+    """Every chromium process alive now (Linux /proc)."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if b"chromium" in (entry / "cmdline").read_bytes():
-                    total += sum(cpu_seconds(int(entry.name)))
-            except (OSError, ValueError):
-                pass
+                    pids.append(int(entry.name))
+            except OSError:
+                pass  # ended meanwhile
+    return pids
+
+
+def browsers_cpu_seconds() -> float:
+    """CPU seconds of every chromium process alive now."""
+    total = 0.0
+    for pid in browser_pids():
+        try:
+            total += sum(cpu_seconds(pid))
+        except (OSError, ValueError):
+            pass  # ended meanwhile
     return total
 
 
 def renice_browsers() -> None:
-    """Lower the priority of every chromium process (Linux): the browsers stand in for students'
+    """Lower the priority of every chromium process: the browsers stand in for students'
     own machines and take only what the server and training leave."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"chromium" in (entry / "cmdline").read_bytes():
-                    os.setpriority(os.PRIO_PROCESS, int(entry.name), 19)
-            except (OSError, PermissionError):
-                pass
+    for pid in browser_pids():
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except OSError:  # PermissionError included
+            pass
 
 
 def app_run(home: Path, tabs: int, epochs: int, niced: bool = False) -> tuple[float, dict[str, float]]:
