@@ -545,6 +545,8 @@ def train_and_compare() -> None:
         else:
             stored_panel(view)
         return
+    if running:
+        ui.steady_live_view()
     st.fragment(run_every=ui.REFRESH_S if running else None)(live_progress)()
     st.fragment(run_every=ui.CHART_REFRESH_S if running else None)(live_charts)()
 

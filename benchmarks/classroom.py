@@ -9,7 +9,9 @@ browser's own timing plays no part. Each round runs every row once; the table ha
 The browsers run on the same machine as the server and the training, which a classroom does
 not do (each student's browser draws on their own machine): the CPU columns say where the
 machine's time went from Run to Done (the training process, start-up included, the web server,
-the browsers), and `--niced` adds rows with the browsers at the lowest priority.
+the browsers). `--apart` adds rows closer to a classroom: the browsers on the last core, the CLI,
+the server and the training on the others (the CLI row pinned alike, so training gets the same
+cores in both).
 Prints a markdown table and the machine it ran on.
 Needs Debian's chromium at /usr/bin/chromium and the playwright package.
 """
@@ -44,12 +46,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_run(home: Path, epochs: int) -> tuple[float, float]:
+def pinned_to(cpus: set[int] | None):
+    """A preexec_fn that keeps a child process (and its children) on `cpus` (None: no pinning)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def cli_run(home: Path, epochs: int, cpus: set[int] | None = None) -> tuple[float, float]:
     """The stored wall time of a CLI run and the CPU seconds of its process (start-up included)."""
     env = {**os.environ, "FACTO_HOME": str(home)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "facto", "train", "--quiet", "--device", "cpu", "--epochs", str(epochs)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+                   cwd=ROOT, env=env, check=True, capture_output=True, preexec_fn=pinned_to(cpus))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return last_run_seconds(home), cpu
@@ -61,11 +68,12 @@ def last_run_seconds(home: Path) -> float:
     return run.finished_at - run.created_at
 
 
-def serve(home: Path, port: int) -> subprocess.Popen:
+def serve(home: Path, port: int, cpus: set[int] | None = None) -> subprocess.Popen:
+    """The app on `port` (its training processes inherit the pinning to `cpus`)."""
     env = {**os.environ, "FACTO_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned_to(cpus))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -109,30 +117,31 @@ def browsers_cpu_seconds() -> float:
     return total
 
 
-def renice_browsers() -> None:
-    """Lower the priority of every chromium process: the browsers stand in for students'
-    own machines and take only what the server and training leave."""
-    for pid in browser_pids():
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
-        except OSError:  # PermissionError included
-            pass
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(cores for the training side, the core for the browsers): the last core apart."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--apart needs at least 2 cores")
+    return set(cpus[:-1]), {cpus[-1]}
 
 
-def app_run(home: Path, tabs: int, epochs: int, niced: bool = False) -> tuple[float, dict[str, float]]:
+def app_run(home: Path, tabs: int, epochs: int, apart: bool = False) -> tuple[float, dict[str, float]]:
     """Start the default run in one tab, watch it from `tabs - 1` more: the stored wall time and the
-    CPU seconds of the server, the training child and the browsers from Run to Done."""
+    CPU seconds of the server, the training child and the browsers from Run to Done. `apart`: the
+    browsers on their own core (Playwright and Chromium inherit this process's pinning)."""
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
-    server = serve(home, port)
+    train_cpus, browser_cpus = split_cpus() if apart else (None, None)
+    server = serve(home, port, train_cpus)
     url = f"http://127.0.0.1:{port}"
+    own_cpus = os.sched_getaffinity(0)
     try:
+        if apart:
+            os.sched_setaffinity(0, browser_cpus)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
-            if niced:
-                renice_browsers()
             first = pages[0]
             first.goto(url)
             first.wait_for_selector(IDLE, timeout=90_000)
@@ -146,8 +155,6 @@ def app_run(home: Path, tabs: int, epochs: int, niced: bool = False) -> tuple[fl
             for page in pages[1:]:
                 page.goto(url)
                 page.get_by_role("button", name="Watch").first.click(timeout=90_000)
-            if niced:
-                renice_browsers()  # renderer processes started with the tabs
             expect(first.get_by_text("Done: Facto stored")).to_be_visible(timeout=1_800_000)
             time.sleep(1.0)  # let the server reap the finished training child
             own, child = cpu_seconds(server.pid)
@@ -155,6 +162,7 @@ def app_run(home: Path, tabs: int, epochs: int, niced: bool = False) -> tuple[fl
                    "browsers": browsers_cpu_seconds() - browsers_before}
             browser.close()
     finally:
+        os.sched_setaffinity(0, own_cpus)
         server.terminate()
         server.wait(10)
     return last_run_seconds(home), cpu
@@ -164,22 +172,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeat", type=int, default=3, help="rounds; each runs every row once (default 3)")
-    p.add_argument("--niced", action="store_true", help="also rows with the browsers at low priority")
+    p.add_argument("--apart", action="store_true",
+                   help="also rows with the browsers on the last core, the rest on the others")
     args = p.parse_args(argv)
-    setups = [(tabs, niced) for niced in ((False, True) if args.niced else (False,)) for tabs in (1, 3)]
+    setups = [(tabs, apart) for apart in ((False, True) if args.apart else (False,)) for tabs in (None, 1, 3)]
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[dict[str, float]]] = {}
     cli_name = "CLI (`facto train`)"
+    reference: dict[str, str] = {}  # row -> the CLI row it is compared with
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeat):  # rounds interleave the rows, so drift touches all alike
-            seconds, cpu = cli_run(Path(tmp) / f"cli{round_}", args.epochs)
-            walls.setdefault(cli_name, []).append(seconds)
-            cpus.setdefault(cli_name, []).append({"training": cpu})
-            for tabs, niced in setups:
-                home = Path(tmp) / f"tabs{tabs}{'n' if niced else ''}{round_}"
-                seconds, cpu = app_run(home, tabs, args.epochs, niced)
-                name = f"app, {tabs} tab{'s' if tabs > 1 else ''} watching" + (
-                    " (browsers at low priority)" if niced else "")
+            for tabs, apart in setups:
+                home = Path(tmp) / f"tabs{tabs}{'a' if apart else ''}{round_}"
+                suffix = " (browsers on their own core)" if apart else ""
+                cli_row = cli_name + (" (pinned like the app's training)" if apart else "")
+                if tabs is None:  # the CLI, pinned like the app's training side
+                    name = cli_row
+                    seconds, cpu = cli_run(home, args.epochs, split_cpus()[0] if apart else None)
+                    cpu = {"training": cpu}
+                else:
+                    name = f"app, {tabs} tab{'s' if tabs > 1 else ''} watching{suffix}"
+                    seconds, cpu = app_run(home, tabs, args.epochs, apart)
+                reference[name] = cli_row
                 walls.setdefault(name, []).append(seconds)
                 cpus.setdefault(name, []).append(cpu)
     print(f"machine: {machine()}\n")
@@ -187,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
           " run history (min-max), median CPU seconds from Run to Done (the training process's start-up"
           " included)\n")
     print("| where | wall time | vs CLI | CPU: training | CPU: server | CPU: browsers |\n|---|---|---|---|---|---|")
-    cli = statistics.median(walls[cli_name])
     for name, times in walls.items():
-        wall = statistics.median(times)
+        wall, cli = statistics.median(times), statistics.median(walls[reference[name]])
         cells = []
         for key in ("training", "server", "browsers"):
             values = [c[key] for c in cpus[name] if key in c]

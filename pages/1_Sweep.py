@@ -265,4 +265,6 @@ if job is None:
     st.info("Pick ranks, bits and trained factors on the left and press **Run**. Short runs rank the settings; "
             "if the baseline itself has not learned, the page says so.", icon=":material/grid_on:")
 else:
+    if running:
+        ui.steady_live_view()
     st.fragment(run_every=ui.REFRESH_S if running else None)(sweep_panel)()
