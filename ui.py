@@ -37,7 +37,7 @@ CHART_REFRESH_S = 5.0  # charts while it goes (built at most once per interval f
 # transition, 1 s after a 0.5 s delay), and the progress bar slides to its new width. On a page
 # redrawn every few seconds that fade adds nothing, and in a browser that paints without a GPU,
 # on the machine that also trains (one laptop in a classroom), it cost more than the redraw:
-# benchmarks/classroom.py measured the default run at about 13.5 s with it and 11.6 s without.
+# the default run with one tab took 13.2-13.7 s with it and 11.5-11.7 s without (paired runs).
 LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:none!important}"
                    "[data-testid='stProgress'] *{transition:none!important}</style>")
 

@@ -75,6 +75,11 @@ def watched(ui, at: AppTest, key: str = "watch") -> Job:
     return ui.registry().get(at.session_state[key])
 
 
+def steady_style(at: AppTest) -> bool:
+    """Whether the page carries the style that keeps live-redrawn elements from fading."""
+    return any("data-stale" in (e.proto.body or "") for e in at.get("html"))
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -199,8 +204,10 @@ def test_stop_keeps_what_was_done_as_interrupted(ui):
     at.button(key="run").click().run()
     job = watched(ui, at)
     wait(at, job, until=lambda job: job.read(lambda t: bool(t.steps)) or job.finished)
+    assert steady_style(at)  # redrawn live: no fade of stale elements
     at.button(key="stop").click().run()
     assert job.status == "interrupted" and job.read(lambda t: bool(t.steps))
+    assert not steady_style(at)  # a stored run is no live view
     assert any("Stopped after" in w for w in texts(at, "warning"))
     assert number(metric(at, "Memory saving")) > 0  # what was done is still shown
     (run,) = RunStore().list_runs()

@@ -26,6 +26,17 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
+# Every animation frame, the opacity of each element Streamlit marked stale (being redrawn)
+SAMPLE_STALE_OPACITY = """() => {
+  window.staleOpacities = [];
+  const sample = () => {
+    for (const el of document.querySelectorAll("[data-stale='true']")) window.staleOpacities.push(getComputedStyle(el).opacity);
+    requestAnimationFrame(sample);
+  };
+  sample();
+}"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,6 +150,11 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
             a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
             expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
             assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
+            # Live redraws do not fade what they redraw (Streamlit dims "stale" elements to 0.33)
+            a.evaluate(SAMPLE_STALE_OPACITY)
+            a.wait_for_timeout(6_000)  # three progress redraws, one chart redraw
+            opacities = a.evaluate("() => window.staleOpacities")
+            assert opacities and set(opacities) == {"1"}, sorted(set(opacities))
 
             b.get_by_role("button", name="Stop", exact=True).click()
             expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
