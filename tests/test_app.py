@@ -352,8 +352,9 @@ def test_sweep_stop_keeps_the_finished_points(ui):
     at.button(key="sweep_run").click().run()
     job = watched(ui, at, "sweep_watch")
     wait(at, job, until=lambda job: job.read(lambda t: bool(t.points)) or job.finished)  # the baseline is done
+    assert steady_style(at)
     at.button(key="sweep_stop").click().run()
-    assert job.status == "interrupted"
+    assert job.status == "interrupted" and not steady_style(at)
     assert [p.variant for p in job.read(lambda t: list(t.points))] == ["baseline"]
     assert any("Stopped after 1 of 3 runs" in w for w in texts(at, "warning"))
     statuses = [r.status for r in RunStore().list_runs()]
