@@ -445,10 +445,16 @@ def charts(view: dict) -> None:
 
 
 def server_runs() -> None:
-    """Every run of this server in progress or waiting, with who started it; watch any of them."""
+    """Every run of this server in progress or waiting, with who started it and how far it is;
+    watch any of them. Drawn inside a fragment that redraws while runs go, so its buttons ask
+    for a whole-page redraw themselves."""
     jobs = ui.registry().jobs(active_only=True)
     if not jobs:
+        if st.session_state.get("drew_server_runs"):
+            st.session_state["drew_server_runs"] = False
+            st.rerun(scope="app")  # the last run ended: redraw the page once (polling off)
         return
+    st.session_state["drew_server_runs"] = True
     with st.container(border=True):
         st.markdown(f"**Runs on this server** ({len(jobs)} going or waiting)")
         for job in jobs:
@@ -467,20 +473,28 @@ def server_runs() -> None:
                     st.switch_page("pages/1_Sweep.py")
                 continue
             watching = st.session_state.get("watch") == job.id
-            b.button("Watching" if watching else "Watch", key=f"watch_{job.id}", disabled=watching,
-                     on_click=watch, args=(job.id,), width="stretch")
+            if b.button("Watching" if watching else "Watch", key=f"watch_{job.id}", disabled=watching,
+                        width="stretch"):
+                watch(job.id)
+                st.rerun(scope="app")
 
 
 def live_progress() -> None:
-    """Progress and status (redrawn every REFRESH_S while the watched run goes: a small redraw)."""
+    """The server's runs, progress and status (redrawn every REFRESH_S while the watched run goes:
+    a small redraw)."""
+    server_runs()
     job = watched_job()
     view = job_view(job) if job is not None else None
     if job is not None and job.finished and st.session_state.get("drawn_running"):
         st.rerun(scope="app")  # the run ended: redraw the whole page (controls unlocked, polling off)
-    if view is None:
-        return
+    if view is not None:
+        watched_progress(view)
+
+
+def watched_progress(view: dict) -> None:
+    """Whose run this is (when not this visitor's), its progress and its status line."""
     if view["owner"] != "you":
-        st.caption(f"Watching run #{job.id}, started by {view['owner']}.")
+        st.caption(f"Watching run #{view['job_id']}, started by {view['owner']}.")
     progress(view)
     status_line(view)
 
@@ -537,7 +551,13 @@ def train_and_compare() -> None:
     for error in st.session_state.get("form_errors", []):
         st.error(f"Can't start this run: {error}", icon=":material/error:")
     header(job_view(job) if job is not None else None)
-    server_runs()
+    if running:
+        ui.steady_live_view()
+        st.fragment(run_every=ui.REFRESH_S)(live_progress)()
+        st.fragment(run_every=ui.CHART_REFRESH_S)(live_charts)()
+        return
+    # Other visitors' runs, kept current while any goes
+    st.fragment(run_every=ui.REFRESH_S if ui.registry().jobs(active_only=True) else None)(server_runs)()
     if job is None:
         view = latest_stored_view()
         if view is None:
@@ -545,10 +565,8 @@ def train_and_compare() -> None:
         else:
             stored_panel(view)
         return
-    if running:
-        ui.steady_live_view()
-    st.fragment(run_every=ui.REFRESH_S if running else None)(live_progress)()
-    st.fragment(run_every=ui.CHART_REFRESH_S if running else None)(live_charts)()
+    watched_progress(job_view(job))  # a run this tab watched, now finished
+    live_charts()
 
 
 ui.history()  # opens the history once per server

@@ -144,6 +144,11 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
             b.goto(url)
             expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
             expect(b.get_by_text("started by visitor")).to_be_visible()
+            # The list of the server's runs keeps its progress current without B touching anything
+            state = re.compile(r"· step (\d+) of \d+")
+            seen = int(state.search(b.get_by_text(state).first.inner_text()).group(1))
+            b.wait_for_function("seen => { const m = document.body.innerText.match(/· step (\\d+) of \\d+/);"
+                                " return m !== null && Number(m[1]) > seen; }", arg=seen, timeout=30_000)
             b.get_by_role("button", name="Watch", exact=True).click()
             expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
 
