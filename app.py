@@ -444,11 +444,14 @@ def charts(view: dict) -> None:
             ui.factorization_table(view["report"], report)
 
 
-def server_runs() -> None:
+def server_runs(watching: int | None = None) -> None:
     """Every run of this server in progress or waiting, with who started it and how far it is;
-    watch any of them. Drawn inside a fragment that redraws while runs go, so its buttons ask
-    for a whole-page redraw themselves."""
+    watch any of them. Not drawn when the only one is the run this tab watches (`watching`: its
+    progress is right below). Drawn inside a fragment that redraws while runs go, so its buttons
+    ask for a whole-page redraw themselves."""
     jobs = ui.registry().jobs(active_only=True)
+    if [j.id for j in jobs] == [watching]:
+        return
     if not jobs:
         if st.session_state.get("drew_server_runs"):
             st.session_state["drew_server_runs"] = False
@@ -482,8 +485,8 @@ def server_runs() -> None:
 def live_progress() -> None:
     """The server's runs, progress and status (redrawn every REFRESH_S while the watched run goes:
     a small redraw)."""
-    server_runs()
     job = watched_job()
+    server_runs(job.id if job is not None else None)
     view = job_view(job) if job is not None else None
     if job is not None and job.finished and st.session_state.get("drawn_running"):
         st.rerun(scope="app")  # the run ended: redraw the whole page (controls unlocked, polling off)

@@ -205,6 +205,7 @@ def test_stop_keeps_what_was_done_as_interrupted(ui):
     job = watched(ui, at)
     wait(at, job, until=lambda job: job.read(lambda t: bool(t.steps)) or job.finished)
     assert steady_style(at)  # redrawn live: no fade of stale elements
+    assert not any("Runs on this server" in m.value for m in at.markdown)  # the only run: its progress says it
     at.button(key="stop").click().run()
     assert job.status == "interrupted" and job.read(lambda t: bool(t.steps))
     assert not steady_style(at)  # a stored run is no live view
@@ -555,5 +556,6 @@ def test_a_second_run_waits_in_the_queue_with_its_position(ui):
     assert not watched(ui, first).finished and waiting.status == "queued" and ui.registry().queue_position(waiting) == 1
     assert any("position 1 in the queue" in i.value for i in second.info)
     assert any("waiting, position 1" in m.value for m in second.markdown)
+    assert any(re.search(r"started by visitor \w+ · (step \d+ of \d+|starting)", m.value) for m in second.markdown)
     watched(ui, first).stop(wait_s=60)
     assert waiting.wait(RUN_LIMIT) and waiting.status == "completed"  # it ran once the slot was free

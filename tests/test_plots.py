@@ -82,6 +82,8 @@ def test_memory_curves_in_mb_with_raw_and_peak():
     for s in steps:
         s.peak_cuda = 123_000_000
     assert "Facto · CUDA peak" in _names(plots.memory_curves(steps))
+    assert fig.data[0].mode == "lines+markers"  # a short run: a dot per step
+    assert plots.memory_curves(_steps(plots.MARKED_POINTS + 1)).data[0].mode == "lines"  # a long one: a line
 
 
 def test_layer_bytes_bars_groups_the_union_of_layers_in_model_order():

@@ -14,6 +14,9 @@ from .style import (BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, HISTORY_COLOR, INK, 
                     config_label, empty_figure, to_mb, variant_color, variant_name, variant_order)
 
 
+MARKED_POINTS = 30  # a memory curve with more steps than this is drawn as a line only
+
+
 def _get(row: Mapping, *keys: str, default=None):
     """First present, non-None value among `keys`."""
     for k in keys:
@@ -86,7 +89,8 @@ def memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
         s = [r for r in steps if r["variant"] == v]
         color, name, x = variant_color(v), variant_name(v), [r["step"] for r in s]
         fig.add_trace(go.Scatter(
-            x=x, y=[to_mb(r.get("act_bytes")) for r in s], mode="lines+markers", name=f"{name} · stored",
+            x=x, y=[to_mb(r.get("act_bytes")) for r in s], name=f"{name} · stored",
+            mode="lines+markers" if len(x) <= MARKED_POINTS else "lines",  # a dot per step clutters long runs
             line=dict(color=color, width=3), marker=dict(size=5, color=color), legendgroup=v,
             hovertemplate=f"{name}<br>step %{{x}}<br>stored %{{y:.2f}} MB<extra></extra>"))
         raw = [r.get("raw_bytes") for r in s]
