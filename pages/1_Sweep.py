@@ -196,16 +196,26 @@ def points_frame(points: list) -> pd.DataFrame:
     })
 
 
-def sweep_panel() -> None:
+def live_progress() -> None:
+    """Other sweeps, whose sweep this is and its progress (redrawn every REFRESH_S while it goes)."""
     job = watched_sweep()
+    other_sweeps(job)
     if job is None:
         return
     if job.finished and st.session_state.get("sweep_drawn_running"):
         st.rerun(scope="app")  # finished: redraw the page with the controls enabled
-    state = sweep_state(job)
     if job.owner != ui.visitor():
         st.caption(f"Watching sweep #{job.id}, started by {ui.owner_label(job)}.")
-    progress(job, state)
+    progress(job, sweep_state(job))
+
+
+def results() -> None:
+    """The sweep's charts and table (redrawn every CHART_REFRESH_S while it goes: a point arrives
+    once per run, and a table costs the browser more than a chart)."""
+    job = watched_sweep()
+    if job is None:
+        return
+    state = sweep_state(job)
     cache, n = ui.figures(), len(state["points"])
     left, right = st.columns([3, 2])
     left.plotly_chart(cache.get(job.id, "pareto", n, lambda: plots.pareto_front(state["points"])),
@@ -229,19 +239,33 @@ def sweep_panel() -> None:
                        file_name="facto_sweep.csv", mime="text/csv", key="sweep_csv", icon=":material/download:")
 
 
-def other_sweeps(job: Job | None) -> None:
-    """Sweeps of this server going or waiting (any visitor's): watch one."""
-    jobs = [j for j in ui.registry().jobs(active_only=True) if j.meta.get("kind") == "sweep"
+def going_sweeps(job: Job | None) -> list[Job]:
+    """Sweeps of this server going or waiting (any visitor's), but `job`."""
+    return [j for j in ui.registry().jobs(active_only=True) if j.meta.get("kind") == "sweep"
             and (job is None or j.id != job.id)]
+
+
+def other_sweeps(job: Job | None) -> None:
+    """Sweeps of this server going or waiting (any visitor's), how far each is: watch one. Drawn
+    inside a fragment that redraws while they go, so Watch asks for a whole-page redraw itself."""
+    jobs = going_sweeps(job)
     if not jobs:
+        if st.session_state.get("drew_other_sweeps"):
+            st.session_state["drew_other_sweeps"] = False
+            st.rerun(scope="app")  # the last one ended: redraw the page once (polling off)
         return
+    st.session_state["drew_other_sweeps"] = True
     with st.container(border=True):
         st.markdown(f"**Sweeps on this server** ({len(jobs)} going or waiting)")
         for other in jobs:
+            state = sweep_state(other)
+            where = (f"waiting, position {ui.registry().queue_position(other)}" if other.status == "queued" else
+                     f"run {len(state['points']) + 1} of {state['total']}" if state["total"] else "starting")
             a, b = st.columns([5, 1])
-            a.markdown(f"#{other.id} · {other.label} · started by {ui.owner_label(other)}")
-            b.button("Watch", key=f"sweep_watch_{other.id}", on_click=ui.set_watched,
-                     args=(WATCH, PARAM, other.id), width="stretch")
+            a.markdown(f"#{other.id} · {other.label} · started by {ui.owner_label(other)} · {where}")
+            if b.button("Watch", key=f"sweep_watch_{other.id}", width="stretch"):
+                ui.set_watched(WATCH, PARAM, other.id)
+                st.rerun(scope="app")
 
 
 # ----------------------------------------------------------------------------- page
@@ -260,11 +284,14 @@ st.caption(f"The baseline is trained once, then one short Facto run per setting:
 ui.history_notice()
 for error in st.session_state.get("sweep_errors", []):
     st.error(f"Can't start this sweep: {error}", icon=":material/error:")
-other_sweeps(job)
-if job is None:
-    st.info("Pick ranks, bits and trained factors on the left and press **Run**. Short runs rank the settings; "
-            "if the baseline itself has not learned, the page says so.", icon=":material/grid_on:")
+if running:
+    ui.steady_live_view()
+    st.fragment(run_every=ui.REFRESH_S)(live_progress)()
+    st.fragment(run_every=ui.CHART_REFRESH_S)(results)()
 else:
-    if running:
-        ui.steady_live_view()
-    st.fragment(run_every=ui.REFRESH_S if running else None)(sweep_panel)()
+    st.fragment(run_every=ui.REFRESH_S if going_sweeps(job) else None)(live_progress)()
+    if job is None:
+        st.info("Pick ranks, bits and trained factors on the left and press **Run**. Short runs rank the "
+                "settings; if the baseline itself has not learned, the page says so.", icon=":material/grid_on:")
+    else:
+        results()

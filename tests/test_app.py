@@ -362,6 +362,21 @@ def test_sweep_stop_keeps_the_finished_points(ui):
     assert statuses[-1] == "completed" and statuses[0] in ("interrupted", "completed")
 
 
+def test_another_visitors_sweep_is_listed_with_its_progress_and_can_be_watched(ui):
+    alice = sweep_page(["0.5"], [2, 4], train=640)
+    alice.query_params["v"] = "alice"
+    alice.button(key="sweep_run").click().run()
+    job = watched(ui, alice, "sweep_watch")
+    bob = app("pages/1_Sweep.py", v="bob")
+    rows = [m.value for m in bob.markdown if m.value.startswith(f"#{job.id} ·")]
+    assert rows and re.search(r"started by visitor \w+ · (run \d of 3|starting)$", rows[0]), rows
+    bob.button(key=f"sweep_watch_{job.id}").click().run()
+    assert bob.session_state["sweep_watch"] == job.id
+    assert any(f"Watching sweep #{job.id}, started by" in c for c in texts(bob, "caption"))
+    assert not any(m.value.startswith(f"#{job.id} ·") for m in bob.markdown)  # watched: no longer in the list
+    job.stop(wait_s=60)
+
+
 def test_sweep_too_short_says_what_to_change(ui):
     config = RunConfig(epochs=1, max_train=128).to_dict()
 
