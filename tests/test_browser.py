@@ -26,14 +26,17 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
-# Every animation frame, the opacity of each element Streamlit marked stale (being redrawn)
-SAMPLE_STALE_OPACITY = """() => {
-  window.staleOpacities = [];
-  const sample = () => {
-    for (const el of document.querySelectorAll("[data-stale='true']")) window.staleOpacities.push(getComputedStyle(el).opacity);
-    requestAnimationFrame(sample);
-  };
-  sample();
+# Each time Streamlit marks an element stale (being redrawn): its opacity and transition then.
+# Streamlit's own rule fades a stale element to 0.33 after a 0.5 s delay (transition 1 s).
+RECORD_STALE_STYLE = """() => {
+  window.staleStyles = [];
+  new MutationObserver(records => {
+    for (const r of records) {
+      if (r.target.getAttribute("data-stale") !== "true") continue;
+      const style = getComputedStyle(r.target);
+      window.staleStyles.push(style.opacity + " " + style.transitionDuration);
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ["data-stale"]});
 }"""
 
 
@@ -134,8 +137,12 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
             a.wait_for_selector(IDLE, timeout=90_000)
             a.get_by_text("Advanced: subset, blocks").click()
             subset = a.get_by_role("spinbutton", name="Train images (0 = all)")
-            subset.fill("1280")  # 20 steps per epoch x 4 epochs: time enough to stop it
+            subset.fill("1280")  # 20 steps per epoch x 20 epochs: still going when B stops it
             subset.press("Enter")
+            a.wait_for_selector(IDLE, timeout=30_000)
+            epochs = a.get_by_role("spinbutton", name="Epochs")
+            epochs.fill("20")
+            epochs.press("Enter")
             a.wait_for_selector(IDLE, timeout=30_000)
             a.get_by_role("button", name="Run", exact=True).click()
             first_steps = re.compile(r"Step [1-9]\d* of")  # "Step 0 of" shows before any step is done
@@ -156,10 +163,10 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
             expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
             assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
             # Live redraws do not fade what they redraw (Streamlit dims "stale" elements to 0.33)
-            a.evaluate(SAMPLE_STALE_OPACITY)
-            a.wait_for_timeout(6_000)  # three progress redraws, one chart redraw
-            opacities = a.evaluate("() => window.staleOpacities")
-            assert opacities and set(opacities) == {"1"}, sorted(set(opacities))
+            a.evaluate(RECORD_STALE_STYLE)
+            a.wait_for_function("() => window.staleStyles.length >= 3", timeout=30_000)  # redraws every 2 s
+            styles = set(a.evaluate("() => window.staleStyles"))
+            assert styles == {"1 0s"}, styles  # full opacity, no transition
 
             b.get_by_role("button", name="Stop", exact=True).click()
             expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
