@@ -104,8 +104,11 @@ def test_export_into_a_closed_pipe_is_quiet(tmp_path):
 def test_ctrl_c_during_start_up_is_quiet(tmp_path, after_s):
     """Ctrl-C while torch loads (0.3 s) or while the data and models are built: exit 130, no traceback."""
     env = {**os.environ, "FACTO_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    # As from a terminal: a non-interactive shell that starts pytest in the background (`cmd &`) makes
+    # it ignore SIGINT, and an ignored signal stays ignored in every process started from it
     proc = subprocess.Popen([sys.executable, "-m", "facto", "train", *TINY, "--model", "resnet18"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
