@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from typing import Sequence
 
@@ -133,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             elif isinstance(event, SummaryEvent):
                 summary = event
     except KeyboardInterrupt:
+        _ctrl_c_closes()
         events.close()
         print("interrupted: the partial run is stored as 'interrupted'", file=sys.stderr)
         return 130
@@ -186,6 +188,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           f"bits={event.bits!s:<4} update={event.update:<5} acc={acc}% "
                           f"mem={event.act_bytes / MB:.2f}MB saving={event.saving_pct:.1f}%", quiet)
     except KeyboardInterrupt:
+        _ctrl_c_closes()
         events.close()
         print(f"interrupted after {len(points)} points: finished runs are stored, the current one as "
               "'interrupted'", file=sys.stderr)
@@ -296,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PROGRAM = False  # main() runs as the `facto` program, not as one command called from Python
+
+
+def _ctrl_c_closes() -> None:
+    """Ctrl-C was pressed: the program closes the run and exits 130, and a second (or late) SIGINT
+    is ignored from here on (with SIGINT at its default action, it killed the process silently,
+    exit -2). Called from Python, SIGINT is left alone."""
+    if _PROGRAM:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _delegate(argv: list[str]) -> int | None:
     """`bench` and `plan` have their own parsers: every flag passes through."""
     if argv[:1] == ["bench"]:
@@ -310,7 +324,13 @@ def _delegate(argv: list[str]) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The `facto` program (argv None: the command line) or one command from Python (a list)."""
+    global _PROGRAM
+    _PROGRAM = argv is None
+    return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: list[str]) -> int:
     try:
         code = _delegate(argv)
         if code is not None:
@@ -321,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # during start-up: nothing was stored yet
+        _ctrl_c_closes()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `facto runs export 1 | head -1`: the reader left, not an error
