@@ -450,14 +450,8 @@ def server_runs(watching: int | None = None) -> None:
     progress is right below). Drawn inside a fragment that redraws while runs go, so its buttons
     ask for a whole-page redraw themselves."""
     jobs = ui.registry().jobs(active_only=True)
-    if [j.id for j in jobs] == [watching]:
+    if [j.id for j in jobs] == [watching] or not ui.anything_to_list("listed_server_runs", jobs):
         return
-    if not jobs:
-        if st.session_state.get("drew_server_runs"):
-            st.session_state["drew_server_runs"] = False
-            st.rerun(scope="app")  # the last run ended: redraw the page once (polling off)
-        return
-    st.session_state["drew_server_runs"] = True
     with st.container(border=True):
         st.markdown(f"**Runs on this server** ({len(jobs)} going or waiting)")
         for job in jobs:
@@ -553,22 +547,21 @@ def train_and_compare() -> None:
     sidebar(st.session_state["controls_locked"])
     for error in st.session_state.get("form_errors", []):
         st.error(f"Can't start this run: {error}", icon=":material/error:")
-    header(job_view(job) if job is not None else None)
+    view = job_view(job) if job is not None else None
+    header(view)
     if running:
-        ui.steady_live_view()
-        st.fragment(run_every=ui.REFRESH_S)(live_progress)()
-        st.fragment(run_every=ui.CHART_REFRESH_S)(live_charts)()
+        ui.live_view(live_progress, live_charts)
         return
     # Other visitors' runs, kept current while any goes
     st.fragment(run_every=ui.REFRESH_S if ui.registry().jobs(active_only=True) else None)(server_runs)()
     if job is None:
-        view = latest_stored_view()
-        if view is None:
+        stored = latest_stored_view()
+        if stored is None:
             intro()
         else:
-            stored_panel(view)
+            stored_panel(stored)
         return
-    watched_progress(job_view(job))  # a run this tab watched, now finished
+    watched_progress(view)  # a run this tab watched, now finished
     live_charts()
 
 

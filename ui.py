@@ -412,10 +412,25 @@ def field_errors(prefix: str, names: list[str]) -> list[str]:
     return errors
 
 
-def steady_live_view() -> None:
-    """Elements redrawn live stay fully drawn, with no fade (see LIVE_VIEW_STYLE); call while a
-    watched run goes. Style only: it takes no space on the page."""
+def live_view(progress: Callable[[], None], results: Callable[[], None]) -> None:
+    """A watched run or sweep while it goes: `progress` redrawn every REFRESH_S, `results` (cards,
+    charts, tables) every CHART_REFRESH_S, and neither faded while redrawn (LIVE_VIEW_STYLE: style
+    only, it takes no space on the page)."""
     st.html(LIVE_VIEW_STYLE)
+    st.fragment(run_every=REFRESH_S)(progress)()
+    st.fragment(run_every=CHART_REFRESH_S)(results)()
+
+
+def anything_to_list(key: str, items: list) -> bool:
+    """Whether a list drawn in a polling fragment (the runs of the server, other sweeps) has
+    anything to show. The page decides whether the fragment polls; the first time the list comes
+    back empty, the whole page is redrawn once, so the polling stops. `key`: one per list."""
+    if items:
+        st.session_state[key] = True
+        return True
+    if st.session_state.pop(key, False):
+        st.rerun(scope="app")
+    return False
 
 
 def sidebar_footer() -> None:

@@ -249,12 +249,8 @@ def other_sweeps(job: Job | None) -> None:
     """Sweeps of this server going or waiting (any visitor's), how far each is: watch one. Drawn
     inside a fragment that redraws while they go, so Watch asks for a whole-page redraw itself."""
     jobs = going_sweeps(job)
-    if not jobs:
-        if st.session_state.get("drew_other_sweeps"):
-            st.session_state["drew_other_sweeps"] = False
-            st.rerun(scope="app")  # the last one ended: redraw the page once (polling off)
+    if not ui.anything_to_list("listed_other_sweeps", jobs):
         return
-    st.session_state["drew_other_sweeps"] = True
     with st.container(border=True):
         st.markdown(f"**Sweeps on this server** ({len(jobs)} going or waiting)")
         for other in jobs:
@@ -285,9 +281,7 @@ ui.history_notice()
 for error in st.session_state.get("sweep_errors", []):
     st.error(f"Can't start this sweep: {error}", icon=":material/error:")
 if running:
-    ui.steady_live_view()
-    st.fragment(run_every=ui.REFRESH_S)(live_progress)()
-    st.fragment(run_every=ui.CHART_REFRESH_S)(results)()
+    ui.live_view(live_progress, results)
 else:
     st.fragment(run_every=ui.REFRESH_S if going_sweeps(job) else None)(live_progress)()
     if job is None:
