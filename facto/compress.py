@@ -320,10 +320,13 @@ class Packed:
         """lo + code * scale, in the original shape and dtype (contiguous, same device)."""
         kernels = _kernels_for(self.codes.device, self.dtype, self.block)
         if kernels is not None:
-            flat = kernels.unpack_dequantize(
-                self.codes, self.meta, self.bits, self.block, self.numel, self.dtype
-            )
-            return flat.view(self.shape)
+            try:
+                flat = kernels.unpack_dequantize(
+                    self.codes, self.meta, self.bits, self.block, self.numel, self.dtype
+                )
+                return flat.view(self.shape)
+            except kernels.KernelFailed:
+                pass  # warned once; the reference from now on
         return self._dequantize_reference()
 
     def _dequantize_reference(self) -> Tensor:
@@ -481,11 +484,15 @@ def quantize(
     _check_float(x)
     _check_seed(seed)
     x = x.detach()
+    codes = meta = None
     kernels = _kernels_for(x.device, x.dtype, block)
     if kernels is not None:
         key = kernels.kernel_seed(seed, generator) if stochastic else 0
-        codes, meta = kernels.quantize_pack(x, bits, block, stochastic, key)
-    else:
+        try:
+            codes, meta = kernels.quantize_pack(x, bits, block, stochastic, key)
+        except kernels.KernelFailed:
+            pass  # warned once; the reference from now on
+    if codes is None:
         gen = _reference_generator(generator, seed, x.device) if stochastic else None
         codes, meta = _quantize_reference(x, bits, block, stochastic, gen)
     return Packed(
@@ -584,7 +591,10 @@ class PackedMask:
         numel = self.shape.numel()
         kernels = _kernels_for(self.codes.device)
         if kernels is not None:
-            return kernels.unpack_mask(self.codes, numel).view(self.shape)
+            try:
+                return kernels.unpack_mask(self.codes, numel).view(self.shape)
+            except kernels.KernelFailed:
+                pass  # warned once; the reference from now on
         return unpack_bits(self.codes, 1, numel).view(self.shape).bool()
 
     def restore(self) -> Tensor:
@@ -606,7 +616,10 @@ def pack_mask(mask: Tensor) -> PackedMask:
         raise ValueError(f"mask={mask.dtype} is not allowed: use a bool tensor")
     kernels = _kernels_for(mask.device)
     if kernels is not None:
-        return PackedMask(codes=kernels.pack_mask(mask), shape=mask.shape)
+        try:
+            return PackedMask(codes=kernels.pack_mask(mask), shape=mask.shape)
+        except kernels.KernelFailed:
+            pass  # warned once; the reference from now on
     codes = mask.contiguous().view(-1).to(torch.uint8)
     return PackedMask(codes=pack_bits(codes, 1), shape=mask.shape)
 
@@ -626,7 +639,10 @@ def clamp_with_mask(x: Tensor, cap: float | None = None) -> tuple[Tensor, Tensor
     _check_clamp_input(x)
     kernels = _kernels_for(x.device, x.dtype)
     if kernels is not None and x.is_contiguous():
-        return kernels.clamp_with_mask(x, cap)
+        try:
+            return kernels.clamp_with_mask(x, cap)
+        except kernels.KernelFailed:
+            pass  # warned once; the reference from now on
     y = x.clamp(min=0) if cap is None else x.clamp(0, cap)
     mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
     return y, pack_bits(mask.reshape(-1).to(torch.uint8), 1)
@@ -636,7 +652,10 @@ def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     """grad_out * mask, the mask unpacked from :func:`clamp_with_mask`'s codes (one kernel on CUDA)."""
     kernels = _kernels_for(grad_out.device, grad_out.dtype)
     if kernels is not None:
-        return kernels.masked_grad(grad_out, codes)
+        try:
+            return kernels.masked_grad(grad_out, codes)
+        except kernels.KernelFailed:
+            pass  # warned once; the reference from now on
     mask = unpack_bits(codes, 1, grad_out.numel()).view(grad_out.shape)
     return grad_out * mask.to(grad_out.dtype)
 

@@ -9,17 +9,21 @@ reads anything back to the host.
 Used on CUDA when Triton imports and a first tiny launch works; on CPU only under
 ``TRITON_INTERPRET=1`` (tests), which must be set before triton is imported. Where
 triton is missing or broken, :func:`available` is False and facto.compress runs its
-reference silently.
+reference silently. A kernel that fails later (its first launch compiles it: a compiler
+or driver that cannot build one variant) raises :class:`KernelFailed` after turning the
+kernels off for that device with one warning, and facto.compress redoes that call with
+its reference; an out-of-memory error is not a kernel failure and propagates.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,6 +35,7 @@ except Exception:  # missing or broken install: the reference takes over
     triton = None
 
 __all__ = [
+    "KernelFailed",
     "available",
     "clamp_with_mask",
     "kernel_seed",
@@ -89,12 +94,40 @@ def _probe(device: torch.device) -> bool:
     8 positives give the 1-bit mask bytes 0x00, 0xFF (the bit-plane layout of facto.compress)."""
     try:
         x = torch.tensor([-1.0] * 8 + [2.0] * 8, device=device)
-        y, codes = clamp_with_mask(x, None)
+        y, codes = clamp_with_mask.__wrapped__(x, None)
         want = torch.tensor([0, 255], dtype=torch.uint8, device=device)
         return bool(torch.equal(y, x.clamp(min=0)) and torch.equal(codes, want))
     except Exception as err:  # a compiler or driver problem: use the reference
         warnings.warn(f"facto: Triton kernels disabled on {device.type} ({err!r})", stacklevel=3)
         return False
+
+
+class KernelFailed(RuntimeError):
+    """A Triton kernel could not be built or launched; the kernels are now off for its device."""
+
+
+_Launcher = TypeVar("_Launcher", bound=Callable)
+
+
+def _guarded(launcher: _Launcher) -> _Launcher:
+    """`launcher`, turning any failure but running out of memory into KernelFailed, after
+    switching the kernels off for the device of its first argument (one warning)."""
+
+    @functools.wraps(launcher)
+    def run(first: Tensor, *args, **kwargs):
+        try:
+            return launcher(first, *args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            kind = first.device.type
+            if _works.get(kind, True):
+                warnings.warn(f"facto: Triton kernels disabled on {kind} ({launcher.__name__}: {err!r});"
+                              " the PyTorch reference takes over", stacklevel=4)
+            _works[kind] = False
+            raise KernelFailed(f"{launcher.__name__} failed on {kind}: {err!r}") from err
+
+    return run  # type: ignore[return-value]
 
 
 @contextmanager
@@ -342,6 +375,7 @@ def _per_program(block: int) -> int:
     return max(1, TILE // block)
 
 
+@_guarded
 def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
     """(codes, meta) of facto.compress.Packed for x, in one launch.
 
@@ -361,6 +395,7 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
     return codes, meta
 
 
+@_guarded
 def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel: int,
                       dtype: torch.dtype) -> Tensor:
     """The flat dequantized tensor (numel values of `dtype`) from Packed's codes and meta."""
@@ -377,6 +412,7 @@ def _mask_grid(numel: int) -> tuple[int]:
     return (triton.cdiv(math.ceil(numel / 8), MASK_GROUPS),)
 
 
+@_guarded
 def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
     """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a contiguous x in one launch."""
     numel = x.numel()
@@ -391,6 +427,7 @@ def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
     return y, codes
 
 
+@_guarded
 def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     """grad_out * mask (mask from :func:`clamp_with_mask`'s codes) in one launch."""
     g = grad_out.contiguous()
@@ -402,6 +439,7 @@ def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     return out
 
 
+@_guarded
 def pack_mask(mask: Tensor) -> Tensor:
     """pack_bits(mask, 1) of a bool tensor, in one launch."""
     src = mask.contiguous().view(-1).view(torch.uint8)
@@ -412,6 +450,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     return codes
 
 
+@_guarded
 def unpack_mask(codes: Tensor, numel: int) -> Tensor:
     """The flat bool tensor of `numel` values packed by :func:`pack_mask`, in one launch."""
     out = torch.empty(numel, dtype=torch.bool, device=codes.device)

@@ -9,6 +9,7 @@ variable set: the kernel checks are the tests marked `kernel`, which run in that
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -331,6 +332,58 @@ def test_available_probe_failure_falls_back(monkeypatch):
     monkeypatch.setattr(K, "_works", {})
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not K.available("cpu")
+
+
+class _Unbuildable:
+    """Stands in for a Triton kernel whose first launch fails (as a compiler error would)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise self.error
+        return launch
+
+
+@kernel
+@pytest.mark.parametrize("kernel_name", ["_quantize_pack_kernel", "_unpack_dequantize_kernel",
+                                         "_clamp_mask_kernel", "_masked_grad_kernel",
+                                         "_pack_mask_kernel", "_unpack_mask_kernel"])
+def test_a_kernel_that_fails_later_hands_over_to_the_reference(monkeypatch, kernel_name):
+    """The probe passed, then one kernel cannot be built: that call and every later one give the
+    reference's result, with one warning, and the kernels stay off for the device."""
+    x = hard_input(1000, torch.float32).view(10, 100)
+    with K.reference_only():
+        want_codes = C.quantize(x, 3, 64, stochastic=False).codes
+        want_y, want_mask = C.clamp_with_mask(x, 6.0)
+        want_grad = C.masked_grad(x, want_mask)
+    packed = C.quantize(x, 3, 64, stochastic=False)  # built by the kernels, before the failure
+    monkeypatch.setattr(K, "_works", {})
+    assert K.available(DEVICE)
+    monkeypatch.setattr(K, kernel_name, _Unbuildable(RuntimeError("PTXAS error: cannot build")))
+    same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
+    with pytest.warns(UserWarning, match="disabled") as warned:
+        same(C.quantize(x, 3, 64, stochastic=False).codes, want_codes)
+        same(packed.dequantize(), packed._dequantize_reference())
+        y, mask = C.clamp_with_mask(x, 6.0)
+        same(y, want_y)
+        same(mask, want_mask)
+        same(C.masked_grad(x, mask), want_grad)
+        same(C.pack_mask(x > 0).unpack(), x > 0)
+    assert len([w for w in warned if "disabled" in str(w.message)]) == 1
+    assert not K.available(DEVICE)
+
+
+@kernel
+def test_out_of_memory_in_a_kernel_is_not_a_kernel_failure(monkeypatch):
+    """Running out of memory propagates (the trainer reports it) and leaves the kernels on."""
+    monkeypatch.setattr(K, "_works", {})
+    assert K.available(DEVICE)
+    monkeypatch.setattr(K, "_quantize_pack_kernel", _Unbuildable(torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(torch.OutOfMemoryError):
+        C.quantize(hard_input(1000, torch.float32), 4, 64)
+    assert K.available(DEVICE)
 
 
 # ---------------------------------------------------------------- CUDA: launches and syncs
