@@ -176,3 +176,66 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
             browser.close()
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1
+
+
+def _batches(page) -> dict[str, int]:
+    """The planner's cards: variant -> largest batch ("1,234")."""
+    cards = page.locator("[data-testid='stMetric']")
+    out = {}
+    for i in range(cards.count()):
+        label = cards.nth(i).locator("[data-testid='stMetricLabel']").inner_text().strip()
+        value = cards.nth(i).locator("[data-testid='stMetricValue']").inner_text()
+        out[label] = int(value.replace(",", "").strip())
+    return out
+
+
+def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, tmp_path):
+    """The planner page: cards per variant, chart and table; a smaller budget gives smaller batches;
+    a budget it cannot read gets a plain error. How it works: its layer figure draws."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/fit-my-gpu")  # a shared link, the server's first visitor
+            expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
+            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
+            page.wait_for_selector(IDLE, timeout=60_000)
+            # Streamlit runs a server's first script run as an old-style app when a folder named
+            # pages/ sits beside app.py (the pages were there once): a deep link showed "Page not found"
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            expect(page.get_by_role("link", name="Train & compare")).to_be_visible()
+            at_8gb = _batches(page)
+            assert {"dense", "balanced"} <= set(at_8gb), at_8gb
+            assert at_8gb["balanced"] > at_8gb["dense"] > 0
+            expect(page.locator("[data-testid='stDataFrame']")).to_have_count(1)
+            page.screenshot(path=str(tmp_path / "plan.png"), full_page=True)
+
+            budget = page.get_by_role("textbox", name="Memory budget")
+            budget.fill("2GB")
+            budget.press("Enter")
+            deadline = time.monotonic() + 60
+            while (at_2gb := _batches(page)).get("dense") == at_8gb["dense"]:  # until the new plan shows
+                assert time.monotonic() < deadline, "the plan did not change with the budget"
+                page.wait_for_timeout(300)
+            page.wait_for_selector(IDLE, timeout=60_000)
+            at_2gb = _batches(page)
+            assert set(at_2gb) == set(at_8gb)
+            assert all(at_2gb[v] < at_8gb[v] for v in at_8gb), (at_2gb, at_8gb)
+
+            budget.fill("lots")
+            budget.press("Enter")
+            expect(page.get_by_text("Can't plan this")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("lots")).not_to_have_count(0)  # the error names the value
+
+            page.goto(f"{url}/how-it-works")
+            expect(page.get_by_role("heading", name="How it works")).to_be_visible(timeout=60_000)
+            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
+            page.wait_for_selector(IDLE, timeout=60_000)
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
+        finally:
+            browser.close()

@@ -57,20 +57,25 @@ except ValueError as exc:
 
 rows = result.rows
 dense = next((r for r in rows if r.variant == "dense"), None)
+size = f"{result.budget / 1e9:g} GB" if result.budget >= 1e9 else f"{result.budget / plots.MB:,.0f} MB"
+st.subheader(f"Largest batch in {size}", anchor=False)
 PER_LINE = 5  # metric cards per line: every variant gets one
 for i, row in enumerate(rows):
     if i % PER_LINE == 0:
         cols = st.columns(min(len(rows) - i, PER_LINE))
     col = cols[i % PER_LINE]
     delta = f"{row.max_batch / dense.max_batch:.1f}× dense" if dense and dense.max_batch and row is not dense else None
-    col.metric(row.variant, f"batch {row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
-               help=f"{row.label}: {row.per_sample / plots.MB:.2f} MB more per extra image.")
+    col.metric(row.variant, f"{row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
+               help=f"{row.label}: the largest batch in the budget; {row.per_sample / plots.MB:.2f} MB more per "
+                    "extra image.")
 st.plotly_chart(plots.plan_bars(chart_data(result)), key="fit_chart", **ui.CHART)
 table = pd.DataFrame(table_rows(result)).rename(columns=lambda c: c.replace(" MB", "").replace("optimizer state",
                                                                                               "optimizer"))
-st.caption("MB at each variant's largest batch (MB = 10^6 bytes); activations = stored for backward.")
+table["variant"] = [r.variant for r in rows]  # the long names below the table: it fits the page
+st.caption("MB at each variant's largest batch (MB = 10^6 bytes); stored = activations kept for backward.")
 st.dataframe(table.rename(columns={"per sample": "MB per image", "activations": "stored"}), hide_index=True,
-             width="stretch", column_config={"variant": st.column_config.TextColumn(width="large")})
+             width="stretch", column_config={"max batch": st.column_config.NumberColumn(format="localized")})
+st.caption(" · ".join(f"**{r.variant}**: {r.label}" for r in rows))
 for note in result.notes:
     st.info(note, icon=":material/info:")
 st.caption(f"How: stored bytes measured by Facto's meter on {result.device} at batches {result.probes[0]} and "
