@@ -353,30 +353,29 @@ def cards(view: dict) -> None:
     peak = summary.get("peak_cuda") or {}
     show_peak = any(v is not None for v in peak.values())
     memory, accuracy = st.columns(4 if show_peak else 3), st.columns(4 if show_peak else 3)
-    card = dict(border=True, height="stretch")
-    memory[0].metric("Baseline activations", _mb(base_b), **card,
+    memory[0].metric("Baseline activations", _mb(base_b), **ui.CARD,
                      help="Bytes autograd keeps for backward after one forward pass of a batch (dense fp32).")
-    memory[1].metric("Facto activations", _mb(facto_b), **card,
+    memory[1].metric("Facto activations", _mb(facto_b), **ui.CARD,
                      delta=None if base_b is None or facto_b is None else f"{(facto_b - base_b) / plots.MB:+,.2f} MB",
                      delta_color="inverse",
                      help="The same for Facto: one factor's input per layer, compressed, plus 1-bit ReLU masks.")
-    memory[2].metric("Memory saving", _pct(summary.get("saving_pct")), **card,
+    memory[2].metric("Memory saving", _pct(summary.get("saving_pct")), **ui.CARD,
                      delta=f"{base_b / facto_b:.1f}× less stored" if base_b and facto_b else None,
                      delta_arrow="off", help="1 − Facto / baseline activation bytes.")
-    accuracy[0].metric("Baseline accuracy", _pct(acc.get("baseline")), **card,
+    accuracy[0].metric("Baseline accuracy", _pct(acc.get("baseline")), **ui.CARD,
                        help=f"{when.capitalize()} (the test set; the live curve on the left is training accuracy).")
-    accuracy[1].metric("Facto accuracy", _pct(acc.get("facto")), **card,
+    accuracy[1].metric("Facto accuracy", _pct(acc.get("facto")), **ui.CARD,
                        delta=None if acc_delta is None else f"{acc_delta:+.2f} points",
                        help=f"{when.capitalize()}; the delta is against the baseline.")
-    accuracy[2].metric("Accuracy change", "—" if acc_delta is None else f"{acc_delta:+.2f} points", **card,
+    accuracy[2].metric("Accuracy change", "—" if acc_delta is None else f"{acc_delta:+.2f} points", **ui.CARD,
                        help="Facto minus baseline test accuracy, in percentage points.")
     if show_peak:
         pb, pf = peak.get("baseline"), peak.get("facto")
-        memory[3].metric("Peak CUDA memory (Facto)", _mb(pf), **card, delta_color="inverse",
+        memory[3].metric("Peak CUDA memory (Facto)", _mb(pf), **ui.CARD, delta_color="inverse",
                          delta=None if pb is None or pf is None else f"{(pf - pb) / plots.MB:+,.1f} MB",
                          help="torch.cuda.max_memory_allocated during a Facto step; the delta is against the "
                               "baseline's peak. This is what the GPU must hold.")
-        accuracy[3].metric("Peak CUDA memory (baseline)", _mb(pb), **card)
+        accuracy[3].metric("Peak CUDA memory (baseline)", _mb(pb), **ui.CARD)
 
 
 def tradeoff_points() -> list[dict]:

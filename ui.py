@@ -30,6 +30,7 @@ from facto.events import StartEvent
 from facto.jobs import Job, JobRegistry, in_child
 
 CHART = dict(theme=None, config={"displaylogo": False})
+CARD = dict(border=True, height="stretch")  # every metric card: framed, as tall as its row
 REFRESH_S = 2.0  # progress and cards while a watched run goes
 CHART_REFRESH_S = 5.0  # charts while it goes (built at most once per interval for every tab)
 

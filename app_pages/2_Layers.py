@@ -38,16 +38,16 @@ def sidebar() -> None:
 def cards(a: LayerAnalysis) -> None:
     n_fact = sum(r.kind == "factorized" for r in a.report)
     c = st.columns(4)
-    c[0].metric("Layers factorized", f"{n_fact} of {len(a.report)}", border=True,
+    c[0].metric("Layers factorized", f"{n_fact} of {len(a.report)}", **ui.CARD,
                 help="Conv and linear layers; the first conv and the classifier stay dense (see the report).")
-    c[1].metric("Parameters", f"{a.params['facto']:,}", border=True,
+    c[1].metric("Parameters", f"{a.params['facto']:,}", **ui.CARD,
                 delta=f"{a.params['facto'] - a.params['baseline']:+,} vs dense", delta_color="inverse",
                 help=f"Dense model: {a.params['baseline']:,}. Trained in Facto: {a.trainable:,}.")
-    c[2].metric("Stored for backward", f"{a.facto_total / plots.MB:,.2f} MB", border=True,
+    c[2].metric("Stored for backward", f"{a.facto_total / plots.MB:,.2f} MB", **ui.CARD,
                 delta=f"{(a.facto_total - a.dense_total) / plots.MB:+,.2f} MB vs dense", delta_color="inverse",
                 help=f"One batch of {a.batch} images of shape {'×'.join(map(str, a.input_shape))}. "
                      f"Dense: {a.dense_total / plots.MB:,.2f} MB.")
-    c[3].metric("Memory saving", "—" if a.saving_pct is None else f"{a.saving_pct:.1f} %", border=True,
+    c[3].metric("Memory saving", "—" if a.saving_pct is None else f"{a.saving_pct:.1f} %", **ui.CARD,
                 help="1 − Facto / dense stored bytes for this batch.")
 
 

@@ -114,14 +114,14 @@ bits, block, stochastic = int(s[P + "bits"]), config.block, bool(s[P + "stochast
 image, channels = int(s[P + "image"]), int(s[P + "channels"])
 sample = compression_sample(x, bits, block, stochastic)
 c = st.columns(4)
-c[0].metric("Feature map", "×".join(map(str, x.shape[1:])), border=True,
+c[0].metric("Feature map", "×".join(map(str, x.shape[1:])), **ui.CARD,
             help=f"channels × height × width, for each of the {x.shape[0]} images of the batch")
-c[1].metric("Stored", f"{sample['bytes'] / 1e3:,.1f} KB", border=True,
+c[1].metric("Stored", f"{sample['bytes'] / 1e3:,.1f} KB", **ui.CARD,
             delta=f"{sample['raw_bytes'] / sample['bytes']:.1f}× less than fp32", delta_arrow="off",
             help=f"fp32: {sample['raw_bytes'] / 1e3:,.1f} KB. Includes each block's min and step.")
-c[2].metric("Relative error", f"{100 * sample['rel_error']:.2f} %", border=True,
+c[2].metric("Relative error", f"{100 * sample['rel_error']:.2f} %", **ui.CARD,
             help="‖compressed − original‖ / ‖original‖ over the whole batch.")
-c[3].metric("Largest error", f"{sample['max_error']:.4f}", border=True,
+c[3].metric("Largest error", f"{sample['max_error']:.4f}", **ui.CARD,
             help=f"Mean absolute error {sample['mean_abs_error']:.4f}. At most one quantization step per value.")
 
 st.plotly_chart(plots.feature_map_images(

@@ -102,16 +102,16 @@ result = story(config, layer, real)
 
 dense_total, facto_total = result.total("dense"), result.total("facto")
 c = st.columns(4)
-c[0].metric("Dense layer keeps", f"{dense_total / plots.MB:,.3f} MB", border=True, height="stretch",
+c[0].metric("Dense layer keeps", f"{dense_total / plots.MB:,.3f} MB", **ui.CARD,
             help="The conv's input, BatchNorm's input and the ReLU output, fp32.")
-c[1].metric("Facto keeps", f"{facto_total / plots.MB:,.3f} MB", border=True, height="stretch",
+c[1].metric("Facto keeps", f"{facto_total / plots.MB:,.3f} MB", **ui.CARD,
             delta=f"{dense_total / facto_total:.1f}× less" if facto_total else None, delta_arrow="off",
             help="The trained factor's input (compressed), the 1-bit ReLU mask, BatchNorm statistics"
                  + ("" if result.recompute else " and BatchNorm's input (compressed)") + ".")
-c[2].metric("Recompute removes", f"{result.removed_by_recompute / plots.MB:,.3f} MB", border=True,
-            height="stretch", help="BatchNorm's input, recomputed in backward from the factor input instead "
-                                   "of being kept (switch 'Recompute BatchNorm inputs' off to see it kept).")
-c[3].metric("Weights", f"{result.params_facto:,}", border=True, height="stretch",
+c[2].metric("Recompute removes", f"{result.removed_by_recompute / plots.MB:,.3f} MB", **ui.CARD,
+            help="BatchNorm's input, recomputed in backward from the factor input instead "
+                 "of being kept (switch 'Recompute BatchNorm inputs' off to see it kept).")
+c[3].metric("Weights", f"{result.params_facto:,}", **ui.CARD,
             delta=f"{result.params_facto - result.params_dense:+,} vs dense", delta_color="inverse",
             help=f"Reconstruction error of the factorized weight: {result.rel_error:.3f} "
                  "(large on fresh, noise-like weights; trained weights factorize better).")

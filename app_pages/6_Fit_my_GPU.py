@@ -65,7 +65,7 @@ for i, row in enumerate(rows):
         cols = st.columns(min(len(rows) - i, PER_LINE))
     col = cols[i % PER_LINE]
     delta = f"{row.max_batch / dense.max_batch:.1f}× dense" if dense and dense.max_batch and row is not dense else None
-    col.metric(row.variant, f"{row.max_batch:,}", delta=delta, delta_arrow="off", border=True, height="stretch",
+    col.metric(row.variant, f"{row.max_batch:,}", delta=delta, delta_arrow="off", **ui.CARD,
                help=f"{row.label}: the largest batch in the budget; {row.per_sample / plots.MB:.2f} MB more per "
                     "extra image.")
 st.plotly_chart(plots.plan_bars(chart_data(result)), key="fit_chart", **ui.CHART)

@@ -85,9 +85,9 @@ def kept_bytes_bars(story: Any, title: str | None = None) -> go.Figure:
                                                           pattern=dict(shape="/")),
                              hovertemplate="recompute removes %{x:.3f} MB<extra></extra>"))
     fig.update_xaxes(title_text="MB")
-    apply_style(fig, title, 470)
-    fig.update_layout(barmode="stack", margin=dict(t=64, b=150), yaxis=dict(automargin=True),
-                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.22, yanchor="top"))
+    apply_style(fig, title, 490)
+    fig.update_layout(barmode="stack", margin=dict(t=64, b=170), yaxis=dict(automargin=True),  # legend below "MB"
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.34, yanchor="top"))
     return fig
 
 
