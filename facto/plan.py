@@ -572,20 +572,25 @@ def _verify_row(result: PlanResult, row: PlanRow, template: nn.Module, device: t
 
 # ----------------------------------------------------------------------------- command line
 
+DEFAULT_MODEL = "resnet20"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m facto plan",
-                description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
-    p.add_argument("--model", default="resnet20",
-                   help="registry name, any torchvision classification model, or tv:NAME for torchvision's own layout")
-    p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--budget", default="8GB", help=BUDGET_HELP)
-    p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of: {VARIANT_HELP}")
-    p.add_argument("--device", default="auto", help="where the probe forwards run: auto | cpu | cuda | cuda:N")
+                      description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
+    model_help = "registry name, any torchvision classification model, or tv:NAME for torchvision's own layout"
+    p.add_argument("model", nargs="?", metavar="MODEL", default=argparse.SUPPRESS, help=f"{model_help} (same as --model)")
+    default = " (default: %(default)s)"
+    p.add_argument("--model", dest="model_flag", metavar="MODEL", default=DEFAULT_MODEL, help=model_help + default)
+    p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224" + default)
+    p.add_argument("--classes", type=int, default=10, help="outputs of the classifier" + default)
+    p.add_argument("--budget", default="8GB", help=BUDGET_HELP + default)
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw" + default)
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)" + default)
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of: {VARIANT_HELP}" + default)
+    p.add_argument("--device", default="auto", help="where the probe forwards run: auto | cpu | cuda | cuda:N" + default)
     p.add_argument("--reserve", default=f"{DEFAULT_RESERVE // MiB}MiB",
-                   help="fixed allocator/workspace reserve inside the budget")
+                   help="fixed allocator/workspace reserve inside the budget" + default)
     p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
     p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
     return p
@@ -625,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        model = getattr(args, "model", None)
+        if model and args.model_flag not in (model, DEFAULT_MODEL):
+            raise UsageError(f"python -m facto plan: model={model!r} and --model={args.model_flag!r}: give one")
+        args.model = model or args.model_flag
         if args.verify:
             require_gpu()  # before minutes of probing
         result = plan(args.model, args.input, args.classes, args.budget, args.optimizer, args.precision,

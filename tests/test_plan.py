@@ -235,6 +235,17 @@ def test_main_text_table(capsys):
     assert "max batch" in out and "dense fp32" in out
 
 
+def test_main_takes_the_model_as_its_first_word(capsys):
+    """`facto plan simple_cnn ...` as `facto plan --model simple_cnn ...`; both, differing: a mistake."""
+    argv = ["--input", "1x32x32", "--budget", "1GB", "--variants", "dense", "--device", "cpu", "--json"]
+    assert fp.main(["simple_cnn", *argv]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "simple_cnn"
+    assert fp.main(["simple_cnn", "--model", "resnet18", *argv]) == 2
+    assert "give one" in capsys.readouterr().err
+    help_text = " ".join(fp.build_parser().format_help().split())
+    assert "(default: 8GB)" in help_text and "(default: resnet20)" in help_text
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--budget", "8 GBs"], "budget='8 GBs'"),
     (["--input", "3x224"], "input='3x224'"),
