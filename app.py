@@ -24,7 +24,7 @@ from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
 from facto.events import RunTracker, StartEvent
 from facto.jobs import Job
-from facto.train import compare_and_record
+from facto.train import compare_and_record, too_short_to_compare
 
 st.set_page_config(page_title="Facto", page_icon=":material/memory:", layout="wide")
 
@@ -34,7 +34,6 @@ TRAINING = ["epochs", "seed", "batch_size", "lr", "device", "warm_start_steps"]
 ADVANCED = ["max_train", "max_test", "block", "eval_every", "optimizer", "schedule", "precision",
             "data_dir", "download"]
 FIELDS = METHOD + TRAINING + ADVANCED
-TOO_SHORT_PCT = 50.0  # a baseline below this test accuracy has not learned enough to compare
 
 
 # ----------------------------------------------------------------------------- controls
@@ -329,7 +328,7 @@ def status_line(view: dict) -> None:
             text += f", test accuracy {delta:+.2f} points vs the baseline." if delta is not None else "."
         st.success(text + stored, icon=":material/check_circle:")
         base = (summary.get("accuracy") or {}).get("baseline")
-        if base is not None and base < TOO_SHORT_PCT:
+        if too_short_to_compare(base):
             st.warning(f"The baseline reached only {base:.1f} % test accuracy: this run is too short to compare "
                        "the two. Train longer (more epochs or more training images) before reading the "
                        "accuracy change.", icon=":material/warning:")

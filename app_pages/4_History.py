@@ -16,6 +16,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import SETTINGS
+from facto.train import too_short_to_compare
 
 P = "hist_"
 METRICS = {"accuracy": "Test accuracy", "loss": "Training loss", "act_bytes": "Stored for backward"}
@@ -288,6 +289,13 @@ st.multiselect("Runs to compare", options, key=P + "selected", format_func=lambd
                help="Pick several runs: their curves share one chart, their numbers one table. The newest run "
                     "is picked when you open the page.")
 selected = [by_id[i] for i in s[P + "selected"] if i in by_id]
+short = [(r.id, _summary_value(r.summary, "accuracy.baseline")) for r in selected]
+short = [(i, acc) for i, acc in short if too_short_to_compare(acc)]
+if short:
+    st.warning(", ".join(f"#{i}" for i, _ in short) + ": the baseline reached only "
+               + ", ".join(f"{acc:.1f} %" for _, acc in short) + " test accuracy, too short to compare baseline "
+               "and Facto: read their accuracy change as noise (train longer: more epochs or images).",
+               icon=":material/warning:")
 
 left, right = st.columns([3, 2])
 with left:

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence, Union
 from .config import RunConfig, bits_label
 from .events import Event, RunTracker, StartEvent, StepEvent, SummaryEvent
 from .recorder import history_at, record
-from .train import run
+from .train import run, too_short_to_compare
 
 
 @dataclass
@@ -42,7 +42,6 @@ class SweepPoint:
     type: str = "point"
 
 
-TOO_SHORT_PCT = 50.0  # a baseline below this test accuracy has not learned enough to rank settings
 CHANCE_FACTOR = 1.5  # a Facto run below 1.5 x chance accuracy (15 % for 10 classes) learned nothing
 
 
@@ -196,7 +195,7 @@ class SweepTracker:
     def too_short(self) -> str | None:
         """Why the finished points can't rank the settings yet, and what to change (None if they can).
 
-        Too short: the baseline's test accuracy is below TOO_SHORT_PCT, or every finished Facto
+        Too short: the baseline's test accuracy is below facto.train.TOO_SHORT_PCT, or every finished Facto
         run stayed near chance level (below CHANCE_FACTOR x 100 / classes).
         """
         base = next((p for p in self.points if p.variant == "baseline" and p.accuracy is not None), None)
@@ -209,7 +208,7 @@ class SweepTracker:
         epochs = config.get("epochs", 1)
         advice = (f"Train longer: more epochs per run (now {epochs}) or more training images (now {images}); "
                   "every run of the sweep gets the same budget.")
-        if base is not None and base.accuracy < TOO_SHORT_PCT:
+        if too_short_to_compare(base and base.accuracy):
             return (f"The baseline reached only {base.accuracy:.1f} % test accuracy: these runs are too short "
                     f"to rank the settings. {advice}")
         chance = _chance_pct(config.get("dataset"))

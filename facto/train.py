@@ -35,6 +35,12 @@ from .layers import FactorizedLayer
 
 NONFINITE_ADVICE = "try a lower learning rate or more bits"
 OOM_ADVICE = "try a smaller batch, fewer bits or recompute on"
+TOO_SHORT_PCT = 50.0  # a baseline below this test accuracy has not learned enough to compare or rank
+
+
+def too_short_to_compare(baseline_accuracy: float | None) -> bool:
+    """Whether a run whose baseline reached this test accuracy (%) is too short to compare with."""
+    return baseline_accuracy is not None and baseline_accuracy < TOO_SHORT_PCT
 
 
 # ----------------------------------------------------------------------------- devices

@@ -120,13 +120,14 @@ def run_events(accuracy: dict, peak: dict | None = None, device: str = "CPU", st
     return events
 
 
-def stored_run(store: RunStore, rank: float, status: str = "completed", delta: float = -1.0, **config) -> int:
+def stored_run(store: RunStore, rank: float, status: str = "completed", delta: float = -1.0,
+               baseline: float = 90.0, **config) -> int:
     run_id = store.start_run(RunConfig(rank=rank, epochs=1, **config).to_dict(), kind="compare")
     store.log_metrics(run_id, [(v, "eval", 5, 1, {"accuracy": 90.0, "loss": 0.3}) for v in ("baseline", "facto")])
     store.log_metrics(run_id, [(v, "step", s, 1, {"accuracy": 50.0, "loss": 1.0, "act_bytes": 3e7})
                                for s in (1, 2) for v in ("baseline", "facto")])
     store.finish_run(run_id, status, {
-        "saving_pct": 80.0, "accuracy_delta": delta, "accuracy": {"baseline": 90.0, "facto": 90.0 + delta},
+        "saving_pct": 80.0, "accuracy_delta": delta, "accuracy": {"baseline": baseline, "facto": baseline + delta},
         "act_bytes": {"baseline": 31_868_672, "facto": 1_781_760}, "steps": {"baseline": 5, "facto": 5},
         "peak_cuda": {"baseline": None, "facto": None}, "step_seconds": {"baseline": 0.05, "facto": 0.07},
         "params": {"baseline": 72_666, "facto": 27_674}, "wall_seconds": 31.2})
@@ -450,6 +451,17 @@ def test_history_lists_compares_and_deletes(ui):
     at.button(key="hist_delete").click().run()
     assert not at.exception
     assert [r.id for r in RunStore().list_runs()] == [1]
+
+
+def test_history_warns_when_a_selected_run_is_too_short_to_compare(ui):
+    store = RunStore()
+    stored_run(store, 0.5, baseline=25.0, delta=-15.0)
+    stored_run(store, 0.5)
+    at = app("app_pages/4_History.py")
+    assert not [w for w in texts(at, "warning") if "too short" in w]  # the newest run learned
+    at.multiselect(key="hist_selected").set_value([2, 1]).run()
+    (warning,) = [w for w in texts(at, "warning") if "too short" in w]
+    assert warning.startswith("#1: the baseline reached only 25.0 % test accuracy") and "#2" not in warning
 
 
 def test_history_filters_survive_deleting_the_runs_they_matched(ui):
