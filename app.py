@@ -248,7 +248,8 @@ def stored_view(run) -> dict:
 
 
 def latest_stored_view() -> dict | None:
-    """The latest finished comparison from the history (results survive a server restart)."""
+    """The latest finished comparison from the history that trained at least one step (results
+    survive a server restart), or the run the URL names (?run=N)."""
     store = ui.history()
     if store is None:
         return None
@@ -256,7 +257,8 @@ def latest_stored_view() -> dict | None:
     for run in store.list_runs(kind="compare", limit=20):
         if wanted and str(run.id) != wanted:
             continue
-        if run.status in ("completed", "interrupted"):
+        trained = any(((run.summary or {}).get("steps") or {}).values())
+        if run.status in ("completed", "interrupted") and (trained or wanted):
             return stored_view(run)
     return None
 
@@ -413,12 +415,13 @@ def charts(view: dict) -> None:
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
     age = ui.CHART_REFRESH_S if view["status"] in ("running", "queued") else 0.0  # the last redraw: every step
     cfg = view["config"]
+    empty = plots.WAITING if age else "This run stored no training step."
     left, right = st.columns(2)
-    accuracy = cache.get(job_id, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"]),
-                         age)
+    accuracy = cache.get(job_id, "accuracy", version,
+                         lambda: plots.accuracy_curves(view["steps"], view["evals"], empty_text=empty), age)
     left.plotly_chart(accuracy, key="chart_accuracy", **ui.CHART)
-    right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"]), age),
-                       key="chart_memory", **ui.CHART)
+    right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty),
+                                 age), key="chart_memory", **ui.CHART)
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
         st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), age),
                         key="chart_cuda", **ui.CHART)

@@ -453,6 +453,21 @@ def test_history_lists_compares_and_deletes(ui):
     assert [r.id for r in RunStore().list_runs()] == [1]
 
 
+def test_main_page_opens_on_the_newest_run_that_trained(ui):
+    """A run stopped before its first step is skipped (it has nothing to show) unless the URL names it;
+    then its charts say it stored no step instead of waiting for one."""
+    store = RunStore()
+    stored_run(store, 0.5)
+    empty = store.start_run(RunConfig().to_dict(), kind="compare")
+    store.finish_run(empty, "interrupted", {"steps": {"baseline": 0, "facto": 0}})
+    at = app()
+    assert any("last stored run #1" in i.value for i in at.info)
+    named = app(run=str(empty))
+    assert any(f"last stored run #{empty}" in i.value for i in named.info)
+    words = [a["text"] for c in named.get("plotly_chart")[:2] for a in spec(c)["layout"]["annotations"]]
+    assert words == ["This run stored no training step."] * 2
+
+
 def test_history_warns_when_a_selected_run_is_too_short_to_compare(ui):
     store = RunStore()
     stored_run(store, 0.5, baseline=25.0, delta=-15.0)

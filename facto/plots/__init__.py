@@ -27,7 +27,7 @@ from .style import (FONT_SIZE, GRID, HISTORY_COLOR, INK, LONG_NAMES, RUN_DASHES,
                     RUN_SYMBOLS, WARMUP_COLOR)
 from .sweeps import UPDATE_SYMBOLS  # noqa: F401
 from .teaching import FROZEN_COLOR, PLAN_COLORS  # noqa: F401
-from .training import MARKED_POINTS  # noqa: F401
+from .training import MARKED_POINTS, WAITING  # noqa: F401
 
 __all__ = [
     "BASELINE_COLOR", "FACTO_COLOR", "COLORS", "NAMES", "MB",

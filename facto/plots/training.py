@@ -25,17 +25,22 @@ def _get(row: Mapping, *keys: str, default=None):
     return default
 
 
-def accuracy_curves(steps: Iterable[Any], evals: Iterable[Any] = (), title: str | None = None) -> go.Figure:
+WAITING = "Waiting for the first training step…"  # what an empty training chart says while a run starts
+
+
+def accuracy_curves(steps: Iterable[Any], evals: Iterable[Any] = (), title: str | None = None,
+                    empty_text: str = WAITING) -> go.Figure:
     """Accuracy (top) and loss (bottom) vs step: thin lines per training step, markers per test.
 
     Args:
         steps: StepEvent-like rows (variant, step, loss, accuracy in %).
         evals: EvalEvent-like rows (variant, step, test_accuracy/accuracy, test_loss/loss).
+        empty_text: what the chart says without any row (a finished run that stored none: say so).
     """
     title = title or "Accuracy and loss vs step"
     steps, evals = as_rows(steps), as_rows(evals)
     if not steps and not evals:
-        return empty_figure(title, "Waiting for the first training step…", 520)
+        return empty_figure(title, empty_text, 520)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.58, 0.42])
     variants = variant_order([r["variant"] for r in steps] + [r["variant"] for r in evals])
     for v in variants:
@@ -74,7 +79,7 @@ def accuracy_curves(steps: Iterable[Any], evals: Iterable[Any] = (), title: str 
     return apply_style(fig, title, 520)
 
 
-def memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
+def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: str = WAITING) -> go.Figure:
     """Activation memory held for backward per step (MB), baseline vs Facto.
 
     Facto's bytes before compression (`raw_bytes`) are drawn dashed, and the CUDA allocator
@@ -83,7 +88,7 @@ def memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
     title = title or "Activation memory stored for backward (MB)"
     steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
     if not steps:
-        return empty_figure(title, "Waiting for the first training step…")
+        return empty_figure(title, empty_text)
     fig = go.Figure()
     for v in variant_order(r["variant"] for r in steps):
         s = [r for r in steps if r["variant"] == v]
