@@ -6,7 +6,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .style import (BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, INK, MB, RUN_DASHES, RUN_SHADES, RUN_SYMBOLS,
+from .style import (BASELINE_COLOR, FACTO_COLOR, INK, MB, RUN_DASHES, RUN_SHADES, RUN_SYMBOLS,
                     apply_style, as_rows, empty_figure, variant_name, variant_order)
 
 HISTORY_AXES = {"accuracy": "test accuracy (%)", "loss": "training loss", "act_bytes": "stored for backward (MB)"}
@@ -57,11 +57,10 @@ def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str 
                 marker=dict(size=9, symbol=style["symbol"], color=style["color"],
                             line=dict(color="white", width=1)),
                 hovertemplate=f"{run['label']} · {variant_name(v)}<br>step %{{x}}<br>%{{y:.3f}} {unit}<extra></extra>"))
+    if not fig.data:  # e.g. a run stopped before its first step, or one still starting
+        return empty_figure(title, "Nothing of this kind stored for the selected runs (yet)", 460)
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=HISTORY_AXES[metric], rangemode="tozero" if metric != "accuracy" else "normal")
-    if not fig.data:
-        fig.add_annotation(text="The selected runs have no such rows yet", x=0.5, y=0.5, xref="paper",
-                           yref="paper", showarrow=False, font=dict(size=FONT_SIZE, color="#808495"))
     fig = apply_style(fig, title, height=460)
     fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
                       margin=dict(t=64, r=24))
