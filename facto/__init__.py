@@ -3,32 +3,27 @@
 The public API, re-exported; nothing is defined here. Importing it costs little beyond
 torch itself: TensorLy, torchvision, SciPy, scikit-learn and Plotly load only when used.
 """
-import sys as _sys
+from .program import quiet_start_up as _quiet_start_up
 
-try:  # `facto` / `python -m facto`: Ctrl-C while torch loads ends quietly, not with a traceback
+with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
     import torch as _torch  # noqa: F401
-except KeyboardInterrupt:
-    if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith(("facto", "__main__.py")):
-        print("interrupted", file=_sys.stderr)
-        raise SystemExit(130) from None
-    raise
 
-from . import compress  # noqa: E402
-from .activations import ActivationMeter, hold, measure_activations, saved_activations
-from .build import seeded
-from .config import PRESETS, SETTINGS, RunConfig, preset
-from .data import DataNotFoundError, dataset_info, list_datasets, load_data
-from .decompose import RankPolicy, parse_rank
-from .events import EvalEvent, FailureEvent, StartEvent, StepEvent, SummaryEvent
-from .factorize import LayerReport, describe, factorize, format_report, with_relu_masks
-from .fuse import FactoConvBN, IndexMaxPool2d, fuse_recompute
-from .jobs import Job, JobRegistry
-from .layers import FactoConv2d, FactoLinear, MaskReLU
-from .models import create_model, list_models
-from .recorder import record
-from .store import RunStore
-from .sweep import sweep
-from .train import compare, run
+    from . import compress
+    from .activations import ActivationMeter, hold, measure_activations, saved_activations
+    from .build import seeded
+    from .config import PRESETS, SETTINGS, RunConfig, preset
+    from .data import DataNotFoundError, dataset_info, list_datasets, load_data
+    from .decompose import RankPolicy, parse_rank
+    from .events import EvalEvent, FailureEvent, StartEvent, StepEvent, SummaryEvent
+    from .factorize import LayerReport, describe, factorize, format_report, with_relu_masks
+    from .fuse import FactoConvBN, IndexMaxPool2d, fuse_recompute
+    from .jobs import Job, JobRegistry
+    from .layers import FactoConv2d, FactoLinear, MaskReLU
+    from .models import create_model, list_models
+    from .recorder import record
+    from .store import RunStore
+    from .sweep import sweep
+    from .train import compare, run
 
 __all__ = [
     "PRESETS", "SETTINGS", "ActivationMeter", "DataNotFoundError", "EvalEvent", "FactoConv2d", "FactoConvBN",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 from typing import Sequence
 
 from .config import PRESETS, SETTINGS, RunConfig
+from .program import check_ctrl_c, ctrl_c_closes, from_ctrl_c
 from .usage import OneLineParser, UsageError
 
 MB = 1e6
@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     events = record(compare(config, variants=tuple(args.variants.split(","))), store)
     try:
         for event in events:
+            check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             if isinstance(event, StartEvent):
                 where = f" | stored as run #{event.run_id}" if event.run_id is not None else ""
                 _progress(f"device: {event.device_name} | {config.model} on {config.dataset} "
@@ -134,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             elif isinstance(event, SummaryEvent):
                 summary = event
     except KeyboardInterrupt:
-        _ctrl_c_closes()
+        ctrl_c_closes()
         events.close()
         print("interrupted: the partial run is stored as 'interrupted'", file=sys.stderr)
         return 130
@@ -181,6 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     events = sweep(base, ranks, bits, updates, store=store)
     try:
         for event in events:
+            check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             if isinstance(event, SweepPoint):
                 points.append(event)
                 acc = "-" if event.accuracy is None else f"{event.accuracy:.2f}"
@@ -188,7 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           f"bits={event.bits!s:<4} update={event.update:<5} acc={acc}% "
                           f"mem={event.act_bytes / MB:.2f}MB saving={event.saving_pct:.1f}%", quiet)
     except KeyboardInterrupt:
-        _ctrl_c_closes()
+        ctrl_c_closes()
         events.close()
         print(f"interrupted after {len(points)} points: finished runs are stored, the current one as "
               "'interrupted'", file=sys.stderr)
@@ -299,18 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PROGRAM = False  # main() runs as the `facto` program, not as one command called from Python
-
-
-def _ctrl_c_closes() -> None:
-    """Ctrl-C was pressed: the program closes the run and exits 130, and any further SIGINT is
-    ignored from here on. Without this, about 1 in 15 runs interrupted 2.5 s in ended killed by
-    SIGINT (exit -2, no message after ours) instead of 130; with it, none in 40. Called from
-    Python, SIGINT is left alone."""
-    if _PROGRAM:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _delegate(argv: list[str]) -> int | None:
     """`bench` and `plan` have their own parsers: every flag passes through."""
     if argv[:1] == ["bench"]:
@@ -326,8 +316,6 @@ def _delegate(argv: list[str]) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `facto` program (argv None: the command line) or one command from Python (a list)."""
-    global _PROGRAM
-    _PROGRAM = argv is None
     return _run(list(sys.argv[1:] if argv is None else argv))
 
 
@@ -342,7 +330,13 @@ def _run(argv: list[str]) -> int:
         print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # during start-up: nothing was stored yet
-        _ctrl_c_closes()
+        ctrl_c_closes()
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ImportError as exc:  # a lazy import interrupted by Ctrl-C (a C extension turns it into this)
+        if not from_ctrl_c(exc):
+            raise
+        ctrl_c_closes()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `facto runs export 1 | head -1`: the reader left, not an error
