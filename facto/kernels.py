@@ -94,7 +94,7 @@ def _probe(device: torch.device) -> bool:
     8 positives give the 1-bit mask bytes 0x00, 0xFF (the bit-plane layout of facto.compress)."""
     try:
         x = torch.tensor([-1.0] * 8 + [2.0] * 8, device=device)
-        y, codes = clamp_with_mask.__wrapped__(x, None)
+        y, codes = clamp_with_mask(x, None)
         want = torch.tensor([0, 255], dtype=torch.uint8, device=device)
         return bool(torch.equal(y, x.clamp(min=0)) and torch.equal(codes, want))
     except Exception as err:  # a compiler or driver problem: use the reference
@@ -121,7 +121,7 @@ def _guarded(launcher: _Launcher) -> _Launcher:
             raise
         except Exception as err:
             kind = first.device.type
-            if _works.get(kind, True):
+            if _works.get(kind):  # the kernels were on (during the probe, the probe warns)
                 warnings.warn(f"facto: Triton kernels disabled on {kind} ({launcher.__name__}: {err!r});"
                               " the PyTorch reference takes over", stacklevel=4)
             _works[kind] = False
