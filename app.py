@@ -420,8 +420,8 @@ def charts(view: dict) -> None:
     accuracy = cache.get(job_id, "accuracy", version,
                          lambda: plots.accuracy_curves(view["steps"], view["evals"], empty_text=empty), age)
     left.plotly_chart(accuracy, key="chart_accuracy", **ui.CHART)
-    right.plotly_chart(cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty),
-                                 age), key="chart_memory", **ui.CHART)
+    memory = cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty), age)
+    right.plotly_chart(memory, key="chart_memory", **ui.CHART)
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
         st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), age),
                         key="chart_cuda", **ui.CHART)

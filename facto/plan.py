@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m facto plan",
                       description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
     model_help = "registry name, any torchvision classification model, or tv:NAME for torchvision's own layout"
-    p.add_argument("model", nargs="?", metavar="MODEL", default=argparse.SUPPRESS, help=f"{model_help} (same as --model)")
+    p.add_argument("model", nargs="?", metavar="MODEL", default=argparse.SUPPRESS,
+                   help=f"{model_help} (same as --model)")
     default = " (default: %(default)s)"
     p.add_argument("--model", dest="model_flag", metavar="MODEL", default=DEFAULT_MODEL, help=model_help + default)
     p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224" + default)
@@ -588,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw" + default)
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)" + default)
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of: {VARIANT_HELP}" + default)
-    p.add_argument("--device", default="auto", help="where the probe forwards run: auto | cpu | cuda | cuda:N" + default)
+    p.add_argument("--device", default="auto",
+                   help="where the probe forwards run: auto | cpu | cuda | cuda:N" + default)
     p.add_argument("--reserve", default=f"{DEFAULT_RESERVE // MiB}MiB",
                    help="fixed allocator/workspace reserve inside the budget" + default)
     p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
