@@ -44,11 +44,6 @@ def watch_ctrl_c() -> None:
         signal.signal(signal.SIGINT, _note_ctrl_c)
 
 
-def ctrl_c_pressed() -> bool:
-    """Whether Ctrl-C was pressed in the program (a library may have swallowed its KeyboardInterrupt)."""
-    return _state["pressed"]
-
-
 def check_ctrl_c() -> None:
     """Raise KeyboardInterrupt if Ctrl-C was pressed and its KeyboardInterrupt got lost on the way."""
     if _state["pressed"]:
@@ -56,17 +51,16 @@ def check_ctrl_c() -> None:
 
 
 def from_ctrl_c(error: BaseException) -> bool:
-    """Whether `error` is a Ctrl-C, or came from one (an ImportError raised while a module's init
-    was interrupted), in the program."""
-    if isinstance(error, KeyboardInterrupt):
-        return True
+    """Whether `error` is a Ctrl-C or came from one: a KeyboardInterrupt in its chain of causes
+    (an ImportError a C extension raised when its init was interrupted), or, in the program, any
+    error after a Ctrl-C was noted."""
     seen: BaseException | None = error
     for _ in range(20):  # the chain of causes and contexts
-        seen = seen.__cause__ or seen.__context__ if seen is not None else None
         if seen is None:
             break
         if isinstance(seen, KeyboardInterrupt):
             return True
+        seen = seen.__cause__ or seen.__context__
     return is_program() and _state["pressed"]
 
 
