@@ -318,15 +318,10 @@ class Packed:
 
     def dequantize(self) -> Tensor:
         """lo + code * scale, in the original shape and dtype (contiguous, same device)."""
-        kernels = _kernels_for(self.codes.device, self.dtype, self.block)
-        if kernels is not None:
-            try:
-                flat = kernels.unpack_dequantize(
-                    self.codes, self.meta, self.bits, self.block, self.numel, self.dtype
-                )
-                return flat.view(self.shape)
-            except kernels.KernelFailed:
-                pass  # warned once; the reference from now on
+        flat = _fused(self.codes.device, lambda k: k.unpack_dequantize(
+            self.codes, self.meta, self.bits, self.block, self.numel, self.dtype), self.dtype, self.block)
+        if flat is not None:
+            return flat.view(self.shape)
         return self._dequantize_reference()
 
     def _dequantize_reference(self) -> Tensor:
@@ -484,15 +479,11 @@ def quantize(
     _check_float(x)
     _check_seed(seed)
     x = x.detach()
-    codes = meta = None
-    kernels = _kernels_for(x.device, x.dtype, block)
-    if kernels is not None:
-        key = kernels.kernel_seed(seed, generator) if stochastic else 0
-        try:
-            codes, meta = kernels.quantize_pack(x, bits, block, stochastic, key)
-        except kernels.KernelFailed:
-            pass  # warned once; the reference from now on
-    if codes is None:
+    fused = _fused(x.device, lambda k: k.quantize_pack(
+        x, bits, block, stochastic, k.kernel_seed(seed, generator) if stochastic else 0), x.dtype, block)
+    if fused is not None:
+        codes, meta = fused
+    else:
         gen = _reference_generator(generator, seed, x.device) if stochastic else None
         codes, meta = _quantize_reference(x, bits, block, stochastic, gen)
     return Packed(
@@ -589,12 +580,9 @@ class PackedMask:
     def unpack(self) -> Tensor:
         """The original bool tensor."""
         numel = self.shape.numel()
-        kernels = _kernels_for(self.codes.device)
-        if kernels is not None:
-            try:
-                return kernels.unpack_mask(self.codes, numel).view(self.shape)
-            except kernels.KernelFailed:
-                pass  # warned once; the reference from now on
+        flat = _fused(self.codes.device, lambda k: k.unpack_mask(self.codes, numel))
+        if flat is not None:
+            return flat.view(self.shape)
         return unpack_bits(self.codes, 1, numel).view(self.shape).bool()
 
     def restore(self) -> Tensor:
@@ -614,14 +602,10 @@ def pack_mask(mask: Tensor) -> PackedMask:
     """Store a bool tensor at 1 bit per value."""
     if mask.dtype != torch.bool:
         raise ValueError(f"mask={mask.dtype} is not allowed: use a bool tensor")
-    kernels = _kernels_for(mask.device)
-    if kernels is not None:
-        try:
-            return PackedMask(codes=kernels.pack_mask(mask), shape=mask.shape)
-        except kernels.KernelFailed:
-            pass  # warned once; the reference from now on
-    codes = mask.contiguous().view(-1).to(torch.uint8)
-    return PackedMask(codes=pack_bits(codes, 1), shape=mask.shape)
+    codes = _fused(mask.device, lambda k: k.pack_mask(mask))
+    if codes is None:
+        codes = pack_bits(mask.contiguous().view(-1).to(torch.uint8), 1)
+    return PackedMask(codes=codes, shape=mask.shape)
 
 
 def _check_clamp_input(x: Tensor) -> None:
@@ -637,12 +621,9 @@ def clamp_with_mask(x: Tensor, cap: float | None = None) -> tuple[Tensor, Tensor
     for contiguous float32/float16/bfloat16 x; :func:`masked_grad` is its backward.
     """
     _check_clamp_input(x)
-    kernels = _kernels_for(x.device, x.dtype)
-    if kernels is not None and x.is_contiguous():
-        try:
-            return kernels.clamp_with_mask(x, cap)
-        except kernels.KernelFailed:
-            pass  # warned once; the reference from now on
+    fused = _fused(x.device, lambda k: k.clamp_with_mask(x, cap), x.dtype) if x.is_contiguous() else None
+    if fused is not None:
+        return fused
     y = x.clamp(min=0) if cap is None else x.clamp(0, cap)
     mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
     return y, pack_bits(mask.reshape(-1).to(torch.uint8), 1)
@@ -650,12 +631,9 @@ def clamp_with_mask(x: Tensor, cap: float | None = None) -> tuple[Tensor, Tensor
 
 def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     """grad_out * mask, the mask unpacked from :func:`clamp_with_mask`'s codes (one kernel on CUDA)."""
-    kernels = _kernels_for(grad_out.device, grad_out.dtype)
-    if kernels is not None:
-        try:
-            return kernels.masked_grad(grad_out, codes)
-        except kernels.KernelFailed:
-            pass  # warned once; the reference from now on
+    fused = _fused(grad_out.device, lambda k: k.masked_grad(grad_out, codes), grad_out.dtype)
+    if fused is not None:
+        return fused
     mask = unpack_bits(codes, 1, grad_out.numel()).view(grad_out.shape)
     return grad_out * mask.to(grad_out.dtype)
 
@@ -749,6 +727,19 @@ def _kernels_for(device: torch.device, dtype: torch.dtype | None = None, block: 
     if block is not None and not kernels.supports_block(block):
         return None
     return kernels if kernels.available(device) else None
+
+
+def _fused(device: torch.device, call, dtype: torch.dtype | None = None, block: int | None = None):
+    """`call(facto.kernels)` where the Triton kernels serve this call (see :func:`_kernels_for`),
+    else None; None too when a kernel fails (it warned and turned the kernels off: the caller's
+    PyTorch reference serves this call and every later one)."""
+    kernels = _kernels_for(device, dtype, block)
+    if kernels is None:
+        return None
+    try:
+        return call(kernels)
+    except kernels.KernelFailed:
+        return None
 
 
 def compress(
