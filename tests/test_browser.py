@@ -79,101 +79,103 @@ def server(tmp_path):
         log.close()
 
 
-def test_run_in_a_real_browser(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture()
+def browser():
+    """Headless Chromium (Debian's), closed after the test."""
+    from playwright.sync_api import sync_playwright
 
-    url, home = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector(IDLE, timeout=90_000)
-            expect(page.get_by_role("heading", name="Facto · train & compare")).to_be_visible()
-
-            epochs = page.get_by_role("spinbutton", name="Epochs")
-            epochs.fill("1")
-            epochs.press("Enter")
-            page.get_by_text("Advanced: subset, blocks").click()
-            subset = page.get_by_role("spinbutton", name="Train images (0 = all)")
-            subset.fill("128")
-            subset.press("Enter")
-            page.wait_for_selector(IDLE, timeout=30_000)
-            expect(epochs).to_have_value("1")
-
-            page.get_by_role("button", name="Run", exact=True).click()
-            expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled(timeout=30_000)  # locked while running
-            done = page.get_by_text("Done: Facto stored")
-            expect(done).to_be_visible(timeout=240_000)
-            page.wait_for_selector(IDLE, timeout=60_000)  # the page's last redraw after the run is over
-            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)
-            saving = page.locator("[data-testid='stMetric']", has_text="Memory saving")
-            expect(saving).to_have_count(1, timeout=30_000)  # stale elements of the live view are gone
-            value = saving.locator("[data-testid='stMetricValue']").inner_text()
-            assert float(value.split()[0]) > 0
-            assert page.locator("[data-testid='stPlotlyChart']").count() == 4
-            expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
-            page.screenshot(path=str(tmp_path / "main.png"), full_page=True)
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def test_run_in_a_real_browser(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    url, home = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(IDLE, timeout=90_000)
+    expect(page.get_by_role("heading", name="Facto · train & compare")).to_be_visible()
+
+    epochs = page.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("1")
+    epochs.press("Enter")
+    page.get_by_text("Advanced: subset, blocks").click()
+    subset = page.get_by_role("spinbutton", name="Train images (0 = all)")
+    subset.fill("128")
+    subset.press("Enter")
+    page.wait_for_selector(IDLE, timeout=30_000)
+    expect(epochs).to_have_value("1")
+
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled(timeout=30_000)  # locked while running
+    done = page.get_by_text("Done: Facto stored")
+    expect(done).to_be_visible(timeout=240_000)
+    page.wait_for_selector(IDLE, timeout=60_000)  # the page's last redraw after the run is over
+    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)
+    saving = page.locator("[data-testid='stMetric']", has_text="Memory saving")
+    expect(saving).to_have_count(1, timeout=30_000)  # stale elements of the live view are gone
+    value = saving.locator("[data-testid='stMetricValue']").inner_text()
+    assert float(value.split()[0]) > 0
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 4
+    expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
+    page.screenshot(path=str(tmp_path / "main.png"), full_page=True)
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1
 
 
-def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, tmp_path):
+def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, browser, tmp_path):
     """Two browser contexts (two students): A starts a run; B sees it in progress and watches it;
     A reloads and is back on its run; B stops it; the run is stored as interrupted."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, home = server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            a.goto(url)
-            a.wait_for_selector(IDLE, timeout=90_000)
-            a.get_by_text("Advanced: subset, blocks").click()
-            subset = a.get_by_role("spinbutton", name="Train images (0 = all)")
-            subset.fill("1280")  # 20 steps per epoch x 20 epochs: still going when B stops it
-            subset.press("Enter")
-            a.wait_for_selector(IDLE, timeout=30_000)
-            epochs = a.get_by_role("spinbutton", name="Epochs")
-            epochs.fill("20")
-            epochs.press("Enter")
-            a.wait_for_selector(IDLE, timeout=30_000)
-            a.get_by_role("button", name="Run", exact=True).click()
-            first_steps = re.compile(r"Step [1-9]\d* of")  # "Step 0 of" shows before any step is done
-            expect(a.get_by_text(first_steps).first).to_be_visible(timeout=90_000)
+    a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    a.goto(url)
+    a.wait_for_selector(IDLE, timeout=90_000)
+    a.get_by_text("Advanced: subset, blocks").click()
+    subset = a.get_by_role("spinbutton", name="Train images (0 = all)")
+    subset.fill("1280")  # 20 steps per epoch x 20 epochs: still going when B stops it
+    subset.press("Enter")
+    a.wait_for_selector(IDLE, timeout=30_000)
+    epochs = a.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("20")
+    epochs.press("Enter")
+    a.wait_for_selector(IDLE, timeout=30_000)
+    a.get_by_role("button", name="Run", exact=True).click()
+    first_steps = re.compile(r"Step [1-9]\d* of")  # "Step 0 of" shows before any step is done
+    expect(a.get_by_text(first_steps).first).to_be_visible(timeout=90_000)
 
-            b.goto(url)
-            expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
-            expect(b.get_by_text("started by visitor")).to_be_visible()
-            # The list of the server's runs keeps its progress current without B touching anything
-            state = re.compile(r"· step (\d+) of \d+")
-            seen = int(state.search(b.get_by_text(state).first.inner_text()).group(1))
-            b.wait_for_function("seen => { const m = document.body.innerText.match(/· step (\\d+) of \\d+/);"
-                                " return m !== null && Number(m[1]) > seen; }", arg=seen, timeout=30_000)
-            b.get_by_role("button", name="Watch", exact=True).click()
-            expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
+    b.goto(url)
+    expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
+    expect(b.get_by_text("started by visitor")).to_be_visible()
+    # The list of the server's runs keeps its progress current without B touching anything
+    state = re.compile(r"· step (\d+) of \d+")
+    seen = int(state.search(b.get_by_text(state).first.inner_text()).group(1))
+    b.wait_for_function("seen => { const m = document.body.innerText.match(/· step (\\d+) of \\d+/);"
+                        " return m !== null && Number(m[1]) > seen; }", arg=seen, timeout=30_000)
+    b.get_by_role("button", name="Watch", exact=True).click()
+    expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
 
-            a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
-            expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
-            assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
-            # Live redraws do not fade what they redraw (Streamlit dims "stale" elements to 0.33)
-            a.evaluate(RECORD_STALE_STYLE)
-            a.wait_for_function("() => window.staleStyles.length >= 3", timeout=30_000)  # redraws every 2 s
-            styles = set(a.evaluate("() => window.staleStyles"))
-            assert styles == {"1 0s"}, styles  # full opacity, no transition
+    a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
+    expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
+    assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
+    # Live redraws do not fade what they redraw (Streamlit dims "stale" elements to 0.33)
+    a.evaluate(RECORD_STALE_STYLE)
+    a.wait_for_function("() => window.staleStyles.length >= 3", timeout=30_000)  # redraws every 2 s
+    styles = set(a.evaluate("() => window.staleStyles"))
+    assert styles == {"1 0s"}, styles  # full opacity, no transition
 
-            b.get_by_role("button", name="Stop", exact=True).click()
-            expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
-            expect(a.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
-            b.screenshot(path=str(tmp_path / "watcher.png"), full_page=True)
-        finally:
-            browser.close()
+    b.get_by_role("button", name="Stop", exact=True).click()
+    expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+    expect(a.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+    b.screenshot(path=str(tmp_path / "watcher.png"), full_page=True)
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1
 
@@ -189,53 +191,47 @@ def _batches(page) -> dict[str, int]:
     return out
 
 
-def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, tmp_path):
+def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path):
     """The planner page: cards per variant, chart and table; a smaller budget gives smaller batches;
     a budget it cannot read gets a plain error. How it works: its layer figure draws."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _ = server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/fit-my-gpu")  # a shared link, the server's first visitor
-            expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
-            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
-            page.wait_for_selector(IDLE, timeout=60_000)
-            # Streamlit runs a server's first script run as an old-style app when a folder named
-            # pages/ sits beside app.py (the pages were there once): a deep link showed "Page not found"
-            expect(page.get_by_text("Page not found")).to_have_count(0)
-            expect(page.get_by_role("link", name="Train & compare")).to_be_visible()
-            at_8gb = _batches(page)
-            assert {"dense", "balanced"} <= set(at_8gb), at_8gb
-            assert at_8gb["balanced"] > at_8gb["dense"] > 0
-            expect(page.locator("[data-testid='stDataFrame']")).to_have_count(1)
-            page.screenshot(path=str(tmp_path / "plan.png"), full_page=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/fit-my-gpu")  # a shared link, the server's first visitor
+    expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
+    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    # Streamlit runs a server's first script run as an old-style app when a folder named
+    # pages/ sits beside app.py (the pages were there once): a deep link showed "Page not found"
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    expect(page.get_by_role("link", name="Train & compare")).to_be_visible()
+    at_8gb = _batches(page)
+    assert {"dense", "balanced"} <= set(at_8gb), at_8gb
+    assert at_8gb["balanced"] > at_8gb["dense"] > 0
+    expect(page.locator("[data-testid='stDataFrame']")).to_have_count(1)
+    page.screenshot(path=str(tmp_path / "plan.png"), full_page=True)
 
-            budget = page.get_by_role("textbox", name="Memory budget")
-            budget.fill("2GB")
-            budget.press("Enter")
-            deadline = time.monotonic() + 60
-            while (at_2gb := _batches(page)).get("dense") == at_8gb["dense"]:  # until the new plan shows
-                assert time.monotonic() < deadline, "the plan did not change with the budget"
-                page.wait_for_timeout(300)
-            page.wait_for_selector(IDLE, timeout=60_000)
-            at_2gb = _batches(page)
-            assert set(at_2gb) == set(at_8gb)
-            assert all(at_2gb[v] < at_8gb[v] for v in at_8gb), (at_2gb, at_8gb)
+    budget = page.get_by_role("textbox", name="Memory budget")
+    budget.fill("2GB")
+    budget.press("Enter")
+    deadline = time.monotonic() + 60
+    while (at_2gb := _batches(page)).get("dense") == at_8gb["dense"]:  # until the new plan shows
+        assert time.monotonic() < deadline, "the plan did not change with the budget"
+        page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    at_2gb = _batches(page)
+    assert set(at_2gb) == set(at_8gb)
+    assert all(at_2gb[v] < at_8gb[v] for v in at_8gb), (at_2gb, at_8gb)
 
-            budget.fill("lots")
-            budget.press("Enter")
-            expect(page.get_by_text("Can't plan this")).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("lots")).not_to_have_count(0)  # the error names the value
+    budget.fill("lots")
+    budget.press("Enter")
+    expect(page.get_by_text("Can't plan this")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("lots")).not_to_have_count(0)  # the error names the value
 
-            page.goto(f"{url}/how-it-works")
-            expect(page.get_by_role("heading", name="How it works")).to_be_visible(timeout=60_000)
-            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
-            page.wait_for_selector(IDLE, timeout=60_000)
-            assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
-        finally:
-            browser.close()
+    page.goto(f"{url}/how-it-works")
+    expect(page.get_by_role("heading", name="How it works")).to_be_visible(timeout=60_000)
+    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
