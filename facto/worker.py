@@ -33,11 +33,14 @@ def main() -> int:
     """The child: read the job, run it, send its events."""
     out = os.fdopen(os.dup(1), "wb")  # the event channel; fd 1 (prints) now goes to stderr
     os.dup2(2, 1)
-    module, name, args = pickle.load(sys.stdin.buffer)
+    # stdin unbuffered, by its file descriptor: the job is read without reading ahead (a stop byte
+    # stays in the pipe), and the watcher's blocking read holds no lock of sys.stdin, which the
+    # interpreter's shutdown takes (while a buffered read held it: "Fatal Python error", abort)
+    module, name, args = pickle.load(os.fdopen(os.dup(0), "rb", buffering=0))
     stop = threading.Event()
 
     def watch_stdin() -> None:
-        sys.stdin.buffer.read(1)  # a byte, or end of file when the parent is gone
+        os.read(0, 1)  # a byte, or end of file when the parent is gone
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()

@@ -122,3 +122,31 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     broken = Job(in_child(compare_and_record, {**tiny, "dataset": "cifar10", "data_dir": str(tmp_path)}, None))
     broken.start().wait(120)
     assert broken.status == "failed" and "cifar10" in broken.error
+
+
+def count_to(n: int):
+    """A tiny event stream for the child-process tests (imported by name in the child)."""
+    yield from range(n)
+
+
+def test_a_child_that_ends_while_its_parent_still_holds_the_pipe_exits_cleanly():
+    """The child's stop watcher blocks on stdin for the whole run; a parent that closes the pipe a
+    moment after the end marker (a busy web server) must not catch the child's interpreter
+    shutdown with that read still holding a lock: it used to abort with "Fatal Python error:
+    _enter_buffered_busy" on stderr, sometimes, after every event had been sent."""
+    import pickle
+    import subprocess
+    import sys
+
+    from facto import worker
+
+    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(pickle.dumps((__name__, "count_to", (3,))))
+    proc.stdin.flush()
+    events = [worker._next(proc, time.monotonic() + 60) for _ in range(4)]
+    assert events == [0, 1, 2, worker._END]
+    code = proc.wait(60)  # the pipe is still open: the child ends on its own
+    proc.stdin.close()
+    stderr = proc.stderr.read().decode()
+    assert code == 0 and "Fatal" not in stderr, (code, stderr)
