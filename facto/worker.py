@@ -53,10 +53,26 @@ def main() -> int:
                 stream.close()
                 break
         _send(out, _END)
+    except BrokenPipeError:
+        _parent_gone(out)
     except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it there
         kind = "ValueError" if isinstance(exc, ValueError) else type(exc).__name__
-        _send(out, (_ERROR, kind, str(exc)))
+        try:
+            _send(out, (_ERROR, kind, str(exc)))
+        except BrokenPipeError:
+            _parent_gone(out)
+    finally:
+        if stream is not None:
+            stream.close()  # a recorder stores the run (as interrupted when it did not finish)
     return 0
+
+
+def _parent_gone(out) -> None:
+    """The parent (a web server) is gone: nobody reads the events any more. What is still
+    buffered for it goes nowhere, so ending prints no broken-pipe error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, out.fileno())
+    os.close(devnull)
 
 
 def _read(stream, size: int, deadline: float | None) -> bytes | None:

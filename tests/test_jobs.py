@@ -150,3 +150,37 @@ def test_a_child_that_ends_while_its_parent_still_holds_the_pipe_exits_cleanly()
     proc.stdin.close()
     stderr = proc.stderr.read().decode()
     assert code == 0 and "Fatal" not in stderr, (code, stderr)
+
+
+def count_slowly(n: int, marker: str):
+    """Events every 20 ms; `marker` is written when the stream is closed (finished or not)."""
+    try:
+        for i in range(n):
+            time.sleep(0.02)
+            yield i
+    finally:
+        with open(marker, "w") as f:
+            f.write("closed")
+
+
+def test_a_child_whose_parent_dies_closes_its_stream_and_ends_quietly(tmp_path):
+    """A web server killed mid-run (kill -9) closes both pipes: the child must close its stream
+    (a recorder stores the run as interrupted) and end without a broken-pipe traceback."""
+    import pickle
+    import subprocess
+    import sys
+
+    from facto import worker
+
+    marker = tmp_path / "closed"
+    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(pickle.dumps((__name__, "count_slowly", (100_000, str(marker)))))
+    proc.stdin.flush()
+    assert worker._next(proc, time.monotonic() + 60) == 0
+    proc.stdout.close()  # the parent is gone: nobody reads, and stdin ends
+    proc.stdin.close()
+    code = proc.wait(60)
+    stderr = proc.stderr.read().decode()
+    assert code == 0 and stderr == "", (code, stderr)
+    assert marker.read_text() == "closed"
