@@ -24,7 +24,7 @@ from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
 from facto.events import RunTracker, StartEvent
 from facto.jobs import Job
-from facto.train import compare_and_record, too_short_to_compare
+from facto.train import compare_and_record, too_short_note
 
 st.set_page_config(page_title="Facto", page_icon=":material/memory:", layout="wide")
 
@@ -329,11 +329,9 @@ def status_line(view: dict) -> None:
             text = f"Done: Facto stored {saving:.1f} % less for backward"
             text += f", test accuracy {delta:+.2f} points vs the baseline." if delta is not None else "."
         st.success(text + stored, icon=":material/check_circle:")
-        base = (summary.get("accuracy") or {}).get("baseline")
-        if too_short_to_compare(base):
-            st.warning(f"The baseline reached only {base:.1f} % test accuracy: this run is too short to compare "
-                       "the two. Train longer (more epochs or more training images) before reading the "
-                       "accuracy change.", icon=":material/warning:")
+        note = too_short_note((summary.get("accuracy") or {}).get("baseline"))
+        if note:
+            st.warning(note, icon=":material/warning:")
     elif status == "interrupted":
         done = max((summary.get("steps") or {}).values(), default=0)
         total = f" of {view['total_steps']}" if view["total_steps"] else ""

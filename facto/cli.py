@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .events import FailureEvent, StartEvent, StepEvent, SummaryEvent
     from .recorder import record
-    from .train import compare
+    from .train import compare, too_short_note
 
     config = config_from_args(args)
     main_process = not distributed.init_from_env() or distributed.is_main_process()
@@ -149,6 +149,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
     else:
         print(format_summary(summary))
+    note = too_short_note(summary.accuracy.get("baseline"))
+    if note:
+        print(f"note: {note} (--epochs, --max-train)", file=sys.stderr)
     return 0 if summary.status != "failed" else 1
 
 
@@ -172,17 +175,19 @@ def format_summary(s) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SweepPoint, points_table, sweep
+    from .sweep import SweepPoint, SweepTracker, points_table, sweep
 
     base = config_from_args(args)
     ranks, bits, updates = _list(args.ranks, "rank"), _list(args.bits_list, "bits"), _list(args.updates, "update")
     store = open_history(args.no_store)
     quiet = args.quiet or args.json
     points = []
+    tracker = SweepTracker()
     events = sweep(base, ranks, bits, updates, store=store)
     try:
         for event in events:
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
+            tracker.add(event)
             if isinstance(event, SweepPoint):
                 points.append(event)
                 acc = "-" if event.accuracy is None else f"{event.accuracy:.2f}"
@@ -206,6 +211,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         plots.sweep_figure(points).write_html(args.html, include_plotlyjs=True)
         _progress(f"chart written to {args.html}", quiet)
+    note = tracker.too_short()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -43,6 +43,15 @@ def too_short_to_compare(baseline_accuracy: float | None) -> bool:
     return baseline_accuracy is not None and baseline_accuracy < TOO_SHORT_PCT
 
 
+def too_short_note(baseline_accuracy: float | None) -> str | None:
+    """What the app and the CLI say under a comparison too short to compare (None when it is not)."""
+    if not too_short_to_compare(baseline_accuracy):
+        return None
+    return (f"The baseline reached only {baseline_accuracy:.1f} % test accuracy: this run is too short to "
+            "compare the two. Train longer (more epochs or more training images) before reading the "
+            "accuracy change.")
+
+
 # ----------------------------------------------------------------------------- devices
 
 def resolve_device(name: str = "auto") -> torch.device:

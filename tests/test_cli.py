@@ -61,8 +61,21 @@ def test_train_json_summary_and_runs_commands(capsys, tmp_path):
 
 def test_train_table_output(capsys):
     assert main(["train", *TINY, "--max-steps", "2", "--quiet", "--no-store"]) == 0
-    out = capsys.readouterr().out
-    assert "baseline" in out and "facto" in out and "saves" in out
+    captured = capsys.readouterr()
+    assert "baseline" in captured.out and "facto" in captured.out and "saves" in captured.out
+    # two steps: the baseline is near chance, and the CLI says so (as the app does), on stderr
+    note = [line for line in captured.err.splitlines() if line.startswith("note: ")]
+    assert len(note) == 1 and "too short to compare" in note[0] and "--epochs" in note[0], captured.err
+
+
+def test_train_says_nothing_of_length_when_the_baseline_learned_enough(capsys, monkeypatch):
+    """The note follows the library's threshold (a 2-step run counts as long enough at 0 %)."""
+    import facto.train
+
+    monkeypatch.setattr(facto.train, "TOO_SHORT_PCT", 0.0)
+    assert main(["train", *TINY, "--max-steps", "2", "--quiet", "--no-store", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "completed" and "note:" not in captured.err
 
 
 def test_sweep_table_and_html(capsys, tmp_path):
@@ -75,6 +88,7 @@ def test_sweep_table_and_html(capsys, tmp_path):
     assert sorted(line.split()[0] for line in table[1:]) == ["baseline", "facto", "facto"]
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
     assert [line.split()[0] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]  # on stderr, one per point
+    assert "note: The baseline reached only" in captured.err and "too short to rank" in captured.err
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
 
 
