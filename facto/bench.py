@@ -24,6 +24,7 @@ from .config import RunConfig
 from .data import load_data
 from .machine import machine
 from .train import train_model
+from .usage import OneLineParser, UsageError
 
 
 # ----------------------------------------------------------------------------- methods
@@ -31,7 +32,7 @@ from .train import train_model
 Method = Recipe  # a method of the comparison: name, build method, bits, config, cycle
 
 
-def methods(rank: float = 0.5) -> list[Method]:
+def methods(rank: float | int | str = 0.5) -> list[Method]:
     """The methods compared, the dense fp32 baseline first."""
     paper, core = RunConfig(rank=rank, update="last", recompute=False), RunConfig(rank=rank, recompute=False)
     recompute = RunConfig(rank=rank, update="core", recompute=True)
@@ -120,7 +121,7 @@ def train_accuracy(method: Method, model_name: str, seed: int, epochs: int, devi
 
 
 def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, device: torch.device,
-                rank: float = 0.5, train: bool = True, log=print) -> list[Row]:
+                rank: float | int | str = 0.5, train: bool = True, log=print) -> list[Row]:
     """All methods on one model: memory, peak, step time, accuracy over seeds."""
     dense = dense_model(RunConfig(model=model_name, seed=0), 10, 1, device)
     built = [(m, m.build(dense).to(device)) for m in methods(rank)]
@@ -161,44 +162,85 @@ def chart(rows: Sequence[Row]):
     return methods_figure([asdict(r) for r in rows])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m facto bench", description=__doc__)
-    p.add_argument("--models", default="simple_cnn,resnet20")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=RunConfig().epochs)
-    p.add_argument("--batch", type=int, default=64, help="batch for memory and step time")
-    p.add_argument("--rank", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m facto bench", description=__doc__)
+    default = " (default: %(default)s)"
+    p.add_argument("--models", default="simple_cnn,resnet20", help="comma list of models" + default)
+    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds" + default)
+    p.add_argument("--epochs", type=int, default=RunConfig().epochs, help="training epochs per seed" + default)
+    p.add_argument("--batch", type=int, default=64, help="batch for memory and step time" + default)
+    p.add_argument("--rank", default="0.5", help="rank of the Facto methods, as in facto train" + default)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps" + default)
     p.add_argument("--no-train", action="store_true", help="memory and speed only")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
     p.add_argument("--html", help="write the saving-vs-accuracy chart here")
     p.add_argument("--max-batch-gb", type=float, default=None,
                    help="also measure the largest batch that trains under this memory cap (GB; needs CUDA): "
                         "torchvision resnet18 and resnet50 at 3x224x224")
-    args = p.parse_args(argv)
+    return p
+
+
+@dataclass
+class BenchArgs:
+    """The command line, checked: every value a user can get wrong is refused before any work."""
+
+    models: list[str]
+    seeds: list[int]
+    rank: float | int | str
+    device: torch.device
+
+
+def check_args(args: argparse.Namespace) -> BenchArgs:
+    """ValueError naming the value and what is allowed, for the first bad one."""
     from .train import resolve_device
 
-    device = resolve_device(args.device)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise ValueError(f"--models={args.models!r} is not allowed: name one model or more, comma separated")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds={args.seeds!r} is not allowed: use integers, comma separated, e.g. 0,1,2") from None
+    for model in models:  # RunConfig checks each model, the rank, epochs, batch and device as facto train does
+        RunConfig(model=model, rank=args.rank, epochs=args.epochs, batch_size=args.batch, device=args.device)
+    if args.max_batch_gb is not None:
+        if not args.max_batch_gb > 0:
+            raise ValueError(f"--max-batch-gb={args.max_batch_gb:g} is not allowed: use a number of GB > 0")
+        if not torch.cuda.is_available():
+            raise ValueError("--max-batch-gb needs a CUDA GPU and this machine has none: leave it out")
+    return BenchArgs(models, seeds, args.rank, resolve_device(args.device))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m facto bench ...`; returns the exit code (2 for a user mistake, printed as one line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        checked = check_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    device, seeds = checked.device, checked.seeds
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, flush=True))
     log(f"machine: {machine()}; device {device}; digits, {args.epochs} epochs, seeds {seeds}, batch {args.batch}")
     rows = []
-    for name in args.models.split(","):
-        rows += bench_model(name, seeds, args.epochs, args.batch, device, args.rank, not args.no_train, log)
+    for name in checked.models:
+        rows += bench_model(name, seeds, args.epochs, args.batch, device, checked.rank, not args.no_train, log)
+    capped = []
+    if args.max_batch_gb:
+        from .gpubench import max_batch_table
+
+        capped = max_batch_table(args.max_batch_gb, log=log)
     if args.json:
-        print(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
+        document = {"machine": machine(), "rows": [asdict(r) for r in rows]}
+        if args.max_batch_gb:
+            document["max_batch"] = [asdict(r) for r in capped]
+        print(json.dumps(document, indent=2))
     else:
         print(markdown(rows))
     if args.html:
         chart(rows).write_html(args.html, include_plotlyjs=True)
-    if args.max_batch_gb:
+    if args.max_batch_gb and not args.json:
         from .gpubench import markdown as table
-        from .gpubench import max_batch_table
 
-        capped = max_batch_table(args.max_batch_gb, log=log)
-        if args.json:
-            print(json.dumps({"max_batch": [asdict(r) for r in capped]}, indent=2))
-        else:
-            print(f"\nlargest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try):")
-            print(table(capped))
+        print(f"\nlargest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try):")
+        print(table(capped))
     return 0

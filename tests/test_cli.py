@@ -28,6 +28,16 @@ def facto_home(tmp_path, monkeypatch):
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
     (["train", "--no-such-flag"], "no-such-flag"),
     (["runs", "show", "4242"], "4242"),
+    (["bench", "--models", "nope"], "nope"),
+    (["bench", "--models", ""], "--models"),
+    (["bench", "--seeds", "a"], "--seeds='a'"),
+    (["bench", "--rank", "2.0"], "rank='2.0'"),
+    (["bench", "--epochs", "0"], "epochs=0"),
+    (["bench", "--batch", "0"], "batch_size=0"),
+    (["bench", "--device", "tpu"], "tpu"),
+    (["bench", "--max-batch-gb", "-1"], "--max-batch-gb=-1"),
+    (["bench", "--bogus"], "--bogus"),
+    (["plan", "--input", "3x224"], "3x224"),
 ])
 def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys):
     assert main(argv) == 2
@@ -128,3 +138,13 @@ def test_every_command_has_a_working_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_bench_max_batch_without_cuda_is_refused_before_any_work(capsys, monkeypatch):
+    """The largest-batch search needs CUDA: said at once, not after minutes of benchmarking."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--max-batch-gb", "4"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: --max-batch-gb needs a CUDA GPU") and captured.out == ""
