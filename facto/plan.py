@@ -415,7 +415,18 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
                              f"({spec.name}): {str(exc).splitlines()[0]}") from exc
         rows.append(plan_row(profile, budget_bytes))
     return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
-                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev, specs))
+                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev, specs) + _nothing_fits(rows, budget_bytes, reserve_bytes))
+
+
+def _nothing_fits(rows: Sequence[PlanRow], budget: int, reserve: int) -> list[str]:
+    """A note naming the variants that do not fit even one sample, and what batch 1 needs."""
+    too_big = [r for r in rows if r.max_batch == 0]
+    if not too_big:
+        return []
+    needs = ", ".join(f"{r.label} needs {r.next_total / MB:,.1f} MB" for r in too_big)
+    return [f"not even batch 1 fits in {budget / MB:,.1f} MB: at batch 1, {needs} (weights, gradients, "
+            f"optimizer state and the {reserve / MB:,.1f} MB reserve included). Raise the budget, lower the "
+            "reserve or pick a smaller model."]
 
 
 # ----------------------------------------------------------------------------- data for a table and a chart

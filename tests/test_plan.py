@@ -154,6 +154,7 @@ def test_breakdown_adds_up_and_the_boundary_holds(resnet_plan):
 def test_dense_fits_fewer_samples_than_facto_balanced(resnet_plan):
     batches = {r.variant: r.max_batch for r in resnet_plan.rows}
     assert batches["dense"] < batches["compress-4"] < batches["balanced"]
+    assert not any(n.startswith("not even batch 1") for n in resnet_plan.notes)  # every variant fits
 
 
 def test_optimizer_state_counts_trained_parameters_only(resnet_plan):
@@ -184,6 +185,9 @@ def test_nothing_fits_a_budget_below_the_reserve():
     result = fp.plan("simple_cnn", "1x32x32", 10, "100MB", variants=["dense"], device="cpu")
     row = result.rows[0]
     assert row.max_batch == 0 and row.breakdown.batch == 1 and row.next_total > result.budget
+    # and it says so, with what batch 1 needs (the CLI prints notes, the page shows them)
+    assert len(result.notes) == 1 and result.notes[0].startswith("not even batch 1 fits in 100.0 MB")
+    assert f"dense fp32 needs {row.next_total / 1e6:,.1f} MB" in result.notes[0]
 
 
 def test_table_and_chart_data(resnet_plan):
