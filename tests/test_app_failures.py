@@ -128,6 +128,10 @@ def test_planner_page_numbers_follow_the_budget(home):
         at.text_input(key="fit_budget").input(budget).run()
         batches[budget] = [int(m.value.replace(",", "")) for m in at.metric]
     assert batches["1GB"][0] < batches["2GB"][0] and batches["1GB"][0] < batches["1GB"][1]  # dense < Facto
+    assert not any(i.value.startswith("not even batch 1") for i in at.info)
+    at.text_input(key="fit_budget").input("100MB").run()  # below the reserve: nothing fits, and it says so
+    assert [int(m.value.replace(",", "")) for m in at.metric] == [0, 0]
+    assert any(i.value.startswith("not even batch 1 fits in 100.0 MB") for i in at.info), [i.value for i in at.info]
     at.text_input(key="fit_budget").input("lots").run()
     assert "budget='lots' is not allowed" in at.error[0].value
 
