@@ -247,6 +247,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import RunStore
 
+    if args.limit < 1:
+        raise UsageError(f"--limit={args.limit} is not allowed: use an integer >= 1")
     with RunStore() as store:
         if args.action == "list":
             rows = [{"id": r.id, "status": r.status, "name": r.name,
@@ -260,7 +262,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
             r = store.get_run(_need_id(args))
             print(json.dumps(dataclasses.asdict(r), indent=2, default=str))
         elif args.action == "export":
-            n = store.export_csv(_need_id(args), args.output or sys.stdout)
+            run_id = _need_id(args)
+            store.get_run(run_id)  # an unknown run is said before any file is created
+            if args.output:
+                try:
+                    with open(args.output, "w", newline="", encoding="utf-8") as fh:
+                        n = store.export_csv(run_id, fh)
+                except OSError as exc:  # a missing folder, a folder, no permission
+                    raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+            else:
+                n = store.export_csv(run_id, sys.stdout)
             print(f"{n} rows exported", file=sys.stderr)
         elif args.action == "rm":
             store.delete_run(_need_id(args))
@@ -302,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "export", "rm"])
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--output", "-o", help="CSV file for export (default stdout)")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="runs list: the newest this many (default 50)")
     p.set_defaults(func=cmd_runs)
     sub.add_parser("bench", help="the method comparison benchmark (see facto bench --help)")
     sub.add_parser("plan", help="largest batch per variant under a memory budget (see facto plan --help)")

@@ -28,6 +28,8 @@ def facto_home(tmp_path, monkeypatch):
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
     (["train", "--no-such-flag"], "no-such-flag"),
     (["runs", "show", "4242"], "4242"),
+    (["runs", "list", "--limit", "0"], "--limit=0"),
+    (["runs", "export", "4242", "-o", "never.csv"], "4242"),
     (["bench", "--models", "nope"], "nope"),
     (["bench", "--models", ""], "--models"),
     (["bench", "--seeds", "a"], "--seeds='a'"),
@@ -39,10 +41,12 @@ def facto_home(tmp_path, monkeypatch):
     (["bench", "--bogus"], "--bogus"),
     (["plan", "--input", "3x224"], "3x224"),
 ])
-def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys):
+def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "never.csv").exists()  # an export of an unknown run creates no file
 
 
 def test_module_entry_point_exit_code(facto_home):
@@ -63,6 +67,11 @@ def test_train_json_summary_and_runs_commands(capsys, tmp_path):
     assert main(["runs", "export", "1", "-o", str(out_csv)]) == 0
     rows = list(csv.DictReader(out_csv.open()))
     assert {r["variant"] for r in rows} == {"baseline", "facto"}
+    capsys.readouterr()
+    for bad in (tmp_path / "no" / "such" / "folder.csv", tmp_path):  # a missing folder; a folder
+        assert main(["runs", "export", "1", "-o", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write {bad}: ") and err.count("\n") == 1, err
     assert main(["runs", "show", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "completed"
     assert main(["runs", "rm", "1"]) == 0
