@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import load_data
 from .machine import machine
 from .train import train_model
-from .usage import OneLineParser, UsageError
+from .usage import OneLineParser, UsageError, check_output_path
 
 
 # ----------------------------------------------------------------------------- methods
@@ -203,6 +203,8 @@ def check_args(args: argparse.Namespace) -> BenchArgs:
         raise ValueError(f"--seeds={args.seeds!r} is not allowed: use integers, comma separated, e.g. 0,1,2") from None
     for model in models:  # RunConfig checks each model, the rank, epochs, batch and device as facto train does
         RunConfig(model=model, rank=args.rank, epochs=args.epochs, batch_size=args.batch, device=args.device)
+    if args.html:
+        check_output_path(args.html, "--html")
     if args.max_batch_gb is not None:
         if not args.max_batch_gb > 0:
             raise ValueError(f"--max-batch-gb={args.max_batch_gb:g} is not allowed: use a number of GB > 0")

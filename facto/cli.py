@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .config import PRESETS, SETTINGS, RunConfig
 from .program import check_ctrl_c, ctrl_c_closes, from_ctrl_c
-from .usage import OneLineParser, UsageError
+from .usage import OneLineParser, UsageError, check_output_path
 
 MB = 1e6
 
@@ -179,6 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     base = config_from_args(args)
     ranks, bits, updates = _list(args.ranks, "rank"), _list(args.bits_list, "bits"), _list(args.updates, "update")
+    if args.html:
+        check_output_path(args.html, "--html")
     store = open_history(args.no_store)
     quiet = args.quiet or args.json
     points = []

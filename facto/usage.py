@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -13,3 +15,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """A UsageError now, before minutes of work, when a file could not be written at `path` later."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: name a file in it")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path} is not writable: name a file in a folder you can write to")
