@@ -54,9 +54,27 @@ def _replace_relus(model: nn.Module) -> int:
 
 def with_relu_masks(model: nn.Module) -> nn.Module:
     """A copy of `model` whose ReLUs keep 1-bit masks (compression-only, ActNN-style training)."""
+    _check_module(model)
     new = copy.deepcopy(model)
     _replace_relus(new)
     return new
+
+
+def _check_module(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is not allowed: use a torch.nn.Module")
+
+
+def _skip_names(skip: Iterable[str] | str | None) -> list[str]:
+    """skip= as a list of names: None, one name, or an iterable of names."""
+    if skip is None:
+        return []
+    if isinstance(skip, str):
+        return [skip]
+    names = list(skip) if isinstance(skip, Iterable) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"skip={skip!r} is not allowed: use a layer name or a list of layer names")
+    return names
 
 
 def _check_names(model: nn.Module, names: Iterable[str], argument: str) -> None:
@@ -70,7 +88,7 @@ def _check_names(model: nn.Module, names: Iterable[str], argument: str) -> None:
 
 
 def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
-              skip: Iterable[str] | None = None, *, skip_first_conv: bool = True,
+              skip: Iterable[str] | str | None = None, *, skip_first_conv: bool = True,
               skip_output_layer: bool = True, relu_masks: bool = True,
               n_iter_max: int = 0, recompute: bool = True) -> nn.Module:
     """Return a factorized copy of `model`; the input model is not modified.
@@ -79,7 +97,8 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
         rank: one spec for every layer, or a dict layer name -> spec (key '*' for the rest;
             layers missing from a dict without '*' stay dense).
         update: which factor trains: first | core | last | all.
-        skip: names of layers to leave dense (a block's name leaves every layer inside it dense).
+        skip: a name or names of layers to leave dense (a block's name leaves every layer
+            inside it dense).
         skip_first_conv: leave the first conv (on the image, few input channels) dense.
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
@@ -90,9 +109,12 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
 
     The defaults (rank 0.5, update core, recompute on) are those of `facto.RunConfig`.
     """
+    _check_module(model)
     validate_update(update)
-    skip = list(skip or [])
+    skip = _skip_names(skip)
     _check_names(model, skip, "skip")
+    if isinstance(n_iter_max, bool) or not isinstance(n_iter_max, int) or n_iter_max < 0:
+        raise ValueError(f"n_iter_max={n_iter_max!r} is not allowed: use an integer >= 0")
     options = dict(rank={k: str(parse_rank(v)) for k, v in rank.items()} if isinstance(rank, Mapping)
                    else str(parse_rank(rank)), update=update, skip=skip, skip_first_conv=skip_first_conv,
                    skip_output_layer=skip_output_layer, relu_masks=relu_masks, n_iter_max=n_iter_max,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from facto import FactoConv2d, FactoLinear, MaskReLU, describe, factorize, format_report, parse_rank
+from facto import FactoConv2d, FactoLinear, MaskReLU, describe, factorize, format_report, parse_rank, with_relu_masks
 from facto.decompose import choose_rank, evbmf_rank
 from facto.models import create_model, list_models
 
@@ -187,6 +187,26 @@ def test_unknown_layer_names_raise_naming_them(kwargs):
 def test_bad_update_raises_naming_it():
     with pytest.raises(ValueError, match="middle"):
         factorize(plain_cnn(), rank=0.5, update="middle")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: factorize("resnet20"), "model=str is not allowed: use a torch.nn.Module"),
+    (lambda: with_relu_masks(None), "model=NoneType is not allowed"),
+    (lambda: factorize(plain_cnn(), skip=5), "skip=5 is not allowed: use a layer name or a list"),
+    (lambda: factorize(plain_cnn(), skip=["features.3", 7]), "skip=\\['features.3', 7\\] is not allowed"),
+    (lambda: factorize(plain_cnn(), n_iter_max=-1), "n_iter_max=-1 is not allowed"),
+], ids=["model-str", "masks-none", "skip-int", "skip-mixed", "n_iter_max"])
+def test_wrong_kinds_of_argument_raise_value_errors_naming_them(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_one_layer_name_as_skip():
+    """skip="features.3" is one name (not its characters)."""
+    new = factorize(plain_cnn(), skip="features.3")
+    row = rows_by_name(new)["features.3"]
+    assert row.kind == "dense" and "skip=" in (row.reason or ""), row
+    assert rows_by_name(new)["features.6"].kind == "factorized"
 
 
 def test_rank_dict_default_and_override():
