@@ -175,6 +175,18 @@ def hold(x: Tensor) -> None:
         packer.hold(x)
 
 
+def _check_kinds(stochastic: object, model: object, min_numel: object, generator: object) -> None:
+    """ValueError naming the first argument of saved_activations that has the wrong kind."""
+    if not isinstance(stochastic, bool):
+        raise ValueError(f"stochastic={stochastic!r} is not allowed: use True or False")
+    if model is not None and not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is not allowed: use None or a torch.nn.Module")
+    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+        raise ValueError(f"min_numel={min_numel!r} is not allowed: use an integer >= 0")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator={generator!r} is not allowed: use None or a torch.Generator")
+
+
 @contextmanager
 def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool = True,
                       model: nn.Module | None = None, min_numel: int = 256,
@@ -193,6 +205,7 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
     """
     validate_bits(bits)
     validate_block(block)
+    _check_kinds(stochastic, model, min_numel, generator)
     meter = ActivationMeter(bits=bits, block=block)
     packer = _Packer(meter, stochastic, min_numel, model, generator)
     handles = []

@@ -758,6 +758,8 @@ def compress(
     """
     validate_bits(bits)
     validate_block(block)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x={type(x).__name__} is not allowed: use a torch.Tensor")
     if x.dtype == torch.bool:
         return pack_mask(x)
     if not x.is_floating_point():

@@ -192,6 +192,7 @@ class LayerReport:
 
 def describe(model: nn.Module) -> list[LayerReport]:
     """One row per conv/linear layer: how it was factorized, or why it stayed dense."""
+    _check_module(model)
     state = facto_state(model)
     skipped = state.skipped if state else {}
     rows = []

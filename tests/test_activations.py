@@ -120,6 +120,26 @@ def test_bad_block_rejected():
             pass
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="resnet20"), "model=str is not allowed"),
+    (dict(generator=5), "generator=5 is not allowed"),
+    (dict(stochastic="yes"), "stochastic='yes' is not allowed"),
+    (dict(min_numel=-1), "min_numel=-1 is not allowed"),
+], ids=["model", "generator", "stochastic", "min_numel"])
+def test_arguments_of_the_wrong_kind_rejected_naming_them(kwargs, message):
+    """Said when the block is entered, not as an AttributeError deep in the first forward."""
+    with pytest.raises(ValueError, match=message):
+        with facto.saved_activations(bits=4, **kwargs):
+            pass
+
+
+def test_library_entry_points_name_a_value_of_the_wrong_kind():
+    with pytest.raises(ValueError, match="model=str is not allowed"):
+        facto.describe("resnet20")
+    with pytest.raises(ValueError, match="x=list is not allowed: use a torch.Tensor"):
+        facto.compress.compress([1.0, 2.0], 4)
+
+
 def _resnet_grads(model, x, y, bits=None, draws=1, seed=0):
     """Mean gradient (flattened over trainable parameters) over `draws` compressed passes."""
     params = [p for p in model.parameters() if p.requires_grad]
