@@ -26,7 +26,7 @@ from facto.events import RunTracker, StartEvent
 from facto.jobs import Job
 from facto.train import compare_and_record, too_short_note
 
-st.set_page_config(page_title="Facto", page_icon=":material/memory:", layout="wide")
+st.set_page_config(page_title="Facto", page_icon=ui.PAGE_ICON, layout="wide")
 
 P = ""  # widget keys are the RunConfig field names on this page
 METHOD = ["model", "dataset", "rank", "update", "bits", "recompute"]

@@ -30,6 +30,10 @@ from facto.events import StartEvent
 from facto.jobs import Job, JobRegistry, in_child
 
 CHART = dict(theme=None, config={"displaylogo": False})
+# The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
+# fetched from Google's font CDN on every page load (an offline classroom logs errors, and every
+# student's browser calls Google).
+PAGE_ICON = "🗜️"
 CARD = dict(border=True, height="stretch")  # every metric card: framed, as tall as its row
 REFRESH_S = 2.0  # progress and cards while a watched run goes
 CHART_REFRESH_S = 5.0  # charts while it goes (built at most once per interval for every tab)

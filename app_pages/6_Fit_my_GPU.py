@@ -13,7 +13,7 @@ from facto import plots
 from facto.config import OPTIMIZERS, PRECISIONS
 from facto.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
 
-st.set_page_config(page_title="Facto · fit my GPU", page_icon=":material/memory_alt:", layout="wide")
+st.set_page_config(page_title="Facto · fit my GPU", page_icon=ui.PAGE_ICON, layout="wide")
 VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]
 
 

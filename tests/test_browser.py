@@ -93,11 +93,21 @@ def browser():
             chromium.close()
 
 
+def requests_elsewhere(page, url: str) -> list[str]:
+    """Filled with every request of `page` that goes anywhere but the app's server: an offline
+    classroom must not need the network (a Material favicon came from Google's font CDN once)."""
+    elsewhere: list[str] = []
+    page.on("request", lambda r: elsewhere.append(r.url)
+            if not r.url.startswith((url, "data:", "blob:", "about:")) else None)
+    return elsewhere
+
+
 def test_run_in_a_real_browser(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     url, home = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    elsewhere = requests_elsewhere(page, url)
     page.goto(url)
     page.wait_for_selector(IDLE, timeout=90_000)
     expect(page.get_by_role("heading", name="Facto · train & compare")).to_be_visible()
@@ -127,6 +137,7 @@ def test_run_in_a_real_browser(server, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "main.png"), full_page=True)
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1
+    assert elsewhere == []
 
 
 def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, browser, tmp_path):
@@ -198,6 +209,7 @@ def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path
 
     url, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    elsewhere = requests_elsewhere(page, url)
     page.goto(f"{url}/fit-my-gpu")  # a shared link, the server's first visitor
     expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
@@ -235,3 +247,4 @@ def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path
     page.wait_for_selector(IDLE, timeout=60_000)
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
+    assert elsewhere == []
