@@ -49,7 +49,7 @@ RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "steps.facto": ("Facto: steps trained", lambda v: f"{v:,}"),
     "params.baseline": ("Baseline: parameters", lambda v: f"{v:,}"),
     "params.facto": ("Facto: parameters", lambda v: f"{v:,}"),
-    "wall_seconds": ("Wall time", _duration),
+    "wall_seconds": ("Wall time (data and model set-up included)", _duration),
 }
 
 
@@ -142,17 +142,19 @@ def runs_frame(runs: list) -> pd.DataFrame:
     })
 
 
-RUNS_COLUMNS = {  # widths that fit a wide page; the settings text is cut first (the selection shows it whole)
-    "#": st.column_config.NumberColumn("#", width=45, format="%d"),
-    "run": st.column_config.TextColumn("settings", width=310),
-    "kind": st.column_config.TextColumn(width=115),
-    "status": st.column_config.TextColumn(width=100),
-    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=100),
-    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=70,
+# Widths that fit a 1280-pixel screen with the sidebar open (the table is 820 px wide there); the
+# settings text is cut first (hover shows it, and the selection below shows it whole).
+RUNS_COLUMNS = {
+    "#": st.column_config.NumberColumn("#", width=40, format="%d"),
+    "run": st.column_config.TextColumn("settings", width=230),
+    "kind": st.column_config.TextColumn(width=100),
+    "status": st.column_config.TextColumn(width=95),
+    "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=95),
+    "saving": st.column_config.NumberColumn("saving %", format="%.1f", width=65,
                                             help="Memory saving: 1 − Facto / baseline activation bytes."),
-    "change": st.column_config.NumberColumn("change", format="%+.2f", width=65,
+    "change": st.column_config.NumberColumn("change", format="%+.2f", width=60,
                                             help="Facto minus baseline test accuracy, in points."),
-    "accuracy": st.column_config.TextColumn("test acc. %", width=100,
+    "accuracy": st.column_config.TextColumn("test acc. %", width=95,
                                             help="Test accuracy: baseline → Facto (one value: the variant trained)."),
 }
 
@@ -165,7 +167,7 @@ def side_by_side(runs: list, every_setting: bool) -> pd.DataFrame:
         ("Status", [STATUS_WORDS.get(r.status, r.status) for r in runs]),
         ("Trained", [trained(r) for r in runs]),
         ("Started", [datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M") for r in runs]),
-        ("Duration", [_duration(r.duration_s) if r.duration_s is not None else "—" for r in runs]),
+        ("Duration (as stored)", [_duration(r.duration_s) if r.duration_s is not None else "—" for r in runs]),
     ]
     for field, (label, fmt) in RESULT_FIELDS.items():
         values = [_summary_value(r.summary, field) for r in runs]

@@ -58,8 +58,13 @@ def variant_name(variant: str) -> str:
 GRID = "#EBF0F8"  # plotly_white's grid, set by hand: applying a template costs ~10 ms a figure
 
 
-def apply_style(fig: go.Figure, title: str, height: int = 420, legend: bool = True) -> go.Figure:
-    """Common look: white background, light grid, readable fonts, title top-left, legend above."""
+def apply_style(fig: go.Figure, title: str, height: int = 420, legend: bool = True,
+                legend_rows: int = 2) -> go.Figure:
+    """Common look: white background, light grid, readable fonts, title top-left, legend above.
+
+    `legend_rows`: lines the legend may take in a half-width chart; the top margin leaves room
+    for them between the title and the plot.
+    """
     fig.update_layout(
         template="none",
         paper_bgcolor="white",
@@ -68,7 +73,7 @@ def apply_style(fig: go.Figure, title: str, height: int = 420, legend: bool = Tr
                    font=dict(size=FONT_SIZE + 3)),
         font=dict(size=FONT_SIZE, color=INK),
         height=height,
-        margin=dict(l=64, r=24, t=96 if legend else 64, b=56),
+        margin=dict(l=64, r=24, t=56 + 20 * legend_rows if legend else 64, b=56),
         hoverlabel=dict(font_size=FONT_SIZE - 1),
         hovermode="closest",
         showlegend=legend,

@@ -112,7 +112,7 @@ def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: st
                 hovertemplate=f"{name} CUDA peak<br>step %{{x}}<br>%{{y:.1f}} MB<extra></extra>"))
     fig.update_yaxes(title_text="MB", rangemode="tozero")
     fig.update_xaxes(title_text="training step")
-    return apply_style(fig, title)
+    return apply_style(fig, title, legend_rows=3)  # one line per variant's group of lines
 
 
 def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
@@ -139,7 +139,7 @@ def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Fig
                                  hovertemplate=f"{name} stored<br>step %{{x}}<br>%{{y:.2f}} MB<extra></extra>"))
     fig.update_yaxes(title_text="MB", rangemode="tozero")
     fig.update_xaxes(title_text="training step")
-    return apply_style(fig, title)
+    return apply_style(fig, title, legend_rows=3)  # one line per variant's group of lines
 
 
 def live_point(steps: Iterable[Any], evals: Iterable[Any] = (), config: Mapping | None = None,
@@ -226,7 +226,7 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
     fig.add_hline(y=0, line=dict(color=BASELINE_COLOR, width=2, dash="dash"),
                   annotation_text="baseline accuracy", annotation_position="bottom left",
                   annotation_font=dict(color=BASELINE_COLOR, size=FONT_SIZE - 2))
-    fig.update_xaxes(title_text="activation memory saved vs baseline (%)", range=[-2, 102])
+    fig.update_xaxes(title_text="activation memory saved (%)", range=[-2, 102])
     fig.update_yaxes(title_text="test accuracy change (points)", range=[low, high], zeroline=False)
     if not fig.data:
         fig.add_annotation(text=empty_text, x=50, y=low / 2, showarrow=False,
