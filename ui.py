@@ -65,8 +65,13 @@ class Room:
     def describe(self) -> str:
         return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
                 f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
-                f"{self.runs_per_visitor} run(s) per visitor at a time; data folder and downloads are set "
+                f"{count(self.runs_per_visitor, 'run')} per visitor at a time; data folder and downloads are set "
                 "by the host; you can delete only the runs you started.")
+
+
+def count(n: int, word: str) -> str:
+    """'1 run', '3 runs' (the word's plural adds an s)."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -277,7 +282,7 @@ def room_job_problems() -> list[str]:
     r = room()
     mine = active_jobs_of_visitor()
     if r.enabled and len(mine) >= r.runs_per_visitor:
-        return [f"you already have {len(mine)} run(s) going or waiting; stop one first"]
+        return [f"you already have {count(len(mine), 'run')} going or waiting; stop one first"]
     return []
 
 

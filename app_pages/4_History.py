@@ -264,7 +264,7 @@ deleted = st.session_state.pop(P + "deleted", None)
 if deleted:
     done, refused = deleted
     if done:
-        st.toast(f"Deleted {len(done)} run(s).", icon=":material/delete:")
+        st.toast(f"Deleted {ui.count(len(done), 'run')}.", icon=":material/delete:")
     for why in refused:
         st.error(f"Not deleted: {why}.", icon=":material/block:")
 if not all_runs:
@@ -332,7 +332,7 @@ if selected:
         reasons = sorted({deletable(r) for r in selected} - {None})
         why = ("Not possible for " + ", ".join(f"#{r.id}" for r in selected if r not in may) + ": "
                + "; ".join(reasons) + ".") if reasons else None
-        st.checkbox(f"Yes, delete {len(may)} run(s)", key=P + "confirm", disabled=not may, help=why)
+        st.checkbox(f"Yes, delete {ui.count(len(may), 'run')}", key=P + "confirm", disabled=not may, help=why)
         st.button("Delete selected runs", key="hist_delete", on_click=delete_selected, type="primary",
                   disabled=not may or not s.get(P + "confirm"), icon=":material/delete:", width="stretch",
                   help=why)

@@ -601,3 +601,12 @@ def test_a_second_run_waits_in_the_queue_with_its_position(ui):
     assert any(re.search(r"started by visitor \w+ · (step \d+ of \d+|starting)", m.value) for m in second.markdown)
     watched(ui, first).stop(wait_s=60)
     assert waiting.wait(RUN_LIMIT) and waiting.status == "completed"  # it ran once the slot was free
+
+
+def test_counts_in_plain_words():
+    """'1 run', '3 runs': no 'run(s)' on any page."""
+    import ui
+
+    assert [ui.count(n, "run") for n in (0, 1, 3, 1200)] == ["0 runs", "1 run", "3 runs", "1,200 runs"]
+    pages = [ROOT / "app.py", ROOT / "ui.py", *sorted((ROOT / "app_pages").glob("*.py"))]
+    assert not [p.name for p in pages if "(s)" in p.read_text()]
