@@ -49,16 +49,26 @@ LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:no
 
 # ----------------------------------------------------------------------------- room mode
 
+# The server's settings from its environment (name -> default). A host's typo must not pass
+# silently (FACTO_ROOM=y left the room open, FACTO_ROOM_MAX_EPOCHS=three became 10 without a
+# word): pages show what `env_problems` finds, and the default (or the safe side) is used.
+ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
+            "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1}
+ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+JOBS_MODES = ("process", "thread")
+
+
 @dataclass(frozen=True)
 class Room:
     """Limits when the app is served to a room (FACTO_ROOM=1): set by whoever starts the server."""
 
     enabled: bool = False
-    max_epochs: int = 10
-    max_batch: int = 256
-    max_train: int = 20_000
-    max_params: int = 3_000_000
-    runs_per_visitor: int = 1
+    max_epochs: int = ENV_INTS["FACTO_ROOM_MAX_EPOCHS"]
+    max_batch: int = ENV_INTS["FACTO_ROOM_MAX_BATCH"]
+    max_train: int = ENV_INTS["FACTO_ROOM_MAX_TRAIN"]
+    max_params: int = ENV_INTS["FACTO_ROOM_MAX_PARAMS"]
+    runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
     data_dir: str | None = None
     download: bool = False
 
@@ -74,25 +84,61 @@ def count(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+def _read_int(name: str) -> tuple[int, str | None]:
+    """(value, problem or None) of an integer setting (>= 1; its default when unset or wrong)."""
+    default, raw = ENV_INTS[name], os.environ.get(name, "").strip()
+    if not raw:
+        return default, None
+    if raw.lstrip("+").isdigit() and int(raw) >= 1:
+        return int(raw), None
+    return default, f"{name}={raw!r} is not allowed: use an integer >= 1. Using {default}."
+
+
+def _read_flag(name: str) -> tuple[bool, str | None]:
+    """(value, problem or None) of a yes/no setting (an unreadable value counts as the safe side)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _YES or raw in _NO:
+        return raw in _YES, None
+    safe = ENV_FLAGS[name]
+    return safe, f"{name}={raw!r} is not allowed: use 1 (on) or 0 (off). Taken as {'on' if safe else 'off'}."
+
+
+def _env_int(name: str) -> int:
+    return _read_int(name)[0]
+
+
+def _env_flag(name: str) -> bool:
+    return _read_flag(name)[0]
+
+
+def jobs_mode() -> str:
+    """Where runs train: 'process' (a child process each, the default) or 'thread' (FACTO_JOBS=thread)."""
+    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
+    return mode if mode in JOBS_MODES else "process"
+
+
+def env_problems() -> list[str]:
+    """What the server's environment got wrong, one plain line per variable."""
+    problems = [problem for name in ENV_INTS if (problem := _read_int(name)[1])]
+    problems += [problem for name in ENV_FLAGS if (problem := _read_flag(name)[1])]
+    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
+    if mode and mode not in JOBS_MODES:
+        problems.append(f"FACTO_JOBS={mode!r} is not allowed: use process or thread. Using process.")
+    return problems
 
 
 @st.cache_resource(show_spinner=False)
 def room() -> Room:
     """Room settings from the environment (FACTO_ROOM=1 and optional FACTO_ROOM_* limits)."""
-    if os.environ.get("FACTO_ROOM", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if not _env_flag("FACTO_ROOM"):
         return Room()
-    return Room(enabled=True, max_epochs=_env_int("FACTO_ROOM_MAX_EPOCHS", 10),
-                max_batch=_env_int("FACTO_ROOM_MAX_BATCH", 256),
-                max_train=_env_int("FACTO_ROOM_MAX_TRAIN", 20_000),
-                max_params=_env_int("FACTO_ROOM_MAX_PARAMS", 3_000_000),
-                runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR", 1),
+    return Room(enabled=True, max_epochs=_env_int("FACTO_ROOM_MAX_EPOCHS"),
+                max_batch=_env_int("FACTO_ROOM_MAX_BATCH"),
+                max_train=_env_int("FACTO_ROOM_MAX_TRAIN"),
+                max_params=_env_int("FACTO_ROOM_MAX_PARAMS"),
+                runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
                 data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
-                download=os.environ.get("FACTO_ROOM_DOWNLOAD", "") in ("1", "true", "yes"))
+                download=_env_flag("FACTO_ROOM_DOWNLOAD"))
 
 
 def room_problems(config: RunConfig, params: int | None) -> list[str]:
@@ -118,7 +164,7 @@ def room_problems(config: RunConfig, params: int | None) -> list[str]:
 @st.cache_resource(show_spinner=False)
 def registry() -> JobRegistry:
     """Every run of this server (all tabs): at most FACTO_MAX_RUNS train at once, the rest queue."""
-    return JobRegistry(max_running=_env_int("FACTO_MAX_RUNS", 1))
+    return JobRegistry(max_running=_env_int("FACTO_MAX_RUNS"))
 
 
 @st.cache_resource(show_spinner=False)
@@ -140,8 +186,12 @@ def history():
 
 
 def history_notice() -> None:
-    """Say on the page when the history is off or read-only (training still works)."""
+    """Say on the page when the history is off or read-only (training still works), and what the
+    server's environment got wrong."""
     from facto.store import default_db_path
+
+    for problem in env_problems():
+        st.error(f"Server setting ignored: {problem}", icon=":material/settings:")
 
     store = _history(str(default_db_path()))
     if isinstance(store, str):
@@ -224,7 +274,7 @@ def runs_started_by(token: str | None = None) -> set[int]:
 def events_of(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     """`make_events` running `fn(*args)` in a child process (the default: page redraws can't starve
     training there), or in a thread of this server when FACTO_JOBS=thread."""
-    if os.environ.get("FACTO_JOBS", "process") == "thread":
+    if jobs_mode() == "thread":
         return lambda: fn(*args)
     return in_child(fn, *args)
 

@@ -568,6 +568,35 @@ def test_room_mode_shows_its_bounds_fixes_the_data_and_refuses_runs_beyond_them(
     assert not ui.registry().jobs()
 
 
+def test_server_settings_a_host_got_wrong_are_said_on_the_page_and_the_safe_side_is_used(ui, monkeypatch):
+    """A typo in the server's environment is named on the page (not passed over in silence), and
+    what runs is the default or the safe side: FACTO_ROOM=y still makes a room."""
+    for name, value in {"FACTO_MAX_RUNS": "0", "FACTO_ROOM": "y", "FACTO_ROOM_MAX_EPOCHS": "three",
+                        "FACTO_ROOM_DOWNLOAD": "sure", "FACTO_JOBS": "fork"}.items():
+        monkeypatch.setenv(name, value)
+    st.cache_resource.clear()
+    at = app()
+    errors = texts(at, "error")
+    for expected in ("FACTO_MAX_RUNS='0' is not allowed: use an integer >= 1. Using 1.",
+                     "FACTO_ROOM='y' is not allowed: use 1 (on) or 0 (off). Taken as on.",
+                     "FACTO_ROOM_MAX_EPOCHS='three' is not allowed",
+                     "FACTO_ROOM_DOWNLOAD='sure' is not allowed: use 1 (on) or 0 (off). Taken as off.",
+                     "FACTO_JOBS='fork' is not allowed: use process or thread"):
+        assert any(expected in e for e in errors), (expected, errors)
+    room = ui.room()
+    assert room.enabled and room.max_epochs == 10 and not room.download
+    assert ui.registry().max_running == 1 and ui.jobs_mode() == "process"
+    assert any("Room mode: at most 10 epochs" in i.value for i in at.info)
+
+
+def test_good_server_settings_show_no_error(ui, monkeypatch):
+    monkeypatch.setenv("FACTO_MAX_RUNS", "2")
+    monkeypatch.setenv("FACTO_ROOM", "off")
+    st.cache_resource.clear()
+    at = app()
+    assert texts(at, "error") == [] and not ui.room().enabled and ui.registry().max_running == 2
+
+
 def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypatch):
     monkeypatch.setenv("FACTO_ROOM", "1")
     st.cache_resource.clear()
