@@ -80,9 +80,13 @@ def check_model_name(name: object) -> str:
 
 def _unknown_model_error(name: object) -> ValueError:
     choices = ", ".join(list_models())
+    hint = ""
+    if isinstance(name, str) and name.strip().lower().startswith(("tv:", "torchvision:")):
+        hint = (" (tv:NAME, torchvision's own layout for large images, is for facto plan; training here "
+                "is on 32x32 images: use the plain name)")
     return ValueError(
         f"model={name!r} is not known: choose one of {choices} "
-        "or any torchvision classification model name"
+        f"or any torchvision classification model name{hint}"
     )
 
 

@@ -43,6 +43,7 @@ def facto_home(tmp_path, monkeypatch):
     (["bench", "--max-batch-gb", "-1"], "--max-batch-gb=-1"),
     (["bench", "--bogus"], "--bogus"),
     (["plan", "--input", "3x224"], "3x224"),
+    (["inspect", "--model", "tv:resnet18"], "is for facto plan"),
 ])
 def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
