@@ -82,7 +82,7 @@ def _point(index: int, total: int, variant: str, config: RunConfig, summary: Sum
     acc = summary.accuracy.get(variant)
     act = summary.act_bytes.get(variant, 0)
     return SweepPoint(
-        index=index, total=total, variant=variant, rank=str(config.rank),
+        index=index, total=total, variant=variant, rank=str(config.rank) if variant == "facto" else "-",
         bits=config.bits if variant == "facto" else None, update=config.update if variant == "facto" else "-",
         status=summary.status, accuracy=acc, act_bytes=act, baseline_accuracy=b_acc, baseline_bytes=b_bytes,
         saving_pct=100.0 * (1 - act / b_bytes) if b_bytes else 0.0,

@@ -109,6 +109,8 @@ def test_sweep_table_and_html(capsys, tmp_path):
     table = captured.out.strip().splitlines()
     assert table[0].split()[:4] == ["variant", "rank", "bits", "update"]
     assert sorted(line.split()[0] for line in table[1:]) == ["baseline", "facto", "facto"]
+    baseline = next(line.split() for line in table[1:] if line.startswith("baseline"))
+    assert baseline[1:4] == ["-", "-", "-"]  # dense: no rank, no bits, no trained factor
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
     assert [line.split()[0] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]  # on stderr, one per point
     assert "note: The baseline reached only" in captured.err and "too short to rank" in captured.err
