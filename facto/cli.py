@@ -149,8 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
     else:
         print(format_summary(summary))
-    note = too_short_note(summary.accuracy.get("baseline"))
-    if note:
+    note = too_short_note(summary.accuracy.get("baseline")) if "facto" in summary.accuracy else None
+    if note:  # a comparison too short to compare
         print(f"note: {note} (--epochs, --max-train)", file=sys.stderr)
     return 0 if summary.status != "failed" else 1
 

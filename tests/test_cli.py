@@ -91,6 +91,11 @@ def test_train_table_output(capsys):
     assert len(note) == 1 and "too short to compare" in note[0] and "--epochs" in note[0], captured.err
 
 
+def test_a_baseline_alone_is_not_called_too_short_to_compare(capsys):
+    assert main(["train", *TINY, "--max-steps", "2", "--quiet", "--no-store", "--variants", "baseline"]) == 0
+    assert "note:" not in capsys.readouterr().err  # nothing is compared
+
+
 def test_train_says_nothing_of_length_when_the_baseline_learned_enough(capsys, monkeypatch):
     """The note follows the library's threshold (a 2-step run counts as long enough at 0 %)."""
     import facto.train
