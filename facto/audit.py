@@ -97,10 +97,18 @@ def rss_growth(name: str, variant: str, bits: int | None, batch: int = 256) -> d
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facto.audit`: both checks for every registered model (a few minutes on a CPU)."""
+    from .usage import OneLineParser, UsageError
+
+    try:
+        OneLineParser(prog="python -m facto.audit", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from .activations import measure_activations
-    from .machine import machine
     from .factorize import factorize
+    from .machine import machine
     from .models import create_model, list_models
 
     print(f"machine: {machine()}\n")

@@ -168,3 +168,14 @@ def test_bench_max_batch_without_cuda_is_refused_before_any_work(capsys, monkeyp
     assert main(["bench", "--max-batch-gb", "4"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: --max-batch-gb needs a CUDA GPU") and captured.out == ""
+
+
+def test_the_audit_has_a_help_and_refuses_unknown_flags(capsys):
+    """`python -m facto.audit --help` explains instead of starting minutes of measurements."""
+    from facto import audit
+
+    with pytest.raises(SystemExit) as done:
+        audit.main(["--help"])
+    assert done.value.code == 0 and "usage: python -m facto.audit" in capsys.readouterr().out
+    assert audit.main(["--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("error: python -m facto.audit: unrecognized arguments: --bogus")
