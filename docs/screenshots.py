@@ -33,7 +33,10 @@ def settle(page) -> None:
     page.wait_for_selector(IDLE, timeout=LONG)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
     from playwright.sync_api import expect, sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
