@@ -86,7 +86,7 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
         fig.update_xaxes(range=x_range)
     fig.update_xaxes(title_text="activation memory saved vs baseline (%)")
     fig.update_yaxes(title_text="test accuracy (%)")
-    return apply_style(fig, title, height=480)
+    return apply_style(fig, title, height=480, legend_rows=3)  # update modes, the front, the baseline
 
 
 def _staircase(front: Sequence[Mapping], x_range: Sequence[float], y_range: Sequence[float]) -> tuple[list, list]:
