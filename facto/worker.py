@@ -1,7 +1,7 @@
 """A child process that runs one event stream for the app: `python -m facto.worker`.
 
 Protocol (binary pipes): the parent writes one pickled (module, function, args) to the child's
-stdin; the child writes each event as an 8-byte length and its pickle to its stdout, then an
+stdin, after its 8-byte length; the child writes each event the same way to its stdout, then an
 end marker (or an error record). Any further byte on stdin, or stdin closing, asks the child
 to stop after its current event: it closes the stream (a recorder stores the run as
 interrupted) and ends. Everything else the child prints goes to stderr.
@@ -33,10 +33,14 @@ def main() -> int:
     """The child: read the job, run it, send its events."""
     out = os.fdopen(os.dup(1), "wb")  # the event channel; fd 1 (prints) now goes to stderr
     os.dup2(2, 1)
-    # stdin unbuffered, by its file descriptor: the job is read without reading ahead (a stop byte
-    # stays in the pipe), and the watcher's blocking read holds no lock of sys.stdin, which the
-    # interpreter's shutdown takes (while a buffered read held it: "Fatal Python error", abort)
-    module, name, args = pickle.load(os.fdopen(os.dup(0), "rb", buffering=0))
+    # stdin is read by its file descriptor: exactly the job's bytes (a stop byte after them stays in
+    # the pipe), and the watcher's blocking read holds no lock of sys.stdin, which the interpreter's
+    # shutdown takes (while a buffered read held it: "Fatal Python error", abort)
+    header = _read(sys.stdin, _HEADER.size, None)
+    body = _read(sys.stdin, _HEADER.unpack(header)[0], None) if header else None
+    if body is None:
+        return 1  # the parent left before sending the job
+    module, name, args = pickle.loads(body)
     stop = threading.Event()
 
     def watch_stdin() -> None:
@@ -104,7 +108,8 @@ def events_from_child(fn: Callable[..., Iterator], args: tuple, stop_wait_s: flo
     """Run fn(*args) in a child process and yield its events (see the module docstring)."""
     proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proc.stdin.write(pickle.dumps((fn.__module__, fn.__name__, args)))
+    job = pickle.dumps((fn.__module__, fn.__name__, args), protocol=pickle.HIGHEST_PROTOCOL)
+    proc.stdin.write(_HEADER.pack(len(job)) + job)
     proc.stdin.flush()
     finished = False
     try:

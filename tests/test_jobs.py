@@ -124,6 +124,22 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     assert broken.status == "failed" and "cifar10" in broken.error
 
 
+def start_worker(name: str, args: tuple):
+    """`python -m facto.worker` running this module's `name(*args)`, spoken to as the parent does."""
+    import pickle
+    import subprocess
+    import sys
+
+    from facto import worker
+
+    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    job = pickle.dumps((__name__, name, args))
+    proc.stdin.write(worker._HEADER.pack(len(job)) + job)
+    proc.stdin.flush()
+    return proc
+
+
 def count_to(n: int):
     """A tiny event stream for the child-process tests (imported by name in the child)."""
     yield from range(n)
@@ -134,16 +150,9 @@ def test_a_child_that_ends_while_its_parent_still_holds_the_pipe_exits_cleanly()
     moment after the end marker (a busy web server) must not catch the child's interpreter
     shutdown with that read still holding a lock: it used to abort with "Fatal Python error:
     _enter_buffered_busy" on stderr, sometimes, after every event had been sent."""
-    import pickle
-    import subprocess
-    import sys
-
     from facto import worker
 
-    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdin.write(pickle.dumps((__name__, "count_to", (3,))))
-    proc.stdin.flush()
+    proc = start_worker("count_to", (3,))
     events = [worker._next(proc, time.monotonic() + 60) for _ in range(4)]
     assert events == [0, 1, 2, worker._END]
     code = proc.wait(60)  # the pipe is still open: the child ends on its own
@@ -166,17 +175,10 @@ def count_slowly(n: int, marker: str):
 def test_a_child_whose_parent_dies_closes_its_stream_and_ends_quietly(tmp_path):
     """A web server killed mid-run (kill -9) closes both pipes: the child must close its stream
     (a recorder stores the run as interrupted) and end without a broken-pipe traceback."""
-    import pickle
-    import subprocess
-    import sys
-
     from facto import worker
 
     marker = tmp_path / "closed"
-    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdin.write(pickle.dumps((__name__, "count_slowly", (100_000, str(marker)))))
-    proc.stdin.flush()
+    proc = start_worker("count_slowly", (100_000, str(marker)))
     assert worker._next(proc, time.monotonic() + 60) == 0
     proc.stdout.close()  # the parent is gone: nobody reads, and stdin ends
     proc.stdin.close()
@@ -184,3 +186,19 @@ def test_a_child_whose_parent_dies_closes_its_stream_and_ends_quietly(tmp_path):
     stderr = proc.stderr.read().decode()
     assert code == 0 and stderr == "", (code, stderr)
     assert marker.read_text() == "closed"
+
+
+def count_to_with_payload(n: int, payload: bytes):
+    """count_to with a large argument (a big config, a long list of layer names)."""
+    assert len(payload) > 0
+    yield from range(n)
+
+
+def test_a_job_whose_arguments_exceed_a_pipe_buffer_reaches_the_child_whole():
+    """The job is read from a pipe that holds 64 KiB at a time: it must arrive whole, not as
+    'pickle data was truncated'."""
+    from facto.jobs import in_child
+
+    job = Job(in_child(count_to_with_payload, 3, b"x" * 1_000_000)).start()
+    assert job.wait(60) and job.status == "completed", job.error
+    assert job.snapshot().events == [0, 1, 2]
