@@ -366,7 +366,7 @@ def cards(view: dict) -> None:
     accuracy[1].metric("Facto accuracy", _pct(acc.get("facto")), **ui.CARD,
                        delta=None if acc_delta is None else f"{acc_delta:+.2f} points",
                        help=f"{when.capitalize()}; the delta is against the baseline.")
-    accuracy[2].metric("Accuracy change", "—" if acc_delta is None else f"{acc_delta:+.2f} points", **ui.CARD,
+    accuracy[2].metric("Accuracy change (points)", "—" if acc_delta is None else f"{acc_delta:+.2f}", **ui.CARD,
                        help="Facto minus baseline test accuracy, in percentage points.")
     if show_peak:
         pb, pf = peak.get("baseline"), peak.get("facto")
