@@ -36,11 +36,10 @@ def main() -> int:
     # stdin is read by its file descriptor: exactly the job's bytes (a stop byte after them stays in
     # the pipe), and the watcher's blocking read holds no lock of sys.stdin, which the interpreter's
     # shutdown takes (while a buffered read held it: "Fatal Python error", abort)
-    header = _read(sys.stdin, _HEADER.size, None)
-    body = _read(sys.stdin, _HEADER.unpack(header)[0], None) if header else None
-    if body is None:
+    job = _receive(sys.stdin)
+    if job is None:
         return 1  # the parent left before sending the job
-    module, name, args = pickle.loads(body)
+    module, name, args = job
     stop = threading.Event()
 
     def watch_stdin() -> None:
@@ -96,21 +95,25 @@ def _read(stream, size: int, deadline: float | None) -> bytes | None:
     return b"".join(chunks)
 
 
-def _next(proc: subprocess.Popen, deadline: float | None = None) -> Any:
-    header = _read(proc.stdout, _HEADER.size, deadline)
+def _receive(stream, deadline: float | None = None) -> Any:
+    """One item written by :func:`_send` (None at end of file or when the deadline passes)."""
+    header = _read(stream, _HEADER.size, deadline)
     if header is None:
         return None
-    body = _read(proc.stdout, _HEADER.unpack(header)[0], deadline)
+    body = _read(stream, _HEADER.unpack(header)[0], deadline)
     return None if body is None else pickle.loads(body)
+
+
+def _next(proc: subprocess.Popen, deadline: float | None = None) -> Any:
+    """The child's next event (None at its end or when the deadline passes)."""
+    return _receive(proc.stdout, deadline)
 
 
 def events_from_child(fn: Callable[..., Iterator], args: tuple, stop_wait_s: float = 60.0) -> Iterator:
     """Run fn(*args) in a child process and yield its events (see the module docstring)."""
     proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    job = pickle.dumps((fn.__module__, fn.__name__, args), protocol=pickle.HIGHEST_PROTOCOL)
-    proc.stdin.write(_HEADER.pack(len(job)) + job)
-    proc.stdin.flush()
+    _send(proc.stdin, (fn.__module__, fn.__name__, args))  # the job, framed as the events are
     finished = False
     try:
         while True:

@@ -126,7 +126,6 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
 
 def start_worker(name: str, args: tuple):
     """`python -m facto.worker` running this module's `name(*args)`, spoken to as the parent does."""
-    import pickle
     import subprocess
     import sys
 
@@ -134,9 +133,7 @@ def start_worker(name: str, args: tuple):
 
     proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    job = pickle.dumps((__name__, name, args))
-    proc.stdin.write(worker._HEADER.pack(len(job)) + job)
-    proc.stdin.flush()
+    worker._send(proc.stdin, (__name__, name, args))
     return proc
 
 
@@ -195,8 +192,8 @@ def count_to_with_payload(n: int, payload: bytes):
 
 
 def test_a_job_whose_arguments_exceed_a_pipe_buffer_reaches_the_child_whole():
-    """The job is read from a pipe that holds 64 KiB at a time: it must arrive whole, not as
-    'pickle data was truncated'."""
+    """The job is read from a pipe that holds 64 KiB at a time: it must arrive whole (an
+    unbuffered read took part of it and the job failed with a broken pipe)."""
     from facto.jobs import in_child
 
     job = Job(in_child(count_to_with_payload, 3, b"x" * 1_000_000)).start()
