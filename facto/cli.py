@@ -183,15 +183,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_output_path(args.html, "--html")
     store = open_history(args.no_store)
     quiet = args.quiet or args.json
-    points = []
-    tracker = SweepTracker()
+    tracker = SweepTracker()  # the finished points, and whether they are too short to rank
     events = sweep(base, ranks, bits, updates, store=store)
     try:
         for event in events:
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             tracker.add(event)
             if isinstance(event, SweepPoint):
-                points.append(event)
                 acc = "-" if event.accuracy is None else f"{event.accuracy:.2f}"
                 _progress(f"[{event.index + 1}/{event.total}] {event.variant:8} rank={event.rank!s:<6} "
                           f"bits={event.bits!s:<4} update={event.update:<5} acc={acc}% "
@@ -199,10 +197,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         ctrl_c_closes()
         events.close()
-        print(f"interrupted after {len(points)} points: finished runs are stored, the current one as "
+        print(f"interrupted after {len(tracker.points)} points: finished runs are stored, the current one as "
               "'interrupted'", file=sys.stderr)
         return 130
-    rows = points_table(points)
+    rows = points_table(tracker.points)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -211,7 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.html:
         from . import plots
 
-        plots.sweep_figure(points).write_html(args.html, include_plotlyjs=True)
+        plots.sweep_figure(tracker.points).write_html(args.html, include_plotlyjs=True)
         _progress(f"chart written to {args.html}", quiet)
     note = tracker.too_short()
     if note:
