@@ -111,20 +111,23 @@ def _env_flag(name: str) -> bool:
     return _read_flag(name)[0]
 
 
+def _read_jobs_mode() -> tuple[str, str | None]:
+    """(value, problem or None) of FACTO_JOBS (process when unset or unreadable)."""
+    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
+    if not mode or mode in JOBS_MODES:
+        return mode or JOBS_MODES[0], None
+    return JOBS_MODES[0], f"FACTO_JOBS={mode!r} is not allowed: use process or thread. Using process."
+
+
 def jobs_mode() -> str:
     """Where runs train: 'process' (a child process each, the default) or 'thread' (FACTO_JOBS=thread)."""
-    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
-    return mode if mode in JOBS_MODES else "process"
+    return _read_jobs_mode()[0]
 
 
 def env_problems() -> list[str]:
     """What the server's environment got wrong, one plain line per variable."""
-    problems = [problem for name in ENV_INTS if (problem := _read_int(name)[1])]
-    problems += [problem for name in ENV_FLAGS if (problem := _read_flag(name)[1])]
-    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
-    if mode and mode not in JOBS_MODES:
-        problems.append(f"FACTO_JOBS={mode!r} is not allowed: use process or thread. Using process.")
-    return problems
+    readings = [_read_int(name) for name in ENV_INTS] + [_read_flag(name) for name in ENV_FLAGS]
+    return [problem for _, problem in readings + [_read_jobs_mode()] if problem]
 
 
 @st.cache_resource(show_spinner=False)
