@@ -414,8 +414,9 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
             raise ValueError(f"input={'x'.join(map(str, shape))} does not run through {key} "
                              f"({spec.name}): {str(exc).splitlines()[0]}") from exc
         rows.append(plan_row(profile, budget_bytes))
+    notes = _notes(key, shape, precision, dev, specs) + _nothing_fits(rows, budget_bytes, reserve_bytes)
     return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
-                      PROBE_BATCHES, rows, _notes(key, shape, precision, dev, specs) + _nothing_fits(rows, budget_bytes, reserve_bytes))
+                      PROBE_BATCHES, rows, notes)
 
 
 def _nothing_fits(rows: Sequence[PlanRow], budget: int, reserve: int) -> list[str]:
