@@ -176,7 +176,7 @@ class LayerReport:
 
     name: str
     kind: str  # "factorized" | "dense"
-    layer_type: str  # "Conv2d" | "Linear"
+    layer_type: str  # "Conv2d" | "Linear", or another conv type that stays dense ("Conv1d", ...)
     method: str | None  # "tucker2" | "svd" | None
     weight_shape: tuple[int, ...]
     ranks: tuple[int, int] | None
@@ -218,6 +218,14 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
                 params_before=params, params_after=params, trainable_params=trainable,
                 rel_error=None, update=None, reason=skipped.get(name, "not factorized")))
+        elif isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.lazy.LazyModuleMixin):
+            params = sum(p.numel() for p in m.parameters(recurse=False))
+            rows.append(LayerReport(
+                name=name, kind="dense", layer_type=type(m).__name__, method=None,
+                weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
+                params_before=params, params_after=params, trainable_params=trainable,
+                rel_error=None, update=None,
+                reason=f"{type(m).__name__} stays dense (Facto factorizes Conv2d and Linear)"))
     return rows
 
 

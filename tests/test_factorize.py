@@ -451,6 +451,19 @@ def test_describe_trainable_counts_match_dense_model():
     assert rows["conv"].params_after < rows["conv"].params_before
 
 
+def test_describe_lists_convs_facto_leaves_dense_with_the_reason():
+    """A Conv1d/Conv3d/ConvTranspose2d is not silently missing from the report."""
+    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.Conv3d(2, 4, 3), nn.ConvTranspose2d(8, 4, 3))
+    rows = rows_by_name(factorize(model, rank=0.5))
+    assert sorted(rows) == ["0", "1", "2"]
+    for name, kind in (("0", "Conv1d"), ("1", "Conv3d"), ("2", "ConvTranspose2d")):
+        row = rows[name]
+        assert (row.kind, row.layer_type) == ("dense", kind)
+        assert kind in row.reason and "Conv2d and Linear" in row.reason
+        assert row.params_before == row.params_after == sum(p.numel() for p in model[int(name)].parameters())
+    assert "nothing was factorized" in format_report(list(rows.values()))
+
+
 # ----------------------------------------------------------------------------- real models
 
 TORCHVISION = {
