@@ -39,7 +39,12 @@ class SavedRecord:
 
 @dataclass
 class ActivationMeter:
-    """What one forward pass left for backward: stored bytes, raw bytes, per module."""
+    """What one forward pass left for backward: stored bytes, raw bytes, per module.
+
+    `by_module` keys are the names of the innermost module running when autograd saved the
+    tensor; what the model's own `forward` saves (functional calls such as `F.relu`) counts
+    under "<model>", and with no `model` given everything counts under "".
+    """
 
     bits: int | None = None
     block: int = 64
