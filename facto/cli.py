@@ -235,6 +235,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = analyse_layers(config)
     print(format_report(result.report))
+    print(f"(weights freshly initialised from seed {config.seed}: the error is large on such noise-like weights; "
+          "--warm-start-steps N trains the dense model first, then factorizes it)")
     rows = [{"layer": n, "dense MB": d / MB, "facto MB": f / MB} for n, d, f in result.rows()]
     rows.append({"layer": "TOTAL", "dense MB": result.dense_total / MB, "facto MB": result.facto_total / MB})
     print(f"\nstored activation bytes for one batch of {config.batch_size} "
