@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .compress import compress, validate_bits, validate_block
+from .compress import compress, container_name, validate_bits, validate_block
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SavedRecord:
     dtype: str
     raw_bytes: int
     stored_bytes: int
-    stored_as: str  # "tensor" | "Packed" | "HalfPacked" | "PackedMask" | "NarrowInt"
+    stored_as: str  # "tensor" | "Packed" | "HalfPacked" | "PackedMask" | "NarrowInt" (inside a Relaid too)
 
 
 @dataclass
@@ -116,7 +116,7 @@ class _Packer:
         raw = stored_bytes if kept_as_is else x.numel() * x.element_size()
         module = self.stack[-1] if self.stack else ""
         self.meter.add(SavedRecord(module, tuple(x.shape), str(x.dtype).replace("torch.", ""),
-                                   raw, stored_bytes, "tensor" if kept_as_is else type(stored).__name__))
+                                   raw, stored_bytes, container_name(stored)))
         return stored
 
     def count_new_storages(self, tensors) -> int:
@@ -223,7 +223,10 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
         torch.cuda.reset_peak_memory_stats()
     token = _ACTIVE.set(packer)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(packer.pack, packer.unpack):
+        # the hooks are bookkeeping in Python: torch.compile leaves them out of its graphs
+        # (it would otherwise compile them anew for each kind of tensor, up to its limit)
+        with torch.autograd.graph.saved_tensors_hooks(torch.compiler.disable(packer.pack),
+                                                      torch.compiler.disable(packer.unpack)):
             yield meter
     finally:
         _ACTIVE.reset(token)

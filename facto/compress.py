@@ -32,6 +32,7 @@ __all__ = [
     "NarrowInt",
     "Packed",
     "PackedMask",
+    "Relaid",
     "Stored",
     "clamp_with_mask",
     "compress",
@@ -705,7 +706,68 @@ def narrow_int(x: Tensor, upper_bound: int | None = None) -> NarrowInt:
 
 # ---------------------------------------------------------------- dispatch
 
-Stored = Tensor | Packed | HalfPacked | PackedMask | NarrowInt
+
+@dataclass(frozen=True, eq=False)
+class Relaid:
+    """A non-contiguous tensor, stored compactly; `restore` gives back its shape and strides.
+
+    A dense one (channels_last, a transpose) is stored in its memory order and restored
+    without a copy; a view with gaps (a slice, a strided column) is stored as its values
+    and restored into a buffer with its strides. Code that reads the strides of what it
+    saved gets the layout it saved: channels_last kernels, and torch.compile's backward,
+    which checks them.
+    """
+
+    inner: Packed | HalfPacked | PackedMask | NarrowInt
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dense: bool
+
+    def restore(self) -> Tensor:
+        values = self.inner.restore()
+        if self.dense:
+            return values.as_strided(self.shape, self.stride)
+        out = torch.empty_strided(self.shape, self.stride, dtype=values.dtype, device=values.device)
+        return out.copy_(values)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.inner.tensors()
+
+    @property
+    def nbytes(self) -> int:
+        return self.inner.nbytes
+
+
+Stored = Tensor | Packed | HalfPacked | PackedMask | NarrowInt | Relaid
+
+
+def memory_order(x: Tensor) -> list[int] | None:
+    """The dim order in which x's values lie in memory when it is not x's own and x is dense
+    (no gaps, no overlap: channels_last, a transpose); None otherwise."""
+    if x.dim() < 2 or x.is_contiguous():
+        return None
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return order if x.permute(order).is_contiguous() else None
+
+
+def _relaid(x: Tensor, store) -> Stored | None:
+    """`store` applied to x's values inside a Relaid when x is not contiguous (None if it is,
+    or if x overlaps itself, an expanded tensor: that one is restored contiguous)."""
+    if x.is_contiguous():
+        return None
+    order = memory_order(x)
+    if order is not None:
+        return Relaid(store(x.permute(order)), x.shape, x.stride(), dense=True)
+    if any(st == 0 and n > 1 for st, n in zip(x.stride(), x.shape)):
+        return None
+    return Relaid(store(x.contiguous()), x.shape, x.stride(), dense=False)
+
+
+def container_name(stored: Stored) -> str:
+    """"tensor", or the name of the container holding the values ("Packed", ...)."""
+    if isinstance(stored, Tensor):
+        return "tensor"
+    return type(stored.inner if isinstance(stored, Relaid) else stored).__name__
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -755,17 +817,22 @@ def compress(
     bool -> PackedMask; integer -> NarrowInt (both lossless, whatever bits);
     floating: bits None -> x itself (caller handles), 16 -> HalfPacked,
     1..8 -> Packed via :func:`quantize` (``generator``/``seed``: its noise).
+    A non-contiguous x (channels_last, a strided view) is held by a `Relaid`, whose
+    restore has x's shape and strides.
     """
     validate_bits(bits)
     validate_block(block)
     if not isinstance(x, Tensor):
         raise ValueError(f"x={type(x).__name__} is not allowed: use a torch.Tensor")
+    if bits is None and x.is_floating_point():
+        return x
+    relaid = _relaid(x, lambda values: compress(values, bits, block, stochastic, generator, seed))
+    if relaid is not None:
+        return relaid
     if x.dtype == torch.bool:
         return pack_mask(x)
     if not x.is_floating_point():
         return narrow_int(x)
-    if bits is None:
-        return x
     if bits == 16:
         return half_pack(x)
     return quantize(x, bits, block, stochastic=stochastic, generator=generator, seed=seed)

@@ -59,6 +59,76 @@ def test_parameters_and_buffers_are_excluded():
     assert without_model.bytes == x.numel() * 4
 
 
+def _grads(model: nn.Module, run, x, y, bits):
+    model.zero_grad()
+    with facto.saved_activations(bits=bits, model=model, stochastic=False) as meter:
+        loss = F.cross_entropy(run(x), y)
+    loss.backward()
+    return meter, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def _restored_saved_tensors(loss: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor the graph behind `loss` saved, as backward gets it back (through unpack)."""
+    seen, stack, out = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":  # built-in ops, custom Functions
+                value = getattr(node, name)
+                out += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, torch.Tensor)]
+        stack += [n for n, _ in node.next_functions]
+    return out
+
+
+@pytest.mark.parametrize("build", ["masks", "facto"])
+def test_channels_last_trains_under_the_meter_with_its_layout_kept(build):
+    """A channels_last model trains with the gradients of the contiguous one, and what backward
+    gets back is channels_last as saved (4-bit maps, max-pool indices: checked on the dense
+    model; Facto's 1x1 stages run as bmm and give contiguous maps)."""
+    net = conv_bn_relu_net()
+    net = facto.with_relu_masks(net) if build == "masks" else facto.factorize(net, rank=0.5, skip_first_conv=False)
+    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
+    _, plain = _grads(net, net, x, y, None)
+    net_cl = net.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    _, relaid = _grads(net_cl, net_cl, x_cl, y, None)
+    for a, b in zip(plain, relaid):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with facto.saved_activations(bits=4, model=net_cl) as meter:
+        loss = F.cross_entropy(net_cl(x_cl), y)
+    saved = {id(t): t for t in _restored_saved_tensors(loss)}
+    maps = [t for t in saved.values() if t.dim() == 4 and t.shape[0] == 4 and t.shape[1] > 1]
+    laid = [t for t in maps if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()]
+    if build == "masks":  # every map of the dense model is channels_last, as it was saved
+        assert len(laid) == len(maps) >= 4
+        assert {r.stored_as for r in meter.records if len(r.shape) == 4} == {"Packed", "NarrowInt"}
+
+
+def _has_cpp_compiler() -> bool:
+    import shutil
+    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_torch_compile_trains_under_the_meter():
+    """A torch.compile'd model inside saved_activations: its backward checks the strides of what it
+    saved (a 1-bit mask column, stride 8) and gets them back; gradients equal eager's."""
+    torch._dynamo.reset()
+    net = facto.factorize(conv_bn_relu_net(), rank=0.5, skip_first_conv=False)
+    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
+    eager_meter, eager = _grads(net, net, x, y, None)
+    compiled = torch.compile(net)
+    meter, grads = _grads(net, compiled, x, y, None)
+    assert meter.bytes > 0 and set(meter.by_module) <= set(eager_meter.by_module)
+    for a, b in zip(eager, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _, lossy = _grads(net, compiled, x, y, 4)  # and compressed, the graph compiled once
+    assert all(torch.isfinite(g).all() for g in lossy)
+
+
 def test_address_reuse_gets_its_own_packed_data():
     """Originals are freed once packed; a later tensor at the same address must not hit the cache."""
     torch.manual_seed(0)

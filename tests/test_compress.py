@@ -10,6 +10,7 @@ from facto.compress import (
     NarrowInt,
     Packed,
     PackedMask,
+    Relaid,
     clamp_with_mask,
     compress,
     half_pack,
@@ -449,6 +450,50 @@ def test_compress_nbytes_interface():
         stored = compress(x, bits)
         assert stored.nbytes < x.numel() * 4
         assert stored.restore().shape == x.shape
+
+
+LAYOUTS = {
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "transpose": lambda t: t[0, 0].t(),
+    "permuted": lambda t: t.permute(2, 0, 3, 1),
+    "column slice (gaps)": lambda t: t[:, ::2],
+    "one strided column": lambda t: t.reshape(-1, 8)[:, :1],  # what torch.compile's graph saved
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("kind", ["4-bit", "1-bit", "16-bit", "mask", "int"])
+def test_restore_keeps_shape_and_strides(layout, kind):
+    """A non-contiguous saved tensor comes back with its own strides (channels_last kernels and
+    torch.compile's backward read them: inductor stops on a stride it did not save), holding
+    only its values, stored in memory order so that blocks follow the memory."""
+    base = random_input((4, 6, 5, 4), seed=3)
+    base = {"mask": base > 0, "int": (base * 50).round().to(torch.int64)}.get(kind, base)
+    x = LAYOUTS[layout](base)
+    bits = {"4-bit": 4, "1-bit": 1, "16-bit": 16}.get(kind, 4)
+    stored = compress(x, bits, block=16, stochastic=False)
+    assert isinstance(stored, Relaid)
+    out = stored.restore()
+    assert (out.shape, out.stride(), out.dtype) == (x.shape, x.stride(), x.dtype)
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    values = x.permute(order).contiguous() if stored.dense else x.contiguous()
+    expected = compress(values, bits, block=16, stochastic=False)
+    assert type(stored.inner) is type(expected)
+    assert stored.nbytes == expected.nbytes == sum(t.untyped_storage().nbytes() for t in stored.tensors())
+    restored = expected.restore()
+    assert torch.equal(out.permute(order).contiguous() if stored.dense else out.contiguous(), restored)
+    if kind in ("mask", "int"):
+        assert torch.equal(out, x)  # lossless kinds come back exactly, in place
+
+
+def test_dense_layouts_are_restored_without_a_copy_and_expanded_ones_contiguous():
+    x = random_input((2, 8, 4, 4), seed=5).contiguous(memory_format=torch.channels_last)
+    stored = compress(x, 4)
+    assert stored.dense and stored.restore().is_contiguous(memory_format=torch.channels_last)
+    assert not compress(x[:, ::2], 4).dense
+    expanded = (random_input((1, 8), seed=6) > 0).expand(5, 8)  # overlaps itself: comes back contiguous
+    out = compress(expanded, 4).restore()
+    assert isinstance(compress(expanded, 4), PackedMask) and out.is_contiguous() and torch.equal(out, expanded)
 
 
 # ---------------------------------------------------------------- validation
