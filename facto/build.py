@@ -24,7 +24,7 @@ from torch import nn
 from .activations import measure_activations
 from .config import RunConfig
 from .factorize import factorize, with_relu_masks
-from .models import create_model
+from .models import ModelInputError, create_model, list_models
 
 METHODS = ("dense", "compress", "facto", "checkpoint")
 
@@ -88,10 +88,32 @@ def dense_model(config: RunConfig, num_classes: int, in_channels: int,
         with seeded(config.seed), init_from(torch.Generator().manual_seed(config.seed)):
             model = create_model(config.model, num_classes, in_channels)
         if previous is not None and same_state(previous, model):
+            if config.model not in list_models():  # a torchvision model: may need larger images
+                check_takes_images(model, config.model, in_channels, num_classes)
             return model.to(device)
         previous = model
     raise RuntimeError("the initial weights could not be drawn reproducibly: another thread keeps "
                        "reseeding or drawing from torch's global generator")
+
+
+def check_takes_images(model: nn.Module, name: str, in_channels: int, num_classes: int) -> None:
+    """ModelInputError unless a training forward of two of the runs' images gives one logits tensor."""
+    from .data import IMAGE_SIZE
+
+    shape = f"{in_channels}x{IMAGE_SIZE}x{IMAGE_SIZE}"
+    hint = (f"Facto trains on {shape} images; plan it at its own size with "
+            f"`facto plan --model tv:{name} --input 3x224x224`, or pick one of {', '.join(list_models())}")
+    x = torch.randn(2, in_channels, IMAGE_SIZE, IMAGE_SIZE)
+    try:
+        with probing(model), torch.no_grad():
+            out = model(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelInputError(f"model={name!r} cannot take {shape} images ({reason}). {hint}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelInputError(f"model={name!r} gives {got} for 2 images, not one score per class "
+                              f"(2, {num_classes}): it is not a plain classifier. {hint}")
 
 
 def same_state(a: nn.Module, b: nn.Module) -> bool:

@@ -22,9 +22,10 @@ MB = 1e6
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix (mapped to one line + exit 2)."""
     from .data import DataNotFoundError
+    from .models import ModelInputError
     from .store import RunNotFoundError, StoreUnavailableError
 
-    return (UsageError, DataNotFoundError, RunNotFoundError, StoreUnavailableError)
+    return (UsageError, DataNotFoundError, ModelInputError, RunNotFoundError, StoreUnavailableError)
 
 
 # ----------------------------------------------------------------------------- config flags

@@ -7,7 +7,9 @@ Usage::
 
 Registered models (in this order): simple_cnn, resnet20, resnet18, vgg11_bn,
 mobilenet_v2. Any other torchvision classification model can be created by its
-torchvision name (random weights, first conv adapted to ``in_channels``).
+torchvision name (random weights, first conv adapted to ``in_channels``, auxiliary
+heads off); a run checks that it takes the 32x32 images (alexnet, inception_v3 and the
+vision transformers need larger ones: `facto plan --model tv:NAME` plans them).
 All models are built from the global torch RNG, so ``torch.manual_seed`` makes
 construction deterministic.
 """
@@ -336,11 +338,19 @@ def mobilenet_v2(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return model
 
 
+_AUX_HEADS = frozenset({"googlenet", "inception_v3"})  # torchvision models with auxiliary classifiers
+
+
+class ModelInputError(ValueError):
+    """A model that cannot train on the run's images (built for larger ones, or not a classifier)."""
+
+
 def _create_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """Any torchvision classification model, random weights, first conv from ``in_channels``."""
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    extra = {"aux_logits": False} if name in _AUX_HEADS else {}  # one logits tensor, as every model gives
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     if in_channels != 3:
         replace_first_conv(model, in_channels)
     return model

@@ -44,6 +44,7 @@ def facto_home(tmp_path, monkeypatch):
     (["bench", "--bogus"], "--bogus"),
     (["plan", "--input", "3x224"], "3x224"),
     (["inspect", "--model", "tv:resnet18"], "is for facto plan"),
+    (["inspect", "--model", "alexnet"], "cannot take 1x32x32 images"),
 ])
 def test_user_mistakes_print_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -99,6 +99,45 @@ def test_any_torchvision_model_by_name(name):
     assert name in model_info(name)
 
 
+def test_torchvision_model_with_auxiliary_heads_gives_one_logits_tensor():
+    model = create_model("googlenet", num_classes=10, in_channels=1).train()
+    out = model(torch.randn(2, 1, 32, 32))  # in training mode too (it gave a GoogLeNetOutputs)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, needle", [("alexnet", "Output size is too small"),
+                                          ("vit_b_16", "Expected 224 but got 32")])
+def test_a_torchvision_model_built_for_larger_images_is_refused_naming_why(name, needle):
+    """Building the run's model tells the user at once (a ValueError, one line in the CLI),
+    not with a traceback from inside the first training step."""
+    from facto import RunConfig
+    from facto.build import dense_model
+    from facto.models import ModelInputError
+
+    with pytest.raises(ModelInputError) as err:
+        dense_model(RunConfig(model=name), num_classes=10, in_channels=1)
+    text = str(err.value)
+    assert name in text and "1x32x32" in text and needle in text and f"tv:{name}" in text
+    assert "\n" not in text
+
+
+def test_a_model_that_is_not_a_plain_classifier_is_refused():
+    from facto.build import check_takes_images
+    from facto.models import ModelInputError
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 10, 3)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return y, y
+
+    with pytest.raises(ModelInputError, match="not a plain classifier"):
+        check_takes_images(TwoHeads(), "two_heads", 1, 10)
+
+
 def test_unknown_model_raises_value_error_naming_it():
     with pytest.raises(ValueError, match="no_such_net") as err:
         create_model("no_such_net")
