@@ -349,7 +349,8 @@ def _create_torchvision_model(name: str, num_classes: int, in_channels: int) -> 
     """Any torchvision classification model, random weights, first conv from ``in_channels``."""
     import torchvision
 
-    extra = {"aux_logits": False} if name in _AUX_HEADS else {}  # one logits tensor, as every model gives
+    # one logits tensor, as every model gives; their usual init, without torchvision's FutureWarning
+    extra = {"aux_logits": False, "init_weights": True} if name in _AUX_HEADS else {}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     if in_channels != 3:
         replace_first_conv(model, in_channels)
