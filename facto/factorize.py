@@ -102,6 +102,8 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
         skip_first_conv: leave the first conv (on the image, few input channels) dense.
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
+        (A layer whose weight does not require grad, frozen by you, is factorized with every
+        factor frozen: it trains nothing and stores nothing for its weights.)
         n_iter_max: Tucker (HOOI) iterations after the HOSVD init; 0 is plain HOSVD.
         recompute: fuse each conv (factorized or dense) with the BatchNorm2d it feeds and
             recompute BN's input in backward instead of storing it; max-pools keep indices
@@ -137,15 +139,27 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
             continue
         policy = policies.get(name, policies.get("*"))
         if isinstance(module, nn.Conv2d):
-            replace_module(new, name, FactoConv2d.from_conv(module, policy, update, n_iter_max))
+            layer = FactoConv2d.from_conv(module, policy, update, n_iter_max)
         else:
-            replace_module(new, name, FactoLinear.from_linear(module, policy, update))
+            layer = FactoLinear.from_linear(module, policy, update)
+        _keep_frozen(module, layer)
+        replace_module(new, name, layer)
     if relu_masks:
         _replace_relus(new)
     if recompute:
         fuse_recompute(new)
     new.facto_state = FactoState(options=options, skipped=skipped)
     return new
+
+
+def _keep_frozen(dense: nn.Module, layer: FactorizedLayer) -> None:
+    """A layer the user froze (weight.requires_grad False) stays frozen: no factor trains, and
+    every stage runs without storing its input. The bias keeps its own flag."""
+    if not dense.weight.requires_grad:
+        for stage in layer.stage_names:
+            getattr(layer, stage).requires_grad_(False)
+    if layer.bias is not None:
+        layer.bias.requires_grad_(dense.bias.requires_grad)
 
 
 def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
@@ -209,7 +223,8 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 params_before=info.params_before if info else m.dense_weight().numel(),
                 params_after=m.factor_parameters(), trainable_params=trainable,
                 rel_error=info.rel_error if info else None, update=m.update,
-                reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped else None)))
+                reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped
+                        else "frozen (as in the given model): no factor trains" if m.frozen else None)))
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             params = sum(p.numel() for p in m.parameters(recurse=False))  # a fused BN is not the layer's
             rows.append(LayerReport(

@@ -153,6 +153,11 @@ class FactorizedLayer(nn.Module):
             return "last"  # two-stage layers: the rank-sized input is the one worth storing
         return update
 
+    @property
+    def frozen(self) -> bool:
+        """True when no factor trains (the dense layer was frozen)."""
+        return not any(getattr(self, n).requires_grad for n in self.stage_names)
+
     def factor_parameters(self) -> int:
         return sum(getattr(self, n).numel() for n in self.stage_names) + (
             self.bias.numel() if self.bias is not None else 0

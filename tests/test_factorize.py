@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import facto
 from facto import FactoConv2d, FactoLinear, MaskReLU, describe, factorize, format_report, parse_rank, with_relu_masks
 from facto.decompose import choose_rank, evbmf_rank
 from facto.models import create_model, list_models
@@ -449,6 +450,31 @@ def test_describe_trainable_counts_match_dense_model():
         assert rows[name].params_before == rows[name].params_after
     assert rows["conv"].params_before == sum(p.numel() for p in model.conv.parameters())
     assert rows["conv"].params_after < rows["conv"].params_before
+
+
+def test_a_layer_frozen_by_the_user_stays_frozen_and_stores_less():
+    """Fine-tuning with a frozen backbone: its factorized layers train nothing and keep nothing
+    for their weights' gradients; the layers after it train as asked."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10))
+    x = torch.randn(4, 3, 16, 16)
+    trainable = factorize(model, rank=0.5, update="core")
+    model[2].requires_grad_(False)
+    model[2].bias.requires_grad_(True)  # the bias keeps its own flag
+    frozen = factorize(model, rank=0.5, update="core")
+    assert frozen[2].frozen and frozen[2].bias.requires_grad and not trainable[2].frozen
+    assert frozen[4].core.requires_grad  # the next layer trains as asked
+    rows = rows_by_name(frozen)
+    assert "frozen" in rows["2"].reason and rows["2"].trainable_params == 16 and rows["4"].reason is None
+    stored = {}
+    for label, net in (("trainable", trainable), ("frozen", frozen)):
+        with facto.saved_activations(model=net) as meter:
+            net(x).sum().backward()
+        stored[label] = meter.by_module.get("2", 0)
+    assert frozen[2].core.grad is None and frozen[2].bias.grad is not None
+    assert stored["frozen"] < stored["trainable"]
 
 
 def test_describe_lists_convs_facto_leaves_dense_with_the_reason():
