@@ -14,6 +14,7 @@ with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest lo
     from .config import PRESETS, SETTINGS, RunConfig, preset
     from .data import DataNotFoundError, dataset_info, list_datasets, load_data
     from .decompose import RankPolicy, parse_rank
+    from .dense import to_dense
     from .events import EvalEvent, FailureEvent, StartEvent, StepEvent, SummaryEvent
     from .factorize import LayerReport, describe, factorize, format_report, with_relu_masks
     from .fuse import FactoConvBN, IndexMaxPool2d, fuse_recompute
@@ -31,5 +32,5 @@ __all__ = [
     "RankPolicy", "RunConfig", "RunStore", "StartEvent", "StepEvent", "SummaryEvent", "compare", "compress",
     "create_model", "dataset_info", "describe", "factorize", "format_report", "fuse_recompute", "hold",
     "list_datasets", "list_models", "load_data", "measure_activations", "parse_rank", "preset", "record",
-    "run", "saved_activations", "seeded", "sweep", "with_relu_masks",
+    "run", "saved_activations", "seeded", "sweep", "to_dense", "with_relu_masks",
 ]
