@@ -20,7 +20,7 @@ with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest lo
     from .fuse import FactoConvBN, IndexMaxPool2d, fuse_recompute
     from .jobs import Job, JobRegistry
     from .layers import FactoConv2d, FactoLinear, MaskReLU
-    from .models import create_model, list_models
+    from .models import create_model, list_models, register_model
     from .recorder import record
     from .store import RunStore
     from .sweep import sweep
@@ -32,5 +32,5 @@ __all__ = [
     "RankPolicy", "RunConfig", "RunStore", "StartEvent", "StepEvent", "SummaryEvent", "compare", "compress",
     "create_model", "dataset_info", "describe", "factorize", "format_report", "fuse_recompute", "hold",
     "list_datasets", "list_models", "load_data", "measure_activations", "parse_rank", "preset", "record",
-    "run", "saved_activations", "seeded", "sweep", "to_dense", "with_relu_masks",
+    "register_model", "run", "saved_activations", "seeded", "sweep", "to_dense", "with_relu_masks",
 ]

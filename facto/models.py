@@ -45,15 +45,22 @@ _MODEL_INFO: dict[str, str] = {}
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator registering ``builder(num_classes, in_channels) -> nn.Module`` as ``name``.
 
-    The first line of the builder's docstring becomes its ``model_info`` text.
+    Names are case-insensitive (kept in lower case, as model names are looked up). The first
+    line of the builder's docstring becomes its ``model_info`` text. Then
+    ``RunConfig(model=name)`` trains it: `compare`, `sweep`, `run`, the planner.
     """
+    if not isinstance(name, str) or not name.strip() or name.strip().lower().startswith(("tv:", "torchvision:")):
+        raise ValueError(f"name={name!r} is not allowed: use a non-empty model name (tv: is the planner's)")
+    key = name.strip().lower()
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _MODEL_BUILDERS:
+        if key in _MODEL_BUILDERS:
             raise ValueError(f"name={name!r} is already registered: choose a new model name")
-        doc = (builder.__doc__ or name).strip().splitlines()[0].strip()
-        _MODEL_BUILDERS[name] = builder
-        _MODEL_INFO[name] = doc
+        if not callable(builder):
+            raise ValueError(f"builder={builder!r} is not allowed: use a function (num_classes, in_channels)")
+        doc = (builder.__doc__ or key).strip().splitlines()[0].strip()
+        _MODEL_BUILDERS[key] = builder
+        _MODEL_INFO[key] = doc
         return builder
 
     return decorator

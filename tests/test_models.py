@@ -154,6 +154,37 @@ def test_bad_sizes_raise_value_error(arg, value):
         create_model("simple_cnn", **{arg: value})
 
 
+def test_a_model_of_your_own_trains_by_its_registered_name():
+    """register_model("TinyNet") is found as TinyNet or tinynet (names were looked up in lower
+    case but stored as given: a mixed-case name was never found)."""
+    from facto import RunConfig, compare
+    from facto.models import _MODEL_BUILDERS, _MODEL_INFO
+
+    @register_model("TinyNet")
+    def tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+        """A tiny conv net of my own."""
+        return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+    try:
+        assert "tinynet" in list_models() and model_info("TINYNET") == "A tiny conv net of my own."
+        config = RunConfig(model="TinyNet", max_steps=2, max_train=64, max_test=32, batch_size=32)
+        assert config.model == "tinynet"
+        summary = list(compare(config))[-1]
+        assert summary.status == "completed" and summary.saving_pct > 50
+        with pytest.raises(ValueError, match="already registered"):
+            register_model("tinynet")(tiny)
+    finally:
+        _MODEL_BUILDERS.pop("tinynet", None), _MODEL_INFO.pop("tinynet", None)
+    assert list_models() == REGISTERED
+
+
+@pytest.mark.parametrize("name", ["", "  ", None, "tv:mine"])
+def test_register_model_rejects_bad_names(name):
+    with pytest.raises(ValueError, match="name="):
+        register_model(name)
+
+
 def test_register_model_rejects_duplicates():
     with pytest.raises(ValueError, match="simple_cnn"):
         register_model("simple_cnn")(lambda num_classes, in_channels: nn.Identity())
