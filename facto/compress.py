@@ -769,6 +769,7 @@ def container_name(stored: Stored) -> str:
         return "tensor"
     return type(stored.inner if isinstance(stored, Relaid) else stored).__name__
 
+
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

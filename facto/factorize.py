@@ -102,14 +102,14 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
         skip_first_conv: leave the first conv (on the image, few input channels) dense.
         skip_output_layer: leave the last Linear (the classifier) dense.
         relu_masks: ReLUs keep 1-bit masks (see `with_relu_masks`).
-        (A layer whose weight does not require grad, frozen by you, is factorized with every
-        factor frozen: it trains nothing and stores nothing for its weights.)
         n_iter_max: Tucker (HOOI) iterations after the HOSVD init; 0 is plain HOSVD.
         recompute: fuse each conv (factorized or dense) with the BatchNorm2d it feeds and
             recompute BN's input in backward instead of storing it; max-pools keep indices
             only (`facto.fuse.fuse_recompute`). On by default, as in `RunConfig`.
 
     The defaults (rank 0.5, update core, recompute on) are those of `facto.RunConfig`.
+    A layer you froze (its weight does not require grad) is factorized with every factor
+    frozen: it trains nothing and keeps nothing for its weights' gradients.
     """
     _check_module(model)
     validate_update(update)
