@@ -329,7 +329,8 @@ def status_line(view: dict) -> None:
             text = f"Done: Facto stored {saving:.1f} % less for backward"
             text += f", test accuracy {delta:+.2f} points vs the baseline." if delta is not None else "."
         st.success(text + stored, icon=":material/check_circle:")
-        note = too_short_note((summary.get("accuracy") or {}).get("baseline"))
+        note = too_short_note((summary.get("accuracy") or {}).get("baseline"),
+                              (view["config"] or {}).get("max_steps"))
         if note:
             st.warning(note, icon=":material/warning:")
     elif status == "interrupted":

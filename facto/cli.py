@@ -150,9 +150,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
     else:
         print(format_summary(summary))
-    note = too_short_note(summary.accuracy.get("baseline")) if "facto" in summary.accuracy else None
+    note = (too_short_note(summary.accuracy.get("baseline"), config.max_steps)
+            if "facto" in summary.accuracy else None)
     if note:  # a comparison too short to compare
-        print(f"note: {note} (--epochs, --max-train)", file=sys.stderr)
+        flags = "--max-steps, --epochs, --max-train" if config.max_steps else "--epochs, --max-train"
+        print(f"note: {note} ({flags})", file=sys.stderr)
     return 0 if summary.status != "failed" else 1
 
 

@@ -206,7 +206,8 @@ class SweepTracker:
         images = f"{config['max_train']:,}" if config.get("max_train") else \
             (f"all {self.train_size:,}" if self.train_size else "all")
         epochs = config.get("epochs", 1)
-        advice = (f"Train longer: more epochs per run (now {epochs}) or more training images (now {images}); "
+        limit = f"a higher step limit (now {config['max_steps']} steps), " if config.get("max_steps") else ""
+        advice = (f"Train longer: {limit}more epochs per run (now {epochs}) or more training images (now {images}); "
                   "every run of the sweep gets the same budget.")
         if too_short_to_compare(base and base.accuracy):
             return (f"The baseline reached only {base.accuracy:.1f} % test accuracy: these runs are too short "

@@ -43,13 +43,15 @@ def too_short_to_compare(baseline_accuracy: float | None) -> bool:
     return baseline_accuracy is not None and baseline_accuracy < TOO_SHORT_PCT
 
 
-def too_short_note(baseline_accuracy: float | None) -> str | None:
-    """What the app and the CLI say under a comparison too short to compare (None when it is not)."""
+def too_short_note(baseline_accuracy: float | None, max_steps: int | None = None) -> str | None:
+    """What the app and the CLI say under a comparison too short to compare (None when it is not);
+    `max_steps`: the run's step limit, named first when there was one."""
     if not too_short_to_compare(baseline_accuracy):
         return None
+    longer = (f"a higher step limit (now {max_steps} steps), more epochs or more training images"
+              if max_steps else "more epochs or more training images")
     return (f"The baseline reached only {baseline_accuracy:.1f} % test accuracy: this run is too short to "
-            "compare the two. Train longer (more epochs or more training images) before reading the "
-            "accuracy change.")
+            f"compare the two. Train longer ({longer}) before reading the accuracy change.")
 
 
 # ----------------------------------------------------------------------------- devices

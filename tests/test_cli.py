@@ -90,6 +90,8 @@ def test_train_table_output(capsys):
     # two steps: the baseline is near chance, and the CLI says so (as the app does), on stderr
     note = [line for line in captured.err.splitlines() if line.startswith("note: ")]
     assert len(note) == 1 and "too short to compare" in note[0] and "--epochs" in note[0], captured.err
+    # the run was cut by its step limit: the note says so first
+    assert "a higher step limit (now 2 steps)" in note[0] and "(--max-steps, --epochs" in note[0]
 
 
 def test_a_baseline_alone_is_not_called_too_short_to_compare(capsys):
@@ -120,6 +122,7 @@ def test_sweep_table_and_html(capsys, tmp_path):
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
     assert [line.split()[0] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]  # on stderr, one per point
     assert "note: The baseline reached only" in captured.err and "too short to rank" in captured.err
+    assert "a higher step limit (now 2 steps)" in captured.err
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
 
 
