@@ -13,7 +13,7 @@ from torch import nn
 
 from .decompose import RankPolicy, RankSpec, parse_rank
 from .fuse import fuse_recompute
-from .layers import FactoConv2d, FactoLinear, FactorizedLayer, MaskReLU, validate_update
+from .layers import FactoConv2d, FactoLinear, FactorizedLayer, MaskReLU, numeric_padding, validate_update
 from .surgery import replace_module
 
 RankArg = Union[RankSpec, Mapping[str, RankSpec]]
@@ -172,8 +172,10 @@ def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
         if module.groups != 1:
             kind = "depthwise" if module.groups == module.in_channels else "grouped"
             return f"{kind} conv (groups={module.groups}) stays dense"
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            return f"padding={module.padding!r}/{module.padding_mode} is not supported"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} is not supported (zero padding only)"
+        if numeric_padding(module) is None:
+            return f"padding={module.padding!r} with an even kernel pads unevenly: not supported"
         if name == first_conv:
             n = module.in_channels
             return f"first conv on the image ({n} input channel{'' if n == 1 else 's'})"

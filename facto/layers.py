@@ -60,6 +60,17 @@ def replay_autocast(state: tuple[str, bool, torch.dtype]):
     return torch.autocast(device_type, dtype=dtype, enabled=enabled)
 
 
+def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """conv's zero padding as numbers: 'valid' is (0, 0), 'same' is half the dilated kernel
+    when that is symmetric (odd kernels); None when it is not (an even kernel with 'same')."""
+    if not isinstance(conv.padding, str):
+        return tuple(conv.padding)
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+
+
 def is_pointwise(weight: Tensor, padding) -> bool:
     """A 1x1 kernel without padding: runs as a matmul."""
     return weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0)
@@ -204,15 +215,16 @@ class FactoConv2d(FactorizedLayer):
         """Factorize `conv` (groups=1, zero padding) keeping its weights: Tucker-2, or SVD for 1x1."""
         if conv.groups != 1:
             raise ValueError(f"conv groups={conv.groups} cannot be factorized: only groups=1")
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        padding = numeric_padding(conv)
+        if conv.padding_mode != "zeros" or padding is None:
             raise ValueError(f"conv padding={conv.padding!r}, padding_mode={conv.padding_mode!r} "
-                             "cannot be factorized: only numeric zero padding")
+                             "cannot be factorized: only symmetric zero padding")
         policy = RankPolicy.parse(rank)
         validate_update(update)
         w = conv.weight.detach().float()
         f = conv_factors(w, policy, n_iter_max)
         cout, cin, kh, kw = w.shape
-        layer = cls(cin, cout, (kh, kw), f.ranks, conv.stride, conv.padding, conv.dilation,
+        layer = cls(cin, cout, (kh, kw), f.ranks, conv.stride, padding, conv.dilation,
                     bias=conv.bias is not None, update=update).to(w.device)
         with torch.no_grad():
             layer.first.copy_(f.first[:, :, None, None])

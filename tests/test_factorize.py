@@ -170,6 +170,30 @@ def test_grouped_and_depthwise_convs_stay_dense_with_reasons():
     assert_finite_grads(new, "GroupedNet")
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's, on the dense 2x2 conv
+def test_string_padding_is_factorized_where_it_is_symmetric():
+    """padding='same' (odd kernels, dilated too) and 'valid' are zero paddings Facto runs as
+    numbers; 'same' on an even kernel pads unevenly and a reflect padding is not zero: those
+    stay dense with the reason."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding="same"), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding="same", dilation=2), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding="valid"), nn.ReLU(),
+                          nn.Conv2d(16, 16, 2, padding="same"), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    new = factorize(model, rank=1.0)
+    rows = rows_by_name(new)
+    assert [rows[n].kind for n in ("2", "4", "6")] == ["factorized"] * 3
+    assert new[2].padding == (1, 1) and new[4].padding == (2, 2) and new[6].padding == (0, 0)
+    assert "pads unevenly" in rows["8"].reason and "reflect" in rows["10"].reason
+    x = torch.randn(2, 3, 12, 12)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-4)  # full rank: same function
+    train_step(new.train(), x)
+    assert_finite_grads(new, "string padding")
+
+
 def test_skip_by_name_leaves_layer_dense_with_reason():
     new = factorize(plain_cnn(), rank=0.5, skip=["features.3"], recompute=False)
     rows = rows_by_name(new)
