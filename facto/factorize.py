@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Union
 from torch import nn
 
 from .decompose import RankPolicy, RankSpec, parse_rank
-from .fuse import fuse_recompute
+from .fuse import ConvBN, fuse_recompute
 from .layers import FactoConv2d, FactoLinear, FactorizedLayer, MaskReLU, numeric_padding, validate_update
 from .surgery import replace_module
 
@@ -213,7 +213,7 @@ def describe(model: nn.Module) -> list[LayerReport]:
     skipped = state.skipped if state else {}
     rows = []
     for name, m in model.named_modules():
-        trainable = sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad)
+        trainable = sum(p.numel() for p in _own_parameters(m) if p.requires_grad)
         if isinstance(m, FactorizedLayer):
             info = m.info
             clamped = bool(info and info.clamped)
@@ -228,15 +228,15 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped
                         else "frozen (as in the given model): no factor trains" if m.frozen else None)))
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            params = sum(p.numel() for p in m.parameters(recurse=False))  # a fused BN is not the layer's
+            params = sum(p.numel() for p in _own_parameters(m))
             rows.append(LayerReport(
                 name=name, kind="dense", layer_type="Conv2d" if isinstance(m, nn.Conv2d) else "Linear",
                 method=None,
                 weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
                 params_before=params, params_after=params, trainable_params=trainable,
-                rel_error=None, update=None, reason=skipped.get(name, "not factorized")))
+                rel_error=None, update=None, reason=skipped.get(name) or _not_plain(m)))
         elif isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.lazy.LazyModuleMixin):
-            params = sum(p.numel() for p in m.parameters(recurse=False))
+            params = sum(p.numel() for p in _own_parameters(m))
             rows.append(LayerReport(
                 name=name, kind="dense", layer_type=type(m).__name__, method=None,
                 weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
@@ -244,6 +244,25 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 rel_error=None, update=None,
                 reason=f"{type(m).__name__} stays dense (Facto factorizes Conv2d and Linear)"))
     return rows
+
+
+def _own_parameters(m: nn.Module) -> list[nn.Parameter]:
+    """A layer's parameters, with those of a parametrization (weight_norm...) and without those
+    of the BatchNorm a recompute fusion holds (not the layer's)."""
+    return [p for name, p in m.named_parameters() if not name.startswith("bn.")]
+
+
+def _not_plain(m: nn.Module) -> str:
+    """Why a conv/linear layer factorize never looked at stayed dense."""
+    if getattr(m, "parametrizations", None):
+        base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+        return f"a {base} with a parametrized {', '.join(m.parametrizations)} (weight_norm, ...) stays dense"
+    if isinstance(m, ConvBN):
+        return "not factorized (fused with its BatchNorm)"
+    if type(m) not in (nn.Conv2d, nn.Linear):
+        base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+        return f"{type(m).__name__} (a subclass of {base}: it may compute differently) stays dense"
+    return "not factorized"
 
 
 def format_report(rows: list[LayerReport]) -> str:

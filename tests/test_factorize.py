@@ -194,6 +194,22 @@ def test_string_padding_is_factorized_where_it_is_symmetric():
     assert_finite_grads(new, "string padding")
 
 
+def test_parametrized_and_subclassed_layers_stay_dense_saying_why():
+    from torch.nn.utils import parametrizations
+
+    class StdConv(nn.Conv2d):  # e.g. a standardized-weight conv: its own forward
+        pass
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), parametrizations.weight_norm(nn.Conv2d(8, 8, 3)), StdConv(8, 8, 3),
+                          nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(128, 10))
+    rows = rows_by_name(factorize(model, rank=0.5))
+    assert "parametrized weight" in rows["1"].reason and rows["1"].params_before == 8 * 8 * 9 + 8 + 8
+    assert "StdConv (a subclass of Conv2d" in rows["2"].reason
+    assert rows["3"].kind == "factorized"
+    fused_only = rows_by_name(facto.fuse_recompute(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))))
+    assert fused_only["0"].reason == "not factorized (fused with its BatchNorm)" and fused_only["0"].params_before == 224
+
+
 def test_skip_by_name_leaves_layer_dense_with_reason():
     new = factorize(plain_cnn(), rank=0.5, skip=["features.3"], recompute=False)
     rows = rows_by_name(new)
