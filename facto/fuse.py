@@ -445,8 +445,8 @@ def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bo
             continue
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         fused_cls = FactoConvBN if isinstance(conv, FactoConv2d) else ConvBN
+        replace_module(model, bn_name, nn.Identity())  # first: once the fused conv holds bn, that is a name of it too
         replace_module(model, conv_name, fused_cls(conv, bn, bn_stats))
-        replace_module(model, bn_name, nn.Identity())
         report.fused.append(f"{conv_name}+{bn_name}")
         done.add(conv_name)
     for name, m in model.named_modules():

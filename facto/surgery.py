@@ -4,8 +4,16 @@ from __future__ import annotations
 from torch import nn
 
 
+def aliases(root: nn.Module, module: nn.Module) -> list[str]:
+    """Every dotted name under which `module` is registered in `root` (one, unless it is shared)."""
+    return [n for n, m in root.named_modules(remove_duplicate=False) if m is module and n]
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where `root.get_submodule(name)` was (name like 'layer1.0.conv1')."""
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+    """Put `new` where `root.get_submodule(name)` was (name like 'layer1.0.conv1'), under every
+    name that module goes by: a layer registered twice (shared weights) stays one layer."""
+    old = root.get_submodule(name)
+    for alias in aliases(root, old) or [name]:
+        parent_name, _, child = alias.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, child, new)

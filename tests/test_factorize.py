@@ -210,6 +210,41 @@ def test_parametrized_and_subclassed_layers_stay_dense_saying_why():
     assert fused_only["0"].reason == "not factorized (fused with its BatchNorm)" and fused_only["0"].params_before == 224
 
 
+class SharedLayers(nn.Module):
+    """One conv (and one ReLU) registered under two names and applied twice: shared weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.again = self.conv
+        self.act = nn.ReLU()
+        self.act2 = self.act
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.stem(x))
+        x = self.act(self.conv(x))
+        x = self.act2(self.again(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_layer_registered_twice_stays_one_layer():
+    """Factorizing (and going back to dense) keeps shared weights shared: the second name got
+    a separate dense copy that trained on its own, and its ReLU stored full outputs."""
+    torch.manual_seed(0)
+    model = SharedLayers()
+    new = factorize(model, rank=1.0)
+    assert isinstance(new.conv, FactoConv2d) and new.again is new.conv
+    assert isinstance(new.act2, MaskReLU) and new.act2 is new.act
+    assert [r.name for r in describe(new)] == ["stem", "conv", "head"]
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(new(x), model(x), rtol=1e-4, atol=1e-4)  # full rank: the same function
+    plain = facto.to_dense(new)
+    assert type(plain.again) is nn.Conv2d and plain.again is plain.conv and plain.act2 is plain.act
+    assert set(plain.state_dict()) == set(model.state_dict())
+
+
 def test_skip_by_name_leaves_layer_dense_with_reason():
     new = factorize(plain_cnn(), rank=0.5, skip=["features.3"], recompute=False)
     rows = rows_by_name(new)

@@ -237,6 +237,33 @@ def test_fused_dense_conv_trains_exactly_like_unfused(make, momentum):
     assert_same_training(unfused, fused, [torch.randn(4, cin, 11, 11), torch.randn(4, cin, 11, 11)])
 
 
+class AliasedConv(nn.Module):
+    """The conv is registered twice (`conv`, and `block.conv` as a block's view of it) and called
+    once through the second name, before the BatchNorm: fx names it by the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Module()
+        self.block.conv = self.conv
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.block.conv(x))).mean((2, 3)))
+
+
+def test_a_conv_called_by_its_other_name_is_fused_under_both():
+    """Replacing only the first name left the called one unfused while its BatchNorm became an
+    Identity: BN silently gone."""
+    torch.manual_seed(0)
+    unfused = AliasedConv()
+    fused = fuse_recompute(copy.deepcopy(unfused))
+    assert isinstance(fused.block.conv, ConvBN) and fused.block.conv is fused.conv
+    torch.manual_seed(1)
+    assert_same_training(unfused, fused, [torch.randn(4, 3, 9, 9), torch.randn(4, 3, 9, 9)])
+
+
 def test_fused_dense_conv_frozen_weight_and_input_without_grad():
     torch.manual_seed(0)
     unfused = dense_block(nn.Conv2d(3, 8, 3, padding=1, bias=True))
