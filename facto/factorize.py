@@ -267,12 +267,13 @@ def _not_plain(m: nn.Module) -> str:
 
 def format_report(rows: list[LayerReport]) -> str:
     """The report as a plain-text table (CLI)."""
-    header = f"{'layer':<28} {'kind':<10} {'shape':<18} {'ranks':<11} {'params':>17} {'train':>9} {'error':>7}  note"
+    width = max([28, *(len(r.name) for r in rows)])  # long names (a transformer's) keep the columns
+    header = f"{'layer':<{width}} {'kind':<10} {'shape':<18} {'ranks':<11} {'params':>17} {'train':>9} {'error':>7}  note"
     lines = [header, "-" * len(header)]
     for r in rows:
         ranks = "" if r.ranks is None else f"{r.ranks[0]},{r.ranks[1]}"
         err = "" if r.rel_error is None else f"{r.rel_error:.3f}"
-        lines.append(f"{r.name:<28} {r.kind:<10} {'x'.join(map(str, r.weight_shape)):<18} {ranks:<11} "
+        lines.append(f"{r.name:<{width}} {r.kind:<10} {'x'.join(map(str, r.weight_shape)):<18} {ranks:<11} "
                      f"{r.params_before:>8}->{r.params_after:<8} {r.trainable_params:>9} {err:>7}  {r.reason or ''}")
     n = sum(r.kind == "factorized" for r in rows)
     lines.append(f"{n} of {len(rows)} layers factorized" if n else "nothing was factorized: every layer stays dense")
