@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence, Union
 
@@ -46,10 +47,21 @@ CHANCE_FACTOR = 1.5  # a Facto run below 1.5 x chance accuracy (15 % for 10 clas
 
 
 def sweep_configs(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[str]) -> list[RunConfig]:
-    """The grid as validated configs (bad values raise ValueError before anything trains)."""
+    """The grid as validated configs (bad values raise ValueError before anything trains).
+
+    Each axis is a list of values, or one value (a rank text such as "0.5" is one value).
+    """
+    ranks, bits, updates = _values(ranks), _values(bits), _values(updates)
     if not ranks or not bits or not updates:
         raise ValueError("a sweep needs at least one rank, one bits value and one update mode")
     return [base.replace(rank=r, bits=b, update=u) for u, r, b in itertools.product(updates, ranks, bits)]
+
+
+def _values(axis) -> list:
+    """One axis of the grid as a list: a string or any other single value is a list of one."""
+    if axis is None or isinstance(axis, (str, bytes, dict)) or not isinstance(axis, Iterable):
+        return [axis]
+    return list(axis)
 
 
 def sweep(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[str] = ("core",),

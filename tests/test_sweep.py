@@ -50,3 +50,18 @@ def test_too_short_when_every_facto_run_is_at_chance_level():
     assert "chance level" in text and "guessing gives 10 %" in text and "so far" not in text
     tracker.points[2] = _point("facto", 80.0, 2)
     assert tracker.too_short() is None
+
+
+def test_an_axis_given_as_one_value_is_a_list_of_one():
+    """sweep(base, ranks="0.25", ...) walked the string's characters ('0', '.', ...); a plain
+    number raised TypeError. One value, any kind, is one point of its axis."""
+    from facto.sweep import sweep_configs
+
+    configs = sweep_configs(RunConfig(), ranks="0.25", bits=None, updates="last")
+    assert [(str(c.rank), c.bits, c.update) for c in configs] == [("0.25", None, "last")]
+    configs = sweep_configs(RunConfig(), ranks=(0.25, 0.5), bits=range(2, 4), updates=["core"])
+    assert [(str(c.rank), c.bits) for c in configs] == [("0.25", 2), ("0.25", 3), ("0.5", 2), ("0.5", 3)]
+    import pytest
+
+    with pytest.raises(ValueError, match="at least one rank"):
+        sweep_configs(RunConfig(), ranks=[], bits=4, updates="core")
