@@ -1,6 +1,8 @@
 """facto.sweep.SweepTracker: what the Sweep page draws, from a real tiny sweep and from made-up points."""
 from __future__ import annotations
 
+import pytest
+
 from facto.config import RunConfig
 from facto.events import StartEvent
 from facto.store import RunStore
@@ -61,7 +63,5 @@ def test_an_axis_given_as_one_value_is_a_list_of_one():
     assert [(str(c.rank), c.bits, c.update) for c in configs] == [("0.25", None, "last")]
     configs = sweep_configs(RunConfig(), ranks=(0.25, 0.5), bits=range(2, 4), updates=["core"])
     assert [(str(c.rank), c.bits) for c in configs] == [("0.25", 2), ("0.25", 3), ("0.5", 2), ("0.5", 3)]
-    import pytest
-
     with pytest.raises(ValueError, match="at least one rank"):
         sweep_configs(RunConfig(), ranks=[], bits=4, updates="core")
