@@ -26,6 +26,8 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
     if store is None:
         yield from events
         return
+    if not callable(getattr(store, "start_run", None)):
+        raise ValueError(f"store={store!r} is not allowed: use a facto.RunStore or None")
     tracker = RunTracker()
     run_id: int | None = None
     pending: list[tuple] = []

@@ -300,6 +300,12 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         variants: which of baseline / facto to train (`run` trains one).
         data: a loaded DataBundle to reuse (else loaded from the config).
     """
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config={type(config).__name__} is not allowed: use a facto.RunConfig "
+                         "(RunConfig.from_dict(d) for a dict of settings)")
+    variants = (variants,) if isinstance(variants, str) else tuple(variants)
+    if not variants:
+        raise ValueError("variants=() is not allowed: use baseline and/or facto")
     tracker = RunTracker()
     distributed.init_from_env()
     device = distributed.device_for(resolve_device(config.device))

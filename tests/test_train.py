@@ -265,3 +265,21 @@ def test_the_loss_is_not_compressed_only_the_model_is(monkeypatch):
     consume(compare(RunConfig(**TINY, max_steps=1, bits=2), variants=("facto",)))
     step_meter = seen[-1]
     assert step_meter.records and all(r.module != "" for r in step_meter.records)  # every record is a module's
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: compare({"model": "simple_cnn"}), "config=dict is not allowed: use a facto.RunConfig"),
+    (lambda: compare(RunConfig(**TINY), variants=()), "variants=() is not allowed"),
+    (lambda: compare(RunConfig(**TINY), variants=("facto", "dense")), "variants=['dense'] is not allowed"),
+    (lambda: record(iter(()), "runs.db"), "store='runs.db' is not allowed: use a facto.RunStore or None"),
+], ids=["config-dict", "no-variants", "unknown-variant", "store-str"])
+def test_library_entry_points_name_what_is_wrong(call, message):
+    with pytest.raises(ValueError) as err:
+        consume(call())
+    assert message in str(err.value)
+
+
+def test_one_variant_may_be_given_as_a_string():
+    """variants="facto" (it was read as the letters f, a, c, t, o)."""
+    events = list(compare(RunConfig(**TINY, max_steps=1), variants="facto"))
+    assert set(events[0].params) == {"facto"} and events[-1].status == "completed"
