@@ -48,10 +48,12 @@ def too_short_note(baseline_accuracy: float | None, max_steps: int | None = None
     `max_steps`: the run's step limit, named first when there was one."""
     if not too_short_to_compare(baseline_accuracy):
         return None
-    longer = (f"a higher step limit (now {max_steps} steps), more epochs or more training images"
-              if max_steps else "more epochs or more training images")
-    return (f"The baseline reached only {baseline_accuracy:.1f} % test accuracy: this run is too short to "
-            f"compare the two. Train longer ({longer}) before reading the accuracy change.")
+    reached = f"The baseline reached only {baseline_accuracy:.1f} % test accuracy"
+    if max_steps:
+        return (f"{reached}: this run, stopped at its limit of {max_steps} steps, is too short to compare the two. "
+                "Raise the limit (or train more epochs or on more images) before reading the accuracy change.")
+    return (f"{reached}: this run is too short to compare the two. Train longer (more epochs or more training "
+            "images) before reading the accuracy change.")
 
 
 # ----------------------------------------------------------------------------- devices

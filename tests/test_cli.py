@@ -91,7 +91,8 @@ def test_train_table_output(capsys):
     note = [line for line in captured.err.splitlines() if line.startswith("note: ")]
     assert len(note) == 1 and "too short to compare" in note[0] and "--epochs" in note[0], captured.err
     # the run was cut by its step limit: the note says so first
-    assert "a higher step limit (now 2 steps)" in note[0] and "(--max-steps, --epochs" in note[0]
+    assert "stopped at its limit of 2 steps" in note[0] and "Raise the limit" in note[0]
+    assert "(--max-steps, --epochs" in note[0]
 
 
 def test_a_baseline_alone_is_not_called_too_short_to_compare(capsys):
