@@ -14,7 +14,7 @@ from torch import nn
 from .decompose import RankPolicy, RankSpec, parse_rank
 from .fuse import ConvBN, fuse_recompute
 from .layers import FactoConv2d, FactoLinear, FactorizedLayer, MaskReLU, numeric_padding, validate_update
-from .surgery import replace_module
+from .surgery import aliases, replace_module
 
 RankArg = Union[RankSpec, Mapping[str, RankSpec]]
 
@@ -78,7 +78,7 @@ def _skip_names(skip: Iterable[str] | str | None) -> list[str]:
 
 
 def _check_names(model: nn.Module, names: Iterable[str], argument: str) -> None:
-    known = {n for n, _ in model.named_modules() if n}
+    known = {n for n, _ in model.named_modules(remove_duplicate=False) if n}  # a shared layer's every name
     unknown = sorted(set(names) - known - {"*"})
     if unknown:
         layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -132,12 +132,13 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
     output_layer = next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)
     skipped: dict[str, str] = {}
     for name, module in layers:
-        reason = _skip_reason(name, module, skip, policies, first_conv if skip_first_conv else None,
+        names = aliases(new, module) or [name]  # skip= and a rank dict may use any name of a shared layer
+        reason = _skip_reason(names, module, skip, policies, first_conv if skip_first_conv else None,
                               output_layer if skip_output_layer else None)
         if reason:
             skipped[name] = reason
             continue
-        policy = policies.get(name, policies.get("*"))
+        policy = next((policies[n] for n in names if n in policies), policies.get("*"))
         if isinstance(module, nn.Conv2d):
             layer = FactoConv2d.from_conv(module, policy, update, n_iter_max)
         else:
@@ -162,11 +163,12 @@ def _keep_frozen(dense: nn.Module, layer: FactorizedLayer) -> None:
         layer.bias.requires_grad_(dense.bias.requires_grad)
 
 
-def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
+def _skip_reason(names: list[str], module: nn.Module, skip: list[str], policies: dict,
                  first_conv: str | None, output_layer: str | None) -> str | None:
-    if any(name == s or name.startswith(s + ".") for s in skip):
+    """Why the layer (known by `names`) stays dense, or None."""
+    if any(n == s or n.startswith(s + ".") for n in names for s in skip):
         return "skipped by request (skip=)"
-    if name not in policies and "*" not in policies:
+    if "*" not in policies and not any(n in policies for n in names):
         return "not in the rank dict"
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
@@ -176,10 +178,10 @@ def _skip_reason(name: str, module: nn.Module, skip: list[str], policies: dict,
             return f"padding_mode={module.padding_mode!r} is not supported (zero padding only)"
         if numeric_padding(module) is None:
             return f"padding={module.padding!r} with an even kernel pads unevenly: not supported"
-        if name == first_conv:
+        if first_conv in names:
             n = module.in_channels
             return f"first conv on the image ({n} input channel{'' if n == 1 else 's'})"
-    elif name == output_layer:
+    elif output_layer in names:
         return "output layer (classifier) stays dense"
     return None
 

@@ -243,6 +243,9 @@ def test_a_layer_registered_twice_stays_one_layer():
     plain = facto.to_dense(new)
     assert type(plain.again) is nn.Conv2d and plain.again is plain.conv and plain.act2 is plain.act
     assert set(plain.state_dict()) == set(model.state_dict())
+    # skip= and a rank dict may name it by either name
+    assert "skip" in rows_by_name(factorize(model, skip="again"))["conv"].reason
+    assert rows_by_name(factorize(model, rank={"again": 2}))["conv"].ranks == (2, 2)
 
 
 def test_skip_by_name_leaves_layer_dense_with_reason():
