@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 walls.setdefault(name, []).append(seconds)
                 cpus.setdefault(name, []).append(cpu)
     print(f"machine: {machine()}\n")
-    print(f"default comparison ({args.epochs} epochs), {args.repeat} rounds: median wall time as stored in the"
+    print(f"default comparison ({args.epochs} epoch{'' if args.epochs == 1 else 's'}), {args.repeat} rounds: median wall time as stored in the"
           " run history (min-max), median CPU seconds from Run to Done (the training process's start-up"
           " included)\n")
     print("| where | wall time | vs CLI | CPU: training | CPU: server | CPU: browsers |\n|---|---|---|---|---|---|")

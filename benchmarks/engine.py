@@ -100,7 +100,7 @@ def main() -> None:
         return
     seeds = [int(x) for x in args.seeds.split(",")]
     rows = choose_default(seeds, parse_grid(args.grid), args.epochs)
-    print(f"digits, simple_cnn, {args.epochs} epochs, mean of seeds {seeds}:\n")
+    print(f"digits, simple_cnn, {args.epochs} epoch{'' if args.epochs == 1 else 's'}, mean of seeds {seeds}:\n")
     print("| rank | update | bits | recompute | baseline acc % | Facto acc % (spread) | delta | saving % |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(str(exc)) from None
     device, seeds = checked.device, checked.seeds
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, flush=True))
-    log(f"machine: {machine()}; device {device}; digits, {args.epochs} epochs, seeds {seeds}, batch {args.batch}")
+    log(f"machine: {machine()}; device {device}; digits, {args.epochs} epoch{'' if args.epochs == 1 else 's'}, seeds {seeds}, batch {args.batch}")
     rows = []
     for name in checked.models:
         rows += bench_model(name, seeds, args.epochs, args.batch, device, checked.rank, not args.no_train, log)
