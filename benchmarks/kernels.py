@@ -5,6 +5,7 @@ Usage::
     python benchmarks/kernels.py                   # CUDA: 206, 51 and 13 MB maps; CPU: 13 and 3 MB
     python benchmarks/kernels.py --mb 206 --bits 2,4,8 --repeats 20
     python benchmarks/kernels.py --deterministic   # round to nearest instead of stochastic
+    python benchmarks/kernels.py --channels-last   # maps in channels_last memory format
 
 What is measured, per map size and bit width: the median wall time of `facto.compress`
 (quantize + pack) and of `.restore()` (unpack + dequantize) over `--repeats` runs after
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 20 CUDA, 3 CPU)")
     p.add_argument("--deterministic", action="store_true", help="round to nearest (default stochastic)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even when CUDA is available")
+    p.add_argument("--channels-last", action="store_true",
+                   help="maps in channels_last memory format (stored in memory order, restored with their strides)")
     return p.parse_args(argv)
 
 
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     print(machine())
     rounding = "deterministic" if args.deterministic else "stochastic"
     why_not = "no CUDA" if not cuda else "triton unavailable"
-    print(f"device {device}; block {args.block}; {rounding} rounding; median of {repeats} runs; "
+    layout = "channels_last" if args.channels_last else "contiguous"
+    print(f"device {device}; {layout} maps; block {args.block}; {rounding} rounding; median of {repeats} runs; "
           f"Triton path: {'measured' if triton_ok else f'not measured ({why_not})'}")
     print()
     print("| path | map MB | bits | stored MB | compress ms | compress GB/s | restore ms | restore GB/s "
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for mb in sizes:
         n = max(1, round(mb / IMAGE_MB))
         x = torch.randn((n, *MAP), generator=gen, device=device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         fp32_bytes = x.numel() * 4
         real_mb = fp32_bytes / 1e6
         clone = {"compress": median_seconds(x.clone, repeats, cuda)}
