@@ -256,13 +256,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit={args.limit} is not allowed: use an integer >= 1")
     with RunStore() as store:
         if args.action == "list":
-            rows = [{"id": r.id, "status": r.status, "name": r.name,
+            runs = store.list_runs(limit=args.limit)
+            if args.json:
+                print(json.dumps([{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
+                                   "created_at": r.created_at, "finished_at": r.finished_at,
+                                   "saving_pct": (r.summary or {}).get("saving_pct"),
+                                   "accuracy": (r.summary or {}).get("accuracy") or {}} for r in runs], indent=2))
+                return 0
+            rows = [{"id": r.id, "started": _local_time(r.created_at), "status": r.status, "name": r.name,
                      "saving %": (r.summary or {}).get("saving_pct"),
                      "facto acc": ((r.summary or {}).get("accuracy") or {}).get("facto"),
                      "baseline acc": ((r.summary or {}).get("accuracy") or {}).get("baseline")}
-                    for r in store.list_runs(limit=args.limit)]
-            print(_table(rows, ["id", "status", "name", "saving %", "baseline acc", "facto acc"]) if rows
-                  else "no runs stored yet")
+                    for r in runs]
+            print(_table(rows, ["id", "started", "status", "name", "saving %", "baseline acc", "facto acc"])
+                  if rows else "no runs stored yet")
         elif args.action == "show":
             r = store.get_run(_need_id(args))
             print(json.dumps(dataclasses.asdict(r), indent=2, default=str))
@@ -282,6 +289,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
             store.delete_run(_need_id(args))
             print(f"run {args.id} deleted", file=sys.stderr)
     return 0
+
+
+def _local_time(seconds: float | None) -> str:
+    """'2026-11-30 13:37' in this machine's time zone ('' when unknown)."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else ""
 
 
 def _need_id(args) -> int:
@@ -319,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--output", "-o", help="CSV file for export (default stdout)")
     p.add_argument("--limit", type=int, default=50, help="runs list: the newest this many (default 50)")
+    p.add_argument("--json", action="store_true", help="runs list: a JSON list for scripts (show is JSON already)")
     p.set_defaults(func=cmd_runs)
     sub.add_parser("bench", help="the method comparison benchmark (see facto bench --help)")
     sub.add_parser("plan", help="largest batch per variant under a memory budget (see facto plan --help)")

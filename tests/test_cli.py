@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,13 @@ def test_train_json_summary_and_runs_commands(capsys, tmp_path):
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["saving_pct"] > 50
     assert main(["runs", "list"]) == 0
-    assert "completed" in capsys.readouterr().out
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["id", "started", "status"] and "completed" in table[1]
+    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", table[1])  # when it started, readable
+    assert main(["runs", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)  # for scripts: the document alone on stdout
+    assert listed["id"] == 1 and listed["status"] == "completed" and listed["saving_pct"] == summary["saving_pct"]
+    assert set(listed["accuracy"]) == {"baseline", "facto"}
     out_csv = tmp_path / "run.csv"
     assert main(["runs", "export", "1", "-o", str(out_csv)]) == 0
     rows = list(csv.DictReader(out_csv.open()))
