@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from typing import Sequence
 
 from .config import PRESETS, SETTINGS, RunConfig
@@ -293,8 +294,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _local_time(seconds: float | None) -> str:
     """'2026-11-30 13:37' in this machine's time zone ('' when unknown)."""
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else ""
 
 
