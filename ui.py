@@ -28,6 +28,7 @@ import streamlit as st
 from facto.config import SETTINGS, RunConfig, Setting
 from facto.events import StartEvent
 from facto.jobs import Job, JobRegistry, in_child
+from facto.usage import count
 
 CHART = dict(theme=None, config={"displaylogo": False})
 # The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
@@ -77,11 +78,6 @@ class Room:
                 f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
                 f"{count(self.runs_per_visitor, 'run')} per visitor at a time; data folder and downloads are set "
                 "by the host; you can delete only the runs you started.")
-
-
-def count(n: int, word: str) -> str:
-    """'1 run', '3 runs' (the word's plural adds an s)."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _read_int(name: str) -> tuple[int, str | None]:

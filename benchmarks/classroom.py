@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from facto.machine import machine  # noqa: E402
 from facto.store import RunStore  # noqa: E402
+from facto.usage import count  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -197,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 walls.setdefault(name, []).append(seconds)
                 cpus.setdefault(name, []).append(cpu)
     print(f"machine: {machine()}\n")
-    print(f"default comparison ({args.epochs} epoch{'' if args.epochs == 1 else 's'}), {args.repeat} rounds: median wall time as stored in the"
-          " run history (min-max), median CPU seconds from Run to Done (the training process's start-up"
+    print(f"default comparison ({count(args.epochs, 'epoch')}), {args.repeat} rounds: median wall time as stored"
+          " in the run history (min-max), median CPU seconds from Run to Done (the training process's start-up"
           " included)\n")
     print("| where | wall time | vs CLI | CPU: training | CPU: server | CPU: browsers |\n|---|---|---|---|---|---|")
     for name, times in walls.items():

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from facto.machine import machine  # noqa: E402
 from facto.train import RunConfig, StepEvent, SummaryEvent, compare  # noqa: E402
+from facto.usage import count  # noqa: E402
 
 
 def timing(config: RunConfig) -> dict:
@@ -100,7 +101,7 @@ def main() -> None:
         return
     seeds = [int(x) for x in args.seeds.split(",")]
     rows = choose_default(seeds, parse_grid(args.grid), args.epochs)
-    print(f"digits, simple_cnn, {args.epochs} epoch{'' if args.epochs == 1 else 's'}, mean of seeds {seeds}:\n")
+    print(f"digits, simple_cnn, {count(args.epochs, 'epoch')}, mean of seeds {seeds}:\n")
     print("| rank | update | bits | recompute | baseline acc % | Facto acc % (spread) | delta | saving % |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

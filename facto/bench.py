@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import load_data
 from .machine import machine
 from .train import train_model
-from .usage import OneLineParser, UsageError, check_output_path
+from .usage import OneLineParser, UsageError, check_output_path, count
 
 
 # ----------------------------------------------------------------------------- methods
@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(str(exc)) from None
     device, seeds = checked.device, checked.seeds
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, flush=True))
-    log(f"machine: {machine()}; device {device}; digits, {args.epochs} epoch{'' if args.epochs == 1 else 's'}, seeds {seeds}, batch {args.batch}")
+    log(f"machine: {machine()}; device {device}; digits, {count(args.epochs, 'epoch')}, seeds {seeds}, "
+        f"batch {args.batch}")
     rows = []
     for name in checked.models:
         rows += bench_model(name, seeds, args.epochs, args.batch, device, checked.rank, not args.no_train, log)

@@ -27,3 +27,8 @@ def check_output_path(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UsageError(f"{flag} {path} is not writable: name a file in a folder you can write to")
+
+
+def count(n: int, word: str) -> str:
+    """'1 run', '3 runs' (the word's plural adds an s)."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
