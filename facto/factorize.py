@@ -215,7 +215,6 @@ def describe(model: nn.Module) -> list[LayerReport]:
     skipped = state.skipped if state else {}
     rows = []
     for name, m in model.named_modules():
-        trainable = sum(p.numel() for p in _own_parameters(m) if p.requires_grad)
         if isinstance(m, FactorizedLayer):
             info = m.info
             clamped = bool(info and info.clamped)
@@ -225,27 +224,33 @@ def describe(model: nn.Module) -> list[LayerReport]:
                 weight_shape=info.weight_shape if info else tuple(m.dense_weight().shape),
                 ranks=tuple(m.ranks), requested=info.requested if info else None, clamped=clamped,
                 params_before=info.params_before if info else m.dense_weight().numel(),
-                params_after=m.factor_parameters(), trainable_params=trainable,
+                params_after=m.factor_parameters(),
+                trainable_params=sum(p.numel() for p in _own_parameters(m) if p.requires_grad),
                 rel_error=info.rel_error if info else None, update=m.update,
                 reason=(f"rank clamped from {info.requested_ranks} to {tuple(m.ranks)}" if clamped
                         else "frozen (as in the given model): no factor trains" if m.frozen else None)))
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            params = sum(p.numel() for p in _own_parameters(m))
-            rows.append(LayerReport(
-                name=name, kind="dense", layer_type="Conv2d" if isinstance(m, nn.Conv2d) else "Linear",
-                method=None,
-                weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
-                params_before=params, params_after=params, trainable_params=trainable,
-                rel_error=None, update=None, reason=skipped.get(name) or _not_plain(m)))
+            rows.append(_dense_row(name, m, _base_type(m), skipped.get(name) or _not_plain(m)))
         elif isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.lazy.LazyModuleMixin):
-            params = sum(p.numel() for p in _own_parameters(m))
-            rows.append(LayerReport(
-                name=name, kind="dense", layer_type=type(m).__name__, method=None,
-                weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
-                params_before=params, params_after=params, trainable_params=trainable,
-                rel_error=None, update=None,
-                reason=f"{type(m).__name__} stays dense (Facto factorizes Conv2d and Linear)"))
+            kind = type(m).__name__
+            rows.append(_dense_row(name, m, kind, f"{kind} stays dense (Facto factorizes Conv2d and Linear)"))
     return rows
+
+
+def _dense_row(name: str, m: nn.Module, layer_type: str, reason: str) -> LayerReport:
+    """The report's row of a layer left dense."""
+    own = _own_parameters(m)
+    params = sum(p.numel() for p in own)
+    return LayerReport(name=name, kind="dense", layer_type=layer_type, method=None,
+                       weight_shape=tuple(m.weight.shape), ranks=None, requested=None, clamped=False,
+                       params_before=params, params_after=params,
+                       trainable_params=sum(p.numel() for p in own if p.requires_grad),
+                       rel_error=None, update=None, reason=reason)
+
+
+def _base_type(m: nn.Module) -> str:
+    """"Conv2d" or "Linear": which of the two `m` is (a subclass too)."""
+    return "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
 
 
 def _own_parameters(m: nn.Module) -> list[nn.Parameter]:
@@ -257,20 +262,19 @@ def _own_parameters(m: nn.Module) -> list[nn.Parameter]:
 def _not_plain(m: nn.Module) -> str:
     """Why a conv/linear layer factorize never looked at stayed dense."""
     if getattr(m, "parametrizations", None):
-        base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
-        return f"a {base} with a parametrized {', '.join(m.parametrizations)} (weight_norm, ...) stays dense"
+        return f"a {_base_type(m)} with a parametrized {', '.join(m.parametrizations)} (weight_norm, ...) stays dense"
     if isinstance(m, ConvBN):
         return "not factorized (fused with its BatchNorm)"
     if type(m) not in (nn.Conv2d, nn.Linear):
-        base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
-        return f"{type(m).__name__} (a subclass of {base}: it may compute differently) stays dense"
+        return f"{type(m).__name__} (a subclass of {_base_type(m)}: it may compute differently) stays dense"
     return "not factorized"
 
 
 def format_report(rows: list[LayerReport]) -> str:
     """The report as a plain-text table (CLI)."""
     width = max([28, *(len(r.name) for r in rows)])  # long names (a transformer's) keep the columns
-    header = f"{'layer':<{width}} {'kind':<10} {'shape':<18} {'ranks':<11} {'params':>17} {'train':>9} {'error':>7}  note"
+    header = (f"{'layer':<{width}} {'kind':<10} {'shape':<18} {'ranks':<11} {'params':>17} {'train':>9} "
+              f"{'error':>7}  note")
     lines = [header, "-" * len(header)]
     for r in rows:
         ranks = "" if r.ranks is None else f"{r.ranks[0]},{r.ranks[1]}"
