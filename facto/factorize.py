@@ -144,7 +144,7 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
         else:
             layer = FactoLinear.from_linear(module, policy, update)
         _keep_frozen(module, layer)
-        replace_module(new, name, layer)
+        replace_module(new, name, layer, names)
     if relu_masks:
         _replace_relus(new)
     if recompute:

@@ -9,11 +9,11 @@ def aliases(root: nn.Module, module: nn.Module) -> list[str]:
     return [n for n, m in root.named_modules(remove_duplicate=False) if m is module and n]
 
 
-def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(root: nn.Module, name: str, new: nn.Module, names: list[str] | None = None) -> None:
     """Put `new` where `root.get_submodule(name)` was (name like 'layer1.0.conv1'), under every
-    name that module goes by: a layer registered twice (shared weights) stays one layer."""
-    old = root.get_submodule(name)
-    for alias in aliases(root, old) or [name]:
+    name that module goes by: a layer registered twice (shared weights) stays one layer.
+    `names`: those names, when the caller has them already (from `aliases`)."""
+    for alias in names or aliases(root, root.get_submodule(name)) or [name]:
         parent_name, _, child = alias.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
         setattr(parent, child, new)
