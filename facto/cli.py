@@ -257,18 +257,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit={args.limit} is not allowed: use an integer >= 1")
     with RunStore() as store:
         if args.action == "list":
-            runs = store.list_runs(limit=args.limit)
+            runs = [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
+                     "created_at": r.created_at, "finished_at": r.finished_at,
+                     "saving_pct": (r.summary or {}).get("saving_pct"),
+                     "accuracy": (r.summary or {}).get("accuracy") or {}} for r in store.list_runs(limit=args.limit)]
             if args.json:
-                print(json.dumps([{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
-                                   "created_at": r.created_at, "finished_at": r.finished_at,
-                                   "saving_pct": (r.summary or {}).get("saving_pct"),
-                                   "accuracy": (r.summary or {}).get("accuracy") or {}} for r in runs], indent=2))
+                print(json.dumps(runs, indent=2))
                 return 0
-            rows = [{"id": r.id, "started": _local_time(r.created_at), "status": r.status, "name": r.name,
-                     "saving %": (r.summary or {}).get("saving_pct"),
-                     "facto acc": ((r.summary or {}).get("accuracy") or {}).get("facto"),
-                     "baseline acc": ((r.summary or {}).get("accuracy") or {}).get("baseline")}
-                    for r in runs]
+            rows = [{"id": r["id"], "started": _local_time(r["created_at"]), "status": r["status"], "name": r["name"],
+                     "saving %": r["saving_pct"], "baseline acc": r["accuracy"].get("baseline"),
+                     "facto acc": r["accuracy"].get("facto")} for r in runs]
             print(_table(rows, ["id", "started", "status", "name", "saving %", "baseline acc", "facto acc"])
                   if rows else "no runs stored yet")
         elif args.action == "show":

@@ -741,7 +741,7 @@ class Relaid:
 Stored = Tensor | Packed | HalfPacked | PackedMask | NarrowInt | Relaid
 
 
-def memory_order(x: Tensor) -> list[int] | None:
+def _memory_order(x: Tensor) -> list[int] | None:
     """The dim order in which x's values lie in memory when it is not x's own and x is dense
     (no gaps, no overlap: channels_last, a transpose); None otherwise."""
     if x.dim() < 2 or x.is_contiguous():
@@ -755,7 +755,7 @@ def _relaid(x: Tensor, store) -> Stored | None:
     or if x overlaps itself, an expanded tensor: that one is restored contiguous)."""
     if x.is_contiguous():
         return None
-    order = memory_order(x)
+    order = _memory_order(x)
     if order is not None:
         return Relaid(store(x.permute(order)), x.shape, x.stride(), dense=True)
     if any(st == 0 and n > 1 for st, n in zip(x.stride(), x.shape)):
