@@ -207,7 +207,8 @@ def test_parametrized_and_subclassed_layers_stay_dense_saying_why():
     assert "StdConv (a subclass of Conv2d" in rows["2"].reason
     assert rows["3"].kind == "factorized"
     fused_only = rows_by_name(facto.fuse_recompute(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))))
-    assert fused_only["0"].reason == "not factorized (fused with its BatchNorm)" and fused_only["0"].params_before == 224
+    assert fused_only["0"].reason == "not factorized (fused with its BatchNorm)"
+    assert fused_only["0"].params_before == 224
 
 
 class SharedLayers(nn.Module):
