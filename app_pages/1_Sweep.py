@@ -275,7 +275,8 @@ sidebar(locked, job)
 st.title("Sweep")
 n = len(st.session_state[P + "ranks"]) * len(st.session_state[P + "bits"]) * len(st.session_state[P + "updates"])
 st.caption(f"The baseline is trained once, then one short Facto run per setting: {ui.count(n, 'setting')} = "
-           f"{ui.count(n + 1, 'run')}, each stored in the history. Which settings keep accuracy while storing least? Baseline: blue; "
+           f"{ui.count(n + 1, 'run')}, each stored in the history. Which settings keep accuracy while storing "
+           "least? Baseline: blue; "
            "Facto: orange.")
 ui.history_notice()
 for error in st.session_state.get("sweep_errors", []):
