@@ -8,13 +8,15 @@ No Streamlit import: this package is used headless too.
 
 One module per page's figures: `style` (colours, the common look, `config_label`), `training`
 (main page), `layers`, `sweeps`, `compression`, `history` (+ the benchmark's methods chart) and
-`teaching` (How it works, Fit my GPU). Callers use `from facto import plots; plots.<name>`.
+`teaching` (How it works, Fit my GPU). `snapshot` draws any of these figures as a static SVG
+picture on the server (the live view's charts). Callers use `from facto import plots; plots.<name>`.
 """
 from __future__ import annotations
 
 from .compression import bits_curves, error_histogram, feature_map_images
 from .history import history_chart, methods_figure, run_style
 from .layers import layer_bytes_bars, params_bars
+from .snapshot import figure_svg
 from .style import BASELINE_COLOR, COLORS, FACTO_COLOR, MB, NAMES, config_label
 from .sweeps import accuracy_heatmap, pareto_front, sweep_figure
 from .teaching import kept_bytes_bars, layer_stages_figure, plan_bars, rank_curve_figure
@@ -34,5 +36,5 @@ __all__ = [
     "config_label", "accuracy_curves", "memory_curves", "live_point", "tradeoff_points", "tradeoff_scatter",
     "tradeoff_range", "layer_bytes_bars", "params_bars", "pareto_front", "sweep_figure", "accuracy_heatmap",
     "feature_map_images", "error_histogram", "bits_curves", "run_style", "history_chart", "methods_figure",
-    "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves",
+    "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves", "figure_svg",
 ]

@@ -1,0 +1,523 @@
+"""A figure drawn as a static SVG image on the server: what the live view shows while a run goes.
+
+Why: Streamlit rebuilds a Plotly chart from scratch whenever its figure changes, and the page
+must load the chart library (4.7 MB of JavaScript) before it draws one. For a browser without a
+GPU on the machine that also trains (a laptop in a classroom) that was the largest cost of
+watching a run. An image of the same figure costs the browser almost nothing to replace. The
+interactive chart (hover, zoom) comes back when the run ends.
+
+Draws the part of Plotly the training figures use: scatter traces (lines, markers, dashes,
+symbols, gaps), bars (grouped, horizontal or vertical, category axes), subplots stacked by axis
+domains, shared axes, fixed or automatic ranges, titles, the legend, line and rectangle shapes,
+and text annotations. The figure itself is the same object the interactive chart draws, so
+both show the same traces, colours and axes. Hover text is left out.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+FONT = "'Source Sans Pro', 'Open Sans', Verdana, Arial, sans-serif"
+CHAR_WIDTH = 0.55  # a character's width, as a fraction of the font size (for margins and the legend)
+DASHES = {"dash": "6,4", "dot": "2,3", "dashdot": "6,3,2,3", "longdash": "10,4", "longdashdot": "10,3,2,3"}
+DEFAULT_COLORS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
+
+
+def figure_svg(fig: go.Figure | Mapping, width: int = 640) -> str:
+    """The figure as an SVG document `width` pixels wide (the figure's own height)."""
+    spec = fig.to_plotly_json() if isinstance(fig, go.Figure) else dict(fig)
+    return _Canvas(list(spec.get("data") or []), dict(spec.get("layout") or {}), width).draw()
+
+
+# ----------------------------------------------------------------------------- text and numbers
+
+def _text(value: Any) -> list[str]:
+    """Plotly's text (a little HTML) as plain lines."""
+    lines = re.split(r"<br\s*/?>", str(value or ""), flags=re.IGNORECASE)
+    return [html.unescape(re.sub(r"<[^>]+>", "", line)) for line in lines]
+
+
+def _width(text: str, size: float) -> float:
+    return len(text) * size * CHAR_WIDTH
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def nice_ticks(low: float, high: float, count: int) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten) within [low, high]."""
+    span = high - low
+    if not span > 0:
+        return [low]
+    raw = span / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = min((m * power for m in (1, 2, 5, 10)), key=lambda s: abs(span / s - count))
+    first = math.ceil(low / step - 1e-9) * step
+    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    text = f"{value:,.{decimals}f}"
+    return "0" if text.strip("-0.,") == "" else text.replace("-", "−")
+
+
+# ----------------------------------------------------------------------------- axes
+
+class _Axis:
+    """One axis: its pixel span, its data range and how values map onto it."""
+
+    def __init__(self, name: str, spec: Mapping, start: float, end: float) -> None:
+        self.name, self.spec = name, spec
+        self.visible = spec.get("visible", True) is not False
+        self.start, self.end = start, end  # pixels (for a y axis, start is the bottom)
+        self.categories: list[str] = []
+        self.low, self.high = 0.0, 1.0
+
+    @property
+    def reversed(self) -> bool:
+        return self.spec.get("autorange") == "reversed"
+
+    def set_range(self, values: list[float], pad: float, zero: bool) -> None:
+        fixed = self.spec.get("range")
+        if fixed and len(fixed) == 2 and all(_finite(v) for v in fixed):
+            self.low, self.high = float(fixed[0]), float(fixed[1])
+            return
+        if self.categories:
+            self.low, self.high = -0.5, len(self.categories) - 0.5
+            return
+        values = [v for v in values if _finite(v)]
+        if zero or self.spec.get("rangemode") == "tozero":
+            values.append(0.0)
+        if not values:
+            self.low, self.high = -1.0, 6.0  # Plotly's empty axis
+            return
+        low, high = min(values), max(values)
+        if high == low:
+            low, high = low - 1, high + 1
+        margin = (high - low) * pad
+        self.low = low if zero and low == 0 else low - margin
+        self.high = high if zero and high == 0 else high + margin
+
+    def position(self, value: Any) -> float:
+        if self.categories:
+            value = self.categories.index(value) if value in self.categories else None
+        if not _finite(value):
+            return math.nan
+        share = (value - self.low) / (self.high - self.low)
+        if self.reversed:
+            share = 1 - share
+        return self.start + share * (self.end - self.start)
+
+    def ticks(self, pixels_per_tick: float) -> list[tuple[float, str]]:
+        if self.categories:
+            return [(self.position(c), c) for c in self.categories]
+        values = nice_ticks(self.low, self.high, max(2, int(abs(self.end - self.start) / pixels_per_tick)))
+        step = values[1] - values[0] if len(values) > 1 else 1.0
+        return [(self.position(v), tick_label(v, step)) for v in values]
+
+
+# ----------------------------------------------------------------------------- the drawing
+
+class _Canvas:
+    def __init__(self, data: list[dict], layout: dict, width: int) -> None:
+        self.data, self.layout, self.width = data, layout, width
+        self.height = int(layout.get("height") or 450)
+        font = layout.get("font") or {}
+        self.size, self.ink = float(font.get("size") or 12), font.get("color") or "#444"
+        self.parts: list[str] = []
+
+    # --- layout
+
+    def _axis_specs(self) -> dict[str, dict]:
+        names = {k for k in self.layout if re.fullmatch(r"[xy]axis\d*", k)}
+        for trace in self.data:
+            for letter in "xy":
+                ref = trace.get(f"{letter}axis") or letter
+                names.add(f"{letter}axis{ref[1:]}")
+        names.update(("xaxis", "yaxis"))
+        return {n: dict(self.layout.get(n) or {}) for n in names}
+
+    def _margins(self, axes: dict[str, dict]) -> tuple[float, float, float, float]:
+        m = self.layout.get("margin") or {}
+        left, right, top, bottom = (float(m.get(k, d)) for k, d in (("l", 80), ("r", 80), ("t", 100), ("b", 80)))
+        for name, spec in axes.items():  # grow the left margin for long category labels (Plotly's automargin)
+            if name.startswith("y") and spec.get("visible", True) is not False:
+                labels = self._category_labels(name)
+                size = float((spec.get("tickfont") or {}).get("size") or self.size)
+                title = 1.6 * self.size if (spec.get("title") or {}).get("text") else 0
+                widest = max((_width(s, size) for s in labels), default=4 * size * CHAR_WIDTH)
+                left = max(left, widest + 12 + title)
+            if name.startswith("x") and spec.get("tickangle") and spec.get("visible", True) is not False:
+                size = float((spec.get("tickfont") or {}).get("size") or self.size)
+                widest = max((_width(s, size) for s in self._category_labels(name)), default=0)
+                title = 2.4 * self.size if (spec.get("title") or {}).get("text") else 0
+                bottom = max(bottom, widest * abs(math.sin(math.radians(float(spec["tickangle"])))) + 16 + title)
+        return left, right, top, bottom
+
+    def _category_labels(self, axis: str) -> list[str]:
+        letter, labels = axis[0], []
+        ref = letter + axis[5:]
+        for trace in self.data:
+            if (trace.get(f"{letter}axis") or letter) == ref:
+                labels += [v for v in trace.get(letter) or [] if isinstance(v, str)]
+        return list(dict.fromkeys(labels))
+
+    def _build_axes(self) -> dict[str, _Axis]:
+        specs = self._axis_specs()
+        left, right, top, bottom = self._margins(specs)
+        x0, x1, y0, y1 = left, self.width - right, self.height - bottom, top
+        axes = {}
+        for name, spec in specs.items():
+            d0, d1 = spec.get("domain") or (0, 1)
+            if name.startswith("x"):
+                axes[name] = _Axis(name, spec, x0 + d0 * (x1 - x0), x0 + d1 * (x1 - x0))
+            else:
+                axes[name] = _Axis(name, spec, y0 + d0 * (y1 - y0), y0 + d1 * (y1 - y0))
+            axes[name].categories = self._category_labels(name)
+        self.plot = (x0, y1, x1, y0)  # left, top, right, bottom of the whole plotting area
+        self._fit(axes)
+        return axes
+
+    def _fit(self, axes: dict[str, _Axis]) -> None:
+        values: dict[str, list[float]] = {n: [] for n in axes}
+        pads: dict[str, float] = {n: 0.0 for n in axes}
+        zero: dict[str, bool] = {n: False for n in axes}
+        for trace in self.data:
+            xa, ya = self._trace_axes(trace)
+            bar = trace.get("type") == "bar"
+            horizontal = trace.get("orientation") == "h"
+            values[xa] += [v for v in trace.get("x") or [] if _finite(v)]
+            values[ya] += [v for v in trace.get("y") or [] if _finite(v)]
+            if bar:
+                zero[xa if horizontal else ya] = True
+                pads[xa if horizontal else ya] = 0.05
+            elif "markers" in (trace.get("mode") or "markers"):
+                pads[xa] = max(pads[xa], 0.04)
+                pads[ya] = max(pads[ya], 0.06)
+        for name, axis in axes.items():  # shared axes ("matches") take the union of their data
+            other = axis.spec.get("matches")
+            if other:
+                values[name] += values.get(f"{name[0]}axis{other[1:]}", [])
+        for name, axis in axes.items():
+            axis.set_range(values[name], pads[name], zero[name])
+        for name, axis in axes.items():
+            other = axis.spec.get("matches")
+            target = axes.get(f"{name[0]}axis{other[1:]}") if other else None
+            if target is not None:
+                target.low, target.high = min(target.low, axis.low), max(target.high, axis.high)
+                axis.low, axis.high = target.low, target.high
+
+    @staticmethod
+    def _trace_axes(trace: Mapping) -> tuple[str, str]:
+        x, y = trace.get("xaxis") or "x", trace.get("yaxis") or "y"
+        return f"xaxis{x[1:]}", f"yaxis{y[1:]}"
+
+    # --- pieces
+
+    def _add(self, element: str) -> None:
+        self.parts.append(element)
+
+    def _label(self, x: float, y: float, text: str, size: float, color: str | None = None, anchor: str = "start",
+               baseline: str = "middle", weight: str = "") -> None:
+        bold = ' font-weight="bold"' if weight else ""
+        self._add(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size:g}" fill="{color or self.ink}" '
+                  f'text-anchor="{anchor}" dominant-baseline="{baseline}"{bold}>{html.escape(text)}</text>')
+
+    def _grid(self, axes: dict[str, _Axis]) -> None:
+        for axis in axes.values():
+            if not axis.visible:
+                continue
+            color = axis.spec.get("gridcolor") or "#EEE"
+            cross = self._crossing(axes, axis)
+            horizontal = axis.name.startswith("y")
+            size = float((axis.spec.get("tickfont") or {}).get("size") or self.size)
+            show = axis.spec.get("showticklabels", True) is not False
+            for pixel, text in axis.ticks(45 if horizontal else 90):
+                if not math.isfinite(pixel):
+                    continue
+                if horizontal:
+                    if not axis.categories:
+                        self._add(f'<line x1="{cross.start:.1f}" x2="{cross.end:.1f}" y1="{pixel:.1f}" '
+                                  f'y2="{pixel:.1f}" stroke="{color}"/>')
+                    if show:
+                        self._label(cross.start - 6, pixel, text, size, anchor="end")
+                else:
+                    self._add(f'<line x1="{pixel:.1f}" x2="{pixel:.1f}" y1="{cross.start:.1f}" '
+                              f'y2="{cross.end:.1f}" stroke="{color}"/>')
+                    if show and axis.spec.get("tickangle"):  # slanted labels end under their tick
+                        self._add(f'<text transform="translate({pixel:.1f},{cross.start + 0.8 * size:.1f}) '
+                                  f'rotate({float(axis.spec["tickangle"]):g})" font-size="{size:g}" fill="{self.ink}" '
+                                  f'text-anchor="end" dominant-baseline="middle">{html.escape(text)}</text>')
+                    elif show:
+                        self._label(pixel, cross.start + size, text, size, anchor="middle")
+            title = _text((axis.spec.get("title") or {}).get("text"))[0]
+            if title:
+                mid = (axis.start + axis.end) / 2
+                if horizontal:
+                    x = self.plot[0] - 12 - max((_width(t, size) for _, t in axis.ticks(45)), default=0) - 0.4 * self.size
+                    self._add(f'<text transform="translate({x:.1f},{mid:.1f}) rotate(-90)" font-size="{self.size:g}" '
+                              f'fill="{self.ink}" text-anchor="middle">{html.escape(title)}</text>')
+                else:
+                    self._label(mid, cross.start + 2.4 * self.size, title, self.size, anchor="middle")
+
+    def _crossing(self, axes: dict[str, _Axis], axis: _Axis) -> _Axis:
+        """The axis this one is drawn against (its anchor, else the first of the other letter)."""
+        letter = "y" if axis.name.startswith("x") else "x"
+        anchor = axis.spec.get("anchor")
+        if anchor and anchor != "free":
+            found = axes.get(f"{letter}axis{anchor[1:]}")
+            if found is not None:
+                return found
+        return axes[f"{letter}axis"]
+
+    def _scatter(self, trace: Mapping, xa: _Axis, ya: _Axis, color: str) -> None:
+        mode = trace.get("mode") or ("lines+markers" if len(trace.get("x") or []) < 20 else "lines")
+        points = [(xa.position(x), ya.position(y)) for x, y in zip(trace.get("x") or [], trace.get("y") or [])]
+        opacity = trace.get("opacity")
+        group = f'<g opacity="{opacity:g}">' if _finite(opacity) and opacity < 1 else "<g>"
+        self._add(group)
+        line = trace.get("line") or {}
+        if "lines" in mode:
+            dash = DASHES.get(line.get("dash") or "")
+            style = f' stroke-dasharray="{dash}"' if dash else ""
+            run: list[tuple[float, float]] = []
+            for point in points + [(math.nan, math.nan)]:
+                if all(math.isfinite(v) for v in point):
+                    run.append(point)
+                    continue
+                if len(run) > 1:
+                    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+                    self._add(f'<polyline fill="none" stroke="{line.get("color") or color}" '
+                              f'stroke-width="{line.get("width") or 2:g}"{style} points="{coords}"/>')
+                run = []
+        if "markers" in mode:
+            marker = trace.get("marker") or {}
+            colors = marker.get("color") or color
+            sizes = marker.get("size") or 6
+            symbols = marker.get("symbol") or "circle"
+            edge = marker.get("line") or {}
+            for i, (x, y) in enumerate(points):
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    continue
+                fill = colors[i] if isinstance(colors, Sequence) and not isinstance(colors, str) else colors
+                size = sizes[i] if isinstance(sizes, Sequence) else sizes
+                symbol = symbols[i] if isinstance(symbols, Sequence) and not isinstance(symbols, str) else symbols
+                self._add(_marker(str(symbol), x, y, float(size), str(fill), edge.get("color"), edge.get("width")))
+        self._add("</g>")
+
+    def _bars(self, axes: dict[str, _Axis]) -> None:
+        bars = [t for t in self.data if t.get("type") == "bar" and t.get("visible", True) is True]
+        if not bars:
+            return
+        grouped = self.layout.get("barmode", "group") == "group"
+        gap = self.layout.get("bargap")
+        band = 1 - (gap if _finite(gap) else 0.2)
+        width = band / len(bars) if grouped else band
+        for i, trace in enumerate(bars):
+            xa, ya = (axes[n] for n in self._trace_axes(trace))
+            color = (trace.get("marker") or {}).get("color") or DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+            offset = (-band / 2 + width * (i + 0.5)) if grouped else 0.0
+            horizontal = trace.get("orientation") == "h"
+            for x, y in zip(trace.get("x") or [], trace.get("y") or []):
+                where, value, along, across = (y, x, xa, ya) if horizontal else (x, y, ya, xa)
+                if not _finite(value):
+                    continue
+                slot = across.categories.index(where) if across.categories else where
+                if not _finite(slot):
+                    continue
+                a, b = self._slot(across, slot + offset - width / 2), self._slot(across, slot + offset + width / 2)
+                v0, v1 = along.position(0), along.position(value)
+                fill = color[0] if isinstance(color, Sequence) and not isinstance(color, str) else color
+                if horizontal:
+                    self._rect(min(v0, v1), min(a, b), abs(v1 - v0), abs(b - a), fill)
+                else:
+                    self._rect(min(a, b), min(v0, v1), abs(b - a), abs(v1 - v0), fill)
+
+    @staticmethod
+    def _slot(axis: _Axis, value: float) -> float:
+        """A position between categories (bars sit at fractional slots)."""
+        share = (value - axis.low) / (axis.high - axis.low)
+        if axis.reversed:
+            share = 1 - share
+        return axis.start + share * (axis.end - axis.start)
+
+    def _rect(self, x: float, y: float, w: float, h: float, fill: str) -> None:
+        self._add(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"/>')
+
+    def _ref(self, axes: dict[str, _Axis], ref: str | None, value: Any, letter: str) -> float:
+        """A shape's or annotation's coordinate in pixels ('paper', 'x domain', 'x2' ...)."""
+        ref = ref or "paper"
+        if ref == "paper":
+            left, top, right, bottom = self.plot
+            return left + value * (right - left) if letter == "x" else bottom + value * (top - bottom)
+        axis = axes.get(f"{letter}axis{ref.split()[0][1:]}")
+        if axis is None:
+            return math.nan
+        if ref.endswith(" domain"):
+            return axis.start + value * (axis.end - axis.start)
+        return axis.position(value)
+
+    def _shapes(self, axes: dict[str, _Axis]) -> None:
+        for shape in self.layout.get("shapes") or []:
+            x0, x1 = (self._ref(axes, shape.get("xref"), shape.get(k, 0), "x") for k in ("x0", "x1"))
+            y0, y1 = (self._ref(axes, shape.get("yref"), shape.get(k, 0), "y") for k in ("y0", "y1"))
+            if not all(math.isfinite(v) for v in (x0, x1, y0, y1)):
+                continue
+            line = shape.get("line") or {}
+            dash = DASHES.get(line.get("dash") or "")
+            stroke = (f'stroke="{line.get("color") or self.ink}" stroke-width="{line.get("width") or 2:g}"'
+                      + (f' stroke-dasharray="{dash}"' if dash else ""))
+            if shape.get("type") == "rect":
+                fill = shape.get("fillcolor") or "none"
+                opacity = shape.get("opacity")
+                extra = f' fill-opacity="{opacity:g}"' if _finite(opacity) else ""
+                self._add(f'<rect x="{min(x0, x1):.1f}" y="{min(y0, y1):.1f}" width="{abs(x1 - x0):.1f}" '
+                          f'height="{abs(y1 - y0):.1f}" fill="{fill}"{extra} {stroke}/>')
+            else:
+                self._add(f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" {stroke}/>')
+
+    def _annotations(self, axes: dict[str, _Axis]) -> None:
+        for note in self.layout.get("annotations") or []:
+            x = self._ref(axes, note.get("xref"), note.get("x", 0.5), "x")
+            y = self._ref(axes, note.get("yref"), note.get("y", 0.5), "y")
+            if not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            font = note.get("font") or {}
+            size, color = float(font.get("size") or self.size), font.get("color") or self.ink
+            lines = _text(note.get("text"))
+            anchor = {"left": "start", "right": "end"}.get(note.get("xanchor"), "middle")
+            height = 1.25 * size * len(lines)
+            top = {"top": y, "bottom": y - height}.get(note.get("yanchor"), y - height / 2)
+            for i, line in enumerate(lines):
+                self._label(x, top + 1.25 * size * (i + 0.5), line, size, color, anchor)
+
+    def _legend(self) -> None:
+        if self.layout.get("showlegend") is False:
+            return
+        entries = []
+        for i, trace in enumerate(self.data):
+            if trace.get("showlegend") is False or not trace.get("name") or trace.get("visible", True) is not True:
+                continue
+            entries.append((i, trace))
+        if not entries or (len(entries) == 1 and self.layout.get("showlegend") is not True):
+            return
+        legend = self.layout.get("legend") or {}
+        size = float((legend.get("font") or {}).get("size") or self.size)
+        left, top, right, _ = self.plot
+        x, y = left, top - 6 - 0.9 * size
+        rows = [[]]
+        for i, trace in entries:  # wrap into rows that fit the width, then draw from the bottom row up
+            name = _text(trace["name"])[0]
+            need = 34 + _width(name, size) + 14
+            if rows[-1] and x + need > right + 10:
+                rows.append([])
+                x = left
+            rows[-1].append((x, i, trace, name))
+            x += need
+        for r, row in enumerate(rows):
+            row_y = y - (len(rows) - 1 - r) * 1.5 * size
+            for x, i, trace, name in row:
+                self._legend_symbol(x, row_y, i, trace)
+                self._label(x + 34, row_y, name, size)
+
+    def _legend_symbol(self, x: float, y: float, index: int, trace: Mapping) -> None:
+        color = _trace_color(trace, index)
+        if trace.get("type") == "bar":
+            self._rect(x + 8, y - 6, 14, 12, color)
+            return
+        mode = trace.get("mode") or "lines"
+        opacity = trace.get("opacity")
+        group = f'<g opacity="{opacity:g}">' if _finite(opacity) and opacity < 1 else "<g>"
+        self._add(group)
+        if "lines" in mode:
+            line = trace.get("line") or {}
+            dash = DASHES.get(line.get("dash") or "")
+            style = f' stroke-dasharray="{dash}"' if dash else ""
+            self._add(f'<line x1="{x:.1f}" x2="{x + 30:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                      f'stroke="{line.get("color") or color}" stroke-width="{line.get("width") or 2:g}"{style}/>')
+        if "markers" in mode:
+            marker = trace.get("marker") or {}
+            symbol = marker.get("symbol") or "circle"
+            symbol = symbol if isinstance(symbol, str) else "circle"
+            edge = marker.get("line") or {}
+            self._add(_marker(symbol, x + 15, y, 9.0, color, edge.get("color"), edge.get("width")))
+        self._add("</g>")
+
+    def _title(self) -> None:
+        title = self.layout.get("title") or {}
+        lines = _text(title.get("text"))
+        if not lines[0]:
+            return
+        size = float((title.get("font") or {}).get("size") or self.size * 1.2)
+        x = float(title.get("x", 0.5)) * self.width
+        anchor = {"left": "start", "right": "end"}.get(title.get("xanchor"), "middle")
+        top = (1 - float(title.get("y", 0.98))) * self.height
+        for i, line in enumerate(lines):
+            self._label(x, top + size * (1.2 * i + 0.8), line, size, anchor=anchor)
+
+    def draw(self) -> str:
+        axes = self._build_axes()
+        left, top, right, bottom = self.plot
+        self._add(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {self.width} {self.height}" '
+                  f'width="{self.width}" height="{self.height}" font-family="{html.escape(FONT)}">')
+        self._add(f'<rect width="100%" height="100%" fill="{self.layout.get("paper_bgcolor") or "white"}"/>')
+        self._add(f'<clipPath id="plot"><rect x="{left - 8:.1f}" y="{top - 8:.1f}" width="{right - left + 16:.1f}" '
+                  f'height="{bottom - top + 16:.1f}"/></clipPath>')
+        self._grid(axes)
+        self._add('<g class="traces" clip-path="url(#plot)">')
+        self._bars(axes)
+        for i, trace in enumerate(self.data):
+            if trace.get("type", "scatter") == "scatter" and trace.get("visible", True) is True:
+                xa, ya = (axes[n] for n in self._trace_axes(trace))
+                self._scatter(trace, xa, ya, _trace_color(trace, i))
+        self._add("</g>")
+        self._shapes(axes)
+        self._annotations(axes)
+        self._add('<g class="legend">')
+        self._legend()
+        self._add("</g>")
+        self._title()
+        self._add("</svg>")
+        return "".join(self.parts)
+
+
+def _trace_color(trace: Mapping, index: int) -> str:
+    for part in ("line", "marker"):
+        color = (trace.get(part) or {}).get("color")
+        if isinstance(color, str):
+            return color
+    return DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
+
+
+def _marker(symbol: str, x: float, y: float, size: float, fill: str, edge: str | None, edge_width: Any) -> str:
+    """One marker: circle, square, diamond, triangle, cross, x or star (Plotly's size is the diameter)."""
+    r = size / 2
+    open_ = symbol.endswith("-open")
+    base = symbol.removesuffix("-open")
+    stroke = edge or (fill if open_ else None)
+    width = edge_width if _finite(edge_width) else (1.5 if open_ else 0)
+    paint = f'fill="{"none" if open_ else fill}"' + (f' stroke="{stroke}" stroke-width="{width:g}"' if stroke and width else "")
+    if base == "square":
+        return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{size:.1f}" height="{size:.1f}" {paint}/>'
+    shapes = {
+        "diamond": [(0, -1.3), (1.3, 0), (0, 1.3), (-1.3, 0)],
+        "triangle-up": [(0, -1.2), (1.1, 0.8), (-1.1, 0.8)],
+        "triangle-down": [(0, 1.2), (1.1, -0.8), (-1.1, -0.8)],
+        "star": [(math.sin(a) * (1.4 if k % 2 == 0 else 0.6), -math.cos(a) * (1.4 if k % 2 == 0 else 0.6))
+                 for k, a in enumerate(i * math.pi / 5 for i in range(10))],
+        "cross": [(-0.4, -1.2), (0.4, -1.2), (0.4, -0.4), (1.2, -0.4), (1.2, 0.4), (0.4, 0.4), (0.4, 1.2),
+                  (-0.4, 1.2), (-0.4, 0.4), (-1.2, 0.4), (-1.2, -0.4), (-0.4, -0.4)],
+        "x": [(-1.1, -0.6), (-0.6, -1.1), (0, -0.5), (0.6, -1.1), (1.1, -0.6), (0.5, 0), (1.1, 0.6), (0.6, 1.1),
+              (0, 0.5), (-0.6, 1.1), (-1.1, 0.6), (-0.5, 0)],
+    }
+    if base in shapes:
+        coords = " ".join(f"{x + dx * r:.1f},{y + dy * r:.1f}" for dx, dy in shapes[base])
+        return f'<polygon points="{coords}" {paint}/>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" {paint}/>'
