@@ -411,31 +411,36 @@ def _field(row, name: str):
 
 
 def charts(view: dict) -> None:
+    """The run's four charts (five on CUDA). While it goes they are images drawn on the server
+    (`plots.figure_svg`), rebuilt at most once per CHART_REFRESH_S for every tab; when it ends,
+    the interactive Plotly charts of the same figures."""
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
-    age = ui.CHART_REFRESH_S if view["status"] in ("running", "queued") else 0.0  # the last redraw: every step
+    live = view["status"] in ("running", "queued")
+    age = ui.CHART_REFRESH_S if live else 0.0  # the last redraw: every step
     cfg = view["config"]
-    empty = plots.WAITING if age else "This run stored no training step."
+    empty = plots.WAITING if live else "This run stored no training step."
+
+    def draw(container, name: str, version, build, width: int = ui.LIVE_CHART_WIDTH) -> None:
+        if live:  # a picture is cheap for the browser to replace; a Plotly chart is rebuilt from scratch
+            picture = cache.get(job_id, f"{name}/svg", version, lambda: plots.figure_svg(build(), width), age)
+            container.image(picture, width="stretch")
+        else:
+            container.plotly_chart(cache.get(job_id, name, version, build, age), key=f"chart_{name.split('-')[0]}",
+                                   **ui.CHART)
+
     left, right = st.columns(2)
-    accuracy = cache.get(job_id, "accuracy", version,
-                         lambda: plots.accuracy_curves(view["steps"], view["evals"], empty_text=empty), age)
-    left.plotly_chart(accuracy, key="chart_accuracy", **ui.CHART)
-    memory = cache.get(job_id, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty), age)
-    right.plotly_chart(memory, key="chart_memory", **ui.CHART)
+    draw(left, "accuracy", version, lambda: plots.accuracy_curves(view["steps"], view["evals"], empty_text=empty))
+    draw(right, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty))
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
-        st.plotly_chart(cache.get(job_id, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), age),
-                        key="chart_cuda", **ui.CHART)
+        draw(st, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), 2 * ui.LIVE_CHART_WIDTH)
     left, right = st.columns(2)
     types = layer_types(cfg.get("model", RunConfig().model), cfg.get("dataset", RunConfig().dataset))
-    left.plotly_chart(cache.get(job_id, "layers", 1 if view["layer_bytes"] else 0,
-                                lambda: plots.layer_bytes_bars(view["layer_bytes"], types)),
-                      key="chart_layers", **ui.CHART)
+    draw(left, "layers", 1 if view["layer_bytes"] else 0, lambda: plots.layer_bytes_bars(view["layer_bytes"], types))
     with right:
-        live = plots.live_point(view["steps"], view["evals"], cfg) if view["status"] == "running" else None
+        point = plots.live_point(view["steps"], view["evals"], cfg) if view["status"] == "running" else None
         points = tradeoff_points()
-        tradeoff_version = (version, tuple(p.get("id") for p in points))
-        st.plotly_chart(cache.get(job_id, f"tradeoff-{ui.visitor()}", tradeoff_version,
-                                  lambda: plots.tradeoff_scatter(points, live), age),
-                        key="chart_tradeoff", **ui.CHART)
+        draw(right, f"tradeoff-{ui.visitor()}", (version, tuple(p.get("id") for p in points)),
+             lambda: plots.tradeoff_scatter(points, point))
         st.checkbox("Show earlier runs from the history", key="history_points",
                     help="Adds every stored comparison (grey) to the chart.")
     if view["report"]:
@@ -508,9 +513,7 @@ def live_charts() -> None:
     if view["steps"]:
         cards(view)
         remember(view)
-    # Empty charts while the run starts: the browser loads its chart library while the training
-    # process is still importing, not while it trains (on a laptop both share the same cores).
-    charts(view)
+    charts(view)  # pictures while it goes (no chart library to load), interactive charts once it ends
 
 
 def stored_panel(view: dict) -> None:

@@ -9,9 +9,11 @@ compare, a sweep at chance level) are real `facto.jobs.Job`s fed by a list of ev
 """
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -283,6 +285,39 @@ def test_gpu_runs_show_the_device_and_the_cuda_peak(ui):
     assert gpu["layout"]["title"]["text"].startswith("GPU memory per step")
     assert {t["name"] for t in gpu["data"]} >= {"Baseline · step peak", "Facto · step peak",
                                                 "Facto · stored for backward"}
+
+
+def test_a_watched_run_draws_pictures_while_it_goes_and_interactive_charts_when_done(ui):
+    """While a run goes its charts are SVG pictures drawn on the server (cheap for the browser to
+    replace, no chart library to load); when it ends, the same figures as Plotly charts."""
+    events = run_events({"baseline": 90.0, "facto": 89.0})
+    finish = threading.Event()
+
+    def produce():
+        yield from events[:-1]
+        finish.wait(60)
+        yield events[-1]
+
+    job = ui.registry().submit(Job(produce, RunTracker(), label="made up", meta={"config": RunConfig(epochs=1).to_dict()}))
+    deadline = time.monotonic() + 30
+    while not job.read(lambda t: bool(t.evals)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["watch"] = job.id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert job.status == "running" and not at.get("plotly_chart")
+    pictures = [base64.b64decode(url.split(",", 1)[1]).decode() for image in at.image for url in image.value
+                if url.startswith("data:image/svg+xml;base64,")]
+    titles = ["Accuracy and loss vs step", "Activation memory stored for backward (MB)",
+              "Stored for backward, per layer (one batch)", "Memory saving vs accuracy change"]
+    assert len(pictures) == 4 and all(title in svg for title, svg in zip(titles, pictures))
+    assert "Facto · test" in pictures[0] and "Current run (live" in pictures[3]
+    finish.set()
+    assert job.wait(30) and job.status == "completed"
+    at.run()
+    assert not at.image and [spec(c)["layout"]["title"]["text"] for c in at.get("plotly_chart")] == titles
 
 
 # ----------------------------------------------------------------------------- navigation

@@ -163,6 +163,8 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
     first_steps = re.compile(r"Step [1-9]\d* of")  # "Step 0 of" shows before any step is done
     expect(a.get_by_text(first_steps).first).to_be_visible(timeout=90_000)
 
+    scripts = []  # what B's browser loads: while it watches, no chart library
+    b.on("request", lambda r: scripts.append(r.url) if r.url.endswith(".js") else None)
     b.goto(url)
     expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
     expect(b.get_by_text("started by visitor")).to_be_visible()
@@ -173,6 +175,10 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
                         " return m !== null && Number(m[1]) > seen; }", arg=seen, timeout=30_000)
     b.get_by_role("button", name="Watch", exact=True).click()
     expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
+    # The live charts are pictures drawn on the server: four of them, and no Plotly on the page
+    expect(b.locator("[data-testid='stMain'] img[src^='data:image/svg+xml']")).to_have_count(4, timeout=30_000)
+    assert b.locator("[data-testid='stPlotlyChart']").count() == 0
+    assert not [u for u in scripts if "Plotly" in u], scripts
 
     a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
     expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
@@ -186,6 +192,7 @@ def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_t
     b.get_by_role("button", name="Stop", exact=True).click()
     expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
     expect(a.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+    b.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)  # interactive once it ended
     b.screenshot(path=str(tmp_path / "watcher.png"), full_page=True)
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1
