@@ -1,11 +1,12 @@
 """What a classroom costs: a default comparison from the CLI, then the same run started in the app
 with 1 tab watching, then with 3 tabs watching (headless Chromium via Playwright).
 
-    python benchmarks/classroom.py                 # 3 rounds of the default run (4 epochs), ~5 minutes here
+    python benchmarks/classroom.py                 # 3 rounds of the default run (4 epochs), ~4 minutes here
     python benchmarks/classroom.py --epochs 1 --repeat 1   # quicker
 
 The wall time of each run is what the run history stored (finished_at - created_at), so the
-browser's own timing plays no part. Each round runs every row once; the table has the median.
+browser's own timing plays no part. Each round runs every row once; the table has the median,
+and "vs CLI" the median (min-max) of each round's app run over the same round's CLI run.
 The browsers run on the same machine as the server and the training, which a classroom does
 not do (each student's browser draws on their own machine): the CPU columns say where the
 machine's time went from Run to Done (the training process, start-up included, the web server,
@@ -203,12 +204,16 @@ def main(argv: list[str] | None = None) -> int:
           " included)\n")
     print("| where | wall time | vs CLI | CPU: training | CPU: server | CPU: browsers |\n|---|---|---|---|---|---|")
     for name, times in walls.items():
-        wall, cli = statistics.median(times), statistics.median(walls[reference[name]])
+        wall = statistics.median(times)
+        # each round's app run over the same round's CLI run (paired: drift between rounds cancels)
+        ratios = [t / c for t, c in zip(times, walls[reference[name]])]
+        vs_cli = "1.00x" if reference[name] == name else \
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         cells = []
         for key in ("training", "server", "browsers"):
             values = [c[key] for c in cpus[name] if key in c]
             cells.append(f"{statistics.median(values):.1f} s" if values else "")
-        print(f"| {name} | {wall:.1f} s ({min(times):.1f}-{max(times):.1f}) | {wall / cli:.2f}x | "
+        print(f"| {name} | {wall:.1f} s ({min(times):.1f}-{max(times):.1f}) | {vs_cli} | "
               + " | ".join(cells) + " |")
     return 0
 
