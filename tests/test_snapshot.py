@@ -142,3 +142,14 @@ def test_a_full_width_cuda_chart():
     cuda = plots.cuda_memory_curves([dict(s.__dict__, peak_cuda=80e6) for s in _steps()])
     texts = _texts(_svg(cuda, 1200))
     assert cuda.layout.title.text in texts
+
+
+def test_long_tick_labels_push_the_plot_right_and_stay_in_the_picture():
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[1e7, 2e7, 3.5e7], mode="lines"))
+    fig.update_layout(margin=dict(l=20, r=20, t=40, b=40), yaxis_title="bytes")
+    root = _svg(fig)
+    size = 12  # Plotly's default font size
+    labels = [t for t in root.iter(SVG + "text") if t.get("text-anchor") == "end" and "," in "".join(t.itertext())]
+    assert labels and all(float(t.get("x")) - len("".join(t.itertext())) * size * 0.5 > 0 for t in labels)
+    left = _plot_area(root)[0]
+    assert all(float(t.get("x")) < left for t in labels)  # left of the plot, not over it

@@ -14,6 +14,7 @@ both show the same traces, colours and axes. Hover text is left out.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import re
@@ -25,6 +26,7 @@ import plotly.graph_objects as go
 FONT = "'Source Sans Pro', 'Open Sans', Verdana, Arial, sans-serif"
 CHAR_WIDTH = 0.55  # a character's width, as a fraction of the font size (for margins and the legend)
 DASHES = {"dash": "6,4", "dot": "2,3", "dashdot": "6,3,2,3", "longdash": "10,4", "longdashdot": "10,3,2,3"}
+CLIP = "@clip@"  # the plot's clip path id, replaced by one made from the picture's content
 DEFAULT_COLORS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
 
 
@@ -93,7 +95,8 @@ class _Axis:
             self.low, self.high = -0.5, len(self.categories) - 0.5
             return
         values = [v for v in values if _finite(v)]
-        if zero or self.spec.get("rangemode") == "tozero":
+        zero = zero or self.spec.get("rangemode") == "tozero"  # the range starts at zero, unpadded there
+        if zero:
             values.append(0.0)
         if not values:
             self.low, self.high = -1.0, 6.0  # Plotly's empty axis
@@ -145,15 +148,11 @@ class _Canvas:
         return {n: dict(self.layout.get(n) or {}) for n in names}
 
     def _margins(self, axes: dict[str, dict]) -> tuple[float, float, float, float]:
+        """The figure's margins, the bottom one grown for slanted category labels (Plotly's automargin;
+        the left one grows in `_build_axes`, once the y axes' tick labels are known)."""
         m = self.layout.get("margin") or {}
         left, right, top, bottom = (float(m.get(k, d)) for k, d in (("l", 80), ("r", 80), ("t", 100), ("b", 80)))
-        for name, spec in axes.items():  # grow the left margin for long category labels (Plotly's automargin)
-            if name.startswith("y") and spec.get("visible", True) is not False:
-                labels = self._category_labels(name)
-                size = float((spec.get("tickfont") or {}).get("size") or self.size)
-                title = 1.6 * self.size if (spec.get("title") or {}).get("text") else 0
-                widest = max((_width(s, size) for s in labels), default=4 * size * CHAR_WIDTH)
-                left = max(left, widest + 12 + title)
+        for name, spec in axes.items():
             if name.startswith("x") and spec.get("tickangle") and spec.get("visible", True) is not False:
                 size = float((spec.get("tickfont") or {}).get("size") or self.size)
                 widest = max((_width(s, size) for s in self._category_labels(name)), default=0)
@@ -176,14 +175,30 @@ class _Canvas:
         axes = {}
         for name, spec in specs.items():
             d0, d1 = spec.get("domain") or (0, 1)
-            if name.startswith("x"):
-                axes[name] = _Axis(name, spec, x0 + d0 * (x1 - x0), x0 + d1 * (x1 - x0))
-            else:
+            if name.startswith("y"):
                 axes[name] = _Axis(name, spec, y0 + d0 * (y1 - y0), y0 + d1 * (y1 - y0))
+            else:
+                axes[name] = _Axis(name, spec, 0, 0)
             axes[name].categories = self._category_labels(name)
-        self.plot = (x0, y1, x1, y0)  # left, top, right, bottom of the whole plotting area
         self._fit(axes)
+        x0 = max(x0, self._label_room(axes))  # long tick labels push the plot right (Plotly's automargin)
+        for name, axis in axes.items():
+            if name.startswith("x"):
+                d0, d1 = axis.spec.get("domain") or (0, 1)
+                axis.start, axis.end = x0 + d0 * (x1 - x0), x0 + d1 * (x1 - x0)
+        self.plot = (x0, y1, x1, y0)  # left, top, right, bottom of the whole plotting area
         return axes
+
+    def _label_room(self, axes: dict[str, _Axis]) -> float:
+        """Pixels left of the plot that the widest y tick label and the y axis title need."""
+        room = 0.0
+        for name, axis in axes.items():
+            if name.startswith("y") and axis.visible and axis.spec.get("showticklabels", True) is not False:
+                size = float((axis.spec.get("tickfont") or {}).get("size") or self.size)
+                widest = max((_width(text, size) for _, text in axis.ticks(45)), default=0.0)
+                title = 1.6 * self.size if (axis.spec.get("title") or {}).get("text") else 0.0
+                room = max(room, widest + 12 + title)
+        return room
 
     def _fit(self, axes: dict[str, _Axis]) -> None:
         values: dict[str, list[float]] = {n: [] for n in axes}
@@ -468,10 +483,10 @@ class _Canvas:
         self._add(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {self.width} {self.height}" '
                   f'width="{self.width}" height="{self.height}" font-family="{html.escape(FONT)}">')
         self._add(f'<rect width="100%" height="100%" fill="{self.layout.get("paper_bgcolor") or "white"}"/>')
-        self._add(f'<clipPath id="plot"><rect x="{left - 8:.1f}" y="{top - 8:.1f}" width="{right - left + 16:.1f}" '
+        self._add(f'<clipPath id="{CLIP}"><rect x="{left - 8:.1f}" y="{top - 8:.1f}" width="{right - left + 16:.1f}" '
                   f'height="{bottom - top + 16:.1f}"/></clipPath>')
         self._grid(axes)
-        self._add('<g class="traces" clip-path="url(#plot)">')
+        self._add(f'<g class="traces" clip-path="url(#{CLIP})">')
         self._bars(axes)
         for i, trace in enumerate(self.data):
             if trace.get("type", "scatter") == "scatter" and trace.get("visible", True) is True:
@@ -485,7 +500,8 @@ class _Canvas:
         self._add("</g>")
         self._title()
         self._add("</svg>")
-        return "".join(self.parts)
+        drawn = "".join(self.parts)
+        return drawn.replace(CLIP, "plot-" + hashlib.sha1(drawn.encode()).hexdigest()[:10])
 
 
 def _trace_color(trace: Mapping, index: int) -> str:
