@@ -11,7 +11,8 @@ tab loses nothing). The run trains in a child process (`facto.worker`) that reco
 history and streams its events back; the page watches a job (`?job=N` in the URL, so a
 reloaded tab reattaches) and redraws in two fragments: progress every `ui.REFRESH_S`, cards
 and charts every `ui.CHART_REFRESH_S` (each figure built at most once per interval for every
-tab watching).
+tab watching). While the run goes the charts are SVG pictures of their figures, drawn on the
+server (cheap for a browser to replace); once it ends, the interactive Plotly charts.
 """
 from __future__ import annotations
 
@@ -420,12 +421,13 @@ def charts(view: dict) -> None:
     cfg = view["config"]
     empty = plots.WAITING if live else "This run stored no training step."
 
-    def draw(container, name: str, version, build, width: int = ui.LIVE_CHART_WIDTH) -> None:
+    def draw(container, name: str, revision, build, width: int = ui.LIVE_CHART_WIDTH) -> None:
+        """One chart, built by `build` at most once per `revision` (and per CHART_REFRESH_S while live)."""
         if live:  # a picture is cheap for the browser to replace; a Plotly chart is rebuilt from scratch
-            picture = cache.get(job_id, f"{name}/svg", version, lambda: plots.figure_svg(build(), width), age)
+            picture = cache.get(job_id, f"{name}/svg", revision, lambda: plots.figure_svg(build(), width), age)
             container.image(picture, width="stretch")
         else:
-            container.plotly_chart(cache.get(job_id, name, version, build, age), key=f"chart_{name.split('-')[0]}",
+            container.plotly_chart(cache.get(job_id, name, revision, build, age), key=f"chart_{name.split('-')[0]}",
                                    **ui.CHART)
 
     left, right = st.columns(2)
