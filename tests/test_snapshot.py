@@ -153,3 +153,13 @@ def test_long_tick_labels_push_the_plot_right_and_stay_in_the_picture():
     assert labels and all(float(t.get("x")) - len("".join(t.itertext())) * size * 0.5 > 0 for t in labels)
     left = _plot_area(root)[0]
     assert all(float(t.get("x")) < left for t in labels)  # left of the plot, not over it
+
+
+def test_a_long_first_slanted_label_stays_in_the_picture():
+    names = ["layer2.0.downsample.0.conv_with_a_long_name"] + [f"c{i}" for i in range(5)]
+    fig = plots.layer_bytes_bars({"baseline": dict.fromkeys(names, 1_000_000), "facto": dict.fromkeys(names, 100_000)})
+    root = _svg(fig)
+    (label,) = [t for t in root.iter(SVG + "text") if "".join(t.itertext()) == names[0]]
+    x = float(re.search(r"translate\(([\d.]+),", label.get("transform")).group(1))
+    angle = math.radians(abs(fig.layout.xaxis.tickangle))
+    assert x - len(names[0]) * (fig.layout.xaxis.tickfont.size or 12) * 0.5 * math.cos(angle) > 0

@@ -190,7 +190,8 @@ class _Canvas:
         return axes
 
     def _label_room(self, axes: dict[str, _Axis]) -> float:
-        """Pixels left of the plot that the widest y tick label and the y axis title need."""
+        """Pixels left of the plot that the widest y tick label and the y axis title need, or the
+        first slanted x label."""
         room = 0.0
         for name, axis in axes.items():
             if name.startswith("y") and axis.visible and axis.spec.get("showticklabels", True) is not False:
@@ -198,6 +199,10 @@ class _Canvas:
                 widest = max((_width(text, size) for _, text in axis.ticks(45)), default=0.0)
                 title = 1.6 * self.size if (axis.spec.get("title") or {}).get("text") else 0.0
                 room = max(room, widest + 12 + title)
+            if name.startswith("x") and axis.spec.get("tickangle") and axis.categories and axis.visible:
+                size = float((axis.spec.get("tickfont") or {}).get("size") or self.size)
+                slant = abs(math.cos(math.radians(float(axis.spec["tickangle"]))))
+                room = max(room, _width(axis.categories[0], size) * slant + 4)  # the first slanted label
         return room
 
     def _fit(self, axes: dict[str, _Axis]) -> None:
