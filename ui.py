@@ -38,7 +38,8 @@ PAGE_ICON = "🗜️"
 CARD = dict(border=True, height="stretch")  # every metric card: framed, as tall as its row
 REFRESH_S = 2.0  # progress and cards while a watched run goes
 CHART_REFRESH_S = 5.0  # charts while it goes (built at most once per interval for every tab)
-LIVE_CHART_WIDTH = 560  # pixels of a half-width chart drawn as a picture while a run goes (scaled to fit)
+LIVE_CHART_WIDTH = 480  # a half-width chart drawn as a picture while a run goes: about its width on a laptop
+#                        (the picture is scaled to the column, its text with it)
 
 # While a fragment redraws, Streamlit marks its elements "stale" and fades them (an opacity
 # transition, 1 s after a 0.5 s delay), and the progress bar slides to its new width. On a page
