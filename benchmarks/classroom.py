@@ -3,6 +3,7 @@ with 1 tab watching, then with 3 tabs watching (headless Chromium via Playwright
 
     python benchmarks/classroom.py                 # 3 rounds of the default run (4 epochs), ~4 minutes here
     python benchmarks/classroom.py --epochs 1 --repeat 1   # quicker
+    python benchmarks/classroom.py --tab-cost      # what one watching tab costs its browser, ~1 minute
 
 The wall time of each run is what the run history stored (finished_at - created_at), so the
 browser's own timing plays no part. Each round runs every row once; the table has the median,
@@ -170,13 +171,71 @@ def app_run(home: Path, tabs: int, epochs: int, apart: bool = False) -> tuple[fl
     return last_run_seconds(home), cpu
 
 
+def tab_cost(tabs: int = 3, seconds: float = 15.0) -> dict[str, float]:
+    """What watching costs the browsers: one tab starts a long run (30 epochs), `tabs - 1` more open
+    the page and press Watch; the browsers' CPU seconds for each page load and from Watch to a drawn
+    page (median), then the cores each tab and the server use while all watch for `seconds`."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = serve(Path(tmp), port)
+        url = f"http://127.0.0.1:{port}"
+        loads, watches = [], []
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
+                first = pages[0]
+                first.goto(url)
+                first.wait_for_selector(IDLE, timeout=90_000)
+                box = first.get_by_role("spinbutton", name="Epochs")
+                box.fill("30")
+                box.press("Enter")
+                first.wait_for_selector(IDLE, timeout=30_000)
+                first.get_by_role("button", name="Run", exact=True).click()
+                first.get_by_text("Baseline activations").first.wait_for(timeout=90_000)  # the first step is done
+                for page in pages[1:]:
+                    before = browsers_cpu_seconds()
+                    page.goto(url)
+                    page.wait_for_selector(IDLE, timeout=90_000)
+                    loaded = browsers_cpu_seconds()
+                    page.get_by_role("button", name="Watch").first.click(timeout=90_000)
+                    page.get_by_text("Baseline activations").first.wait_for(timeout=90_000)
+                    page.wait_for_selector(IDLE, timeout=60_000)
+                    loads.append(loaded - before)
+                    watches.append(browsers_cpu_seconds() - loaded)
+                browsers, own = browsers_cpu_seconds(), cpu_seconds(server.pid)[0]
+                time.sleep(seconds)
+                watching = (browsers_cpu_seconds() - browsers) / seconds / tabs
+                serving = (cpu_seconds(server.pid)[0] - own) / seconds
+                first.get_by_role("button", name="Stop").first.click()
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(10)
+    return {"load": statistics.median(loads), "watch": statistics.median(watches), "watching": watching,
+            "server": serving}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeat", type=int, default=3, help="rounds; each runs every row once (default 3)")
     p.add_argument("--apart", action="store_true",
                    help="also rows with the browsers on the last core, the rest on the others")
+    p.add_argument("--tab-cost", action="store_true",
+                   help="only what a watching tab costs its browser (page load, Watch, cores while watching)")
     args = p.parse_args(argv)
+    if args.tab_cost:
+        cost = tab_cost()
+        print(f"machine: {machine()}\n")
+        print("| 3 tabs on one run (30 epochs) | browsers' CPU |\n|---|---|")
+        print(f"| a tab opens the page mid-run (median) | {cost['load']:.2f} s |")
+        print(f"| it presses Watch, until the page is drawn (median) | {cost['watch']:.2f} s |")
+        print(f"| each tab while all three watch | {cost['watching']:.3f} cores |")
+        print(f"| the web server meanwhile | {cost['server']:.3f} cores |")
+        return 0
     setups = [(tabs, apart) for apart in ((False, True) if args.apart else (False,)) for tabs in (None, 1, 3)]
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[dict[str, float]]] = {}
