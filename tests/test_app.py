@@ -298,7 +298,8 @@ def test_a_watched_run_draws_pictures_while_it_goes_and_interactive_charts_when_
         finish.wait(60)
         yield events[-1]
 
-    job = ui.registry().submit(Job(produce, RunTracker(), label="made up", meta={"config": RunConfig(epochs=1).to_dict()}))
+    job = ui.registry().submit(Job(produce, RunTracker(), label="made up",
+                                   meta={"config": RunConfig(epochs=1).to_dict()}))
     deadline = time.monotonic() + 30
     while not job.read(lambda t: bool(t.evals)):
         assert time.monotonic() < deadline

@@ -26,7 +26,8 @@ def _steps(n: int = 6) -> list[StepEvent]:
 
 
 def _evals() -> list[EvalEvent]:
-    return [EvalEvent(v, s, 1, 1.0, 80.0 + s - (2 if v == "facto" else 0)) for s in (3, 6) for v in ("baseline", "facto")]
+    return [EvalEvent(v, s, 1, 1.0, 80.0 + s - (2 if v == "facto" else 0))
+            for s in (3, 6) for v in ("baseline", "facto")]
 
 
 def _svg(fig: go.Figure, width: int = 600) -> ET.Element:

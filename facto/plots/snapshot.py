@@ -281,7 +281,8 @@ class _Canvas:
             if title:
                 mid = (axis.start + axis.end) / 2
                 if horizontal:
-                    x = self.plot[0] - 12 - max((_width(t, size) for _, t in axis.ticks(45)), default=0) - 0.4 * self.size
+                    widest = max((_width(t, size) for _, t in axis.ticks(45)), default=0)
+                    x = self.plot[0] - 12 - widest - 0.4 * self.size
                     self._add(f'<text transform="translate({x:.1f},{mid:.1f}) rotate(-90)" font-size="{self.size:g}" '
                               f'fill="{self.ink}" text-anchor="middle">{html.escape(title)}</text>')
                 else:
@@ -524,7 +525,9 @@ def _marker(symbol: str, x: float, y: float, size: float, fill: str, edge: str |
     base = symbol.removesuffix("-open")
     stroke = edge or (fill if open_ else None)
     width = edge_width if _finite(edge_width) else (1.5 if open_ else 0)
-    paint = f'fill="{"none" if open_ else fill}"' + (f' stroke="{stroke}" stroke-width="{width:g}"' if stroke and width else "")
+    paint = f'fill="{"none" if open_ else fill}"'
+    if stroke and width:
+        paint += f' stroke="{stroke}" stroke-width="{width:g}"'
     if base == "square":
         return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{size:.1f}" height="{size:.1f}" {paint}/>'
     shapes = {
