@@ -128,6 +128,21 @@ def split_cpus() -> tuple[set[int], set[int]]:
     return set(cpus[:-1]), {cpus[-1]}
 
 
+def open_tabs(browser, url: str, tabs: int, epochs: int) -> list:
+    """`tabs` pages, each its own browser context (its own student); the first shows the app with
+    `epochs` set, ready to Run."""
+    pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
+    first = pages[0]
+    first.goto(url)
+    first.wait_for_selector(IDLE, timeout=90_000)
+    if epochs != 4:  # the default
+        box = first.get_by_role("spinbutton", name="Epochs")
+        box.fill(str(epochs))
+        box.press("Enter")
+        first.wait_for_selector(IDLE, timeout=30_000)
+    return pages
+
+
 def app_run(home: Path, tabs: int, epochs: int, apart: bool = False) -> tuple[float, dict[str, float]]:
     """Start the default run in one tab, watch it from `tabs - 1` more: the stored wall time and the
     CPU seconds of the server, the training child and the browsers from Run to Done. `apart`: the
@@ -144,15 +159,8 @@ def app_run(home: Path, tabs: int, epochs: int, apart: bool = False) -> tuple[fl
             os.sched_setaffinity(0, browser_cpus)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
+            pages = open_tabs(browser, url, tabs, epochs)
             first = pages[0]
-            first.goto(url)
-            first.wait_for_selector(IDLE, timeout=90_000)
-            if epochs != 4:
-                box = first.get_by_role("spinbutton", name="Epochs")
-                box.fill(str(epochs))
-                box.press("Enter")
-                first.wait_for_selector(IDLE, timeout=30_000)
             server_before, browsers_before = cpu_seconds(server.pid)[0], browsers_cpu_seconds()
             first.get_by_role("button", name="Run", exact=True).click()
             for page in pages[1:]:
@@ -185,14 +193,8 @@ def tab_cost(tabs: int = 3, seconds: float = 15.0) -> dict[str, float]:
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(tabs)]
+                pages = open_tabs(browser, url, tabs, epochs=30)
                 first = pages[0]
-                first.goto(url)
-                first.wait_for_selector(IDLE, timeout=90_000)
-                box = first.get_by_role("spinbutton", name="Epochs")
-                box.fill("30")
-                box.press("Enter")
-                first.wait_for_selector(IDLE, timeout=30_000)
                 first.get_by_role("button", name="Run", exact=True).click()
                 first.get_by_text("Baseline activations").first.wait_for(timeout=90_000)  # the first step is done
                 for page in pages[1:]:
