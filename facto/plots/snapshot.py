@@ -109,10 +109,13 @@ class _Axis:
         self.high = high if zero and high == 0 else high + margin
 
     def position(self, value: Any) -> float:
+        """A data value's pixel (a category's name on a category axis); NaN when it has none."""
         if self.categories:
             value = self.categories.index(value) if value in self.categories else None
-        if not _finite(value):
-            return math.nan
+        return self.pixel(value) if _finite(value) else math.nan
+
+    def pixel(self, value: float) -> float:
+        """The pixel of a number on this axis (on a category axis, of a slot: category i is i)."""
         share = (value - self.low) / (self.high - self.low)
         if self.reversed:
             share = 1 - share
@@ -218,7 +221,7 @@ class _Canvas:
             if bar:
                 zero[xa if horizontal else ya] = True
                 pads[xa if horizontal else ya] = 0.05
-            elif "markers" in (trace.get("mode") or "markers"):
+            elif "markers" in _mode(trace):
                 pads[xa] = max(pads[xa], 0.04)
                 pads[ya] = max(pads[ya], 0.06)
         for name, axis in axes.items():  # shared axes ("matches") take the union of their data
@@ -299,15 +302,11 @@ class _Canvas:
         return axes[f"{letter}axis"]
 
     def _scatter(self, trace: Mapping, xa: _Axis, ya: _Axis, color: str) -> None:
-        mode = trace.get("mode") or ("lines+markers" if len(trace.get("x") or []) < 20 else "lines")
+        mode = _mode(trace)
         points = [(xa.position(x), ya.position(y)) for x, y in zip(trace.get("x") or [], trace.get("y") or [])]
-        opacity = trace.get("opacity")
-        group = f'<g opacity="{opacity:g}">' if _finite(opacity) and opacity < 1 else "<g>"
-        self._add(group)
-        line = trace.get("line") or {}
+        self._add(_opacity_group(trace))
         if "lines" in mode:
-            dash = DASHES.get(line.get("dash") or "")
-            style = f' stroke-dasharray="{dash}"' if dash else ""
+            stroke = _stroke(trace.get("line") or {}, color)
             run: list[tuple[float, float]] = []
             for point in points + [(math.nan, math.nan)]:
                 if all(math.isfinite(v) for v in point):
@@ -315,8 +314,7 @@ class _Canvas:
                     continue
                 if len(run) > 1:
                     coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-                    self._add(f'<polyline fill="none" stroke="{line.get("color") or color}" '
-                              f'stroke-width="{line.get("width") or 2:g}"{style} points="{coords}"/>')
+                    self._add(f'<polyline fill="none" {stroke} points="{coords}"/>')
                 run = []
         if "markers" in mode:
             marker = trace.get("marker") or {}
@@ -353,21 +351,13 @@ class _Canvas:
                 slot = across.categories.index(where) if across.categories else where
                 if not _finite(slot):
                     continue
-                a, b = self._slot(across, slot + offset - width / 2), self._slot(across, slot + offset + width / 2)
+                a, b = across.pixel(slot + offset - width / 2), across.pixel(slot + offset + width / 2)
                 v0, v1 = along.position(0), along.position(value)
                 fill = color[0] if isinstance(color, Sequence) and not isinstance(color, str) else color
                 if horizontal:
                     self._rect(min(v0, v1), min(a, b), abs(v1 - v0), abs(b - a), fill)
                 else:
                     self._rect(min(a, b), min(v0, v1), abs(b - a), abs(v1 - v0), fill)
-
-    @staticmethod
-    def _slot(axis: _Axis, value: float) -> float:
-        """A position between categories (bars sit at fractional slots)."""
-        share = (value - axis.low) / (axis.high - axis.low)
-        if axis.reversed:
-            share = 1 - share
-        return axis.start + share * (axis.end - axis.start)
 
     def _rect(self, x: float, y: float, w: float, h: float, fill: str) -> None:
         self._add(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"/>')
@@ -391,10 +381,7 @@ class _Canvas:
             y0, y1 = (self._ref(axes, shape.get("yref"), shape.get(k, 0), "y") for k in ("y0", "y1"))
             if not all(math.isfinite(v) for v in (x0, x1, y0, y1)):
                 continue
-            line = shape.get("line") or {}
-            dash = DASHES.get(line.get("dash") or "")
-            stroke = (f'stroke="{line.get("color") or self.ink}" stroke-width="{line.get("width") or 2:g}"'
-                      + (f' stroke-dasharray="{dash}"' if dash else ""))
+            stroke = _stroke(shape.get("line") or {}, self.ink)
             if shape.get("type") == "rect":
                 fill = shape.get("fillcolor") or "none"
                 opacity = shape.get("opacity")
@@ -453,16 +440,11 @@ class _Canvas:
         if trace.get("type") == "bar":
             self._rect(x + 8, y - 6, 14, 12, color)
             return
-        mode = trace.get("mode") or "lines"
-        opacity = trace.get("opacity")
-        group = f'<g opacity="{opacity:g}">' if _finite(opacity) and opacity < 1 else "<g>"
-        self._add(group)
+        mode = _mode(trace)
+        self._add(_opacity_group(trace))
         if "lines" in mode:
-            line = trace.get("line") or {}
-            dash = DASHES.get(line.get("dash") or "")
-            style = f' stroke-dasharray="{dash}"' if dash else ""
             self._add(f'<line x1="{x:.1f}" x2="{x + 30:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
-                      f'stroke="{line.get("color") or color}" stroke-width="{line.get("width") or 2:g}"{style}/>')
+                      f'{_stroke(trace.get("line") or {}, color)}/>')
         if "markers" in mode:
             marker = trace.get("marker") or {}
             symbol = marker.get("symbol") or "circle"
@@ -508,6 +490,24 @@ class _Canvas:
         self._add("</svg>")
         drawn = "".join(self.parts)
         return drawn.replace(CLIP, "plot-" + hashlib.sha1(drawn.encode()).hexdigest()[:10])
+
+
+def _mode(trace: Mapping) -> str:
+    """A scatter trace's mode; Plotly's default: lines and markers under 20 points, else lines."""
+    return trace.get("mode") or ("lines+markers" if len(trace.get("x") or []) < 20 else "lines")
+
+
+def _opacity_group(trace: Mapping) -> str:
+    """The opening tag of a group drawn at the trace's opacity."""
+    opacity = trace.get("opacity")
+    return f'<g opacity="{opacity:g}">' if _finite(opacity) and opacity < 1 else "<g>"
+
+
+def _stroke(line: Mapping, color: str) -> str:
+    """A line's stroke attributes: its colour (else `color`), width (Plotly's 2) and dash."""
+    dash = DASHES.get(line.get("dash") or "")
+    return (f'stroke="{line.get("color") or color}" stroke-width="{line.get("width") or 2:g}"'
+            + (f' stroke-dasharray="{dash}"' if dash else ""))
 
 
 def _trace_color(trace: Mapping, index: int) -> str:
