@@ -164,3 +164,17 @@ def test_a_long_first_slanted_label_stays_in_the_picture():
     x = float(re.search(r"translate\(([\d.]+),", label.get("transform")).group(1))
     angle = math.radians(abs(fig.layout.xaxis.tickangle))
     assert x - len(names[0]) * (fig.layout.xaxis.tickfont.size or 12) * 0.5 * math.cos(angle) > 0
+
+
+def test_the_same_figure_gives_the_same_picture_in_another_process():
+    """Axes were kept in a set: their order, and so the SVG, changed with Python's hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from facto import plots; from facto.train import StepEvent; "
+            "steps = [StepEvent(v, s, 1, 1.0, 10.0 * s, 1e6, 1e6, None, 0.1, 1e-3) for s in range(1, 5) "
+            "for v in ('baseline', 'facto')]; print(plots.figure_svg(plots.accuracy_curves(steps)))")
+    pictures = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    assert len(pictures) == 1

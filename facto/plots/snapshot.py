@@ -148,7 +148,7 @@ class _Canvas:
                 ref = trace.get(f"{letter}axis") or letter
                 names.add(f"{letter}axis{ref[1:]}")
         names.update(("xaxis", "yaxis"))
-        return {n: dict(self.layout.get(n) or {}) for n in names}
+        return {n: dict(self.layout.get(n) or {}) for n in sorted(names)}  # sorted: the same picture in every process
 
     def _margins(self, axes: dict[str, dict]) -> tuple[float, float, float, float]:
         """The figure's margins, the bottom one grown for slanted category labels (Plotly's automargin;
