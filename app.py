@@ -7,7 +7,7 @@ Layout only: numbers come from `facto`, figures from `facto.plots`, shared piece
 
 How a run lives: Run builds a `RunConfig` from the sidebar and submits a `facto.Job` to the
 server's `JobRegistry` (runs belong to the server, not to the tab: closing or reloading the
-tab loses nothing). The run trains in a child process (`facto.worker`) that records it in the
+tab loses nothing). The run trains in a child process (`facto.engine.worker`) that records it in the
 history and streams its events back; the page watches a job (`?job=N` in the URL, so a
 reloaded tab reattaches) and redraws in two fragments: progress every `ui.REFRESH_S`, cards
 and charts every `ui.CHART_REFRESH_S` (each figure built at most once per interval for every
@@ -23,9 +23,9 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
-from facto.events import RunTracker, StartEvent
-from facto.jobs import Job
-from facto.train import compare_and_record, too_short_note
+from facto.engine.events import RunTracker, StartEvent
+from facto.engine.jobs import Job
+from facto.engine.train import compare_and_record, too_short_note
 
 st.set_page_config(page_title="Facto", page_icon=ui.PAGE_ICON, layout="wide")
 
@@ -150,8 +150,8 @@ def sidebar(locked: bool) -> None:
 
 @st.cache_data(show_spinner=False)
 def layer_types(model: str, dataset: str) -> dict[str, str]:
-    from facto.build import dense_model, facto_model
-    from facto.data import dataset_info
+    from facto.engine.build import dense_model, facto_model
+    from facto.engine.data import dataset_info
 
     info = dataset_info(dataset)
     config = RunConfig(model=model)
@@ -165,7 +165,7 @@ def layer_types(model: str, dataset: str) -> dict[str, str]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def data_sizes(dataset: str, data_dir: str, max_train: int, max_test: int) -> tuple[int, int] | str:
     """(train, test) image counts, or the reason the data can't be read."""
-    from facto.data import load_data
+    from facto.engine.data import load_data
 
     try:
         bundle = load_data(dataset, data_dir, batch_size=1, max_train=max_train or None, max_test=max_test or None)
@@ -175,7 +175,7 @@ def data_sizes(dataset: str, data_dir: str, max_train: int, max_test: int) -> tu
 
 
 def describe_device(choice: str) -> str:
-    from facto.train import device_name, resolve_device
+    from facto.engine.devices import device_name, resolve_device
 
     try:
         return device_name(resolve_device(choice))

@@ -25,10 +25,9 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from facto.config import SETTINGS, RunConfig, Setting
-from facto.events import StartEvent
-from facto.jobs import Job, JobRegistry, in_child
-from facto.usage import count
+from facto.config import SETTINGS, RunConfig, Setting, count
+from facto.engine.events import StartEvent
+from facto.engine.jobs import Job, JobRegistry, in_child
 
 CHART = dict(theme=None, config={"displaylogo": False})
 # The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
@@ -170,7 +169,7 @@ def registry() -> JobRegistry:
 
 @st.cache_resource(show_spinner=False)
 def _history(path: str) -> Any:
-    from facto.store import RunStore
+    from facto.store.history import RunStore
 
     try:
         return RunStore(path)
@@ -180,7 +179,7 @@ def _history(path: str) -> Any:
 
 def history():
     """The run history, or None when it is off (the reason is shown by `history_notice`)."""
-    from facto.store import default_db_path
+    from facto.store.history import default_db_path
 
     store = _history(str(default_db_path()))
     return None if isinstance(store, str) else store
@@ -189,7 +188,7 @@ def history():
 def history_notice() -> None:
     """Say on the page when the history is off or read-only (training still works), and what the
     server's environment got wrong."""
-    from facto.store import default_db_path
+    from facto.store.history import default_db_path
 
     for problem in env_problems():
         st.error(f"Server setting ignored: {problem}", icon=":material/settings:")
@@ -340,8 +339,8 @@ def room_job_problems() -> list[str]:
 @st.cache_data(show_spinner=False)
 def model_params(model: str, dataset: str) -> int | None:
     """Parameters of the dense model (None when the model or dataset is unknown)."""
-    from facto.build import dense_model
-    from facto.data import dataset_info
+    from facto.engine.build import dense_model
+    from facto.engine.data import dataset_info
 
     try:
         info = dataset_info(dataset)

@@ -1,8 +1,8 @@
 """Sweep: short runs over ranks x bits x update modes; the Pareto front of saving vs accuracy.
 
-Layout only: `facto.sweep.sweep` trains the baseline once, then one Facto run per setting
-(each run stored); `facto.sweep.SweepTracker` folds its events; figures from facto.plots.
-A sweep is a `facto.jobs.Job` of the server's registry, like a comparison on the main page:
+Layout only: `facto.engine.sweep.sweep` trains the baseline once, then one Facto run per setting
+(each run stored); `facto.engine.sweep.SweepTracker` folds its events; figures from facto.plots.
+A sweep is a `facto.engine.jobs.Job` of the server's registry, like a comparison on the main page:
 it belongs to the server, not to the tab (`?sweep=N` reattaches a reloaded tab), and Stop
 keeps the finished points (the run in progress is stored as interrupted).
 """
@@ -14,8 +14,8 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import SETTINGS, RunConfig
-from facto.jobs import Job
-from facto.sweep import SweepTracker, points_table, sweep_and_record, sweep_configs
+from facto.engine.jobs import Job
+from facto.engine.sweep import SweepTracker, points_table, sweep_and_record, sweep_configs
 
 P = "sweep_"
 BASE = ["model", "dataset", "epochs", "batch_size", "seed", "recompute", "max_train", "data_dir"]

@@ -1,8 +1,8 @@
 """Layers: what factorization does to each layer, and what each layer stores for backward.
 
-No training: `facto.analysis.analyse_layers` builds the model exactly as a run builds it,
+No training: `facto.memory.analysis.analyse_layers` builds the model exactly as a run builds it,
 factorizes it and measures one training-mode forward. Layout only: numbers and the
-explanations of rows where Facto stores more come from facto.analysis, figures from facto.plots.
+explanations of rows where Facto stores more come from facto.memory.analysis, figures from facto.plots.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import streamlit as st
 
 import ui
 from facto import plots
-from facto.analysis import LayerAnalysis, analyse_layers
 from facto.config import RunConfig
+from facto.memory.analysis import LayerAnalysis, analyse_layers
 
 P = "layers_"
 FIELDS = ["model", "dataset", "rank", "update", "bits", "block", "recompute", "batch_size", "seed"]

@@ -1,7 +1,7 @@
 """Compression: one layer's feature map before and after b-bit block-wise compression.
 
-Layout only: the model is built by `facto.build.dense_model` (seeded from the config, as a
-run builds it), the feature maps and the numbers come from facto.analysis (which compresses
+Layout only: the model is built by `facto.engine.build.dense_model` (seeded from the config, as a
+run builds it), the feature maps and the numbers come from facto.memory.analysis (which compresses
 with facto.compress, as training does), the figures from facto.plots.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import streamlit as st
 
 import ui
 from facto import plots
-from facto.analysis import bits_table, compression_sample, feature_maps
 from facto.config import SETTINGS, RunConfig
+from facto.memory.analysis import bits_table, compression_sample, feature_maps
 
 P = "cmp_"
 FIELDS = ["model", "dataset", "data_dir", "batch_size", "seed", "block"]
@@ -21,8 +21,8 @@ BITS = [b for b in SETTINGS["bits"].allowed() if b is not None and b <= 8]  # bl
 @st.cache_resource(show_spinner="Running one batch through the model…", max_entries=4)
 def load_maps(config: dict, batch: int) -> dict:
     """Every 4-D feature map of one test batch through the config's freshly built model (read only)."""
-    from facto.build import dense_model
-    from facto.data import load_data
+    from facto.engine.build import dense_model
+    from facto.engine.data import load_data
 
     cfg = RunConfig.from_dict(config)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.batch_size, seed=cfg.seed)

@@ -1,6 +1,6 @@
 """History: every stored run (app, sweeps, CLI): filter, compare on one chart, export, delete.
 
-Layout only: runs come from facto.store (through `ui.history()`), figures from facto.plots,
+Layout only: runs come from facto.store.history (through `ui.history()`), figures from facto.plots,
 setting labels and formats from facto.config's settings. In room mode a visitor sees (and
 may delete) only the runs they started on this server.
 """
@@ -16,7 +16,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import SETTINGS
-from facto.train import too_short_to_compare
+from facto.engine.train import too_short_to_compare
 
 P = "hist_"
 METRICS = {"accuracy": "Test accuracy", "loss": "Training loss", "act_bytes": "Stored for backward"}

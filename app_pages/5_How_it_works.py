@@ -1,6 +1,6 @@
 """How it works: what Facto does inside one conv layer, measured (no training, seconds on a CPU).
 
-Layout only: the numbers come from facto.explain (and facto.analysis for the compressed map),
+Layout only: the numbers come from facto.memory.explain (and facto.memory.analysis for the compressed map),
 the figures from facto.plots.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import SETTINGS, RunConfig
-from facto.explain import GLOSSARY, PAPER, conv_layers, explain_layer, layer_input, rank_curve
+from facto.memory.explain import GLOSSARY, PAPER, conv_layers, explain_layer, layer_input, rank_curve
 
 st.set_page_config(page_title="Facto · how it works", page_icon=ui.PAGE_ICON, layout="wide")
 P = "how_"
@@ -19,8 +19,8 @@ RANKS = ["0.0625", "0.125", "0.25", "0.5", "0.75", "1.0"]
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def layers_of(model: str) -> list[tuple[str, str]]:
-    from facto.build import dense_model
-    from facto.data import dataset_info
+    from facto.engine.build import dense_model
+    from facto.engine.data import dataset_info
 
     info = dataset_info("digits")
     return conv_layers(dense_model(RunConfig(model=model), info.num_classes, info.in_channels))
@@ -35,7 +35,7 @@ def story(config: RunConfig, layer: str, real_data: bool):
 def batch(config: RunConfig, real_data: bool):
     if not real_data:
         return None
-    from facto.analysis import sample_batch
+    from facto.memory.analysis import sample_batch
 
     return sample_batch(config, real_data=True)
 
@@ -47,8 +47,8 @@ def curve(config: RunConfig, layer: str, real_data: bool):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def feature_map(config: RunConfig, layer: str, real_data: bool):
-    from facto.build import dense_model
-    from facto.data import dataset_info
+    from facto.engine.build import dense_model
+    from facto.engine.data import dataset_info
 
     info = dataset_info(config.dataset)
     x = batch(config, real_data)
@@ -128,7 +128,7 @@ fmap = feature_map(config, layer, real)
 if config.bits is None or config.bits == 16:
     st.info("Pick 1..8 bits to see a map compressed block by block (none and 16 bits keep it almost exact).")
 else:
-    from facto.analysis import compression_sample
+    from facto.memory.analysis import compression_sample
 
     sample = compression_sample(fmap, config.bits, config.block, True)
     st.caption(f"The layer's input feature map (the first factor's input, {'×'.join(map(str, fmap.shape[1:]))} "

@@ -1,6 +1,6 @@
 """Fit my GPU: the largest batch that trains under a memory budget, per variant, with what fills it.
 
-Layout only: the prediction comes from facto.plan (measured per-sample bytes plus a model of
+Layout only: the prediction comes from facto.memory.plan (measured per-sample bytes plus a model of
 the backward transients), the chart from facto.plots.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import OPTIMIZERS, PRECISIONS
-from facto.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
+from facto.memory.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
 
 st.set_page_config(page_title="Facto · fit my GPU", page_icon=ui.PAGE_ICON, layout="wide")
 VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]

@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facto.machine import machine  # noqa: E402
-from facto.store import RunStore  # noqa: E402
-from facto.usage import count  # noqa: E402
+from facto.config import count  # noqa: E402
+from facto.engine.devices import machine  # noqa: E402
+from facto.store.history import RunStore  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"

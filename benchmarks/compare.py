@@ -2,7 +2,7 @@
 
     python benchmarks/compare.py [--models simple_cnn,resnet20] [--seeds 0,1,2] [--json] [--html chart.html]
 
-Same as `python -m facto bench`. Prints a markdown table and the machine it ran on.
+Same as `facto bench`. Prints a markdown table and the machine it ran on.
 """
 import sys
 from pathlib import Path

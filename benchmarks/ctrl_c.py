@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facto.machine import machine  # noqa: E402
+from facto.engine.devices import machine  # noqa: E402
 
 TINY = ["--epochs", "1", "--max-train", "64", "--max-test", "32", "--device", "cpu", "--model", "resnet18"]
 

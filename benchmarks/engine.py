@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from facto.machine import machine  # noqa: E402
-from facto.train import RunConfig, StepEvent, SummaryEvent, compare  # noqa: E402
-from facto.usage import count  # noqa: E402
+from facto.config import count  # noqa: E402
+from facto.engine.devices import machine  # noqa: E402
+from facto.engine.train import RunConfig, StepEvent, SummaryEvent, compare  # noqa: E402
 
 
 def timing(config: RunConfig) -> dict:

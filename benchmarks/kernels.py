@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from facto import compress as C  # noqa: E402
-from facto.machine import machine  # noqa: E402
+from facto.engine.devices import machine  # noqa: E402
 
 MAP = (64, 112, 112)  # channels, height, width of one image's map
 IMAGE_MB = 4 * 64 * 112 * 112 / 1e6
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [float(s) for s in (args.mb or ("206,51,13" if cuda else "13,3")).split(",")]
     bits_list = [int(b) for b in args.bits.split(",")]
     repeats = args.repeats or (20 if cuda else 3)
-    from facto import kernels
+    from facto.compress import kernels
 
     triton_ok = cuda and kernels.available(device)
     print(machine())

@@ -10,7 +10,7 @@ What is measured: bytes autograd keeps for backward after one training-mode forw
 (`facto.saved_activations`, each storage once, compressed size incl. block metadata,
 parameters and buffers excluded), on a batch of random N(0, 1) images drawn with a fixed
 seed (3 channels). On CUDA also the allocator's peak (`torch.cuda.max_memory_allocated`)
-over forward + backward. The factorize time is the median of 3 `facto.factorize` calls.
+over forward + backward. The factorize time is the median of 3 `facto.method.factorize` calls.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import facto  # noqa: E402
 from facto import FactoConv2d, FactoLinear, factorize, saved_activations, with_relu_masks  # noqa: E402
-from facto.machine import cpu_name  # noqa: E402
-from facto.models import create_model  # noqa: E402
+from facto.engine.devices import cpu_name  # noqa: E402
+from facto.engine.models import create_model  # noqa: E402
 
 BITS = (None, 8, 4, 2)
 RANKS = (0.25, 0.5)
@@ -50,10 +50,10 @@ def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
             raise SystemExit(f"--model={name!r}: {error}") from None
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise SystemExit(f"--model={name!r} is not a torchvision model; use 'facto:<name>' for "
-                         f"facto's registry ({', '.join(facto.models.list_models())})")
+                         f"facto's registry ({', '.join(facto.engine.models.list_models())})")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
-        facto.models.replace_first_conv(model, in_channels)
+        facto.engine.models.replace_first_conv(model, in_channels)
     return model
 
 
@@ -179,7 +179,7 @@ def markdown(info: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18",
-                   help="a torchvision model name, or 'facto:<name>' for facto.models (default resnet18)")
+                   help="a torchvision model name, or 'facto:<name>' for facto.engine.models (default resnet18)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32, help="image height and width (default 32)")
     p.add_argument("--classes", type=int, default=10)

@@ -1,62 +1,129 @@
 """RunConfig and its settings, each defined once.
 
 Every RunConfig field carries a `Setting`: its kind, allowed values or range, label, help
-text and unit. Validation, the CLI's flags (`facto.cli`), the app's widgets and the stored
+text and unit. Validation, the CLI's flags (`facto.cli.main`), the app's widgets and the stored
 config (`to_dict` / `from_dict`) all derive from it, so a new setting (say, a new
 optimizer) is one edit here plus its test.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Iterable, Union
 
-import torch
+# ----------------------------------------------------------------------------- allowed values
 
-from .compress import ALLOWED_BITS
-from .decompose import RANK_HELP, RankPolicy
-from .layers import UPDATE_HELP, UPDATES
+ALLOWED_BITS = (None, 1, 2, 3, 4, 5, 6, 7, 8, 16)  # None: no compression; 16: half precision
+COMPRESSED_BITS_HELP = "1..8 or 16"  # the widths that compress (None keeps a map as it is)
+BITS_HELP = f"none (no compression), {COMPRESSED_BITS_HELP}"
 
-CYCLE = "cycle"
-UPDATE_CHOICES = (*UPDATES, CYCLE)
+
+def validate_bits(bits: int | None) -> int | None:
+    """`bits` if it is one of ALLOWED_BITS, else ValueError naming it."""
+    if bits is None or (isinstance(bits, int) and not isinstance(bits, bool) and bits in ALLOWED_BITS):
+        return bits
+    raise ValueError(f"bits={bits!r} is not allowed: use None (no compression), {COMPRESSED_BITS_HELP}")
+
+
+UPDATES = ("first", "core", "last", "all")
+UPDATE_HELP = {
+    "first": "trains the first 1x1 factor: stores the full layer input (no saving from factorization)",
+    "core": "trains the k x k core: stores its rank-sized input (big saving, trains well from scratch)",
+    "last": "trains the last 1x1 factor: stores the rank-sized map after the stride (least memory, "
+            "trains worse from scratch)",
+    "all": "trains every factor (plain low-rank training): stores the most",
+}
+
+
+def validate_update(update: str) -> str:
+    """`update` if it is one of UPDATES, else ValueError naming it."""
+    if update not in UPDATES:
+        raise ValueError(f"update={update!r} is not allowed: choose one of {', '.join(UPDATES)}")
+    return update
+
+
+RankSpec = Union[float, int, str, "RankPolicy"]
+RANK_KINDS = ("fraction", "absolute", "energy", "vbmf")
+RANK_HELP = ("a fraction of the channels in (0, 1] such as 0.5, a number of channels such as 16, "
+             "energy:0.9 (keep 90 % of the weight's energy) or vbmf (estimated from the weights; "
+             "vbmf:0.1 sets the smallest fraction)")
+DEFAULT_VBMF_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
-class OptimizerSpec:
-    """How an optimizer is made, and what it keeps (for memory planning)."""
+class RankPolicy:
+    """How many channels each factorized mode keeps: parsed once, printed back as the same text.
 
-    make: Callable[[list, float, float], torch.optim.Optimizer]  # (params, lr, weight_decay)
-    state_per_weight: int  # values it keeps per trained weight (momentum, Adam's two moments)
+    kind is fraction | absolute | energy | vbmf; value is its number. `str(policy)` is the
+    canonical text and `RankPolicy.parse(str(policy)) == policy` (a fraction always prints
+    with a decimal point, an absolute rank without one: "1.0" vs "1").
+    """
+
+    kind: str
+    value: float
+
+    def __str__(self) -> str:
+        if self.kind == "fraction":
+            text = f"{self.value:g}"
+            return text if ("." in text or "e" in text) else text + ".0"
+        if self.kind == "absolute":
+            return str(int(self.value))
+        return f"{self.kind}:{self.value:g}"
+
+    @classmethod
+    def parse(cls, rank: RankSpec, name: str = "rank") -> "RankPolicy":
+        """Parse a number or text ('0.5', '16', 'energy:0.9', 'vbmf', 'vbmf:0.2'); ValueError if bad."""
+        if isinstance(rank, RankPolicy):
+            return rank
+        bad = ValueError(f"{name}={rank!r} is not allowed: use {RANK_HELP}")
+        if isinstance(rank, bool):
+            raise bad
+        if isinstance(rank, str):
+            text = rank.strip().lower()
+            if text.startswith("energy:"):
+                frac = _to_float(text[len("energy:"):], bad)
+                if not 0 < frac <= 1:
+                    raise bad
+                return cls("energy", frac)
+            if text == "vbmf" or text.startswith("vbmf:"):
+                floor = _to_float(text[5:], bad) if ":" in text else DEFAULT_VBMF_FLOOR
+                if not 0 < floor <= 1:
+                    raise bad
+                return cls("vbmf", floor)
+            try:
+                rank = int(text)
+            except ValueError:
+                rank = _to_float(text, bad)
+        if isinstance(rank, numbers.Integral):  # int, numpy and torch integers
+            if rank < 1:
+                raise bad
+            return cls("absolute", int(rank))
+        if isinstance(rank, numbers.Real):
+            if rank != rank or not 0 < rank <= 1:  # NaN
+                raise bad
+            return cls("fraction", float(rank))
+        raise bad
 
 
-OPTIMIZER_SPECS: dict[str, OptimizerSpec] = {
-    "adam": OptimizerSpec(lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd), 2),
-    "adamw": OptimizerSpec(lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd), 2),
-    "sgd": OptimizerSpec(lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd,
-                                                           nesterov=True), 1),
-}
-OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+def parse_rank(rank: RankSpec, name: str = "rank") -> RankPolicy:
+    """`RankPolicy.parse`: one rank spec, a number or its text."""
+    return RankPolicy.parse(rank, name)
 
 
-def _one_cycle(opt, lr: float, total: int):
-    if total < 8:  # shorter: OneCycleLR has no room to warm up
-        return _cosine(opt, lr, total)
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+def _to_float(text: str, error: Exception) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise error from None
 
 
-def _cosine(opt, lr: float, total: int):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
-
-
-def _constant(opt, lr: float, total: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
-SCHEDULE_MAKERS: dict[str, Callable] = {"onecycle": _one_cycle, "cosine": _cosine, "constant": _constant}
-SCHEDULES = tuple(SCHEDULE_MAKERS)
-PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
-PRECISIONS = tuple(PRECISION_DTYPES)
+OPTIMIZERS = ("adam", "adamw", "sgd")  # built by facto.engine.optim
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes: facto.engine.step
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NONE_WORDS = ("none", "fp32", "off", "")
+CYCLE = "cycle"
+UPDATE_CHOICES = (*UPDATES, CYCLE)
 
 
 def cycle_order() -> list[str]:
@@ -65,13 +132,13 @@ def cycle_order() -> list[str]:
 
 
 def _models() -> list[str]:
-    from .models import list_models
+    from .engine.models import list_models
 
     return list_models()
 
 
 def _datasets() -> list[str]:
-    from .data import list_datasets
+    from .engine.data import list_datasets
 
     return list_datasets()
 
@@ -81,6 +148,11 @@ def bits_label(bits: int | None) -> str:
     if bits is None:
         return "fp32 (no compression)"
     return "16 bits (half)" if bits == 16 else f"{bits} bit" + ("s" if bits > 1 else "")
+
+
+def count(n: int, word: str) -> str:
+    """'1 run', '3 runs' (the word's plural adds an s)."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- one setting
@@ -123,7 +195,7 @@ class Setting:
         if self.kind == "device":
             return "one of " + ", ".join(DEVICES) + " or cuda:N"
         if self.kind == "bits":
-            return "none (no compression), 1..8 or 16"
+            return BITS_HELP
         if self.allowed():
             return "one of " + ", ".join(map(str, self.allowed()))
         if self.kind in ("int", "float"):
@@ -147,7 +219,7 @@ class Setting:
         if kind == "rank":
             return RankPolicy.parse(value, name)
         if kind == "model":
-            from .models import check_model_name
+            from .engine.models import check_model_name
 
             return check_model_name(value)
         if kind == "device":

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import facto
-from facto.activations import measure_activations
-from facto.audit import rss_growth, storage_walk
+from facto.memory.audit import rss_growth, storage_walk
+from facto.memory.meter import measure_activations
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -260,7 +260,7 @@ def test_4bit_mean_of_stochastic_gradients_is_unbiased(factorized_resnet, capsys
 
 
 # ----------------------------------------------------------------------------- the meter vs what is held
-# facto.audit counts what autograd keeps with its own hooks (storages, once, whole) and by process
+# facto.memory.audit counts what autograd keeps with its own hooks (storages, once, whole) and by process
 # memory; it shares no code with the meter. A container holding a view of a larger buffer (the
 # 1-bit mask bug: 8x what it said) fails these.
 

@@ -1,10 +1,10 @@
-"""facto.analysis: the Layers page's numbers and explanations, the Compression page's helpers."""
+"""facto.memory.analysis: the Layers page's numbers and explanations, the Compression page's helpers."""
 from __future__ import annotations
 
 import torch
 
-from facto.analysis import analyse_layers, bits_table, compression_sample, feature_maps, input_sources
 from facto.config import RunConfig
+from facto.memory.analysis import analyse_layers, bits_table, compression_sample, feature_maps, input_sources
 
 
 def test_input_sources_follow_the_data_through_in_place_layers():

@@ -5,7 +5,7 @@ state: jobs belong to the server's registry (`ui.registry()`, an st.cache_resour
 every AppTest of this process), so the fixture clears the cached resources before a test and
 stops what is still going after it. Training runs use one epoch on a 128-image subset (2
 steps per variant) to stay fast. Runs with made-up events (a GPU run, a run too short to
-compare, a sweep at chance level) are real `facto.jobs.Job`s fed by a list of events.
+compare, a sweep at chance level) are real `facto.engine.jobs.Job`s fed by a list of events.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from facto.config import RunConfig
-from facto.events import EvalEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
-from facto.jobs import Job
-from facto.store import RunStore
-from facto.sweep import SweepPoint, SweepStart, SweepTracker
+from facto.engine.events import EvalEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from facto.engine.jobs import Job
+from facto.engine.sweep import SweepPoint, SweepStart, SweepTracker
+from facto.store.history import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds per script run: the first one imports torch and factorizes
@@ -565,11 +565,11 @@ def test_history_drops_another_visitors_run_from_a_selection_in_room_mode(ui, mo
 
 @pytest.mark.parametrize("state", ["read-only", "off"])
 def test_history_says_when_it_is_read_only_or_off_and_disables_delete(ui, monkeypatch, tmp_path, state):
-    import facto.store
+    import facto.store.history
 
     if state == "read-only":
         stored_run(RunStore(), 0.5)
-        monkeypatch.setattr(facto.store, "RunStore", functools.partial(facto.store.RunStore, read_only=True))
+        monkeypatch.setattr(facto.store.history, "RunStore", functools.partial(facto.store.history.RunStore, read_only=True))
     else:
         (tmp_path / "a file").write_text("not a folder")
         monkeypatch.setenv("FACTO_HOME", str(tmp_path / "a file"))

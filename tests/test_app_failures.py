@@ -66,7 +66,7 @@ def test_out_of_memory_in_facto_is_explained_and_the_app_stays_usable(home, monk
     errors = [e.value for e in at.error]
     assert any("Facto stopped: out of memory" in e and "smaller batch" in e for e in errors), errors
     assert not at.button(key="run").disabled  # ready for the next run
-    from facto.store import RunStore
+    from facto.store.history import RunStore
 
     (run,) = RunStore(home / "runs.db").list_runs()
     assert "facto failed: out of memory" in run.error

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from facto.store import RunStore
+from facto.store.history import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,4 +1,4 @@
-"""facto.build: one way to build a run's models, reproducible, and a factorized model that comes
+"""facto.engine.build: one way to build a run's models, reproducible, and a factorized model that comes
 back from its config and a state_dict."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from facto.build import dense_model, facto_model, method_model, same_state, seeded
 from facto.config import RunConfig
-from facto.factorize import describe, facto_state
+from facto.engine.build import dense_model, facto_model, method_model, same_state, seeded
+from facto.method.factorize import describe, facto_state
 
 
 def test_same_seed_same_weights_and_the_global_generator_is_left_alone():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from facto.cli import main
+from facto.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--max-train", "128", "--max-test", "64", "--batch-size", "32", "--device", "cpu"]
@@ -109,9 +109,9 @@ def test_a_baseline_alone_is_not_called_too_short_to_compare(capsys):
 
 def test_train_says_nothing_of_length_when_the_baseline_learned_enough(capsys, monkeypatch):
     """The note follows the library's threshold (a 2-step run counts as long enough at 0 %)."""
-    import facto.train
+    import facto.engine.train
 
-    monkeypatch.setattr(facto.train, "TOO_SHORT_PCT", 0.0)
+    monkeypatch.setattr(facto.engine.train, "TOO_SHORT_PCT", 0.0)
     assert main(["train", *TINY, "--max-steps", "2", "--quiet", "--no-store", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["status"] == "completed" and "note:" not in captured.err
@@ -158,7 +158,7 @@ def test_torchrun_two_processes_gloo(facto_home):
     assert proc.returncode == 0, "\n".join(ranks[-40:]) + proc.stderr[-1500:]
     summary = json.loads(proc.stdout)  # exactly one JSON document: only rank 0 prints
     assert summary["steps"] == {"baseline": 3, "facto": 3}
-    from facto.store import RunStore
+    from facto.store.history import RunStore
 
     runs = RunStore(facto_home / "runs.db").list_runs()
     assert len(runs) == 1 and runs[0].status == "completed"
@@ -183,11 +183,9 @@ def test_bench_max_batch_without_cuda_is_refused_before_any_work(capsys, monkeyp
 
 
 def test_the_audit_has_a_help_and_refuses_unknown_flags(capsys):
-    """`python -m facto.audit --help` explains instead of starting minutes of measurements."""
-    from facto import audit
-
+    """`facto audit --help` explains instead of starting minutes of measurements."""
     with pytest.raises(SystemExit) as done:
-        audit.main(["--help"])
-    assert done.value.code == 0 and "usage: python -m facto.audit" in capsys.readouterr().out
-    assert audit.main(["--bogus"]) == 2
-    assert capsys.readouterr().err.startswith("error: python -m facto.audit: unrecognized arguments: --bogus")
+        main(["audit", "--help"])
+    assert done.value.code == 0 and "usage: facto audit" in capsys.readouterr().out
+    assert main(["audit", "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("error: facto audit: unrecognized arguments: --bogus")

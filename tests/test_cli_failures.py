@@ -65,8 +65,8 @@ def test_corrupt_history_is_one_line_and_left_alone(tmp_path):
 
 def test_read_only_history_lists_but_refuses_to_store_a_run(tmp_path, monkeypatch, capsys):
     """As root, permissions don't stop writes; the store's own read-only mode stands in for them."""
-    import facto.store as store_module
-    from facto.cli import main
+    import facto.store.history as store_module
+    from facto.cli.main import main
 
     monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
     with store_module.RunStore() as store:
@@ -103,7 +103,7 @@ def test_export_into_a_closed_pipe_is_quiet(tmp_path):
 @pytest.mark.parametrize("after_s", [0.3, 0.8, 1.5, 2.5])
 def test_ctrl_c_during_start_up_is_quiet(tmp_path, after_s):
     """One Ctrl-C while torch loads (0.3 s), while the rest of the package and the data load, or while
-    the models are built: exit 130, one line, no traceback. (Before facto.program: at random moments
+    the models are built: exit 130, one line, no traceback. (Before facto.cli.main.program: at random moments
     in the first 3 s, about 1 in 12 ended by SIGINT (-2), some printed a traceback, 1 in 50 was lost.)"""
     env = {**os.environ, "FACTO_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     # As from a terminal: a non-interactive shell that starts pytest in the background (`cmd &`) makes
@@ -121,7 +121,7 @@ def test_ctrl_c_during_start_up_is_quiet(tmp_path, after_s):
 def test_ctrl_c_helpers_outside_the_program():
     """Called from Python (here, pytest) nothing changes SIGINT, and an error made of a Ctrl-C is
     told from others by its chain."""
-    from facto import program
+    from facto.cli import program
 
     assert not program.is_program()
     before = signal.getsignal(signal.SIGINT)

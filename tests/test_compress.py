@@ -20,9 +20,9 @@ from facto.compress import (
     pack_mask,
     quantize,
     unpack_bits,
-    validate_bits,
     validate_block,
 )
+from facto.config import validate_bits
 
 EPS32 = torch.finfo(torch.float32).eps
 ALL_BITS = list(range(1, 9))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from facto.cli import build_parser, config_from_args, flag
-from facto.config import DEFAULTS, PRESETS, SETTINGS, RunConfig, matching_preset, preset
-from facto.decompose import RankPolicy
-from facto.store import RunStore
+from facto.cli.main import build_parser, config_from_args, flag
+from facto.config import DEFAULTS, PRESETS, SETTINGS, RankPolicy, RunConfig, matching_preset, preset
+from facto.store.history import RunStore
 
 EXAMPLES = {
     "rank": [0.5, 1.0, 0.125, 1, 16, "energy:0.9", "vbmf", "vbmf:0.2"],

@@ -1,4 +1,4 @@
-"""Tests for facto.data: the offline digits set and torchvision datasets from tiny local files.
+"""Tests for facto.engine.data: the offline digits set and torchvision datasets from tiny local files.
 
 No network is used. The torchvision datasets are read from small files written in
 their real on-disk formats. CIFAR and SVHN files are md5-checked by torchvision
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import torchvision.datasets as tvd
 from torchvision import transforms as T
 
-from facto import distributed
-from facto.data import (
+from facto.engine import distributed
+from facto.engine.data import (
     DataBundle,
     DataNotFoundError,
     DatasetInfo,

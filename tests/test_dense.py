@@ -7,7 +7,8 @@ from torch import nn
 
 import facto
 from facto import FactoConv2d, FactoLinear, MaskReLU, to_dense
-from facto.fuse import ConvBN, FactoConvBN, IndexMaxPool2d
+from facto.method.layers import IndexMaxPool2d
+from facto.method.recompute import ConvBN, FactoConvBN
 
 FACTO_TYPES = (FactoConv2d, FactoLinear, FactoConvBN, ConvBN, MaskReLU, IndexMaxPool2d)
 

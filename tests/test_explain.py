@@ -1,12 +1,12 @@
-"""facto.explain: one conv layer, dense vs Facto, measured (the "How it works" page's numbers)."""
+"""facto.memory.explain: one conv layer, dense vs Facto, measured (the "How it works" page's numbers)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from facto.build import dense_model
 from facto.config import RunConfig
-from facto.explain import GLOSSARY, conv_layers, explain_layer, layer_input, rank_curve
+from facto.engine.build import dense_model
+from facto.memory.explain import GLOSSARY, conv_layers, explain_layer, layer_input, rank_curve
 
 CONFIG = RunConfig(model="resnet20", batch_size=16, bits=4)
 LAYER = "layer2.0.conv1"  # 16 -> 32 channels, 3x3, stride 2

@@ -13,8 +13,8 @@ from torch import nn
 
 import facto
 from facto import FactoConv2d, FactoLinear, MaskReLU, describe, factorize, format_report, parse_rank, with_relu_masks
-from facto.decompose import choose_rank, evbmf_rank
-from facto.models import create_model, list_models
+from facto.engine.models import create_model, list_models
+from facto.method.decompose import choose_rank, evbmf_rank
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -627,7 +627,7 @@ def test_resnet18_factorizes_quickly():
 
 
 def test_skip_a_block_leaves_every_layer_inside_it_dense():
-    from facto.models import create_model
+    from facto.engine.models import create_model
 
     model = create_model("resnet20", num_classes=10, in_channels=1)
     rows = {r.name: r for r in describe(factorize(model, rank=0.5, skip=["layer1"]))}

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import facto
-from facto.fuse import DEFAULT_BN_STATS, ConvBN, FactoConvBN, IndexMaxPool2d, fuse_recompute
-from facto.layers import MaskReLU
-from facto.models import BasicBlock, create_model
+from facto.engine.models import BasicBlock, create_model
+from facto.method.layers import IndexMaxPool2d, MaskReLU
+from facto.method.recompute import DEFAULT_BN_STATS, ConvBN, FactoConvBN, fuse_recompute
 
 UPDATES = ["first", "core", "last", "all"]
 

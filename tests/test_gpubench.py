@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from facto import gpubench
+from facto.engine import gpu_bench as gpubench
 
 
 def test_step_table_measures_every_variant_and_marks_cuda_only_cells():

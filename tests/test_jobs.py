@@ -1,10 +1,10 @@
-"""facto.jobs: runs in the background, queued one at a time, stoppable, with nothing lost."""
+"""facto.engine.jobs: runs in the background, queued one at a time, stoppable, with nothing lost."""
 from __future__ import annotations
 
 import threading
 import time
 
-from facto.jobs import Job, JobRegistry
+from facto.engine.jobs import Job, JobRegistry
 
 
 class Collect:
@@ -99,10 +99,10 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     """The app's runs train in a child process (page redraws can't starve them of the GIL there):
     events come back, Stop lets the child store the run as interrupted, errors keep their kind."""
     from facto.config import RunConfig
-    from facto.events import RunTracker
-    from facto.jobs import in_child
-    from facto.store import RunStore
-    from facto.train import compare_and_record
+    from facto.engine.events import RunTracker
+    from facto.engine.jobs import in_child
+    from facto.engine.train import compare_and_record
+    from facto.store.history import RunStore
 
     db = str(tmp_path / "runs.db")
     tiny = RunConfig(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu").to_dict()
@@ -125,13 +125,13 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
 
 
 def start_worker(name: str, args: tuple):
-    """`python -m facto.worker` running this module's `name(*args)`, spoken to as the parent does."""
+    """`python -m facto.engine.worker` running this module's `name(*args)`, spoken to as the parent does."""
     import subprocess
     import sys
 
-    from facto import worker
+    from facto.engine import worker
 
-    proc = subprocess.Popen([sys.executable, "-m", "facto.worker"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "facto.engine.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     worker._send(proc.stdin, (__name__, name, args))
     return proc
@@ -147,7 +147,7 @@ def test_a_child_that_ends_while_its_parent_still_holds_the_pipe_exits_cleanly()
     moment after the end marker (a busy web server) must not catch the child's interpreter
     shutdown with that read still holding a lock: it used to abort with "Fatal Python error:
     _enter_buffered_busy" on stderr, sometimes, after every event had been sent."""
-    from facto import worker
+    from facto.engine import worker
 
     proc = start_worker("count_to", (3,))
     events = [worker._next(proc, time.monotonic() + 60) for _ in range(4)]
@@ -172,7 +172,7 @@ def count_slowly(n: int, marker: str):
 def test_a_child_whose_parent_dies_closes_its_stream_and_ends_quietly(tmp_path):
     """A web server killed mid-run (kill -9) closes both pipes: the child must close its stream
     (a recorder stores the run as interrupted) and end without a broken-pipe traceback."""
-    from facto import worker
+    from facto.engine import worker
 
     marker = tmp_path / "closed"
     proc = start_worker("count_slowly", (100_000, str(marker)))
@@ -194,7 +194,7 @@ def count_to_with_payload(n: int, payload: bytes):
 def test_a_job_whose_arguments_exceed_a_pipe_buffer_reaches_the_child_whole():
     """The job is read from a pipe that holds 64 KiB at a time: it must arrive whole (an
     unbuffered read took part of it and the job failed with a broken pipe)."""
-    from facto.jobs import in_child
+    from facto.engine.jobs import in_child
 
     job = Job(in_child(count_to_with_payload, 3, b"x" * 1_000_000)).start()
     assert job.wait(60) and job.status == "completed", job.error

@@ -1,4 +1,4 @@
-"""facto.kernels (Triton) against the PyTorch reference of facto.compress.
+"""facto.compress.kernels (Triton) against the PyTorch reference of facto.compress.
 
 CI has no GPU, so the kernels run on CPU under the Triton interpreter. TRITON_INTERPRET=1
 must be set before triton is imported (triton decides at decoration time, for tl.rand
@@ -33,7 +33,7 @@ parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")
 
 if DEVICE is not None:
-    from facto import kernels as K
+    from facto.compress import kernels as K
 
     # numpy (the interpreter) warns about the overflow/NaN its unused branches compute
     pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -86,7 +86,7 @@ print("fallback ok")
 @parent
 def test_cpu_uses_the_reference_by_default():
     assert C._kernels_for(torch.device("cpu"), torch.float32, 64) is None
-    from facto import kernels
+    from facto.compress import kernels
 
     assert not kernels.available("cpu")
 
@@ -241,7 +241,7 @@ def test_stochastic_seeds():
 
 
 def test_kernel_seed_is_one_int64_type():
-    from facto import kernels
+    from facto.compress import kernels
 
     for s in (0, 1, 2**31, 2**62 + 5, 2**70):
         assert 2**62 <= kernels.kernel_seed(s) < 2**63
@@ -286,7 +286,7 @@ def test_fused_relu_mask_matches_relu_exactly(dtype, cap):
     y, codes = C.clamp_with_mask(x.detach(), cap)
     y_ref, codes_ref = reference(C.clamp_with_mask, x.detach(), cap)
     assert torch.equal(codes, codes_ref) and torch.equal(y, y_ref)
-    from facto.layers import MaskReLU
+    from facto.method.layers import MaskReLU
 
     out = MaskReLU(cap)(x)
     want = F.relu(x) if cap is None else F.hardtanh(x, 0.0, cap)
@@ -393,7 +393,7 @@ def test_out_of_memory_in_a_kernel_is_not_a_kernel_failure(monkeypatch):
 def test_cuda_one_launch_each_way_and_no_sync():
     from torch.profiler import ProfilerActivity, profile
 
-    from facto import kernels
+    from facto.compress import kernels
 
     assert kernels.available("cuda")
     x = torch.randn(4, 64, 56, 56, device="cuda")

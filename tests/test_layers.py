@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import facto
-from facto.layers import FactoConv2d, FactoLinear, MaskReLU, conv_stage
+from facto.method.layers import FactoConv2d, FactoLinear, MaskReLU, conv_stage
 
 CONVS = {
     "3x3": dict(in_channels=6, out_channels=10, kernel_size=3, padding=1),
@@ -138,7 +138,7 @@ def test_set_update_rejects_unknown_value():
 def test_pointwise_bmm_and_conv_paths_agree(monkeypatch):
     """1x1 stages run as bmm on CPU and as conv2d elsewhere (cuDNN): same values, same grads,
     and a factorized layer stores the same bytes either way."""
-    import facto.layers as layers
+    import facto.method.layers as layers
 
     torch.manual_seed(0)
     conv = FactoConv2d.from_conv(nn.Conv2d(16, 24, 3, padding=1), rank=0.5, update="last")

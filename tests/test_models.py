@@ -1,11 +1,11 @@
-"""Tests for facto.models: every registered model builds, runs and trains on 32x32 inputs."""
+"""Tests for facto.engine.models: every registered model builds, runs and trains on 32x32 inputs."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from facto.models import create_model, list_models, model_info, register_model
+from facto.engine.models import create_model, list_models, model_info, register_model
 
 REGISTERED = ["simple_cnn", "resnet20", "resnet18", "vgg11_bn", "mobilenet_v2"]
 
@@ -111,8 +111,8 @@ def test_a_torchvision_model_built_for_larger_images_is_refused_naming_why(name,
     """Building the run's model tells the user at once (a ValueError, one line in the CLI),
     not with a traceback from inside the first training step."""
     from facto import RunConfig
-    from facto.build import dense_model
-    from facto.models import ModelInputError
+    from facto.engine.build import dense_model
+    from facto.engine.models import ModelInputError
 
     with pytest.raises(ModelInputError) as err:
         dense_model(RunConfig(model=name), num_classes=10, in_channels=1)
@@ -122,8 +122,8 @@ def test_a_torchvision_model_built_for_larger_images_is_refused_naming_why(name,
 
 
 def test_a_model_that_is_not_a_plain_classifier_is_refused():
-    from facto.build import check_takes_images
-    from facto.models import ModelInputError
+    from facto.engine.build import check_takes_images
+    from facto.engine.models import ModelInputError
 
     class TwoHeads(nn.Module):
         def __init__(self):
@@ -158,7 +158,7 @@ def test_a_model_of_your_own_trains_by_its_registered_name():
     """register_model("TinyNet") is found as TinyNet or tinynet (names were looked up in lower
     case but stored as given: a mixed-case name was never found)."""
     from facto import RunConfig, compare
-    from facto.models import _MODEL_BUILDERS, _MODEL_INFO
+    from facto.engine.models import _MODEL_BUILDERS, _MODEL_INFO
 
     @register_model("TinyNet")
     def tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Fit my GPU (facto.plan): parsing, the batch search, the step-peak model (facto.steppeak) against the
+"""Fit my GPU (facto.memory.plan): parsing, the batch search, the step-peak model (facto.memory.step_peak) against the
 CPU profiler, the CLI.
 
 CPU only and small (simple_cnn / resnet20 at 32x32): the whole file runs in well under a minute.
@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import facto
-from facto import plan as fp
-from facto import steppeak as sp
-
+from facto.memory import plan as fp
+from facto.memory import step_peak as sp
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -105,8 +104,8 @@ def test_transient_model_under_bf16_autocast(model_name, variant):
     """Mixed precision is modelled too: the probes run under autocast (here CPU bf16)."""
     model, bits = _variant(variant, model_name)
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
-    measured = sp.measure_step_peak_cpu(model, x, y, bits, autocast=torch.bfloat16)
-    predicted = sp.predict_step_peak(model, x, bits, autocast=torch.bfloat16)
+    measured = sp.measure_step_peak_cpu(model, x, y, bits, precision="bf16")
+    predicted = sp.predict_step_peak(model, x, bits, precision="bf16")
     assert abs(predicted - measured.peak) <= sp.TOLERANCE * measured.peak, (predicted, measured)
 
 

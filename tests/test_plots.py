@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from facto import plots
-from facto.sweep import SweepPoint
-from facto.train import EvalEvent, StepEvent
+from facto.engine.sweep import SweepPoint
+from facto.engine.train import EvalEvent, StepEvent
 
 VARIANTS = ("baseline", "facto")
 
@@ -209,7 +209,7 @@ def test_error_histogram_and_bits_curves():
 
 
 def test_plots_holds_only_figure_builders():
-    for moved in ("feature_maps", "compression_sample", "bits_table"):  # now in facto.analysis
+    for moved in ("feature_maps", "compression_sample", "bits_table"):  # now in facto.memory.analysis
         assert not hasattr(plots, moved)
 
 

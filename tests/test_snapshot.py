@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 
 from facto import plots
-from facto.train import EvalEvent, StepEvent
+from facto.engine.train import EvalEvent, StepEvent
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -172,7 +172,7 @@ def test_the_same_figure_gives_the_same_picture_in_another_process():
     import subprocess
     import sys
 
-    code = ("from facto import plots; from facto.train import StepEvent; "
+    code = ("from facto import plots; from facto.engine.train import StepEvent; "
             "steps = [StepEvent(v, s, 1, 1.0, 10.0 * s, 1e6, 1e6, None, 0.1, 1e-3) for s in range(1, 5) "
             "for v in ('baseline', 'facto')]; print(plots.figure_svg(plots.accuracy_curves(steps)))")
     pictures = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

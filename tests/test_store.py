@@ -1,4 +1,4 @@
-"""Tests for facto.store (SQLite run history)."""
+"""Tests for facto.store.history (SQLite run history)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import facto.store as store_module
-from facto.store import (
+import facto.store.history as store_module
+from facto.store.history import (
     SCHEMA_VERSION,
     RunNotFoundError,
     RunRecord,
@@ -31,7 +31,7 @@ from facto.store import (
     StoreUnavailableError,
     default_db_path,
 )
-from facto.storeschema import MIGRATIONS
+from facto.store.schema import MIGRATIONS
 
 CONFIG = {
     "model": "resnet18",
@@ -723,7 +723,7 @@ import importlib, sys, time, types
 facto = types.ModuleType("facto")  # the package without its __init__ (no torch)
 facto.__path__ = [sys.argv[1]]
 sys.modules["facto"] = facto
-store = importlib.import_module("facto.store")
+store = importlib.import_module("facto.store.history")
 s = store.RunStore(sys.argv[2])
 run_id = s.start_run({"model": "m"}, kind="single")
 for i in range(7):
@@ -737,7 +737,7 @@ def test_killed_writer_reads_as_interrupted_with_its_steps(tmp_path):
     db = tmp_path / "runs.db"
     RunStore(db).close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER_SCRIPT, os.path.dirname(store_module.__file__), str(db)],
+        [sys.executable, "-c", WRITER_SCRIPT, os.path.dirname(os.path.dirname(store_module.__file__)), str(db)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -1,4 +1,4 @@
-"""Soak test for facto.store: several writer processes and a reader share one FACTO_HOME.
+"""Soak test for facto.store.history: several writer processes and a reader share one FACTO_HOME.
 
 The writers all open a fresh FACTO_HOME at the same moment (so they also race to
 create the schema), store complete runs and throw-away runs they delete, while
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from facto.store import RunNotFoundError, RunStore
+from facto.store.history import RunNotFoundError, RunStore
 
 WRITERS = 4
 RUNS_PER_WRITER = 20

@@ -1,12 +1,12 @@
-"""facto.sweep.SweepTracker: what the Sweep page draws, from a real tiny sweep and from made-up points."""
+"""facto.engine.sweep.SweepTracker: what the Sweep page draws, from a real tiny sweep and from made-up points."""
 from __future__ import annotations
 
 import pytest
 
 from facto.config import RunConfig
-from facto.events import StartEvent
-from facto.store import RunStore
-from facto.sweep import SweepPoint, SweepTracker, sweep
+from facto.engine.events import StartEvent
+from facto.engine.sweep import SweepPoint, SweepTracker, sweep
+from facto.store.history import RunStore
 
 TINY = dict(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu")
 
@@ -57,7 +57,7 @@ def test_too_short_when_every_facto_run_is_at_chance_level():
 def test_an_axis_given_as_one_value_is_a_list_of_one():
     """sweep(base, ranks="0.25", ...) walked the string's characters ('0', '.', ...); a plain
     number raised TypeError. One value, any kind, is one point of its axis."""
-    from facto.sweep import sweep_configs
+    from facto.engine.sweep import sweep_configs
 
     configs = sweep_configs(RunConfig(), ranks="0.25", bits=None, updates="last")
     assert [(str(c.rank), c.bits, c.update) for c in configs] == [("0.25", None, "last")]

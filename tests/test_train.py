@@ -2,15 +2,14 @@
 import dataclasses
 
 import pytest
-
 import torch
 
 from facto.config import RunConfig, preset
-from facto.events import EvalEvent, StartEvent, StepEvent, SummaryEvent
-from facto.recorder import record
-from facto.store import RunStore
-from facto.sweep import pareto_front, sweep
-from facto.train import compare, consume, run
+from facto.engine.events import EvalEvent, StartEvent, StepEvent, SummaryEvent
+from facto.engine.recorder import record
+from facto.engine.sweep import pareto_front, sweep
+from facto.engine.train import compare, consume, run
+from facto.store.history import RunStore
 
 TINY = dict(max_train=192, max_test=64, batch_size=32, epochs=1, device="cpu")
 
@@ -54,9 +53,8 @@ def test_compare_yields_typed_events_and_a_consistent_summary():
 def test_reported_baseline_bytes_match_an_independent_walk():
     """The baseline's stored bytes per step equal what autograd really keeps for the same
     model and batch shape (our own hooks, each storage once, parameters excluded)."""
-    from facto.build import dense_model
-
-    from facto.audit import storage_walk
+    from facto.engine.build import dense_model
+    from facto.memory.audit import storage_walk
 
     config = RunConfig(**TINY, max_steps=1)
     steps = [e for e in compare(config, variants=("baseline",)) if isinstance(e, StepEvent)]
@@ -142,7 +140,7 @@ def test_events_are_plain_dataclasses():
 def test_very_short_runs_get_a_schedule(steps):
     from torch import nn
 
-    from facto.train import make_optimizer
+    from facto.engine.optim import make_optimizer
 
     opt, sched = make_optimizer(RunConfig(), nn.Linear(2, 2), steps)
     lrs = []
@@ -192,12 +190,14 @@ def test_precision_applies_to_baseline_and_facto(precision):
 def _sabotage(monkeypatch, make_error):
     """Make the Facto model's forward go wrong from its 2nd training step on (the 1st training-mode
     forward measures the stored bytes per layer for the start event)."""
-    import facto.train as train
+    from facto.engine.build import Variant
 
-    real = train.variant_models
+    real = Variant.build
 
-    def models(config, dense, variants):
-        built = real(config, dense, variants)
+    def build(self, dense):
+        model = real(self, dense)
+        if self.name != "facto":
+            return model
         calls = {"n": 0}
 
         def hook(module, inputs, output):
@@ -207,10 +207,10 @@ def _sabotage(monkeypatch, make_error):
                     return make_error(output)
             return output
 
-        built["facto"].register_forward_hook(hook)
-        return built
+        model.register_forward_hook(hook)
+        return model
 
-    monkeypatch.setattr(train, "variant_models", models)
+    monkeypatch.setattr(Variant, "build", build)
 
 
 def test_a_non_finite_loss_stops_that_variant_with_the_reason_and_the_other_goes_on(monkeypatch, tmp_path):
@@ -242,10 +242,10 @@ def test_out_of_memory_stops_that_variant_with_a_suggestion(monkeypatch, tmp_pat
 def test_the_loss_is_not_compressed_only_the_model_is(monkeypatch):
     """What a step stores is the model's activations; the loss (its saved softmax) stays exact.
     Compressing the loss's saved tensors at 2 bits once cost resnet20 five points of accuracy."""
-    from facto import train as train_module
+    from facto.engine import step as step_module
 
     seen = []
-    real = train_module.saved_activations
+    real = step_module.saved_activations
 
     def spy(*args, **kwargs):
         context = real(*args, **kwargs)
@@ -261,7 +261,7 @@ def test_the_loss_is_not_compressed_only_the_model_is(monkeypatch):
 
         return Wrapper()
 
-    monkeypatch.setattr(train_module, "saved_activations", spy)
+    monkeypatch.setattr(step_module, "saved_activations", spy)
     consume(compare(RunConfig(**TINY, max_steps=1, bits=2), variants=("facto",)))
     step_meter = seen[-1]
     assert step_meter.records and all(r.module != "" for r in step_meter.records)  # every record is a module's

@@ -14,22 +14,46 @@ picture on the server (the live view's charts). Callers use `from facto import p
 from __future__ import annotations
 
 from .compression import bits_curves, error_histogram, feature_map_images
-from .history import history_chart, methods_figure, run_style
-from .layers import layer_bytes_bars, params_bars
-from .snapshot import figure_svg
-from .style import BASELINE_COLOR, COLORS, FACTO_COLOR, MB, NAMES, config_label
-from .sweeps import accuracy_heatmap, pareto_front, sweep_figure
-from .teaching import kept_bytes_bars, layer_stages_figure, plan_bars, rank_curve_figure
-from .training import (accuracy_curves, cuda_memory_curves, live_point, memory_curves, tradeoff_points,
-                       tradeoff_range, tradeoff_scatter)
 
 # the other constants stay reachable as plots.<NAME>, as when this was one module (tests check RUN_SHADES)
-from .history import HISTORY_AXES, HISTORY_METRICS, METHOD_COLORS  # noqa: F401
-from .style import (FONT_SIZE, GRID, HISTORY_COLOR, INK, LONG_NAMES, RUN_DASHES, RUN_SHADES,  # noqa: F401
-                    RUN_SYMBOLS, WARMUP_COLOR)
-from .sweeps import UPDATE_SYMBOLS  # noqa: F401
-from .teaching import FROZEN_COLOR, PLAN_COLORS  # noqa: F401
-from .training import MARKED_POINTS, WAITING  # noqa: F401
+from .history import HISTORY_AXES, HISTORY_METRICS, METHOD_COLORS, history_chart, methods_figure, run_style  # noqa: F401
+from .layers import layer_bytes_bars, params_bars
+from .snapshot import figure_svg
+from .style import (  # noqa: F401
+                       BASELINE_COLOR,
+                       COLORS,
+                       FACTO_COLOR,
+                       FONT_SIZE,
+                       GRID,
+                       HISTORY_COLOR,
+                       INK,
+                       LONG_NAMES,
+                       MB,
+                       NAMES,
+                       RUN_DASHES,
+                       RUN_SHADES,
+                       RUN_SYMBOLS,
+                       WARMUP_COLOR,
+                       config_label,
+)
+from .sweeps import (
+                       UPDATE_SYMBOLS,  # noqa: F401
+                       accuracy_heatmap,
+                       pareto_front,
+                       sweep_figure,
+)
+from .teaching import FROZEN_COLOR, PLAN_COLORS, kept_bytes_bars, layer_stages_figure, plan_bars, rank_curve_figure  # noqa: F401
+from .training import (  # noqa: F401
+                       MARKED_POINTS,
+                       WAITING,
+                       accuracy_curves,
+                       cuda_memory_curves,
+                       live_point,
+                       memory_curves,
+                       tradeoff_points,
+                       tradeoff_range,
+                       tradeoff_scatter,
+)
 
 __all__ = [
     "BASELINE_COLOR", "FACTO_COLOR", "COLORS", "NAMES", "MB",

@@ -6,8 +6,20 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .style import (BASELINE_COLOR, FACTO_COLOR, INK, MB, RUN_DASHES, RUN_SHADES, RUN_SYMBOLS,
-                    apply_style, as_rows, empty_figure, variant_name, variant_order)
+from .style import (
+    BASELINE_COLOR,
+    FACTO_COLOR,
+    INK,
+    MB,
+    RUN_DASHES,
+    RUN_SHADES,
+    RUN_SYMBOLS,
+    apply_style,
+    as_rows,
+    empty_figure,
+    variant_name,
+    variant_order,
+)
 
 HISTORY_AXES = {"accuracy": "test accuracy (%)", "loss": "training loss", "act_bytes": "stored for backward (MB)"}
 HISTORY_METRICS = {

@@ -7,8 +7,18 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .style import (BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, apply_style, as_rows, empty_figure, to_mb,
-                    variant_color, variant_name, variant_order)
+from .style import (
+    BASELINE_COLOR,
+    FACTO_COLOR,
+    FONT_SIZE,
+    apply_style,
+    as_rows,
+    empty_figure,
+    to_mb,
+    variant_color,
+    variant_name,
+    variant_order,
+)
 
 
 def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: Mapping[str, str] | None = None,
@@ -16,7 +26,7 @@ def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: 
     """Stored bytes per layer for one batch, baseline vs Facto (grouped bars, MB).
 
     Args:
-        layer_bytes: {variant: {layer name: bytes}} as `facto.train.layer_bytes` gives per variant.
+        layer_bytes: {variant: {layer name: bytes}} as `facto.engine.train.layer_bytes` gives per variant.
         layer_types: optional {layer name: module type} shown next to the name.
     """
     title = title or "Stored for backward, per layer (one batch)"

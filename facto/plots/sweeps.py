@@ -35,7 +35,7 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
     the plot's edges, so it is a visible line even with one or two points.
 
     Args:
-        points: `facto.sweep.SweepPoint`s or dicts with variant, rank, bits, update, accuracy,
+        points: `facto.engine.sweep.SweepPoint`s or dicts with variant, rank, bits, update, accuracy,
             saving_pct.
     """
     title = title or "Sweep: memory saving vs test accuracy"

@@ -17,7 +17,7 @@ def layer_stages_figure(story: Any, title: str | None = None) -> go.Figure:
     """The dense conv and its Tucker-2 form as boxes with tensor shapes; the trained factor in orange.
 
     Args:
-        story: a `facto.explain.LayerStory` (or its dict).
+        story: a `facto.memory.explain.LayerStory` (or its dict).
     """
     s = as_row(story)
     title = title or f"{s['layer']}: dense conv vs its three factors (batch {s['batch']})"
@@ -92,7 +92,7 @@ def kept_bytes_bars(story: Any, title: str | None = None) -> go.Figure:
 
 
 def rank_curve_figure(points: Iterable[Any], selected: str | None = None, title: str | None = None) -> go.Figure:
-    """Reconstruction error and stored bytes of one layer vs rank (from `facto.explain.rank_curve`)."""
+    """Reconstruction error and stored bytes of one layer vs rank (from `facto.memory.explain.rank_curve`)."""
     pts = as_rows(points)
     title = title or "Rank: reconstruction error vs what the layer keeps"
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -122,7 +122,7 @@ def plan_bars(data: Mapping, title: str | None = None) -> go.Figure:
     """Fit my GPU: a stacked bar per variant at its largest batch, and the budget as a line.
 
     Args:
-        data: `facto.plan.chart_data(result)`.
+        data: `facto.memory.plan.chart_data(result)`.
     """
     title = title or "What fills the budget at each variant's largest batch (MB)"
     names = data.get("names") or data["variants"]

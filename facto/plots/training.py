@@ -10,9 +10,21 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import (BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, HISTORY_COLOR, INK, apply_style, as_rows,
-                    config_label, empty_figure, to_mb, variant_color, variant_name, variant_order)
-
+from .style import (
+    BASELINE_COLOR,
+    FACTO_COLOR,
+    FONT_SIZE,
+    HISTORY_COLOR,
+    INK,
+    apply_style,
+    as_rows,
+    config_label,
+    empty_figure,
+    to_mb,
+    variant_color,
+    variant_name,
+    variant_order,
+)
 
 MARKED_POINTS = 30  # a memory curve with more steps than this is drawn as a line only
 

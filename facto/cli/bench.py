@@ -1,0 +1,145 @@
+"""`facto bench` (the methods compared on one machine) and `facto gpu-bench` (what a GPU user feels)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .args import DEFAULT, UsageError, check_output_path, int_list, progress, text_list
+
+
+def add_parsers(sub) -> None:
+    from ..config import RunConfig
+
+    p = sub.add_parser("bench", help="the method comparison benchmark",
+                       description="Dense, checkpointing, compression only (ActNN-style), Facto and Facto + "
+                                   "recompute on the same model, data and seeds: stored bytes, step time, accuracy.")
+    p.add_argument("--models", default="simple_cnn,resnet20", help="comma list of models" + DEFAULT)
+    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds" + DEFAULT)
+    p.add_argument("--epochs", type=int, default=RunConfig().epochs, help="training epochs per seed" + DEFAULT)
+    p.add_argument("--batch", type=int, default=64, help="batch for memory and step time" + DEFAULT)
+    p.add_argument("--rank", default="0.5", help="rank of the Facto methods, as in facto train" + DEFAULT)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps" + DEFAULT)
+    p.add_argument("--no-train", action="store_true", help="memory and speed only")
+    p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    p.add_argument("--html", help="write the saving-vs-accuracy chart here")
+    p.add_argument("--max-batch-gb", type=float, default=None,
+                   help="also measure the largest batch that trains under this memory cap (GB; needs CUDA): "
+                        "torchvision resnet18 and resnet50 at 3x224x224")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("gpu-bench", help="step time, kernel launches and peak memory on a GPU",
+                       description="What a GPU user feels: step time vs dense, kernel launches per step, peak "
+                                   "memory, the largest batch under a memory cap, the app's default comparison. "
+                                   "Without CUDA it runs small and says n/a where a GPU is needed.")
+    p.add_argument("--max-batch-gb", type=float, default=4.0, help="memory cap for the largest-batch search" + DEFAULT)
+    p.add_argument("--rounds", type=int, default=10, help="timed steps per variant (median)" + DEFAULT)
+    p.add_argument("--small", action="store_true", help="small models and batches (what runs without a GPU)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: steps,maxbatch,app")
+    p.add_argument("--out", help="also write the tables (markdown) and rows (JSON) into this folder")
+    p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    p.set_defaults(func=cmd_gpu_bench)
+
+
+def _checked_bench_args(args: argparse.Namespace):
+    """(models, seeds, device): every value a user can get wrong is refused before any work."""
+    import torch
+
+    from ..config import RunConfig
+    from ..engine.devices import resolve_device
+
+    models = text_list(args.models, "--models", "simple_cnn,resnet20")
+    seeds = int_list(args.seeds, "--seeds", "0,1,2")
+    try:
+        for model in models:  # RunConfig checks each model, the rank, epochs, batch and device as facto train does
+            RunConfig(model=model, rank=args.rank, epochs=args.epochs, batch_size=args.batch, device=args.device)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.html:
+        check_output_path(args.html, "--html")
+    if args.max_batch_gb is not None:
+        if not args.max_batch_gb > 0:
+            raise UsageError(f"--max-batch-gb={args.max_batch_gb:g} is not allowed: use a number of GB > 0")
+        if not torch.cuda.is_available():
+            raise UsageError("--max-batch-gb needs a CUDA GPU and this machine has none: leave it out")
+    return models, seeds, device
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..config import count
+    from ..engine.bench import bench_model, chart, markdown
+    from ..engine.devices import machine
+
+    models, seeds, device = _checked_bench_args(args)
+    log = (lambda msg: None) if args.json else progress
+    log(f"machine: {machine()}; device {device}; digits, {count(args.epochs, 'epoch')}, seeds {seeds}, "
+        f"batch {args.batch}")
+    rows = []
+    for name in models:
+        rows += bench_model(name, seeds, args.epochs, args.batch, device, args.rank, not args.no_train, log)
+    capped = []
+    if args.max_batch_gb:
+        from ..engine.gpu_bench import max_batch_table
+
+        capped = max_batch_table(args.max_batch_gb, log=log)
+    if args.json:
+        document = {"machine": machine(), "rows": [asdict(r) for r in rows]}
+        if args.max_batch_gb:
+            document["max_batch"] = [asdict(r) for r in capped]
+        print(json.dumps(document, indent=2))
+    else:
+        print(markdown(rows))
+    if args.html:
+        chart(rows).write_html(args.html, include_plotlyjs=True)
+    if args.max_batch_gb and not args.json:
+        from ..engine.gpu_bench import markdown as table
+
+        print(f"\nlargest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try):")
+        print(table(capped))
+    return 0
+
+
+def cmd_gpu_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.devices import machine
+    from ..engine.gpu_bench import CASES, SMALL_CASES, app_default_seconds, markdown, max_batch_table, step_table
+
+    skip = set(text_list(args.skip, "--skip", "maxbatch,app")) if args.skip.strip() else set()
+    unknown = skip - {"steps", "maxbatch", "app"}
+    if unknown:
+        raise UsageError(f"--skip={args.skip!r} is not allowed: name parts among steps, maxbatch, app")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file: name a folder (it is made if missing)")
+    cuda = torch.cuda.is_available()
+    small = args.small or not cuda
+    log = (lambda msg: None) if args.json else progress
+    out = [f"machine: {machine()}", ""]
+    results: dict = {"machine": machine()}
+    if "steps" not in skip:
+        log("step time, launches, peak, meter vs allocator ...")
+        rows = step_table(SMALL_CASES if small else CASES, rounds=args.rounds, log=log)
+        results["steps"] = [asdict(r) for r in rows]
+        out += ["## Step time, kernel launches and memory per step", "", markdown(rows), ""]
+    if "maxbatch" not in skip:
+        log(f"largest batch under {args.max_batch_gb:g} GB ...")
+        rows = max_batch_table(args.max_batch_gb, log=log)
+        results["max_batch"] = [asdict(r) for r in rows]
+        out += [f"## Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try), "
+                "measured and as `facto plan` predicted it", "", markdown(rows), ""]
+    if "app" not in skip:
+        log("default app comparison ...")
+        seconds = app_default_seconds()
+        results["app_default_seconds"] = seconds
+        out += ["## The app's default comparison, end to end", "", f"{seconds:.1f} s on "
+                f"{'CUDA' if cuda else 'CPU'}", ""]
+    text = "\n".join(out)
+    print(json.dumps(results, indent=2) if args.json else text)
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "gpu_bench.md").write_text(text)
+        (folder / "gpu_bench.json").write_text(json.dumps(results, indent=2))
+    return 0

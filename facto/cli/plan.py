@@ -1,0 +1,86 @@
+"""`facto plan`: the largest batch that trains under a memory budget, per variant (Fit my GPU)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Sequence
+
+from .args import DEFAULT, UsageError, as_usage_error, progress, text_table
+
+if TYPE_CHECKING:
+    from ..memory.plan import PlanResult
+    from ..memory.verify import VerifyRow
+
+DEFAULT_MODEL = "resnet20"
+
+
+def add_parsers(sub) -> None:
+    from ..memory.budget import BUDGET_HELP, MiB
+    from ..memory.plan import DEFAULT_RESERVE, DEFAULT_VARIANTS, VARIANT_HELP
+
+    p = sub.add_parser("plan", help="largest batch per variant under a memory budget",
+                       description="Fit my GPU: the largest batch that trains under a memory budget, per variant.")
+    model_help = "registry name, any torchvision classification model, or tv:NAME for torchvision's own layout"
+    p.add_argument("model", nargs="?", metavar="MODEL", default=argparse.SUPPRESS,
+                   help=f"{model_help} (same as --model)")
+    p.add_argument("--model", dest="model_flag", metavar="MODEL", default=DEFAULT_MODEL, help=model_help + DEFAULT)
+    p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224" + DEFAULT)
+    p.add_argument("--classes", type=int, default=10, help="outputs of the classifier" + DEFAULT)
+    p.add_argument("--budget", default="8GB", help=BUDGET_HELP + DEFAULT)
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw" + DEFAULT)
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)" + DEFAULT)
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of: {VARIANT_HELP}" + DEFAULT)
+    p.add_argument("--device", default="auto", help="where the probe forwards run: auto | cpu | cuda | cuda:N" + DEFAULT)
+    p.add_argument("--reserve", default=f"{DEFAULT_RESERVE // MiB}MiB",
+                   help="fixed allocator/workspace reserve inside the budget" + DEFAULT)
+    p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
+    p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ..memory.plan import plan
+    from ..memory.verify import GPURequiredError, require_gpu, verify
+
+    model = getattr(args, "model", None)
+    if model and args.model_flag not in (model, DEFAULT_MODEL):
+        raise UsageError(f"facto plan: model={model!r} and --model={args.model_flag!r}: give one")
+    try:
+        if args.verify:
+            require_gpu()  # before minutes of probing
+        result = plan(model or args.model_flag, args.input, args.classes, args.budget, args.optimizer,
+                      args.precision, args.variants, args.device, args.reserve, log=progress)
+        checks = verify(result, args.device, log=progress) if args.verify else []
+    except (ValueError, GPURequiredError) as exc:
+        raise as_usage_error(exc) from None
+    if args.json:
+        document = result.to_dict()
+        if args.verify:
+            document["verify"] = [c.to_dict() for c in checks]
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_plan(result, checks))
+    return 0
+
+
+def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = ()) -> str:
+    """The plan as a text table (MB = 10^6 bytes)."""
+    from ..memory.budget import GB, GiB, MiB
+    from ..memory.plan import table_rows
+
+    shape = "x".join(map(str, result.input_shape))
+    lines = [f"Fit my GPU: {result.model}, input {shape}, {result.num_classes} classes, budget "
+             f"{result.budget / GB:.2f} GB ({result.budget / GiB:.2f} GiB), {result.optimizer}, "
+             f"{result.precision}; stored bytes measured on {result.device} at batches "
+             f"{result.probes[0]} and {result.probes[1]}; reserve {result.reserve / MiB:.0f} MiB",
+             ""]
+    rows = table_rows(result)
+    lines.append(text_table(rows, list(rows[0]), first_left=True, digits=None))
+    measured = {c.variant: c for c in checks}
+    for r in result.rows:
+        if r.variant in measured:
+            c = measured[r.variant]
+            outcome = f"measured {c.measured}" if c.error is None else f"failed: {c.error}"
+            lines.append(f"verify {r.variant}: predicted {c.predicted}, {outcome}")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""`facto runs`: the run history (list, show, export, rm)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .args import UsageError, local_time, text_table
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("runs", help="the run history: list | show ID | export ID | rm ID",
+                       description="The run history (FACTO_HOME/runs.db, ~/.facto by default).")
+    p.add_argument("action", choices=["list", "show", "export", "rm"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--output", "-o", help="CSV file for export (default stdout)")
+    p.add_argument("--limit", type=int, default=50, help="runs list: the newest this many (default 50)")
+    p.add_argument("--json", action="store_true", help="runs list: a JSON list for scripts (show is JSON already)")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ..store import RunStore
+
+    if args.limit < 1:
+        raise UsageError(f"--limit={args.limit} is not allowed: use an integer >= 1")
+    with RunStore() as store:
+        if args.action == "list":
+            runs = [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
+                     "created_at": r.created_at, "finished_at": r.finished_at,
+                     "saving_pct": (r.summary or {}).get("saving_pct"),
+                     "accuracy": (r.summary or {}).get("accuracy") or {}} for r in store.list_runs(limit=args.limit)]
+            if args.json:
+                print(json.dumps(runs, indent=2))
+                return 0
+            rows = [{"id": r["id"], "started": local_time(r["created_at"]), "status": r["status"], "name": r["name"],
+                     "saving %": r["saving_pct"], "baseline acc": r["accuracy"].get("baseline"),
+                     "facto acc": r["accuracy"].get("facto")} for r in runs]
+            print(text_table(rows, ["id", "started", "status", "name", "saving %", "baseline acc", "facto acc"])
+                  if rows else "no runs stored yet")
+        elif args.action == "show":
+            r = store.get_run(_need_id(args))
+            print(json.dumps(dataclasses.asdict(r), indent=2, default=str))
+        elif args.action == "export":
+            run_id = _need_id(args)
+            store.get_run(run_id)  # an unknown run is said before any file is created
+            if args.output:
+                try:
+                    with open(args.output, "w", newline="", encoding="utf-8") as fh:
+                        n = store.export_csv(run_id, fh)
+                except OSError as exc:  # a missing folder, a folder, no permission
+                    raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+            else:
+                n = store.export_csv(run_id, sys.stdout)
+            print(f"{n} rows exported", file=sys.stderr)
+        elif args.action == "rm":
+            store.delete_run(_need_id(args))
+            print(f"run {args.id} deleted", file=sys.stderr)
+    return 0
+
+
+def _need_id(args: argparse.Namespace) -> int:
+    if args.id is None:
+        raise UsageError(f"runs {args.action} needs a run ID")
+    return args.id

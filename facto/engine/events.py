@@ -1,0 +1,140 @@
+"""The typed events a run yields, and `RunTracker`, which folds them into a summary at any point.
+
+Events are plain dataclasses: the app and the CLI draw them, `facto.engine.recorder` stores them.
+`run_id` is filled in by the recorder when the run is stored (None otherwise).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Union
+
+VARIANTS = ("baseline", "facto")
+
+
+@dataclass
+class StartEvent:
+    """Sent once before the first step: what is being compared."""
+
+    config: dict
+    device: str
+    device_name: str
+    steps_per_epoch: int
+    total_steps: int
+    train_size: int
+    test_size: int
+    params: dict[str, int]
+    trainable_params: dict[str, int]
+    layer_bytes: dict[str, dict[str, int]]
+    report: list[dict]
+    evals_planned: int = 0
+    run_id: int | None = None
+    type: str = "start"
+
+
+@dataclass
+class StepEvent:
+    """One optimisation step of one variant (loss and accuracy on its training batch)."""
+
+    variant: str
+    step: int
+    epoch: int
+    loss: float
+    accuracy: float
+    act_bytes: int
+    raw_bytes: int
+    peak_cuda: int | None
+    step_seconds: float
+    lr: float
+    cuda_allocated: int | None = None
+    type: str = "step"
+
+
+@dataclass
+class EvalEvent:
+    """A test-set evaluation of one variant."""
+
+    variant: str
+    step: int
+    epoch: int
+    test_loss: float
+    test_accuracy: float
+    seconds: float = 0.0
+    type: str = "eval"
+
+
+@dataclass
+class FailureEvent:
+    """One variant stopped (non-finite loss, out of memory); the others go on."""
+
+    variant: str
+    step: int
+    reason: str
+    type: str = "failure"
+
+
+@dataclass
+class SummaryEvent:
+    """The end of a run: both accuracies, the memory saving, timings, and any variant that failed."""
+
+    status: str
+    steps: dict[str, int]
+    accuracy: dict[str, float | None]
+    act_bytes: dict[str, int]
+    peak_cuda: dict[str, int | None]
+    step_seconds: dict[str, float]
+    params: dict[str, int]
+    wall_seconds: float
+    saving_pct: float | None
+    accuracy_delta: float | None
+    failures: dict[str, str] = field(default_factory=dict)
+    run_id: int | None = None
+    type: str = "summary"
+
+
+Event = Union[StartEvent, StepEvent, EvalEvent, FailureEvent, SummaryEvent]
+
+
+class RunTracker:
+    """Accumulates events; gives a consistent summary at any point (also after a Stop)."""
+
+    def __init__(self) -> None:
+        self.start: StartEvent | None = None
+        self.steps: dict[str, list[StepEvent]] = {}
+        self.evals: dict[str, list[EvalEvent]] = {}
+        self.failures: dict[str, str] = {}
+        self.began = time.perf_counter()
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, StartEvent):
+            self.start = event
+        elif isinstance(event, StepEvent):
+            self.steps.setdefault(event.variant, []).append(event)
+        elif isinstance(event, EvalEvent):
+            self.evals.setdefault(event.variant, []).append(event)
+        elif isinstance(event, FailureEvent):
+            self.failures[event.variant] = event.reason
+
+    @property
+    def run_id(self) -> int | None:
+        return self.start.run_id if self.start else None
+
+    def summary(self, status: str = "completed") -> SummaryEvent:
+        variants = [v for v in VARIANTS if v in self.steps] or [v for v in self.steps if v != "warmup"]
+        acc = {v: (self.evals[v][-1].test_accuracy if self.evals.get(v) else None) for v in variants}
+        act = {v: max(s.act_bytes for s in self.steps[v]) for v in variants}
+        peak = {v: max((s.peak_cuda for s in self.steps[v] if s.peak_cuda is not None), default=None)
+                for v in variants}
+        secs = {v: statistics.median(s.step_seconds for s in self.steps[v][1:] or self.steps[v])
+                for v in variants}
+        saving = delta = None
+        if act.get("baseline") and "facto" in act:
+            saving = 100.0 * (1 - act["facto"] / act["baseline"])
+        if acc.get("baseline") is not None and acc.get("facto") is not None and not self.failures:
+            delta = acc["facto"] - acc["baseline"]
+        return SummaryEvent(status=status, steps={v: len(self.steps[v]) for v in variants},
+                            accuracy=acc, act_bytes=act, peak_cuda=peak, step_seconds=secs,
+                            params=self.start.params if self.start else {},
+                            wall_seconds=time.perf_counter() - self.began, saving_pct=saving,
+                            accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id)

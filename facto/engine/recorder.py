@@ -1,0 +1,99 @@
+"""Store a run as it happens: a subscriber between a run's events and whoever draws them.
+
+`record(events, store)` yields the same events; on the way it writes them to the run
+history (`facto.store.history.RunStore`) and fills `run_id` into the start and summary events.
+Closing it early (Stop, Ctrl-C) stores the run as 'interrupted' with every step so far;
+an exception stores it as 'failed' with the error, then propagates.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Iterator
+
+from . import distributed
+from .events import EvalEvent, Event, RunTracker, StartEvent, StepEvent, SummaryEvent
+
+if TYPE_CHECKING:
+    from ..store.history import RunStore
+
+FLUSH_EVERY = 20  # metric rows buffered before one write transaction
+_ROW_FIELDS = ("variant", "step", "epoch", "type")
+
+
+def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[Event]:
+    """Yield `events`, storing them in `store` (None: pass through). `kind`: compare | single."""
+    if store is None:
+        yield from events
+        return
+    if not callable(getattr(store, "start_run", None)):
+        raise ValueError(f"store={store!r} is not allowed: use a facto.RunStore or None")
+    tracker = RunTracker()
+    run_id: int | None = None
+    pending: list[tuple] = []
+    status, error = "interrupted", None
+    try:
+        for event in events:
+            tracker.add(event)
+            if isinstance(event, StartEvent) and distributed.is_main_process():
+                run_kind = kind or ("compare" if len(event.params) > 1 else "single")
+                run_id = store.start_run(event.config, kind=run_kind)
+                event.run_id = tracker.start.run_id = run_id
+                for variant, sizes in event.layer_bytes.items():
+                    store.log_layers(run_id, variant, sizes)
+            elif isinstance(event, (StepEvent, EvalEvent)) and run_id is not None:
+                pending.append(_row(event))
+                if isinstance(event, EvalEvent) or len(pending) >= FLUSH_EVERY:
+                    _flush(store, run_id, pending)
+            elif isinstance(event, SummaryEvent):
+                event.run_id = run_id
+                status = event.status
+            yield event
+        if status == "interrupted":  # the source ended without a summary
+            status = "completed" if tracker.steps else "failed"
+    except GeneratorExit:
+        status = "interrupted"
+        events.close()
+        raise
+    except BaseException as exc:  # KeyboardInterrupt too: the run stays in the history
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if run_id is not None:
+            _flush(store, run_id, pending)
+            summary = tracker.summary(status) if tracker.steps else None
+            if error is None and tracker.failures:
+                error = "; ".join(f"{v} failed: {why}" for v, why in tracker.failures.items())
+            store.finish_run(run_id, status, asdict(summary) if summary else None, error)
+
+
+def _row(event: StepEvent | EvalEvent) -> tuple:
+    metrics = {k: v for k, v in asdict(event).items() if k not in _ROW_FIELDS}
+    if isinstance(event, EvalEvent):
+        metrics["accuracy"] = metrics.pop("test_accuracy")
+        metrics["loss"] = metrics.pop("test_loss")
+        return (event.variant, "eval", event.step, event.epoch, metrics)
+    return (event.variant, "step", event.step, event.epoch, metrics)
+
+
+def _flush(store, run_id: int, pending: list) -> None:
+    if pending:
+        store.log_metrics(run_id, list(pending))
+        pending.clear()
+
+
+@contextmanager
+def history_at(path: str | None) -> Iterator[RunStore | None]:
+    """The RunStore at `path` (None: no store), closed afterwards: for streams run in a child
+    process, which opens its own connection (see facto.engine.jobs.in_child)."""
+    from ..store.history import RunStore
+
+    store = RunStore(path) if path else None
+    try:
+        yield store
+    finally:
+        if store is not None:
+            store.close()

@@ -1,0 +1,421 @@
+"""Recompute instead of store: fuse FactoConv2d + BatchNorm2d, and max-pools that keep indices only.
+
+After factorization a Conv-BN-ReLU block still stores BatchNorm's full-width input
+y (Cout x H x W). `FactoConvBN` stores only the input `s` of the layer's trainable stage
+(x for update first/all, z1 for core, z2 for last: stored anyway for the weight gradient),
+BN's per-channel batch statistics, and nothing else; in backward it recomputes y from `s`
+with the remaining (cheap, mostly 1x1) stages. The stages before `s` are frozen and run
+through `FrozenConv2d`, which stores nothing. Together with 1-bit ReLU masks a block keeps
+`s` (compressed by `saved_activations` like any saved tensor) + 2 x Cout floats + 1 bit
+per output value.
+
+`ConvBN` does the same for a dense nn.Conv2d (any groups: the stem on the image, depthwise
+convs, 1x1 shortcuts left dense) followed by a BatchNorm2d: it stores only the conv's input x,
+which the conv keeps anyway for its weight gradient, plus BN's statistics, and recomputes
+BN's input y = conv(x) (often far wider: the stem goes 1 -> 32 channels) in backward.
+
+`IndexMaxPool2d` keeps only the argmax indices (narrowed losslessly by the hook), not the
+full-width input that PyTorch's max-pool keeps.
+
+`fuse_recompute(model)` finds the pairs (torch.fx trace; a Sequential-only fallback when
+the forward cannot be traced) and swaps the modules in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .layers import (
+    FactoConv2d,
+    FactorizedLayer,
+    IndexMaxPool2d,
+    MaskReLU,
+    autocast_state,
+    conv_stage,
+    is_pointwise,
+    pointwise,
+    replace_module,
+    replay_autocast,
+    subsample,
+)
+
+BN_STATS = ("forward", "recomputed")
+# Measured (resnet20, batch 8 x 3 x 32 x 32, rank 0.5, update=last, cosine of the mean of 16
+# stochastic draws to the exact gradient): "forward" 0.9998 at 4 bits, 0.9925 at 2 bits;
+# "recomputed" 0.9987 and 0.8516 (the noisy recomputed input inflates the variance: biased).
+DEFAULT_BN_STATS = "forward"
+
+__all__ = ["BN_STATS", "ConvBN", "FactoConvBN", "FusionReport", "IndexMaxPool2d", "StageConf", "fuse_recompute",
+           "fusion_report"]
+
+
+def validate_bn_stats(bn_stats: str) -> str:
+    """Return `bn_stats` if allowed, else raise ValueError naming it."""
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats={bn_stats!r} is not allowed: choose one of {', '.join(BN_STATS)}")
+    return bn_stats
+
+
+def _adopt(module: nn.Module, conv: nn.Module, bn: nn.BatchNorm2d, bn_stats: str, keep: tuple = ()) -> None:
+    """Take over `conv`'s attributes and parameters (the same objects, same names) and hold `bn`."""
+    for key, value in vars(conv).items():
+        if (not key.startswith("_") and key != "training") or key in keep:
+            setattr(module, key, value)
+    for name, p in conv._parameters.items():
+        module.register_parameter(name, p)
+    module.training = conv.training
+    module.bn = bn
+    module.bn_stats = validate_bn_stats(bn_stats)
+
+
+def _keep(t: Tensor) -> Tensor:
+    return t
+
+
+def _free(t: Tensor) -> None:
+    """Release `t`'s memory now (its storage shrinks to nothing; the tensor must not be read again)."""
+    try:
+        t.untyped_storage().resize_(0)
+    except RuntimeError:  # a storage that can't be resized (e.g. shared): freed when dropped instead
+        pass
+
+
+@dataclass(frozen=True)
+class StageConf:
+    """How one conv stage runs: nn.Conv2d's arguments (padding may be 'same'/'valid')."""
+
+    stride: tuple = (1, 1)
+    padding: tuple | str = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    padding_mode: str = "zeros"
+    pad_twice: tuple = ()  # nn.Conv2d's _reversed_padding_repeated_twice, for non-zero padding modes
+
+
+def run_stage(z: Tensor, w: Tensor, conf: StageConf) -> Tensor:
+    """One conv stage without bias; 1x1 stages as bmm, as in FactoConv2d."""
+    padding = conf.padding
+    if conf.padding_mode != "zeros":
+        z = F.pad(z, conf.pad_twice, mode=conf.padding_mode)
+        padding = (0, 0)
+    elif conf.groups == 1 and not isinstance(padding, str) and is_pointwise(w, padding):
+        return pointwise(subsample(z, conf.stride), w)
+    return F.conv2d(z, w, None, conf.stride, padding, conf.dilation, conf.groups)
+
+
+def _run_stages(z: Tensor, weights, confs) -> Tensor:
+    for w, conf in zip(weights, confs):
+        z = run_stage(z, w, conf)
+    return z
+
+
+def _fusable_call(bn: nn.BatchNorm2d, x: Tensor) -> bool:
+    """True when BN normalizes with batch statistics under grad (the fused path applies)."""
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    return batch_stats and torch.is_grad_enabled()
+
+
+def _bn_step(bn: nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, float]:
+    """(running_mean, running_var, momentum) for native_batch_norm, counting the batch as
+    nn.BatchNorm2d does (num_batches_tracked, cumulative average when momentum is None)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_running = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if use_running else None
+    running_var = bn.running_var if use_running else None
+    return running_mean, running_var, momentum
+
+
+class _RecomputeBN(torch.autograd.Function):
+    """s -> conv stages (+bias) -> training-mode BatchNorm, storing only s.
+
+    One Function for both fusions: the stages after a FactoConv2d's stored input, or the
+    single stage of a dense conv (any groups and padding mode).
+
+    Saved for backward: s (an activation: the surrounding hooks compress and count it),
+    BN's batch mean and inverse std (1-D), and parameters (never counted). Backward
+    recomputes y = stages(s) + bias, runs BN's backward, then the stages' backward.
+    """
+
+    @staticmethod
+    def forward(ctx, s, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
+                confs, recomputed_stats, *weights):
+        y = _run_stages(s, weights, confs)  # under autocast: in 16 bits, as nn.Conv2d would be
+        if bias is not None:
+            y = y + bias.to(y.dtype).view(1, -1, 1, 1)
+        out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
+                                                    running_var, True, momentum, eps)
+        ctx.conf = (confs, eps, recomputed_stats, bias is not None)
+        ctx.autocast = autocast_state(s.device.type)
+        ctx.save_for_backward(s, bias, bn_weight, mean, invstd, *weights)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        confs, eps, recomputed_stats, has_bias = ctx.conf
+        s, bias, bn_weight, mean, invstd, *weights = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        need_s, need_bias, need_gamma, need_beta = need[0], need[1], need[2], need[3]
+        need_w = need[10:]
+        want_graph = need_s or any(need_w)
+        # The recomputation is transient: a pass-through hook pair keeps an enclosing
+        # saved_activations context from compressing or counting it a second time.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
+                replay_autocast(ctx.autocast):
+            s_ = s.detach().requires_grad_(need_s)
+            ws = [w.detach().requires_grad_(n) for w, n in zip(weights, need_w)]
+            z = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
+        y = z.detach()  # the last stage (conv/bmm) does not save its output: y may be changed in place
+        if has_bias:
+            y.add_(bias.to(y.dtype).view(1, -1, 1, 1))
+        if recomputed_stats:
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+            invstd = torch.rsqrt(var + eps)
+        grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous().to(y.dtype), y, bn_weight, None, None, mean, invstd, True, eps,
+            [want_graph or need_bias, need_gamma, need_beta])
+        _free(y)  # the recomputed full-width map is used: free it before the stages' backward
+        del y
+        g_bias = grad_y.sum((0, 2, 3)).to(bias.dtype) if need_bias else None
+        grads = [None] * (1 + len(weights))
+        wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
+        if wanted:
+            leaves = [s_, *ws]
+            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_y)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (grads[0], g_bias, g_gamma if need_gamma else None, g_beta if need_beta else None,
+                None, None, None, None, None, None, *grads[1:])
+
+
+class FactoConvBN(FactoConv2d):
+    """A FactoConv2d fused with the BatchNorm2d after it: BN's input is recomputed, not stored.
+
+    Holds the conv's own Parameter objects (same names: first/core/last/bias) and the
+    BatchNorm as `bn`. Training mode with grad: the frozen stages before the trainable one
+    run activation-free, then one autograd Function stores only the trainable stage's input.
+    Eval mode or no grad: the plain conv -> BN computation (autocast is followed in both).
+
+    Args:
+        bn_stats: statistics BN's backward uses with the recomputed (possibly decompressed)
+            input: "forward" (the batch statistics of the forward pass) or "recomputed"
+            (statistics of the recomputed input, so its normalization is self-consistent).
+    """
+
+    def __init__(self, conv: FactoConv2d, bn: nn.BatchNorm2d, bn_stats: str = DEFAULT_BN_STATS):
+        nn.Module.__init__(self)
+        if not isinstance(conv, FactoConv2d) or isinstance(conv, FactoConvBN):
+            raise ValueError(f"conv={type(conv).__name__} is not allowed: use a FactoConv2d")
+        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
+            raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
+        _adopt(self, conv, bn, bn_stats)
+
+    def stages(self) -> list[tuple[Tensor, StageConf]]:
+        """(weight, StageConf) per stage, in order."""
+        if self.pointwise:
+            return [(self.first, StageConf(stride=self.stride)), (self.last, StageConf())]
+        return [(self.first, StageConf()),
+                (self.core, StageConf(self.stride, self.padding, self.dilation)),
+                (self.last, StageConf())]
+
+    def split(self) -> int:
+        """Index of the stage whose input is stored: the first trainable one (else the last)."""
+        stages = self.stages()
+        return next((i for i, (w, _) in enumerate(stages) if w.requires_grad), len(stages) - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        if not _fusable_call(bn, x):
+            return bn(super().forward(x))
+        running_mean, running_var, momentum = _bn_step(bn)
+        stages = self.stages()
+        k = self.split()
+        s = x
+        for w, conf in stages[:k]:  # frozen: store nothing
+            s = conv_stage(s, w, conf.stride, conf.padding, conf.dilation)
+        weights = [w for w, _ in stages[k:]]
+        confs = tuple(c for _, c in stages[k:])
+        return _RecomputeBN.apply(s, self.bias, bn.weight, bn.bias, running_mean, running_var,
+                                  momentum, bn.eps, confs, self.bn_stats == "recomputed", *weights)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
+
+
+# ----------------------------------------------------------------------------- dense conv + BN
+
+
+class ConvBN(nn.Conv2d):
+    """A dense nn.Conv2d fused with the BatchNorm2d after it: BN's input is recomputed.
+
+    Holds the conv's own Parameter objects (same names: weight/bias) and the BatchNorm as
+    `bn`. Training mode with grad: one autograd Function stores only the conv's input x
+    and BN's statistics. Eval mode or no grad: the plain conv -> BN computation.
+    A subclass of nn.Conv2d, so code that looks for convs (isinstance) still finds it.
+
+    Args:
+        bn_stats: as for `FactoConvBN`: "forward" or "recomputed" batch statistics in BN's
+            backward.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_stats: str = DEFAULT_BN_STATS):
+        nn.Module.__init__(self)
+        if type(conv) is not nn.Conv2d:
+            raise ValueError(f"conv={type(conv).__name__} is not allowed: use an nn.Conv2d")
+        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
+            raise ValueError(f"bn={bn!r} is not allowed: use a BatchNorm2d({conv.out_channels})")
+        _adopt(self, conv, bn, bn_stats, keep=("_reversed_padding_repeated_twice",))
+
+    def conf(self) -> StageConf:
+        return StageConf(self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
+                         tuple(self._reversed_padding_repeated_twice))
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        if not _fusable_call(bn, x):
+            return bn(super().forward(x))
+        running_mean, running_var, momentum = _bn_step(bn)
+        return _RecomputeBN.apply(x, self.bias, bn.weight, bn.bias, running_mean, running_var,
+                                  momentum, bn.eps, (self.conf(),), self.bn_stats == "recomputed",
+                                  self.weight)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+_LEAVES = (FactorizedLayer, ConvBN, MaskReLU, IndexMaxPool2d)
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps Facto's layers (with their Python control flow) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def _is_candidate(m: nn.Module, dense: bool = True) -> bool:
+    """A conv that could be fused: a FactoConv2d, or (dense) a plain nn.Conv2d, not yet fused."""
+    if isinstance(m, FactoConv2d):
+        return not isinstance(m, FactoConvBN)
+    return dense and type(m) is nn.Conv2d
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _pairs_from_graph(root: nn.Module, graph: fx.Graph, prefix: str,
+                      pairs: list, reasons: dict, dense: bool) -> None:
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module" or not _is_candidate(root.get_submodule(node.target), dense):
+            continue
+        name = _join(prefix, node.target)
+        users = list(node.users)
+        user = users[0] if len(users) == 1 else None
+        bn = root.get_submodule(user.target) if user is not None and user.op == "call_module" else None
+        if user is None:
+            reasons[name] = f"its output has {len(users)} users, not one BatchNorm2d"
+        elif not isinstance(bn, nn.BatchNorm2d):
+            what = type(bn).__name__ if bn is not None else f"{user.op} {getattr(user.target, '__name__', user.target)}"
+            reasons[name] = f"followed by {what}, not BatchNorm2d"
+        elif user.args != (node,) or user.kwargs:
+            reasons[name] = "the BatchNorm2d after it takes other arguments"
+        elif calls[node.target] != 1 or calls[user.target] != 1:
+            reasons[name] = "the conv or its BatchNorm2d is called more than once"
+        else:
+            pairs.append((name, _join(prefix, user.target)))
+
+
+def _scan(module: nn.Module, prefix: str, pairs: list, reasons: dict, dense: bool) -> None:
+    """Find (conv, bn) pairs under `module`: fx trace, else Sequential siblings, recursively."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:  # dynamic control flow, unsupported ops, ...
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:160]
+        children = list(module.named_children())
+        if isinstance(module, nn.Sequential):
+            for (n1, a), (n2, b) in zip(children, children[1:]):
+                if _is_candidate(a, dense) and isinstance(b, nn.BatchNorm2d):
+                    pairs.append((_join(prefix, n1), _join(prefix, n2)))
+        for name, child in children:
+            full = _join(prefix, name)
+            if _is_candidate(child, dense):
+                reasons.setdefault(full, f"the forward of {prefix or type(module).__name__!s} "
+                                         f"could not be traced ({why}) and it is not followed "
+                                         "by a BatchNorm2d in a Sequential")
+            elif not isinstance(child, _LEAVES):
+                _scan(child, full, pairs, reasons, dense)
+        return
+    _pairs_from_graph(module, graph, prefix, pairs, reasons, dense)
+
+
+@dataclass
+class FusionReport:
+    """What `fuse_recompute` did: fused pairs, convs left unfused (with the reason), index-only pools."""
+
+    fused: list[str] = field(default_factory=list)
+    not_fused: dict[str, str] = field(default_factory=dict)
+    index_pools: list[str] = field(default_factory=list)
+
+
+def fusion_report(model: nn.Module) -> FusionReport | None:
+    """What `fuse_recompute` did to `model` (None if it was never called on it)."""
+    report = getattr(model, "facto_fusion", None)
+    return report if isinstance(report, FusionReport) else None
+
+
+def fuse_recompute(model: nn.Module, bn_stats: str = DEFAULT_BN_STATS, dense: bool = True) -> nn.Module:
+    """Fuse every conv + BatchNorm2d pair and swap max-pools, in place; returns `model`.
+
+    Each FactoConv2d + BN pair becomes a `FactoConvBN` at the conv's name, each dense
+    nn.Conv2d + BN pair (when `dense`) a `ConvBN`, and the BN's name an nn.Identity.
+    A conv is fused only when its output goes to nothing but the BatchNorm2d.
+    Every nn.MaxPool2d (return_indices False) becomes an `IndexMaxPool2d`.
+    What was done is kept as `model.facto_fusion` (a `FusionReport`, see `fusion_report`);
+    calling it again on a fused model fuses what is left and adds it to the report.
+    """
+    validate_bn_stats(bn_stats)
+    pairs: list[tuple[str, str]] = []
+    reasons: dict[str, str] = {}
+    if isinstance(model, _LEAVES):
+        reasons[""] = "a single layer: no BatchNorm2d after it in this module"
+    else:
+        _scan(model, "", pairs, reasons, dense)
+    previous = fusion_report(model) or FusionReport()
+    report = FusionReport(fused=list(previous.fused), index_pools=list(previous.index_pools))
+    done = set()
+    for conv_name, bn_name in pairs:
+        if conv_name in done:
+            continue
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        fused_cls = FactoConvBN if isinstance(conv, FactoConv2d) else ConvBN
+        replace_module(model, bn_name, nn.Identity())  # first: once the fused conv holds bn, that is a name of it too
+        replace_module(model, conv_name, fused_cls(conv, bn, bn_stats))
+        report.fused.append(f"{conv_name}+{bn_name}")
+        done.add(conv_name)
+    for name, m in model.named_modules():
+        if _is_candidate(m, dense) and name not in reasons:
+            reasons[name] = "not seen in the traced forward"
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.MaxPool2d and not m.return_indices and name:
+            replace_module(model, name, IndexMaxPool2d.from_pool(m))
+            report.index_pools.append(name)
+    report.not_fused = {n: r for n, r in reasons.items() if n not in done and n}
+    model.facto_fusion = report
+    return model
