@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from facto.cli.main import build_parser, config_from_args, flag
+from facto.cli.args import config_from_args, flag
+from facto.cli.main import build_parser
 from facto.config import DEFAULTS, PRESETS, SETTINGS, RankPolicy, RunConfig, matching_preset, preset
 from facto.store.history import RunStore
 

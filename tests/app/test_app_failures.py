@@ -13,7 +13,7 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 RUN_LIMIT = 240
 
@@ -52,7 +52,7 @@ def wait_until_done(at: AppTest) -> None:
 
 
 def test_out_of_memory_in_facto_is_explained_and_the_app_stays_usable(home, monkeypatch):
-    from .test_train import _sabotage
+    from ..engine.test_train import _sabotage
 
     def oom(out):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--max-train", "128", "--max-test", "64", "--batch-size", "32", "--device", "cpu"]
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from facto import compress as C
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

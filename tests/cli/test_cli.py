@@ -11,7 +11,7 @@ import pytest
 
 from facto.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--max-train", "128", "--max-test", "64", "--batch-size", "32", "--device", "cpu"]
 
 

@@ -27,7 +27,7 @@ from facto.engine.jobs import Job
 from facto.engine.sweep import SweepPoint, SweepStart, SweepTracker
 from facto.store.history import RunStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds per script run: the first one imports torch and factorizes
 RUN_LIMIT = 240  # seconds for a whole tiny training run on a busy 2-core machine
 PAGES = ["app_pages/1_Sweep.py", "app_pages/2_Layers.py", "app_pages/3_Compression.py", "app_pages/4_History.py"]
