@@ -28,6 +28,8 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import Tensor
 
+from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
+
 try:
     import triton
     import triton.language as tl
@@ -52,9 +54,6 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton saw it when
 TILE = 2048  # values per program of the quantize / dequantize kernels
 MASK_GROUPS = 256  # groups of 8 values per program of the 1-bit mask kernels
 MAX_BLOCK = 8192
-FP16_META_LIMIT = 60000.0  # same rule as facto.compress
-NAN_BITS = 0x7FC0
-WIDE_FLAG = -(2**15)
 _SEED_BITS = 62
 
 _reference_only: ContextVar[bool] = ContextVar("facto_reference_only", default=False)
@@ -234,7 +233,7 @@ if triton is not None:
 
     @triton.jit
     def _encode_meta(lo, hi, has_nan, LEVELS: tl.constexpr):
-        """Per block: (lo bits, scale bits, lo, scale), as facto.compress._encode_meta."""
+        """Per block: (lo bits, scale bits, lo, scale), as facto.compress.lossy._encode_meta."""
         lo = tl.where(lo == 0, 0.0, lo)
         fits = (tl.abs(lo) <= _LIMIT) & ((hi - lo) <= _LIMIT * LEVELS)
         lo_bits = tl.where(fits, _floor16(lo, False), _floor16(lo, True))

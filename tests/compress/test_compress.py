@@ -672,7 +672,7 @@ def test_every_container_holds_only_compact_buffers(view, kind):
 def test_big_maps_in_slices_give_the_same_bytes_as_in_one_go(numel, block, bits, monkeypatch):
     """The reference path quantizes big maps slice by slice (small work buffers): same codes,
     metadata and restored values as in one go."""
-    import facto.compress as c
+    import facto.compress.lossy as c
 
     x = random_input((numel,), seed=numel, offset=1.0, spread=3.0)
     sliced = quantize(x, bits, block, stochastic=False)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from facto import compress as C
+from facto.compress.backend import kernels_for
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -67,7 +68,8 @@ def test_fallback_when_triton_cannot_be_imported():
 import sys
 sys.modules["triton"] = None  # `import triton` now raises ImportError
 import torch
-from facto import compress as C, kernels as K
+from facto import compress as C
+from facto.compress import kernels as K
 assert K.triton is None and not K.available("cpu")
 x = torch.randn(1001)
 p = C.quantize(x, 3, 64, stochastic=True)
@@ -85,7 +87,7 @@ print("fallback ok")
 
 @parent
 def test_cpu_uses_the_reference_by_default():
-    assert C._kernels_for(torch.device("cpu"), torch.float32, 64) is None
+    assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
     from facto.compress import kernels
 
     assert not kernels.available("cpu")
@@ -123,7 +125,7 @@ def hard_input(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
 
 def check_exact(x: torch.Tensor, bits: int, block: int) -> None:
     """Kernel and reference: identical codes, meta and dequantized values (deterministic)."""
-    assert C._kernels_for(x.device, x.dtype, block) is K
+    assert kernels_for(x.device, x.dtype, block) is K
     p = C.quantize(x, bits, block, stochastic=False)
     r = reference(C.quantize, x, bits, block, stochastic=False)
     where = f"bits={bits} block={block} dtype={x.dtype} n={x.numel()}"
@@ -282,7 +284,7 @@ def test_fused_relu_mask_matches_relu_exactly(dtype, cap):
     x = (torch.randn(3, 5, 7, 9, generator=g) * 5)
     x.view(-1)[:6] = torch.tensor([0.0, -0.0, 6.0, 6.099, 6.09765625, -6.0])
     x = x.to(dtype).to(DEVICE).requires_grad_()
-    assert C._kernels_for(x.device, dtype) is K
+    assert kernels_for(x.device, dtype) is K
     y, codes = C.clamp_with_mask(x.detach(), cap)
     y_ref, codes_ref = reference(C.clamp_with_mask, x.detach(), cap)
     assert torch.equal(codes, codes_ref) and torch.equal(y, y_ref)
