@@ -31,7 +31,12 @@ ALL_BITS = list(range(1, 9))
 
 kernel = pytest.mark.skipif(DEVICE is None, reason="runs in the TRITON_INTERPRET=1 child (or on CUDA)")
 parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")
+
+
+def cuda(test):
+    """A test of the kernels on a real GPU (marked gpu; skips without CUDA)."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")(test))
+
 
 if DEVICE is not None:
     from facto.compress import kernels as K

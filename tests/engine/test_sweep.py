@@ -5,7 +5,7 @@ import pytest
 
 from facto.config import RunConfig
 from facto.engine.events import StartEvent
-from facto.engine.sweep import SweepPoint, SweepTracker, sweep
+from facto.engine.sweep import SweepPoint, SweepTracker, pareto_front, sweep
 from facto.store.history import RunStore
 
 TINY = dict(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu")
@@ -33,6 +33,20 @@ def _point(variant: str, accuracy: float, index: int = 0, **config) -> SweepPoin
     cfg = RunConfig(**{**TINY, **config}).to_dict()
     return SweepPoint(index, 3, variant, "0.5", 4, "core", "completed", accuracy, 10, 90.0, 100, 90.0,
                       accuracy - 90.0, 0.1, cfg)
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_saving_and_accuracy():
+    def point(saving: float, accuracy: float | None) -> SweepPoint:
+        p = _point("facto", accuracy if accuracy is not None else 0.0)
+        p.saving_pct, p.accuracy = saving, accuracy
+        return p
+
+    a, b, c, d, e = point(50, 90), point(60, 95), point(70, 80), point(70, 85), point(80, None)
+    tie = point(60, 95)
+    # a is beaten by b (more saving, more accuracy); c by d (same saving, more accuracy); e has no accuracy
+    assert pareto_front([c, a, e, d, b]) == [b, d]
+    assert pareto_front([b, tie]) == [b, tie]  # equal points do not beat each other
+    assert pareto_front([]) == [] and pareto_front([e]) == []
 
 
 def test_too_short_when_the_baseline_did_not_learn():

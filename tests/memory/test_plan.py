@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import facto
+from facto.cli import main
+from facto.memory import budget as fb
 from facto.memory import plan as fp
+from facto.memory import verify as fv
 from facto.memory import step_peak as sp
 
 # ----------------------------------------------------------------------------- parsing
@@ -19,13 +22,13 @@ from facto.memory import step_peak as sp
     ("1.5 GB", 1_500_000_000), ("2048", 2048), ("64 KiB", 65536), (10**9, 10**9),
 ])
 def test_parse_budget(text, expected):
-    assert fp.parse_budget(text) == expected
+    assert fb.parse_budget(text) == expected
 
 
 @pytest.mark.parametrize("text", ["8 GBs", "-1GB", "0", "0.0001B", "lots", "", "8 G B", "inf GB", None, True])
 def test_parse_budget_errors_name_the_value_and_the_units(text):
     with pytest.raises(ValueError) as err:
-        fp.parse_budget(text)
+        fb.parse_budget(text)
     message = str(err.value)
     assert f"budget={text!r}" in message and "GiB" in message and "8GB" in message
 
@@ -34,18 +37,20 @@ def test_parse_budget_errors_name_the_value_and_the_units(text):
     ("3x224x224", (3, 224, 224)), ("1 x 32 x 32", (1, 32, 32)), ("3,32,32", (3, 32, 32)), ((3, 64, 48), (3, 64, 48)),
 ])
 def test_parse_input_shape(text, expected):
-    assert fp.parse_input_shape(text) == expected
+    assert fb.parse_input_shape(text) == expected
 
 
 @pytest.mark.parametrize("text", ["3x224", "3x224x224x1", "0x32x32", "ax32x32", "3x-2x32", (3, 32), "", None])
 def test_parse_input_shape_errors(text):
     with pytest.raises(ValueError, match=r"input=.*C x H x W"):
-        fp.parse_input_shape(text)
+        fb.parse_input_shape(text)
 
 
 def test_variants_parse_and_bad_names():
     assert fp.parse_variants("dense, compress-2,balanced,dense") == ["dense", "compress-2", "balanced"]
-    assert fp.variant_spec("max-saving").bits == facto.PRESETS["max-saving"]["bits"]
+    most = fp.variant_spec("max-saving")
+    assert (most.method, most.bits, most.config.update, most.config.recompute) == ("facto", 2, "core", True)
+    assert fp.variant_spec("compress-16").bits == 16 and fp.variant_spec("dense").bits is None
     for bad in ["compress-0", "compress-9", "turbo", ""]:
         with pytest.raises(ValueError, match="variant"):
             fp.parse_variants(bad)
@@ -207,22 +212,40 @@ def test_bf16_stores_less_than_fp32_for_dense():
     assert bf16.stored.slope < 0.6 * fp32.stored.slope
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: test_verify_measures_on_a_gpu runs instead")
 def test_verify_says_it_needs_a_gpu(resnet_plan, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: verify would run for real")
-    with pytest.raises(fp.GPURequiredError, match="needs a GPU"):
-        fp.verify(resnet_plan)
-    assert fp.main(["--verify", "--json"]) == 2
+    with pytest.raises(fv.GPURequiredError, match="needs a GPU"):
+        fv.verify(resnet_plan)
+    assert plan_cli(["--verify", "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "needs a GPU" in captured.err and captured.err.count("\n") == 1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_verify_measures_on_a_gpu():
+    """plan --verify's path on a real GPU: each variant's largest batch found by real steps under the budget,
+    its allocator peak within the budget, and Facto's batch at least dense's."""
+    result = fp.plan("simple_cnn", "1x32x32", 10, "600MB", variants=["dense", "balanced"], device="cuda")
+    rows = {r.variant: r for r in fv.verify(result)}
+    for r in rows.values():
+        assert r.error is None and r.measured and r.measured > 0
+        assert r.peak_allocated is not None and r.peak_allocated <= result.budget
+    assert rows["balanced"].measured >= rows["dense"].measured
+
+
 # ----------------------------------------------------------------------------- command line
+
+def plan_cli(argv: list[str]) -> int:
+    """`facto plan ARGV` through the one command line."""
+    return main(["plan", *argv])
+
+
 
 def test_main_json_is_the_only_thing_on_stdout(capsys):
     argv = ["--model", "simple_cnn", "--input", "1x32x32", "--budget", "500MB", "--variants", "dense,balanced",
             "--device", "cpu", "--json"]
-    assert fp.main(argv) == 0
+    assert plan_cli(argv) == 0
     out, err = capsys.readouterr()
     document = json.loads(out)
     assert [r["variant"] for r in document["rows"]] == ["dense", "balanced"]
@@ -232,7 +255,7 @@ def test_main_json_is_the_only_thing_on_stdout(capsys):
 
 
 def test_main_text_table(capsys):
-    assert fp.main(["--model", "simple_cnn", "--input", "1x32x32", "--budget", "1GB", "--variants", "dense",
+    assert plan_cli(["--model", "simple_cnn", "--input", "1x32x32", "--budget", "1GB", "--variants", "dense",
                     "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "max batch" in out and "dense fp32" in out
@@ -241,12 +264,14 @@ def test_main_text_table(capsys):
 def test_main_takes_the_model_as_its_first_word(capsys):
     """`facto plan simple_cnn ...` as `facto plan --model simple_cnn ...`; both, differing: a mistake."""
     argv = ["--input", "1x32x32", "--budget", "1GB", "--variants", "dense", "--device", "cpu", "--json"]
-    assert fp.main(["simple_cnn", *argv]) == 0
+    assert plan_cli(["simple_cnn", *argv]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "simple_cnn"
-    assert fp.main(["simple_cnn", "--model", "resnet18", *argv]) == 2
+    assert plan_cli(["simple_cnn", "--model", "resnet18", *argv]) == 2
     assert "give one" in capsys.readouterr().err
-    help_text = " ".join(fp.build_parser().format_help().split())
-    assert "(default: 8GB)" in help_text and "(default: resnet20)" in help_text
+    with pytest.raises(SystemExit):
+        plan_cli(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.startswith("usage: facto plan") and "(default: 8GB)" in help_text and "(default: resnet20)" in help_text
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -259,7 +284,7 @@ def test_main_takes_the_model_as_its_first_word(capsys):
     (["--no-such-flag"], "no-such-flag"),
 ])
 def test_main_user_mistakes_exit_2_with_one_line(argv, needle, capsys):
-    assert fp.main(argv) == 2
+    assert plan_cli(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and needle in captured.err and "Traceback" not in captured.err

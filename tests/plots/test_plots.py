@@ -208,11 +208,6 @@ def test_error_histogram_and_bits_curves():
     assert _names(fig) == ["relative error", "stored size", "fp32 size"]
 
 
-def test_plots_holds_only_figure_builders():
-    for moved in ("feature_maps", "compression_sample", "bits_table"):  # now in facto.memory.analysis
-        assert not hasattr(plots, moved)
-
-
 def test_history_chart_keeps_baseline_blue_and_facto_orange_per_run():
     rows = [dict(variant=v, kind="eval", step=s, accuracy=90.0 + s) for s in (1, 2) for v in VARIANTS]
     fig = plots.history_chart([dict(label="#1", rows=rows), dict(label="#2", rows=rows)])

@@ -53,6 +53,7 @@ def _writer(home: str, index: int, out: str, go) -> None:
     Path(out).write_text(json.dumps(result))
 
 
+@pytest.mark.soak
 def test_writers_and_reader_soak(tmp_path, monkeypatch):
     home = tmp_path / "home"  # does not exist yet: the first opener creates it
     monkeypatch.setenv("FACTO_HOME", str(home))
@@ -116,7 +117,6 @@ def test_writers_and_reader_soak(tmp_path, monkeypatch):
                 assert reader.metrics(run_id) == []
     print(f"soak: {elapsed:.2f} s, {polls} reader polls")
     assert polls > 3  # the reader really ran alongside the writers
-    assert elapsed < 30, f"soak took {elapsed:.1f} s"
 
 
 def _open_and_start(path: str, go, out) -> None:
@@ -129,6 +129,7 @@ def _open_and_start(path: str, go, out) -> None:
         out.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.soak
 def test_many_processes_create_one_history_together(tmp_path):
     """SQLite refuses a switch to WAL at once (no busy wait) while another process
     opens the same new file; before the store retried, about 1 open in 20 failed."""

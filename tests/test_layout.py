@@ -1,0 +1,125 @@
+"""The shape of the library: its parts, one training step, one parser tree, no import circle, a light import."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import facto
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "facto"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _calls(attribute: str) -> list[str]:
+    """'path:line' of every call of `<something>.<attribute>(...)` in facto/."""
+    found = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def _imports_at_load(path: Path) -> set[str]:
+    """facto modules `path` imports when it is loaded (module level, not inside functions)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.With):  # facto/__init__ imports inside `with _quiet_start_up()`
+            nodes = node.body
+        elif isinstance(node, ast.If):
+            nodes = node.body + node.orelse
+        else:
+            nodes = [node]
+        for n in nodes:
+            if isinstance(n, ast.ImportFrom):
+                base = n.module or ""
+                if n.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - n.level + 1] + ([n.module] if n.module else []))
+                if base.startswith("facto"):
+                    candidates = [f"{base}.{a.name}" for a in n.names]
+                    found |= {c for c in candidates if _is_module(c)} or {base}
+                    if not all(_is_module(c) for c in candidates):
+                        found.add(base)
+            elif isinstance(n, ast.Import):
+                found |= {a.name for a in n.names if a.name.startswith("facto")}
+    return found - {module}
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def test_one_place_in_facto_calls_backward():
+    assert [c.split(":")[0] for c in _calls("backward")] == ["facto/engine/step.py"]
+
+
+def test_one_parser_tree():
+    parsers = _calls("ArgumentParser") + [c for c in _calls("add_subparsers")]
+    assert {c.split(":")[0] for c in parsers} == {"facto/cli/main.py"}, parsers
+    for path in MODULES:
+        if path.relative_to(PACKAGE).parts[0] != "cli":
+            assert "argparse" not in path.read_text(), f"{path} builds a command line outside facto/cli"
+
+
+def test_no_import_circle():
+    graph = {_module_name(p): _imports_at_load(p) for p in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            assert state.get(nxt) != 1, "import circle: " + " -> ".join(path + [nxt])
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_settings_import_no_facto_module_and_no_torch():
+    tree = ast.parse((PACKAGE / "config.py").read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    relative_at_load = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level]
+    assert not relative_at_load and not any(m.split(".")[0] in ("torch", "facto", "numpy") for m in imported)
+
+
+def test_the_top_of_facto_shows_its_parts():
+    top = sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists())
+    assert top == ["__init__.py", "__main__.py", "cli", "compress", "config.py", "engine", "memory", "method",
+                   "plots", "store"]
+
+
+def test_facto_has_a_version_and_the_command_line_says_it(capsys):
+    from facto.cli import main
+
+    assert facto.__version__.count(".") == 2
+    try:
+        main(["--version"])
+    except SystemExit as done:
+        assert done.code == 0
+    assert capsys.readouterr().out.strip() == f"facto {facto.__version__}"
+
+
+def test_import_facto_loads_no_heavy_library():
+    """`import facto` costs little beyond torch: the rest loads when used."""
+    code = ("import sys, facto; heavy = ['tensorly', 'torchvision', 'scipy', 'sklearn', 'plotly', 'pandas', "
+            "'streamlit', 'triton']; print([m for m in heavy if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
