@@ -6,11 +6,14 @@ children) with the meter's records: what each unit stored, and which maps were s
 when it returned (observed with weak references, not guessed). `peak_candidates` adds up the
 activation bytes alive at each unit's forward and backward; the largest is `activation_peak`.
 - Forward: what the unit and earlier ones stored, the maps still alive, full-width maps it
-  compressed and the quantization / bit-packing work buffers.
+  compressed and the quantization / bit-packing work buffers (or, for a conv on PyTorch's slow CPU
+  path, its im2col buffer, freed before the quantization starts).
 - Backward runs the units in reverse while everything stored up to the unit is still held: its
   gradient maps (output, input, a residual block's held input gradient), its restored maps and
   their unpacking buffers, and for fused conv+BN the recomputed BN input, its gradient and BN's
-  work. Buffer sizes are read off facto.compress / layers / fuse (the *_WORK / RECOMPUTE_* constants).
+  work (a fused unit restores first and frees the restore's buffers before it recomputes). Buffer
+  sizes are read off facto.compress / method.layers / method.recompute (the *_WORK / RECOMPUTE_*
+  constants) and PyTorch's slow_conv2d (`slow_conv_columns`).
 
 The measurement: `measure_step_peak` runs a real step (`facto.engine.step.train_step`: forward,
 zero_grad, backward) and reports its true peak: on the CPU from the profiler's allocation events,
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 
 from ..engine.build import probing
 from ..engine.step import BACKWARD_MARK, autocast, train_step
-from ..method.layers import MaskReLU
+from ..method.layers import MaskReLU, numeric_padding
 from ..method.recompute import ConvBN, FactoConvBN
 from .meter import SavedRecord, saved_activations
 
@@ -60,12 +63,42 @@ class Unit:
     restored_bytes: int = 0  # full-width bytes its compressed records are restored to in backward
     inner_bytes: int = 0  # full-width saved maps that are neither its input nor its output
     mask_values: int = 0  # values behind 1-bit ReLU masks
+    columns: int = 0  # a plain conv on PyTorch's slow CPU path: its im2col buffer (forward and backward)
 
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 FUSED_KINDS = (FactoConvBN.__name__, ConvBN.__name__)  # units are told apart by their exact type
 MASK_KINDS = (MaskReLU.__name__,)
 CONV_KINDS = (nn.Conv2d.__name__,)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a conv computes `x` in: autocast's (CPU) for a float32 input under autocast, else x's."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+def slow_conv_columns(conv: nn.Module, x: Tensor | None, out: Tensor | None) -> int:
+    """Bytes of the im2col buffer PyTorch's slow CPU convolution (slow_conv2d) allocates in forward, and
+    again for the input gradient in backward: (C_in / groups) x kh x kw values per output position and
+    sample. It serves a 2-D conv on the CPU when oneDNN does not take the dtype: 16-bit maps on a CPU
+    without oneDNN's bf16/fp16 support (no AVX-512 BF16/FP16 or AMX). 0 elsewhere, and for a 1x1 conv
+    with stride 1 and no padding (no columns needed)."""
+    if type(conv) is not nn.Conv2d or x is None or out is None or x.device.type != "cpu" or conv.groups != 1:
+        return 0
+    dtype = _compute_dtype(x)
+    if dtype == torch.float32 or dtype == torch.float64:
+        return 0
+    supported = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    check = getattr(torch.ops.mkldnn, supported.get(dtype, ""), None)
+    if torch.backends.mkldnn.is_available() and check is not None and check():
+        return 0
+    kh, kw = conv.kernel_size
+    if (kh, kw) == (1, 1) and tuple(conv.stride) == (1, 1) and tuple(numeric_padding(conv) or (1, 1)) == (0, 0):
+        return 0
+    positions = out.numel() // conv.out_channels  # samples x H_out x W_out
+    return conv.in_channels * kh * kw * positions * torch.empty(0, dtype=dtype).element_size()
 
 
 def _first_tensor(value) -> Tensor | None:
@@ -162,6 +195,7 @@ class _Collector:
             unit.in_grad = False
         if unit.kind in MASK_KINDS and out is not None:
             unit.mask_values = out.numel()
+        unit.columns = slow_conv_columns(frame.module, x, out)
         block = next((f for f in reversed(self.stack[1:])
                       if f.branches and not isinstance(f.module, CONTAINERS)), None)
         if block is not None and block.x is not None and block.x.requires_grad:
@@ -232,20 +266,29 @@ def forward_live(u: Unit) -> int:
     mask = MASK_WORK * u.mask_values
     fused = RECOMPUTE_FORWARD * u.out_bytes if u.kind in FUSED_KINDS else 0
     quantize = QUANTIZE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
-    return u.live + u.inner_bytes + quantize + mask + fused
+    # the im2col buffer is freed when the conv returns, before autograd saves (and quantizes) its input
+    return u.live + u.inner_bytes + max(quantize, u.columns) + mask + fused
 
 
 def backward_live(u: Unit) -> int:
-    """Bytes alive during unit u's backward beyond what is stored: gradient maps, restored/recomputed maps."""
+    """Bytes alive during unit u's backward beyond what is stored: gradient maps, restored/recomputed maps.
+
+    A fused conv+BN restores its stored input first and frees the restore's work buffers before it
+    recomputes and runs its convs' backward (two moments, the larger counts); for the other units the
+    restore's work is counted with the compute, as calibrated.
+    """
     grads = u.out_bytes + (u.in_bytes if u.in_grad else 0) + u.held_grad
-    restore = u.restored_bytes + RESTORE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
+    restore_work = RESTORE_WORK * u.quantized_values + WIDEN_WORK * u.widened_values
     mask = MASK_WORK * u.mask_values
-    recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
     if u.kind in FUSED_KINDS:
         recompute = RECOMPUTE_MAPS[u.kind] * u.out_bytes
         if u.kind == FactoConvBN.__name__:
             recompute += RECOMPUTE_INNER * u.restored_bytes
-    return grads + restore + mask + recompute
+        restoring = u.out_bytes + u.held_grad + u.restored_bytes + restore_work
+        return max(restoring, grads + u.restored_bytes + mask + recompute)
+    recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
+    # the im2col buffer of a slow CPU conv comes after the restore's work buffers are freed
+    return grads + u.restored_bytes + max(restore_work, u.columns) + mask + recompute
 
 
 def peak_candidates(trace: Trace) -> list[int]:
