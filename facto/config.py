@@ -386,8 +386,8 @@ class RunConfig:
     precision: str = setting("fp32", label="Precision", kind="choice", choices=PRECISIONS, group="advanced",
                              help="Autocast precision for both variants: bf16/fp16 run convs and matmuls in "
                                   "16 bits (faster on GPUs; the baseline then stores 16-bit maps too). On a "
-                                  "CPU, fp16 can be many times slower than fp32 (10x on a 2-core AMD EPYC); "
-                                  "bf16 is not.")
+                                  "CPU they save memory, not time: fp16, and bf16 on CPUs without 16-bit "
+                                  "instructions, can be several times slower than fp32.")
     seed: int = setting(0, label="Seed", kind="int", minimum=0, group="training",
                         help="Initial weights, data order and stochastic rounding; the same seed repeats "
                              "a run exactly on the same machine.")

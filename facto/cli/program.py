@@ -1,10 +1,9 @@
 """Ctrl-C in the `facto` program (`python -m facto`, the `facto` script): always "interrupted", exit 130.
 
-Measured without this (random Ctrl-C in the first 3 s of `facto train`): about 1 run in 12 ended
-killed by SIGINT (exit -2) although the program had handled the interrupt, some printed a
-traceback (a KeyboardInterrupt inside an import, or an ImportError a C extension made of it),
-and about 1 in 50 went on training (a library's import swallowed the KeyboardInterrupt). So the
-program notes each Ctrl-C before it raises KeyboardInterrupt, turns an interrupted start-up into
+A Ctrl-C in the first seconds lands inside imports of torch and its libraries: without care a run
+can end killed by SIGINT (exit -2) although the program handled the interrupt, print a traceback
+(a KeyboardInterrupt inside an import, or an ImportError a C extension made of it), or go on
+training (a library's import swallowed the KeyboardInterrupt). So the program notes each Ctrl-C before it raises KeyboardInterrupt, turns an interrupted start-up into
 one line, re-raises a swallowed Ctrl-C at its next checkpoint, and clears CPython's memory of
 an interrupt that escaped code run through PyRun_* (which would end the process by SIGINT).
 Called from Python (`facto.cli.main.main([...])`, the app, tests), nothing here changes SIGINT.

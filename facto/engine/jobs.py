@@ -10,8 +10,8 @@ when a slot frees up. Stop works on a queued job too (it never starts).
 
 `in_child(fn, *args)` runs an event stream in a child process instead of a thread: a web
 server's page redraws (Python work holding the GIL) would otherwise starve the training loop,
-whose every op hands the GIL back and forth (measured: with 3 browser tabs watching, a run
-that took 9 s took 538 s in a thread).
+whose every op hands the GIL back and forth (with a few browser tabs watching, a run in a thread
+is many times slower).
 """
 from __future__ import annotations
 

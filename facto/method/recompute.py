@@ -45,9 +45,8 @@ from .layers import (
 )
 
 BN_STATS = ("forward", "recomputed")
-# Measured (resnet20, batch 8 x 3 x 32 x 32, rank 0.5, update=last, cosine of the mean of 16
-# stochastic draws to the exact gradient): "forward" 0.9998 at 4 bits, 0.9925 at 2 bits;
-# "recomputed" 0.9987 and 0.8516 (the noisy recomputed input inflates the variance: biased).
+# BatchNorm's backward uses the statistics of the forward's exact input ("forward"): statistics of the
+# recomputed input, noisy after low-bit storage, bias the gradient at 2 bits (tests/method/test_recompute.py).
 DEFAULT_BN_STATS = "forward"
 
 __all__ = ["BN_STATS", "ConvBN", "FactoConvBN", "FusionReport", "IndexMaxPool2d", "StageConf", "fuse_recompute",

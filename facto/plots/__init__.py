@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .compression import bits_curves, error_histogram, feature_map_images
 
-# the other constants stay reachable as plots.<NAME>, as when this was one module (tests check RUN_SHADES)
+# the other constants, reachable as plots.<NAME>
 from .history import HISTORY_AXES, HISTORY_METRICS, METHOD_COLORS, history_chart, methods_figure, run_style  # noqa: F401
 from .layers import layer_bytes_bars, params_bars
 from .snapshot import figure_svg
