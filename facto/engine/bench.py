@@ -1,9 +1,9 @@
 """Method comparison: dense, checkpointing, compression only (ActNN-style), Facto, Facto + recompute.
 
-Same model, data and seeds for every method, in one process. `python -m facto bench` and
-`benchmarks/compare.py` run `main`. Memory is measured as everywhere in Facto (stored bytes
+Same model, data and seeds for every method (each a `Variant`), in one process; `facto bench`
+prints `bench_model`'s rows. Memory is measured as everywhere in Facto (stored bytes
 for backward, once per storage, compressed size incl. metadata); step time by alternating
-the methods on one batch (median of several rounds); accuracy by the short training.
+the methods on one batch (`facto.engine.step.train_step`, the step every run trains with) (median of several rounds); accuracy by the short training.
 """
 from __future__ import annotations
 

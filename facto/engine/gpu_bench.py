@@ -1,8 +1,8 @@
 """What a GPU user feels: step time vs dense, kernel launches per step, peak memory, the largest
 batch under a memory cap, the meter against the allocator, compress/restore throughput.
 
-`python benchmarks/gpu.py` runs the whole suite (this module, then the compress/restore
-throughput of benchmarks/kernels.py) and prints markdown tables (also written under --out).
+`facto gpu-bench` prints this module's tables (also written under --out); `python benchmarks/gpu.py`
+adds the compress/restore throughput of benchmarks/kernels.py.
 Every number is measured on the machine it prints; on a machine without CUDA the CUDA-only
 columns say so ("n/a") and the suite runs small.
 
