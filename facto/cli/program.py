@@ -6,7 +6,7 @@ can end killed by SIGINT (exit -2) although the program handled the interrupt, p
 training (a library's import swallowed the KeyboardInterrupt). So the program notes each Ctrl-C before it raises KeyboardInterrupt, turns an interrupted start-up into
 one line, re-raises a swallowed Ctrl-C at its next checkpoint, and clears CPython's memory of
 an interrupt that escaped code run through PyRun_* (which would end the process by SIGINT).
-Called from Python (`facto.cli.main.main([...])`, the app, tests), nothing here changes SIGINT.
+Called from Python (`facto.cli.main([...])`, the app, tests), nothing here changes SIGINT.
 Light on purpose: it runs before torch is imported.
 """
 from __future__ import annotations

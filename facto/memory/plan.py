@@ -137,7 +137,7 @@ class MemoryProfile:
     optimizer_state: int
     optimizer_step: int  # temporaries of the optimizer step
     stored: Line
-    candidates: list[Line]  # activation bytes alive at each unit's forward/backward (steppeak.peak_candidates)
+    candidates: list[Line]  # activation bytes alive at each unit's forward/backward (step_peak.peak_candidates)
     batch_input: Line  # the input batch, alive during the optimizer step too
     reserve: int
 

@@ -21,7 +21,7 @@ A history that cannot be used (FACTO_HOME is a file, a read-only folder, a
 damaged ``runs.db``) raises :class:`StoreUnavailableError` with a one-line
 fix; a valid history that cannot be written opens read-only.
 
-Split out: facto.store.history.owner (owners), .storefile (file errors), .storerows (JSON/CSV), .storeschema (tables).
+Beside it in facto.store: owner (owners), files (file errors), rows (JSON/CSV), schema (tables).
 """
 
 from __future__ import annotations
