@@ -65,14 +65,14 @@ def test_corrupt_history_is_one_line_and_left_alone(tmp_path):
 
 def test_read_only_history_lists_but_refuses_to_store_a_run(tmp_path, monkeypatch, capsys):
     """As root, permissions don't stop writes; the store's own read-only mode stands in for them."""
-    import facto.store.history as store_module
-    from facto.cli.main import main
+    import facto.store
+    from facto.cli import main
 
     monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
-    with store_module.RunStore() as store:
+    with facto.store.RunStore() as store:
         store.finish_run(store.start_run({"model": "simple_cnn"}), "completed")
-    real = store_module.RunStore
-    monkeypatch.setattr(store_module, "RunStore", lambda *a, **k: real(*a, **{**k, "read_only": True}))
+    real = facto.store.RunStore
+    monkeypatch.setattr(facto.store, "RunStore", lambda *a, **k: real(*a, **{**k, "read_only": True}))
     assert main(["runs", "list"]) == 0
     assert "completed" in capsys.readouterr().out
     assert main(["train", *TINY, "--max-steps", "1"]) == 2
