@@ -86,11 +86,12 @@ def _probe(name: str, variant: str, bits: int | None, batch: int, rounds: int = 
     return {"metered": metered, "rss_growth": statistics.median(growths), "growths": growths}
 
 
-def rss_growth(name: str, variant: str, bits: int | None, batch: int = 256) -> dict:
-    """Run `_probe` in a fresh Python process (so earlier allocations don't blur it)."""
+def rss_growth(name: str, variant: str, bits: int | None, batch: int = 256, rounds: int = 6) -> dict:
+    """Run `_probe` in a fresh Python process (so earlier allocations don't blur it); `rounds` forwards,
+    the first not counted."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
     code = (f"import json, facto.memory.audit as a; "
-            f"print(json.dumps(a._probe({name!r}, {variant!r}, {bits!r}, {batch})))")
+            f"print(json.dumps(a._probe({name!r}, {variant!r}, {bits!r}, {batch}, {rounds})))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])

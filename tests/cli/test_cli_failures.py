@@ -80,19 +80,25 @@ def test_read_only_history_lists_but_refuses_to_store_a_run(tmp_path, monkeypatc
     assert "read-only" in err and "--no-store" in err and err.count("\n") == 1
 
 
-def test_run_ids_are_never_reused_after_rm(tmp_path):
+def test_run_ids_are_never_reused_after_rm(tmp_path, monkeypatch):
+    from facto.cli import main
+
     home = tmp_path / "home"
+    monkeypatch.setenv("FACTO_HOME", str(home))
     for _ in range(2):
-        assert facto("train", *TINY, "--max-steps", "1", "--quiet", home=home).returncode == 0
-    assert facto("runs", "rm", "2", home=home).returncode == 0
-    assert facto("train", *TINY, "--max-steps", "1", "--quiet", home=home).returncode == 0
+        assert main(["train", *TINY, "--max-steps", "1", "--quiet"]) == 0
+    assert main(["runs", "rm", "2"]) == 0
+    assert main(["train", *TINY, "--max-steps", "1", "--quiet"]) == 0
     ids = [row[0] for row in sqlite3.connect(home / "runs.db").execute("SELECT id FROM runs ORDER BY id")]
     assert ids == [1, 3]
 
 
-def test_export_into_a_closed_pipe_is_quiet(tmp_path):
+def test_export_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
+    from facto.cli import main
+
     home = tmp_path / "home"
-    assert facto("train", *TINY, "--max-steps", "3", "--quiet", home=home).returncode == 0
+    monkeypatch.setenv("FACTO_HOME", str(home))
+    assert main(["train", *TINY, "--max-steps", "3", "--quiet"]) == 0
     env = {**os.environ, "FACTO_HOME": str(home)}
     proc = subprocess.run(f"{sys.executable} -m facto runs export 1 | head -1", shell=True, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
