@@ -85,7 +85,8 @@ def start_run() -> None:
         st.session_state["form_errors"] = errors
         return
     config = ui.config_from_widgets(P, FIELDS)
-    problems = ui.room_problems(config, ui.model_params(config.model, config.dataset)) + ui.room_job_problems()
+    params = ui.model_params(config.model, config.dataset)
+    problems = ui.room_problems(ui.room(), config, params) + ui.room_job_problems()
     if problems:
         st.session_state["form_errors"] = problems
         return

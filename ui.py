@@ -1,5 +1,6 @@
 """Shared pieces of the Streamlit pages: server-wide state, widgets made from the settings,
-visitors and room mode. Layout helpers only: numbers come from `facto`, figures from `facto.plots`.
+visitors and room mode (its settings read by `room`, kept here once per server). Layout helpers
+only: numbers come from `facto`, figures from `facto.plots`.
 
 Server-wide (one per `streamlit run` process, shared by every browser tab):
 - the job registry: runs belong to the server, not to a tab; a tab watches one;
@@ -15,19 +16,19 @@ visitor sees and deletes only those.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 
+import room as _room
 from facto.config import SETTINGS, RunConfig, Setting, count
 from facto.engine.events import StartEvent
 from facto.engine.jobs import Job, JobRegistry, in_child
+from room import Room, env_problems, jobs_mode, max_runs, room_problems  # noqa: F401 (the pages use ui.*)
 
 CHART = dict(theme=None, config={"displaylogo": False})
 # The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
@@ -51,112 +52,10 @@ LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:no
 
 # ----------------------------------------------------------------------------- room mode
 
-# The server's settings from its environment (name -> default). A host's typo must not pass
-# silently (FACTO_ROOM=y left the room open, FACTO_ROOM_MAX_EPOCHS=three became 10 without a
-# word): pages show what `env_problems` finds, and the default (or the safe side) is used.
-ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
-            "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1}
-ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
-_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-JOBS_MODES = ("process", "thread")
-
-
-@dataclass(frozen=True)
-class Room:
-    """Limits when the app is served to a room (FACTO_ROOM=1): set by whoever starts the server."""
-
-    enabled: bool = False
-    max_epochs: int = ENV_INTS["FACTO_ROOM_MAX_EPOCHS"]
-    max_batch: int = ENV_INTS["FACTO_ROOM_MAX_BATCH"]
-    max_train: int = ENV_INTS["FACTO_ROOM_MAX_TRAIN"]
-    max_params: int = ENV_INTS["FACTO_ROOM_MAX_PARAMS"]
-    runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
-    data_dir: str | None = None
-    download: bool = False
-
-    def describe(self) -> str:
-        return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
-                f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
-                f"{count(self.runs_per_visitor, 'run')} per visitor at a time; data folder and downloads are set "
-                "by the host; you can delete only the runs you started.")
-
-
-def _read_int(name: str) -> tuple[int, str | None]:
-    """(value, problem or None) of an integer setting (>= 1; its default when unset or wrong)."""
-    default, raw = ENV_INTS[name], os.environ.get(name, "").strip()
-    if not raw:
-        return default, None
-    if raw.lstrip("+").isdigit() and int(raw) >= 1:
-        return int(raw), None
-    return default, f"{name}={raw!r} is not allowed: use an integer >= 1. Using {default}."
-
-
-def _read_flag(name: str) -> tuple[bool, str | None]:
-    """(value, problem or None) of a yes/no setting (an unreadable value counts as the safe side)."""
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in _YES or raw in _NO:
-        return raw in _YES, None
-    safe = ENV_FLAGS[name]
-    return safe, f"{name}={raw!r} is not allowed: use 1 (on) or 0 (off). Taken as {'on' if safe else 'off'}."
-
-
-def _env_int(name: str) -> int:
-    return _read_int(name)[0]
-
-
-def _env_flag(name: str) -> bool:
-    return _read_flag(name)[0]
-
-
-def _read_jobs_mode() -> tuple[str, str | None]:
-    """(value, problem or None) of FACTO_JOBS (process when unset or unreadable)."""
-    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
-    if not mode or mode in JOBS_MODES:
-        return mode or JOBS_MODES[0], None
-    return JOBS_MODES[0], f"FACTO_JOBS={mode!r} is not allowed: use process or thread. Using process."
-
-
-def jobs_mode() -> str:
-    """Where runs train: 'process' (a child process each, the default) or 'thread' (FACTO_JOBS=thread)."""
-    return _read_jobs_mode()[0]
-
-
-def env_problems() -> list[str]:
-    """What the server's environment got wrong, one plain line per variable."""
-    readings = [_read_int(name) for name in ENV_INTS] + [_read_flag(name) for name in ENV_FLAGS]
-    return [problem for _, problem in readings + [_read_jobs_mode()] if problem]
-
-
 @st.cache_resource(show_spinner=False)
 def room() -> Room:
-    """Room settings from the environment (FACTO_ROOM=1 and optional FACTO_ROOM_* limits)."""
-    if not _env_flag("FACTO_ROOM"):
-        return Room()
-    return Room(enabled=True, max_epochs=_env_int("FACTO_ROOM_MAX_EPOCHS"),
-                max_batch=_env_int("FACTO_ROOM_MAX_BATCH"),
-                max_train=_env_int("FACTO_ROOM_MAX_TRAIN"),
-                max_params=_env_int("FACTO_ROOM_MAX_PARAMS"),
-                runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
-                data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
-                download=_env_flag("FACTO_ROOM_DOWNLOAD"))
-
-
-def room_problems(config: RunConfig, params: int | None) -> list[str]:
-    """What a room's limits forbid in `config` (empty when it may run)."""
-    r = room()
-    if not r.enabled:
-        return []
-    problems = []
-    if config.epochs > r.max_epochs:
-        problems.append(f"epochs {config.epochs} is above this room's limit of {r.max_epochs}")
-    if config.batch_size > r.max_batch:
-        problems.append(f"batch size {config.batch_size} is above this room's limit of {r.max_batch}")
-    if (config.max_train or r.max_train + 1) > r.max_train:
-        problems.append(f"train on at most {r.max_train:,} images here (set Train images)")
-    if params is not None and params > r.max_params:
-        problems.append(f"{config.model} has {params / 1e6:.1f} M parameters, above this room's "
-                        f"limit of {r.max_params / 1e6:.1f} M")
-    return problems
+    """This server's room settings (`room.room`), read from its environment once."""
+    return _room.room()
 
 
 # ----------------------------------------------------------------------------- server-wide state
@@ -164,7 +63,7 @@ def room_problems(config: RunConfig, params: int | None) -> list[str]:
 @st.cache_resource(show_spinner=False)
 def registry() -> JobRegistry:
     """Every run of this server (all tabs): at most FACTO_MAX_RUNS train at once, the rest queue."""
-    return JobRegistry(max_running=_env_int("FACTO_MAX_RUNS"))
+    return JobRegistry(max_running=max_runs())
 
 
 @st.cache_resource(show_spinner=False)

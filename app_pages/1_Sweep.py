@@ -76,7 +76,7 @@ def start_sweep() -> None:
     except ValueError as exc:
         s["sweep_errors"] = [str(exc)]
         return
-    problems = ui.room_problems(base, ui.model_params(base.model, base.dataset)) + ui.room_job_problems()
+    problems = ui.room_problems(ui.room(), base, ui.model_params(base.model, base.dataset)) + ui.room_job_problems()
     if problems:
         s["sweep_errors"] = problems
         return

@@ -673,5 +673,5 @@ def test_counts_in_plain_words():
     import ui
 
     assert [ui.count(n, "run") for n in (0, 1, 3, 1200)] == ["0 runs", "1 run", "3 runs", "1,200 runs"]
-    pages = [ROOT / "app.py", ROOT / "ui.py", *sorted((ROOT / "app_pages").glob("*.py"))]
+    pages = [ROOT / "app.py", ROOT / "ui.py", ROOT / "room.py", *sorted((ROOT / "app_pages").glob("*.py"))]
     assert not [p.name for p in pages if "(s)" in p.read_text()]

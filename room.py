@@ -1,0 +1,124 @@
+"""The app server's settings from its environment, in plain Python (no Streamlit).
+
+Room mode (FACTO_ROOM=1 and its FACTO_ROOM_* limits), how many runs train at once
+(FACTO_MAX_RUNS) and where they train (FACTO_JOBS). A host's typo must not pass silently
+(FACTO_ROOM=y must not leave the room open, FACTO_ROOM_MAX_EPOCHS=three must not become 10
+without a word): every reading gives its value and, when the variable holds something it cannot
+take, a plain line naming it; the default (or the safe side) is used. `ui` keeps one `Room` per
+server and shows `env_problems()` on the pages.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from facto.config import RunConfig, count
+
+# name -> default
+ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
+            "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1}
+ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+JOBS_MODES = ("process", "thread")
+
+
+@dataclass(frozen=True)
+class Room:
+    """Limits when the app is served to a room (FACTO_ROOM=1): set by whoever starts the server."""
+
+    enabled: bool = False
+    max_epochs: int = ENV_INTS["FACTO_ROOM_MAX_EPOCHS"]
+    max_batch: int = ENV_INTS["FACTO_ROOM_MAX_BATCH"]
+    max_train: int = ENV_INTS["FACTO_ROOM_MAX_TRAIN"]
+    max_params: int = ENV_INTS["FACTO_ROOM_MAX_PARAMS"]
+    runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
+    data_dir: str | None = None
+    download: bool = False
+
+    def describe(self) -> str:
+        return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
+                f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
+                f"{count(self.runs_per_visitor, 'run')} per visitor at a time; data folder and downloads are set "
+                "by the host; you can delete only the runs you started.")
+
+
+def _read_int(name: str) -> tuple[int, str | None]:
+    """(value, problem or None) of an integer setting (>= 1; its default when unset or wrong)."""
+    default, raw = ENV_INTS[name], os.environ.get(name, "").strip()
+    if not raw:
+        return default, None
+    if raw.lstrip("+").isdigit() and int(raw) >= 1:
+        return int(raw), None
+    return default, f"{name}={raw!r} is not allowed: use an integer >= 1. Using {default}."
+
+
+def _read_flag(name: str) -> tuple[bool, str | None]:
+    """(value, problem or None) of a yes/no setting (an unreadable value counts as the safe side)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _YES or raw in _NO:
+        return raw in _YES, None
+    safe = ENV_FLAGS[name]
+    return safe, f"{name}={raw!r} is not allowed: use 1 (on) or 0 (off). Taken as {'on' if safe else 'off'}."
+
+
+def _env_int(name: str) -> int:
+    return _read_int(name)[0]
+
+
+def _env_flag(name: str) -> bool:
+    return _read_flag(name)[0]
+
+
+def _read_jobs_mode() -> tuple[str, str | None]:
+    """(value, problem or None) of FACTO_JOBS (process when unset or unreadable)."""
+    mode = os.environ.get("FACTO_JOBS", "").strip().lower()
+    if not mode or mode in JOBS_MODES:
+        return mode or JOBS_MODES[0], None
+    return JOBS_MODES[0], f"FACTO_JOBS={mode!r} is not allowed: use process or thread. Using process."
+
+
+def jobs_mode() -> str:
+    """Where runs train: 'process' (a child process each, the default) or 'thread' (FACTO_JOBS=thread)."""
+    return _read_jobs_mode()[0]
+
+
+def max_runs() -> int:
+    """How many runs of one server train at once (FACTO_MAX_RUNS, default 1); the others queue."""
+    return _env_int("FACTO_MAX_RUNS")
+
+
+def env_problems() -> list[str]:
+    """What the server's environment got wrong, one plain line per variable."""
+    readings = [_read_int(name) for name in ENV_INTS] + [_read_flag(name) for name in ENV_FLAGS]
+    return [problem for _, problem in readings + [_read_jobs_mode()] if problem]
+
+
+def room() -> Room:
+    """Room settings read from the environment now (FACTO_ROOM=1 and optional FACTO_ROOM_* limits)."""
+    if not _env_flag("FACTO_ROOM"):
+        return Room()
+    return Room(enabled=True, max_epochs=_env_int("FACTO_ROOM_MAX_EPOCHS"),
+                max_batch=_env_int("FACTO_ROOM_MAX_BATCH"),
+                max_train=_env_int("FACTO_ROOM_MAX_TRAIN"),
+                max_params=_env_int("FACTO_ROOM_MAX_PARAMS"),
+                runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
+                data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
+                download=_env_flag("FACTO_ROOM_DOWNLOAD"))
+
+
+def room_problems(r: Room, config: RunConfig, params: int | None) -> list[str]:
+    """What room `r`'s limits forbid in `config` (empty when it may run, and always outside a room).
+    `params`: the model's parameter count (None when unknown)."""
+    if not r.enabled:
+        return []
+    problems = []
+    if config.epochs > r.max_epochs:
+        problems.append(f"epochs {config.epochs} is above this room's limit of {r.max_epochs}")
+    if config.batch_size > r.max_batch:
+        problems.append(f"batch size {config.batch_size} is above this room's limit of {r.max_batch}")
+    if (config.max_train or r.max_train + 1) > r.max_train:
+        problems.append(f"train on at most {r.max_train:,} images here (set Train images)")
+    if params is not None and params > r.max_params:
+        problems.append(f"{config.model} has {params / 1e6:.1f} M parameters, above this room's "
+                        f"limit of {r.max_params / 1e6:.1f} M")
+    return problems

@@ -1,0 +1,111 @@
+"""room.py: the app server's settings read from its environment, without Streamlit.
+
+Good values are taken, a value a variable cannot take falls back to its default (or the safe
+side) with one plain line naming the variable, and a room's limits refuse what they bound.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facto.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIABLES = ["FACTO_ROOM", "FACTO_ROOM_DOWNLOAD", "FACTO_MAX_RUNS", "FACTO_JOBS", "FACTO_DATA_DIR",
+             "FACTO_ROOM_MAX_EPOCHS", "FACTO_ROOM_MAX_BATCH", "FACTO_ROOM_MAX_TRAIN", "FACTO_ROOM_MAX_PARAMS",
+             "FACTO_ROOM_RUNS_PER_VISITOR"]
+
+
+@pytest.fixture()
+def room(monkeypatch):
+    """The room module, with none of the server's variables set."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    import room as module
+
+    return module
+
+
+def test_room_does_not_import_streamlit():
+    code = "import room, sys; assert 'streamlit' not in sys.modules, 'room imported streamlit'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nothing_set_is_no_room_and_no_problem(room):
+    assert room.room() == room.Room() and not room.room().enabled
+    assert room.env_problems() == []
+    assert room.max_runs() == 1 and room.jobs_mode() == "process"
+
+
+def test_good_values_are_taken(room, monkeypatch, tmp_path):
+    for name, value in {"FACTO_ROOM": "yes", "FACTO_ROOM_DOWNLOAD": "1", "FACTO_MAX_RUNS": "3",
+                        "FACTO_JOBS": "Thread", "FACTO_DATA_DIR": str(tmp_path), "FACTO_ROOM_MAX_EPOCHS": " 4 ",
+                        "FACTO_ROOM_MAX_BATCH": "+64", "FACTO_ROOM_MAX_TRAIN": "5000",
+                        "FACTO_ROOM_MAX_PARAMS": "1000000", "FACTO_ROOM_RUNS_PER_VISITOR": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert room.room() == room.Room(enabled=True, max_epochs=4, max_batch=64, max_train=5000, max_params=1_000_000,
+                                    runs_per_visitor=2, data_dir=str(tmp_path), download=True)
+    assert room.max_runs() == 3 and room.jobs_mode() == "thread"
+    assert room.env_problems() == []
+
+
+@pytest.mark.parametrize("value", ["0", "off", "no", "false", ""])
+def test_a_room_switched_off(room, monkeypatch, value):
+    monkeypatch.setenv("FACTO_ROOM", value)
+    monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", "4")
+    assert not room.room().enabled and room.env_problems() == []
+
+
+def test_a_room_without_a_data_folder_uses_the_default_one(room, monkeypatch):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    assert room.room().data_dir == RunConfig().data_dir and not room.room().download
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("FACTO_MAX_RUNS", "0", "FACTO_MAX_RUNS='0' is not allowed: use an integer >= 1. Using 1."),
+    ("FACTO_ROOM_MAX_EPOCHS", "three", "FACTO_ROOM_MAX_EPOCHS='three' is not allowed: use an integer >= 1. Using 10."),
+    ("FACTO_ROOM_MAX_BATCH", "-5", "FACTO_ROOM_MAX_BATCH='-5' is not allowed: use an integer >= 1. Using 256."),
+    ("FACTO_ROOM_MAX_TRAIN", "2.5", "FACTO_ROOM_MAX_TRAIN='2.5' is not allowed: use an integer >= 1. Using 20000."),
+    ("FACTO_ROOM", "y", "FACTO_ROOM='y' is not allowed: use 1 (on) or 0 (off). Taken as on."),
+    ("FACTO_ROOM_DOWNLOAD", "sure", "FACTO_ROOM_DOWNLOAD='sure' is not allowed: use 1 (on) or 0 (off). Taken as off."),
+    ("FACTO_JOBS", "fork", "FACTO_JOBS='fork' is not allowed: use process or thread. Using process."),
+])
+def test_a_bad_value_falls_back_with_a_line_naming_the_variable(room, monkeypatch, name, value, problem):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv(name, value)
+    assert room.env_problems() == [problem]
+    r = room.room()
+    assert r.enabled  # an unreadable FACTO_ROOM counts as on: the safe side
+    defaults = room.Room(enabled=True, data_dir=RunConfig().data_dir)
+    assert r == defaults and room.max_runs() == 1 and room.jobs_mode() == "process"
+
+
+def test_every_bad_variable_gets_its_own_line(room, monkeypatch):
+    for name in ("FACTO_MAX_RUNS", "FACTO_ROOM_MAX_EPOCHS", "FACTO_ROOM_RUNS_PER_VISITOR"):
+        monkeypatch.setenv(name, "none")
+    lines = room.env_problems()
+    assert [line.split("=")[0] for line in lines] == ["FACTO_MAX_RUNS", "FACTO_ROOM_MAX_EPOCHS",
+                                                      "FACTO_ROOM_RUNS_PER_VISITOR"]
+
+
+def test_a_room_refuses_what_its_limits_bound(room):
+    r = room.Room(enabled=True, max_epochs=3, max_batch=64, max_train=1000, max_params=2_000_000)
+    assert room.room_problems(r, RunConfig(epochs=3, batch_size=64, max_train=1000), 1_000_000) == []
+    problems = room.room_problems(r, RunConfig(model="resnet20", epochs=5, batch_size=128), 2_500_000)
+    assert problems == ["epochs 5 is above this room's limit of 3",
+                        "batch size 128 is above this room's limit of 64",
+                        "train on at most 1,000 images here (set Train images)",  # all images is above it
+                        "resnet20 has 2.5 M parameters, above this room's limit of 2.0 M"]
+    assert room.room_problems(room.Room(), RunConfig(epochs=500, batch_size=4096), 10**9) == []  # no room: no limit
+    assert room.room_problems(r, RunConfig(epochs=1, max_train=10), None) == []  # parameters unknown: not refused
+
+
+def test_the_limits_are_described_in_plain_words(room):
+    text = room.Room(enabled=True, max_epochs=3, runs_per_visitor=1).describe()
+    assert text.startswith("Room mode: at most 3 epochs, batches of 256, 20,000 training images, "
+                           "models up to 3.0 M parameters, 1 run per visitor at a time")
