@@ -1,7 +1,7 @@
 """Fit my GPU: the largest batch that trains under a memory budget, per variant, with what fills it.
 
 Layout only: the prediction comes from facto.memory.plan (measured per-sample bytes plus a model of
-the backward transients), the chart from facto.plots.
+the backward transients), the check on a GPU from facto.memory.verify, the chart from facto.plots.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import OPTIMIZERS, PRECISIONS
-from facto.memory.plan import DEFAULT_VARIANTS, GPURequiredError, chart_data, plan, table_rows, verify
+from facto.memory.plan import DEFAULT_VARIANTS, chart_data, plan, table_rows
+from facto.memory.verify import GPURequiredError, verify
 
 st.set_page_config(page_title="Facto · fit my GPU", page_icon=ui.PAGE_ICON, layout="wide")
 VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]
