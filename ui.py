@@ -43,9 +43,8 @@ LIVE_CHART_WIDTH = 480  # a half-width chart drawn as a picture while a run goes
 
 # While a fragment redraws, Streamlit marks its elements "stale" and fades them (an opacity
 # transition, 1 s after a 0.5 s delay), and the progress bar slides to its new width. On a page
-# redrawn every few seconds that fade adds nothing, and in a browser that paints without a GPU,
-# on the machine that also trains (one laptop in a classroom), it cost more than the redraw:
-# the default run with one tab took 13.2-13.7 s with it and 11.5-11.7 s without (paired runs).
+# redrawn every few seconds that fade adds nothing, and a browser that paints without a GPU on
+# the machine that also trains (one laptop in a classroom) spends the training's cores painting it.
 LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:none!important}"
                    "[data-testid='stProgress'] *{transition:none!important}</style>")
 

@@ -1,4 +1,4 @@
-"""How it works: what Facto does inside one conv layer, measured (no training, seconds on a CPU).
+"""How it works: what Facto does inside one conv layer, measured on one batch (nothing is trained).
 
 Layout only: the numbers come from facto.memory.explain (and facto.memory.analysis for the compressed map),
 the figures from facto.plots.
