@@ -1,8 +1,8 @@
 """Facto — train & compare: the dense baseline and Facto side by side, live.
 
-The entry point: it sets up the navigation (this page, then the pages in app_pages/; not a folder
-named pages/, which makes Streamlit run a server's first script run as an old-style multipage app
-and show "Page not found" over a deep link such as /fit-my-gpu).
+The entry page of a file-based multipage app: `streamlit run app.py` serves this page at / and
+every pages/*.py at its file name's URL (/sweep, /fit-my-gpu, ...); `ui.page` draws every page's
+sidebar navigation.
 Layout only: numbers come from `facto`, figures from `facto.plots`, shared pieces from `ui`.
 
 How a run lives: Run builds a `RunConfig` from the sidebar and submits a `facto.Job` to the
@@ -26,8 +26,6 @@ from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, pre
 from facto.engine.events import RunTracker, StartEvent
 from facto.engine.jobs import Job
 from facto.engine.train import compare_and_record, too_short_note
-
-st.set_page_config(page_title="Facto", page_icon=ui.PAGE_ICON, layout="wide")
 
 P = ""  # widget keys are the RunConfig field names on this page
 METHOD = ["model", "dataset", "rank", "update", "bits", "recompute"]
@@ -477,7 +475,7 @@ def server_runs(watching: int | None = None) -> None:
             if sweep:  # a sweep is watched on its own page
                 if b.button("Open", key=f"watch_{job.id}", width="stretch", help="Watch this sweep on the Sweep page"):
                     ui.set_watched("sweep_watch", "sweep", job.id)
-                    st.switch_page("app_pages/1_Sweep.py")
+                    st.switch_page("pages/1_sweep.py")
                 continue
             watching = st.session_state.get("watch") == job.id
             if b.button("Watching" if watching else "Watch", key=f"watch_{job.id}", disabled=watching,
@@ -573,14 +571,5 @@ def train_and_compare() -> None:
     live_charts()
 
 
-ui.history()  # opens the history once per server
-ui.visitor()  # every page keeps this tab's visitor token in its URL (a page switch clears the URL)
-st.navigation([
-    st.Page(train_and_compare, title="Train & compare", icon=":material/compare_arrows:", default=True),
-    st.Page("app_pages/1_Sweep.py", title="Sweep", icon=":material/grid_on:", url_path="sweep"),
-    st.Page("app_pages/2_Layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
-    st.Page("app_pages/3_Compression.py", title="Compression", icon=":material/compress:", url_path="compression"),
-    st.Page("app_pages/4_History.py", title="History", icon=":material/history:", url_path="history"),
-    st.Page("app_pages/5_How_it_works.py", title="How it works", icon=":material/school:", url_path="how-it-works"),
-    st.Page("app_pages/6_Fit_my_GPU.py", title="Fit my GPU", icon=":material/memory_alt:", url_path="fit-my-gpu"),
-]).run()
+ui.page("Facto")
+train_and_compare()

@@ -1,6 +1,7 @@
-"""Shared pieces of the Streamlit pages: server-wide state, widgets made from the settings,
-visitors and room mode (its settings read by `room`, kept here once per server). Layout helpers
-only: numbers come from `facto`, figures from `facto.plots`.
+"""Shared pieces of the Streamlit pages: every page's start (`page`: tab title, sidebar navigation),
+server-wide state, widgets made from the settings, visitors and room mode (its settings read by
+`room`, kept here once per server). Layout helpers only: numbers come from `facto`, figures from
+`facto.plots`.
 
 Server-wide (one per `streamlit run` process, shared by every browser tab):
 - the job registry: runs belong to the server, not to a tab; a tab watches one;
@@ -47,6 +48,37 @@ LIVE_CHART_WIDTH = 480  # a half-width chart drawn as a picture while a run goes
 # the machine that also trains (one laptop in a classroom) spends the training's cores painting it.
 LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:none!important}"
                    "[data-testid='stProgress'] *{transition:none!important}</style>")
+
+
+# ----------------------------------------------------------------------------- pages
+
+# The sidebar's navigation: page file (beside app.py), label, icon. Streamlit's file-based
+# multipage app registers app.py and every pages/*.py on each script run, a server's first one
+# included, so a deep link opens its page; a page's URL is its file name after the number
+# (pages/6_fit-my-gpu.py: /fit-my-gpu). Streamlit's own navigation, labelled with the file names,
+# is hidden (.streamlit/config.toml: showSidebarNavigation).
+PAGES = (
+    ("app.py", "Train & compare", ":material/compare_arrows:"),
+    ("pages/1_sweep.py", "Sweep", ":material/grid_on:"),
+    ("pages/2_layers.py", "Layers", ":material/layers:"),
+    ("pages/3_compression.py", "Compression", ":material/compress:"),
+    ("pages/4_history.py", "History", ":material/history:"),
+    ("pages/5_how-it-works.py", "How it works", ":material/school:"),
+    ("pages/6_fit-my-gpu.py", "Fit my GPU", ":material/memory_alt:"),
+)
+
+
+def page(tab_title: str) -> None:
+    """Every page's start: the browser tab's title, the wide layout, the run history (opened once
+    per server), this tab's visitor token in the URL (a page switch clears the URL's parameters)
+    and, at the top of the sidebar, the navigation to every page."""
+    st.set_page_config(page_title=tab_title, page_icon=PAGE_ICON, layout="wide")
+    history()
+    visitor()
+    with st.sidebar:
+        for path, label, icon in PAGES:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
 
 
 # ----------------------------------------------------------------------------- room mode

@@ -27,10 +27,12 @@ from facto.engine.jobs import Job
 from facto.engine.sweep import SweepPoint, SweepStart, SweepTracker
 from facto.store.history import RunStore
 
+from .apptest import app_test
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds per script run: the first one imports torch and factorizes
 RUN_LIMIT = 240  # seconds for a whole tiny training run on a busy 2-core machine
-PAGES = ["app_pages/1_Sweep.py", "app_pages/2_Layers.py", "app_pages/3_Compression.py", "app_pages/4_History.py"]
+PAGES = ["pages/1_sweep.py", "pages/2_layers.py", "pages/3_compression.py", "pages/4_history.py"]
 
 
 @pytest.fixture()
@@ -49,7 +51,7 @@ def ui(tmp_path, monkeypatch):
 
 
 def app(page: str = "app.py", **query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT)
+    at = app_test(page, TIMEOUT)
     at.query_params.update(query)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -331,6 +333,28 @@ def test_navigation_reaches_every_page(ui):
         assert at.title[0].value in ("Sweep", "Layers", "Compression", "History")
 
 
+def test_the_main_page_opens_a_sweep_of_the_server_on_the_sweep_page(ui):
+    """A sweep in the main page's list of the server's runs: Open switches to the Sweep page (at
+    its file in pages/), watching that sweep."""
+    config = RunConfig(epochs=1).to_dict()
+    release = threading.Event()
+
+    def events():
+        yield SweepStart(2, [config])
+        release.wait(60)  # still going while the main page lists it
+
+    job = ui.registry().submit(Job(events, SweepTracker(), label="made up", owner="alice",
+                                   meta={"config": config, "kind": "sweep"}))
+    try:
+        at = app(v="bob")
+        at.button(key=f"watch_{job.id}").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.title[0].value == "Sweep" and at.session_state["sweep_watch"] == job.id
+    finally:
+        release.set()
+        assert job.wait(30)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_loads(ui, page):
     at = app(page)
@@ -340,7 +364,7 @@ def test_every_page_loads(ui, page):
 # ----------------------------------------------------------------------------- sweep
 
 def sweep_page(ranks: list[str], bits: list, train: int) -> AppTest:
-    at = app("app_pages/1_Sweep.py")
+    at = app("pages/1_sweep.py")
     at.multiselect(key="sweep_ranks").set_value(ranks)
     at.multiselect(key="sweep_bits").set_value(bits)
     at.number_input(key="sweep_epochs").set_value(1)
@@ -349,7 +373,7 @@ def sweep_page(ranks: list[str], bits: list, train: int) -> AppTest:
 
 
 def test_sweep_base_settings_start_at_the_runconfig_defaults(ui):
-    at = app("app_pages/1_Sweep.py")
+    at = app("pages/1_sweep.py")
     d = RunConfig()
     assert at.selectbox(key="sweep_model").value == d.model and at.selectbox(key="sweep_dataset").value == d.dataset
     assert at.number_input(key="sweep_epochs").value == d.epochs and at.number_input(key="sweep_seed").value == d.seed
@@ -380,7 +404,7 @@ def test_sweep_runs_stores_draws_and_reattaches(ui):
     front = next(t for t in spec(at.get("plotly_chart")[0])["data"] if t["name"].startswith("Pareto front"))
     assert len(front["x"]) >= 3  # a visible line with a single Facto point
 
-    again = app("app_pages/1_Sweep.py", sweep=str(job.id))  # a reloaded tab (?sweep=N) finds the sweep again
+    again = app("pages/1_sweep.py", sweep=str(job.id))  # a reloaded tab (?sweep=N) finds the sweep again
     assert again.session_state["sweep_watch"] == job.id
     assert any("Sweep done" in s for s in texts(again, "success"))
 
@@ -404,7 +428,7 @@ def test_another_visitors_sweep_is_listed_with_its_progress_and_can_be_watched(u
     alice.query_params["v"] = "alice"
     alice.button(key="sweep_run").click().run()
     job = watched(ui, alice, "sweep_watch")
-    bob = app("app_pages/1_Sweep.py", v="bob")
+    bob = app("pages/1_sweep.py", v="bob")
     rows = [m.value for m in bob.markdown if m.value.startswith(f"#{job.id} ·")]
     assert rows and re.search(r"started by visitor \w+ · (run \d of 3|starting)$", rows[0]), rows
     bob.button(key=f"sweep_watch_{job.id}").click().run()
@@ -424,7 +448,7 @@ def test_sweep_too_short_says_what_to_change(ui):
     events = [SweepStart(3, [config, config]), point(0, "baseline", 92.0), point(1, "facto", 10.5),
               point(2, "facto", 12.0)]
     job = fake_job(ui, events, SweepTracker(), meta={"config": config, "kind": "sweep"})
-    at = AppTest.from_file(str(ROOT / "app_pages/1_Sweep.py"), default_timeout=TIMEOUT)
+    at = app_test("pages/1_sweep.py", TIMEOUT)
     at.session_state["sweep_watch"] = job.id
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -435,7 +459,7 @@ def test_sweep_too_short_says_what_to_change(ui):
 # ----------------------------------------------------------------------------- layers, compression
 
 def test_layers_page_reports_measures_and_explains(ui):
-    at = app("app_pages/2_Layers.py")
+    at = app("pages/2_layers.py")
     d = RunConfig()
     assert at.checkbox(key="layers_recompute").value is d.recompute  # the main page's defaults
     assert at.text_input(key="layers_rank").value == str(d.rank) and at.selectbox(key="layers_bits").value == d.bits
@@ -449,7 +473,7 @@ def test_layers_page_reports_measures_and_explains(ui):
 
 
 def test_compression_page_error_shrinks_with_bits(ui):
-    at = app("app_pages/3_Compression.py")
+    at = app("pages/3_compression.py")
     assert len(at.get("plotly_chart")) == 3
     assert at.select_slider(key="cmp_batch_size").value == RunConfig().batch_size
     assert at.select_slider(key="cmp_block").value == RunConfig().block
@@ -465,7 +489,7 @@ def test_history_lists_compares_and_deletes(ui):
     store = RunStore()
     stored_run(store, 0.5)
     stored_run(store, 0.25, status="interrupted")
-    at = app("app_pages/4_History.py")
+    at = app("pages/4_history.py")
     assert at.multiselect(key="hist_selected").value == [2]  # the newest run, although interrupted
     listed = at.dataframe[0].value
     assert list(listed["#"]) == [2, 1] and set(listed["status"]) == {"completed", "stopped (kept)"}
@@ -508,7 +532,7 @@ def test_history_warns_when_a_selected_run_is_too_short_to_compare(ui):
     store = RunStore()
     stored_run(store, 0.5, baseline=25.0, delta=-15.0)
     stored_run(store, 0.5)
-    at = app("app_pages/4_History.py")
+    at = app("pages/4_history.py")
     assert not [w for w in texts(at, "warning") if "too short" in w]  # the newest run learned
     at.multiselect(key="hist_selected").set_value([2, 1]).run()
     (warning,) = [w for w in texts(at, "warning") if "too short" in w]
@@ -518,7 +542,7 @@ def test_history_warns_when_a_selected_run_is_too_short_to_compare(ui):
 def test_history_filters_survive_deleting_the_runs_they_matched(ui):
     store = RunStore()
     stored_run(store, 0.5)
-    at = app("app_pages/4_History.py")
+    at = app("pages/4_history.py")
     at.multiselect(key="hist_models").set_value(["simple_cnn"]).run()
     at.checkbox(key="hist_confirm").check().run()
     at.button(key="hist_delete").click().run()
@@ -536,14 +560,14 @@ def test_history_in_room_mode_shows_and_deletes_only_the_visitors_runs(ui, monke
     mine, theirs = stored_run(store, 0.5), stored_run(store, 0.25)
     ui.run_owners().add("me", mine)
     ui.run_owners().add("them", theirs)
-    at = app("app_pages/4_History.py", v="me")
+    at = app("pages/4_history.py", v="me")
     assert list(at.dataframe[0].value["#"]) == [mine]  # their run is not even listed
     (option,) = at.multiselect(key="hist_selected").options
     assert option.startswith(f"#{mine} · ")
     at.checkbox(key="hist_confirm").check().run()
     at.button(key="hist_delete").click().run()
     assert [r.id for r in RunStore().list_runs()] == [theirs]  # only the visitor's own run went
-    other = app("app_pages/4_History.py", v="them")
+    other = app("pages/4_history.py", v="them")
     assert list(other.dataframe[0].value["#"]) == [theirs]
 
 
@@ -553,7 +577,7 @@ def test_history_drops_another_visitors_run_from_a_selection_in_room_mode(ui, mo
     monkeypatch.setenv("FACTO_ROOM", "1")
     theirs = stored_run(RunStore(), 0.25)
     ui.run_owners().add("them", theirs)
-    at = AppTest.from_file(str(ROOT / "app_pages/4_History.py"), default_timeout=TIMEOUT)
+    at = app_test("pages/4_history.py", TIMEOUT)
     at.query_params["v"] = "me"
     at.session_state["hist_selected"] = [theirs]
     at.run()
@@ -573,7 +597,7 @@ def test_history_says_when_it_is_read_only_or_off_and_disables_delete(ui, monkey
     else:
         (tmp_path / "a file").write_text("not a folder")
         monkeypatch.setenv("FACTO_HOME", str(tmp_path / "a file"))
-    at = app("app_pages/4_History.py")
+    at = app("pages/4_history.py")
     if state == "read-only":
         assert any("read-only" in w for w in texts(at, "warning"))
         assert at.checkbox(key="hist_confirm").disabled and at.button(key="hist_delete").disabled
@@ -673,5 +697,5 @@ def test_counts_in_plain_words():
     import ui
 
     assert [ui.count(n, "run") for n in (0, 1, 3, 1200)] == ["0 runs", "1 run", "3 runs", "1,200 runs"]
-    pages = [ROOT / "app.py", ROOT / "ui.py", ROOT / "room.py", *sorted((ROOT / "app_pages").glob("*.py"))]
+    pages = [ROOT / "app.py", ROOT / "ui.py", ROOT / "room.py", *sorted((ROOT / "pages").glob("*.py"))]
     assert not [p.name for p in pages if "(s)" in p.read_text()]

@@ -13,6 +13,8 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
+from .apptest import app_test
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 RUN_LIMIT = 240
@@ -93,18 +95,18 @@ def test_unusable_history_is_said_and_runs_still_train(home, breakage):
     assert after == before  # the user's file is left alone
 
 
-@pytest.mark.parametrize("page", ["app_pages/5_How_it_works.py", "app_pages/6_Fit_my_GPU.py"])
+@pytest.mark.parametrize("page", ["pages/5_how-it-works.py", "pages/6_fit-my-gpu.py"])
 def test_teaching_and_planning_pages_take_every_control(home, page):
-    at = AppTest.from_file(str(ROOT / page), default_timeout=300)
+    at = app_test(page, 300)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("plotly_chart")
     changes = {
-        "app_pages/5_How_it_works.py": [
+        "pages/5_how-it-works.py": [
             ("selectbox", "how_model", "simple_cnn"), ("select_slider", "how_rank", "0.25"),
             ("selectbox", "how_update", "last"), ("selectbox", "how_bits", 2), ("checkbox", "how_recompute", False),
             ("select_slider", "how_batch_size", 8), ("radio", "how_data", "random noise")],
-        "app_pages/6_Fit_my_GPU.py": [
+        "pages/6_fit-my-gpu.py": [
             ("text_input", "fit_model", "simple_cnn"), ("text_input", "fit_input", "1x32x32"),
             ("number_input", "fit_classes", 10), ("text_input", "fit_budget", "2GB"),
             ("selectbox", "fit_optimizer", "adam"), ("selectbox", "fit_precision", "bf16"),
@@ -118,7 +120,7 @@ def test_teaching_and_planning_pages_take_every_control(home, page):
 
 
 def test_planner_page_numbers_follow_the_budget(home):
-    at = AppTest.from_file(str(ROOT / "app_pages/6_Fit_my_GPU.py"), default_timeout=300)
+    at = app_test("pages/6_fit-my-gpu.py", 300)
     at.run()
     at.text_input(key="fit_model").input("simple_cnn").run()
     at.text_input(key="fit_input").input("1x32x32").run()
@@ -138,7 +140,7 @@ def test_planner_page_numbers_follow_the_budget(home):
 
 def test_planner_page_shows_a_card_for_every_variant(home):
     """Seven variants: seven cards (in lines of five), not only the first five."""
-    at = AppTest.from_file(str(ROOT / "app_pages/6_Fit_my_GPU.py"), default_timeout=300)
+    at = app_test("pages/6_fit-my-gpu.py", 300)
     at.run()
     at.text_input(key="fit_model").input("simple_cnn").run()
     at.text_input(key="fit_input").input("1x32x32").run()

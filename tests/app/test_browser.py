@@ -2,7 +2,8 @@
 
 Sets epochs to 1 and a 128-image subset through the UI, clicks Run, waits for the finished
 metrics and the Plotly SVG, checks the run reached the store, and saves a screenshot
-under tmp_path. Skipped only when /usr/bin/chromium is missing.
+under tmp_path. Every page also opens by its URL as a fresh server's first request.
+Skipped only when /usr/bin/chromium is missing.
 """
 from __future__ import annotations
 
@@ -46,37 +47,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(tmp_path: Path, name: str = "streamlit") -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free port with an empty run store under tmp_path/name; returns at
+    once with (process, url): `wait_until_healthy` before the first page."""
+    port, home = free_port(), tmp_path / name / "home"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FACTO_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / name / "streamlit.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, limit_s: float = 60) -> None:
+    """Until the server answers /_stcore/health (no script runs for it: the next page is its first)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"streamlit did not become healthy in {limit_s:.0f} s"
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @pytest.fixture()
 def server(tmp_path):
     """The app served by a real `streamlit run` with an empty run store; yields (url, FACTO_HOME)."""
-    port, home = free_port(), tmp_path / "home"
-    env = {**os.environ, "FACTO_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            assert time.monotonic() < deadline, "streamlit did not become healthy in 60 s"
-            time.sleep(0.3)
-        yield url, home
+        wait_until_healthy(proc, url, tmp_path / "streamlit" / "streamlit.log")
+        yield url, tmp_path / "streamlit" / "home"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture()
@@ -221,8 +238,6 @@ def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path
     expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
     page.wait_for_selector(IDLE, timeout=60_000)
-    # Streamlit runs a server's first script run as an old-style app when a folder named
-    # pages/ sits beside app.py (the pages were there once): a deep link showed "Page not found"
     expect(page.get_by_text("Page not found")).to_have_count(0)
     expect(page.get_by_role("link", name="Train & compare")).to_be_visible()
     at_8gb = _batches(page)
@@ -255,3 +270,56 @@ def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
     assert elsewhere == []
+
+
+# Every page's URL, the title it draws and its browser tab's title
+DEEP_LINKS = {"sweep": ("Sweep", "Facto · sweep"), "layers": ("Layers", "Facto · layers"),
+              "compression": ("Compression", "Facto · compression"), "history": ("History", "Facto · history"),
+              "how-it-works": ("How it works", "Facto · how it works"),
+              "fit-my-gpu": ("Fit my GPU", "Facto · fit my GPU")}
+NAVIGATION = ["Train & compare", "Sweep", "Layers", "Compression", "History", "How it works", "Fit my GPU"]
+
+
+def test_every_page_opens_by_its_deep_link_as_a_fresh_servers_first_request(browser, tmp_path):
+    """A shared link is often a server's first request. Each page on its own fresh server, asked
+    only /_stcore/health before: the link opens its own page (its title shows), not "Page not
+    found" over the main page, with the sidebar's navigation (ui.PAGES' labels, linking to the
+    same URLs; Streamlit's own list of file names hidden) and nothing fetched from elsewhere.
+    The page's script is not waited for past its title (the heavy pages go on measuring; the
+    other tests cover that): each server is killed once its page is checked, and the next one
+    starts while a page is checked."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    paths, servers = list(DEEP_LINKS), {}
+    try:
+        for i, path in enumerate(paths):
+            for upcoming in paths[i:i + 2]:
+                if upcoming not in servers:
+                    servers[upcoming] = start_server(tmp_path, upcoming)
+            proc, url = servers[path]
+            wait_until_healthy(proc, url, tmp_path / path / "streamlit.log")
+            page = context.new_page()
+            elsewhere = requests_elsewhere(page, url)
+            page.goto(f"{url}/{path}")
+            title, tab_title = DEEP_LINKS[path]
+            expect(page.get_by_role("heading", level=1, name=title)).to_be_visible(timeout=120_000)
+            assert page.url.split("?")[0] == f"{url}/{path}", page.url
+            expect(page).to_have_title(tab_title)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            expect(page.locator("[data-testid='stException']")).to_have_count(0)
+            assert page.locator("[data-testid='stSidebarNav']").count() == 0  # Streamlit's own navigation
+            links = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink-NavLink']")
+            expect(links).to_have_count(len(NAVIGATION))
+            assert [t.strip().splitlines()[-1] for t in links.all_inner_texts()] == NAVIGATION
+            href = page.get_by_role("link", name=title).evaluate("a => a.href")  # as the browser resolves it
+            assert href.split("?")[0] == f"{url}/{path}", href
+            assert elsewhere == [], (path, elsewhere)
+            proc.kill()  # nothing of it is kept (an empty run store under tmp_path)
+            proc.wait(10)
+            page.close()
+    finally:
+        for proc, _ in servers.values():
+            proc.kill()
+            proc.wait(10)
+        context.close()

@@ -12,7 +12,7 @@ from facto import plots
 from facto.config import SETTINGS, RunConfig
 from facto.memory.explain import GLOSSARY, PAPER, conv_layers, explain_layer, layer_input, rank_curve
 
-st.set_page_config(page_title="Facto · how it works", page_icon=ui.PAGE_ICON, layout="wide")
+ui.page("Facto · how it works")
 P = "how_"
 RANKS = ["0.0625", "0.125", "0.25", "0.5", "0.75", "1.0"]
 

@@ -17,6 +17,8 @@ from facto.config import SETTINGS, RunConfig
 from facto.engine.jobs import Job
 from facto.engine.sweep import SweepTracker, points_table, sweep_and_record, sweep_configs
 
+ui.page("Facto · sweep")
+
 P = "sweep_"
 BASE = ["model", "dataset", "epochs", "batch_size", "seed", "recompute", "max_train", "data_dir"]
 DEFAULTS = RunConfig()

@@ -18,6 +18,8 @@ from facto import plots
 from facto.config import SETTINGS
 from facto.engine.train import too_short_to_compare
 
+ui.page("Facto · history")
+
 P = "hist_"
 METRICS = {"accuracy": "Test accuracy", "loss": "Training loss", "act_bytes": "Stored for backward"}
 STATUS_WORDS = {"completed": "completed", "interrupted": "stopped (kept)", "failed": "failed", "running": "running"}

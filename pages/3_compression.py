@@ -13,6 +13,8 @@ from facto import plots
 from facto.config import SETTINGS, RunConfig
 from facto.memory.analysis import bits_table, compression_sample, feature_maps
 
+ui.page("Facto · compression")
+
 P = "cmp_"
 FIELDS = ["model", "dataset", "data_dir", "batch_size", "seed", "block"]
 BITS = [b for b in SETTINGS["bits"].allowed() if b is not None and b <= 8]  # block-wise quantization widths

@@ -14,6 +14,8 @@ from facto import plots
 from facto.config import RunConfig
 from facto.memory.analysis import LayerAnalysis, analyse_layers
 
+ui.page("Facto · layers")
+
 P = "layers_"
 FIELDS = ["model", "dataset", "rank", "update", "bits", "block", "recompute", "batch_size", "seed"]
 

@@ -14,7 +14,7 @@ from facto.config import OPTIMIZERS, PRECISIONS
 from facto.memory.plan import DEFAULT_VARIANTS, chart_data, plan, table_rows
 from facto.memory.verify import GPURequiredError, verify
 
-st.set_page_config(page_title="Facto · fit my GPU", page_icon=ui.PAGE_ICON, layout="wide")
+ui.page("Facto · fit my GPU")
 VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "balanced", "max-saving"]
 
 
