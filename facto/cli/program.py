@@ -36,6 +36,10 @@ def _note_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _note_only(signum, frame) -> None:
+    _state["pressed"] = True
+
+
 def watch_ctrl_c() -> None:
     """In the program, note every Ctrl-C before raising KeyboardInterrupt (a SIGINT that was
     ignored when the program started stays ignored)."""
@@ -80,10 +84,20 @@ def ctrl_c_closes() -> None:
 @contextmanager
 def quiet_start_up() -> Iterator[None]:
     """Around the package's imports: in the program, a Ctrl-C during them prints "interrupted" and
-    exits 130 (no traceback); elsewhere nothing changes."""
+    exits 130 (no traceback) once the imports are done; elsewhere nothing changes.
+
+    The imports run with a handler that only notes the Ctrl-C: a KeyboardInterrupt raised inside a C
+    extension's initialisation (torch's) can abort the process (exit -6) instead of unwinding."""
     watch_ctrl_c()
+    noting = signal.getsignal(signal.SIGINT) is _note_ctrl_c
+    if noting:
+        signal.signal(signal.SIGINT, _note_only)
     try:
-        yield
+        try:
+            yield
+        finally:
+            if noting:
+                signal.signal(signal.SIGINT, _note_ctrl_c)
         if is_program():
             check_ctrl_c()
     except BaseException as error:
