@@ -40,6 +40,9 @@ def ui(tmp_path, monkeypatch):
     """The `ui` module the app imports, with a fresh server state and an empty FACTO_HOME."""
     monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FACTO_ROOM", raising=False)
+    # runs train in threads here (the pages' logic); the real-browser tests run the server's default,
+    # a child process per run, and tests/engine/test_jobs.py the child itself
+    monkeypatch.setenv("FACTO_JOBS", "thread")
     monkeypatch.syspath_prepend(str(ROOT))  # the app imports ui and facto from the repo root
     import ui as module
 

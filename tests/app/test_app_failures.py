@@ -23,6 +23,7 @@ RUN_LIMIT = 240
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACTO_JOBS", "thread")  # the pages' logic; the browser tests run runs in children
     monkeypatch.syspath_prepend(str(ROOT))
     st.cache_resource.clear()
     yield tmp_path / "home"

@@ -1,6 +1,8 @@
 """`facto` when the environment around it breaks: one clear line, exit 2, and nothing lost.
 
-Each case runs the real command in a subprocess (as a user would), with its own FACTO_HOME.
+Each case runs the command with its own FACTO_HOME: in a subprocess where the process itself is
+tested (Ctrl-C, a kill, a closed pipe), else through `facto.cli.main` in this process (`here`), which
+returns the exit code and writes stdout and stderr as the program does.
 """
 from __future__ import annotations
 
@@ -25,6 +27,24 @@ def facto(*args: str, home: Path, timeout: float = 240, **kwargs) -> subprocess.
                           text=True, timeout=timeout, **kwargs)
 
 
+@pytest.fixture()
+def here(monkeypatch, capsys):
+    """`facto ARGS` with FACTO_HOME=home through facto.cli.main in this process, as a CompletedProcess."""
+    from facto.cli import main
+
+    def run(*args: str, home: Path) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("FACTO_HOME", str(home))
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as done:  # --help
+            code = done.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -33,31 +53,31 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_sweep_json_is_valid_json_on_stdout_with_progress_on_stderr(tmp_path):
-    proc = facto("sweep", *TINY, "--max-steps", "2", "--ranks", "0.5", "--bits-list", "4", "--json",
+def test_sweep_json_is_valid_json_on_stdout_with_progress_on_stderr(tmp_path, here):
+    proc = here("sweep", *TINY, "--max-steps", "2", "--ranks", "0.5", "--bits-list", "4", "--json",
                  home=tmp_path / "home")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
     assert {r["variant"] for r in rows} == {"baseline", "facto"}
 
 
-def test_facto_home_that_is_a_file_is_one_line_and_left_alone(tmp_path):
+def test_facto_home_that_is_a_file_is_one_line_and_left_alone(tmp_path, here):
     home = tmp_path / "home"
     home.write_text("my notes")
     before = (home.read_bytes(), home.stat().st_mtime_ns)
     for args in (["runs", "list"], ["train", *TINY, "--max-steps", "1"]):
-        line = one_line_error(facto(*args, home=home))
+        line = one_line_error(here(*args, home=home))
         assert str(home) in line and "FACTO_HOME" in line
     assert (home.read_bytes(), home.stat().st_mtime_ns) == before
 
 
-def test_corrupt_history_is_one_line_and_left_alone(tmp_path):
+def test_corrupt_history_is_one_line_and_left_alone(tmp_path, here):
     home = tmp_path / "home"
     home.mkdir()
     db = home / "runs.db"
     db.write_bytes(b"this is not a database" * 100)
     before = (db.read_bytes(), db.stat().st_mtime_ns)
-    line = one_line_error(facto("runs", "list", home=home))
+    line = one_line_error(here("runs", "list", home=home))
     assert str(db) in line and "aside" in line
     assert (db.read_bytes(), db.stat().st_mtime_ns) == before
     assert sorted(p.name for p in home.iterdir()) == ["runs.db"]
@@ -144,23 +164,23 @@ def test_ctrl_c_helpers_outside_the_program():
     assert not program.from_ctrl_c(ImportError("No module named 'tensorly'"))
 
 
-def test_data_dir_that_is_a_file_says_so(tmp_path):
+def test_data_dir_that_is_a_file_says_so(tmp_path, here):
     not_a_folder = tmp_path / "data.txt"
     not_a_folder.write_text("x")
-    line = one_line_error(facto("train", "--dataset", "cifar10", "--data-dir", str(not_a_folder), *TINY[4:],
+    line = one_line_error(here("train", "--dataset", "cifar10", "--data-dir", str(not_a_folder), *TINY[4:],
                                 home=tmp_path / "home"))
     assert "is a file, not a folder" in line and "--download" not in line
 
 
-def test_sweep_quiet_and_a_clean_help(tmp_path):
-    proc = facto("sweep", *TINY, "--max-steps", "1", "--ranks", "0.5", "--bits-list", "4", "--quiet",
+def test_sweep_quiet_and_a_clean_help(tmp_path, here):
+    proc = here("sweep", *TINY, "--max-steps", "1", "--ranks", "0.5", "--bits-list", "4", "--quiet",
                  "--no-store", home=tmp_path / "home")
     assert proc.returncode == 0 and "[1/2]" not in proc.stderr and "baseline" in proc.stdout
-    help_text = facto("train", "--help", home=tmp_path / "home").stdout
+    help_text = here("train", "--help", home=tmp_path / "home").stdout
     assert "baseline,facto,baseline,facto" not in help_text and "--variants" in help_text
 
 
-def test_a_run_killed_hard_reads_as_interrupted_with_its_steps(tmp_path):
+def test_a_run_killed_hard_reads_as_interrupted_with_its_steps(tmp_path, here):
     home = tmp_path / "home"
     env = {**os.environ, "FACTO_HOME": str(home), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "facto", "train", "--max-train", "640", "--max-test", "64",
@@ -179,9 +199,9 @@ def test_a_run_killed_hard_reads_as_interrupted_with_its_steps(tmp_path):
                 steps = 0
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    listing = facto("runs", "list", home=home)
+    listing = here("runs", "list", home=home)
     assert listing.returncode == 0 and "interrupted" in listing.stdout and "running" not in listing.stdout
-    shown = json.loads(facto("runs", "show", "1", home=home).stdout)
+    shown = json.loads(here("runs", "show", "1", home=home).stdout)
     assert shown["status"] == "interrupted"
-    exported = facto("runs", "export", "1", home=home).stdout.strip().splitlines()
+    exported = here("runs", "export", "1", home=home).stdout.strip().splitlines()
     assert len(exported) - 1 >= 20  # the steps it stored are kept

@@ -105,10 +105,10 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     from facto.store.history import RunStore
 
     db = str(tmp_path / "runs.db")
-    tiny = RunConfig(max_train=128, max_test=64, batch_size=32, epochs=1, device="cpu").to_dict()
+    tiny = RunConfig(max_train=64, max_test=32, batch_size=32, epochs=1, device="cpu").to_dict()
     done = Job(in_child(compare_and_record, tiny, db), RunTracker()).start()
     assert done.wait(180) and done.status == "completed", done.error
-    assert done.read(lambda t: t.summary().steps) == {"baseline": 4, "facto": 4}
+    assert done.read(lambda t: t.summary().steps) == {"baseline": 2, "facto": 2}
 
     long = {**tiny, "max_train": 1280, "epochs": 3}
     stopped = Job(in_child(compare_and_record, long, db), RunTracker()).start()

@@ -160,7 +160,7 @@ def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator
     generator all the time (what page renders did) changes no loss of a run."""
     import threading
 
-    config = RunConfig(**{**TINY, "max_train": 64, "batch_size": 16}, max_steps=4, model="mobilenet_v2")
+    config = RunConfig(**{**TINY, "max_train": 32, "max_test": 16, "batch_size": 16}, max_steps=2, model="mobilenet_v2")
     quiet = [(e.variant, e.loss) for e in compare(config) if isinstance(e, StepEvent)]
     stop = threading.Event()
 
