@@ -147,6 +147,7 @@ def test_inspect_prints_report_and_layer_bytes(capsys):
     assert "factorized" in out and "TOTAL" in out and "saving:" in out
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(facto_home):
     """DDP on CPU: 2 processes with gloo; rank 0 prints and stores, metrics reduced across ranks."""
     env = {**os.environ, "FACTO_HOME": str(facto_home), "OMP_NUM_THREADS": "1"}

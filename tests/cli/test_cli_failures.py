@@ -180,6 +180,7 @@ def test_sweep_quiet_and_a_clean_help(tmp_path, here):
     assert "baseline,facto,baseline,facto" not in help_text and "--variants" in help_text
 
 
+@pytest.mark.slow
 def test_a_run_killed_hard_reads_as_interrupted_with_its_steps(tmp_path, here):
     home = tmp_path / "home"
     env = {**os.environ, "FACTO_HOME": str(home), "OMP_NUM_THREADS": "1"}

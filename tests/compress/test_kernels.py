@@ -54,6 +54,7 @@ def _env(**extra: str) -> dict[str, str]:
 # ---------------------------------------------------------------- parent: spawn the checks
 
 
+@pytest.mark.slow
 @parent
 def test_kernels_under_the_triton_interpreter():
     """Run this file's kernel tests in a child with TRITON_INTERPRET=1 (before triton loads)."""

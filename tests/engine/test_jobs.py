@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from facto.engine.jobs import Job, JobRegistry
 
 
@@ -95,6 +97,7 @@ def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first():
     assert jobs[0].id not in kept and jobs[-1].id in kept
 
 
+@pytest.mark.slow
 def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     """The app's runs train in a child process (page redraws can't starve them of the GIL there):
     events come back, Stop lets the child store the run as interrupted, errors keep their kind."""

@@ -113,6 +113,7 @@ def _has_cpp_compiler() -> bool:
     return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 def test_torch_compile_trains_under_the_meter():
     """A torch.compile'd model inside saved_activations: its backward checks the strides of what it
@@ -301,6 +302,7 @@ def test_meter_equals_storage_walk_for_dense_and_compression_only(build):
     assert measure_activations(model, x).bytes == pytest.approx(storage_walk(model, x), rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, bits", [("dense", None), ("masks", 4), ("facto", 4)])
 def test_process_memory_growth_agrees_with_the_meter(variant, bits):
     """RSS growth over one forward (graph kept) vs the meter, each variant in its own process.
