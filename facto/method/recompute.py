@@ -22,6 +22,7 @@ the forward cannot be traced) and swaps the modules in place.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -297,8 +298,34 @@ class ConvBN(nn.Conv2d):
 _LEAVES = (FactorizedLayer, ConvBN, MaskReLU, IndexMaxPool2d)
 
 
+_TRACING = threading.Lock()  # one trace at a time: each patches nn.Module for the whole process
+
+
 class _Tracer(fx.Tracer):
-    """torch.fx tracer that keeps Facto's layers (with their Python control flow) as leaves."""
+    """torch.fx tracer that keeps Facto's layers (with their Python control flow) as leaves.
+
+    While it traces, torch.fx patches nn.Module.__call__ and __getattr__ for every thread: a module
+    that another thread runs meanwhile (a run training beside a page that factorizes) passes through
+    here and runs as it is, untraced. Traces take turns (`_TRACING`).
+    """
+
+    def trace(self, root, concrete_args=None):
+        with _TRACING:
+            self._thread = threading.get_ident()
+            return super().trace(root, concrete_args)
+
+    def _elsewhere(self) -> bool:
+        return threading.get_ident() != getattr(self, "_thread", None)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if self._elsewhere():
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if self._elsewhere():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)

@@ -514,3 +514,32 @@ def test_autocast_gradients_close_to_fp32(dtype, recompute, bits):
     dense_cos = _dense_autocast_cosine(dtype)
     assert ours >= dense_cos - 0.03, (ours, dense_cos)
     assert any(r.dtype in ("bfloat16", "float16") for r in meter.records)  # 16-bit maps are what is stored
+
+def test_fusing_in_one_thread_while_another_trains():
+    """torch.fx patches nn.Module for the whole process while it traces: a model that another thread
+    runs meanwhile must run as it is, and the fusions found must not change."""
+    import threading
+
+    solo = facto.factorize(create_model("resnet20", 10, 1), rank=0.5).facto_fusion
+    busy = create_model("simple_cnn", 10, 1)
+    x, errors, stop = torch.randn(4, 1, 32, 32), [], threading.Event()
+
+    def train():
+        while not stop.is_set():
+            try:
+                busy(x).sum().backward()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        reports = [facto.factorize(create_model("resnet20", 10, 1), rank=0.5).facto_fusion for _ in range(3)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert all(r.fused == solo.fused and r.not_fused == solo.not_fused for r in reports)
