@@ -113,7 +113,7 @@ def test_a_job_in_a_child_process_runs_stops_and_reports_errors(tmp_path):
     assert done.wait(180) and done.status == "completed", done.error
     assert done.read(lambda t: t.summary().steps) == {"baseline": 2, "facto": 2}
 
-    long = {**tiny, "max_train": 1280, "epochs": 3}
+    long = {**tiny, "max_train": 640, "epochs": 3}
     stopped = Job(in_child(compare_and_record, long, db), RunTracker()).start()
     deadline = time.monotonic() + 120
     while not stopped.read(lambda t: t.steps) and time.monotonic() < deadline:
