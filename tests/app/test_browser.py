@@ -120,7 +120,9 @@ def requests_elsewhere(page, url: str) -> list[str]:
     return elsewhere
 
 
-def test_run_in_a_real_browser(server, browser, tmp_path):
+def test_run_in_a_real_browser_then_fit_my_gpu_and_how_it_works(server, browser, tmp_path):
+    """A run through the UI to its stored end; then, on the same server, the planner and How it works
+    (each page's first request on a fresh server: test_every_page_opens_by_its_deep_link...)."""
     from playwright.sync_api import expect
 
     url, home = server
@@ -156,6 +158,7 @@ def test_run_in_a_real_browser(server, browser, tmp_path):
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1
     assert elsewhere == []
+    _fit_my_gpu_and_how_it_works(browser, url, tmp_path)
 
 
 def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, browser, tmp_path):
@@ -227,15 +230,14 @@ def _batches(page) -> dict[str, int]:
     return out
 
 
-def test_fit_my_gpu_and_how_it_works_in_a_real_browser(server, browser, tmp_path):
+def _fit_my_gpu_and_how_it_works(browser, url: str, tmp_path: Path) -> None:
     """The planner page: cards per variant, chart and table; a smaller budget gives smaller batches;
     a budget it cannot read gets a plain error. How it works: its layer figure draws."""
     from playwright.sync_api import expect
 
-    url, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     elsewhere = requests_elsewhere(page, url)
-    page.goto(f"{url}/fit-my-gpu")  # a shared link, the server's first visitor
+    page.goto(f"{url}/fit-my-gpu")
     expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
     page.wait_for_selector(IDLE, timeout=60_000)

@@ -164,9 +164,9 @@ def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator
     quiet = [(e.variant, e.loss) for e in compare(config) if isinstance(e, StepEvent)]
     stop = threading.Event()
 
-    def meddle():
+    def meddle():  # a reseed and a draw every millisecond: the global state the run would see differs
         i = 0
-        while not stop.is_set():
+        while not stop.wait(0.001):
             torch.manual_seed(i)
             torch.rand(1000)
             i += 1
