@@ -13,11 +13,12 @@ nested context managers could not). Rules:
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -224,10 +225,7 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
         torch.cuda.reset_peak_memory_stats()
     token = _ACTIVE.set(packer)
     try:
-        # the hooks are bookkeeping in Python: torch.compile leaves them out of its graphs
-        # (it would otherwise compile them anew for each kind of tensor, up to its limit)
-        with torch.autograd.graph.saved_tensors_hooks(torch.compiler.disable(packer.pack),
-                                                      torch.compiler.disable(packer.unpack)):
+        with torch.autograd.graph.saved_tensors_hooks(*_outside_compiled_graphs(packer.pack, packer.unpack)):
             yield meter
     finally:
         _ACTIVE.reset(token)
@@ -237,6 +235,15 @@ def saved_activations(bits: int | None = None, block: int = 64, stochastic: bool
         packer.storages.clear()
         if cuda:
             meter.peak_cuda = torch.cuda.max_memory_allocated()
+
+
+def _outside_compiled_graphs(*hooks: Callable) -> tuple[Callable, ...]:
+    """The hooks are bookkeeping in Python: torch.compile leaves them out of its graphs (it would
+    otherwise compile them anew for each kind of tensor, up to its limit). Only where torch.compile
+    has been called (it loads torch._dynamo): marking them loads the compiler, seconds of start-up."""
+    if "torch._dynamo" not in sys.modules:
+        return hooks
+    return tuple(torch.compiler.disable(h) for h in hooks)
 
 
 def _on_cuda(model: nn.Module | None) -> bool:
