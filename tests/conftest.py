@@ -7,3 +7,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: N workers share the cores, one thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: with `-n N` they start at once and the short ones fill the workers' ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

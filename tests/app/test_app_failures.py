@@ -96,6 +96,7 @@ def test_unusable_history_is_said_and_runs_still_train(home, breakage):
     assert after == before  # the user's file is left alone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["pages/5_how-it-works.py", "pages/6_fit-my-gpu.py"])
 def test_teaching_and_planning_pages_take_every_control(home, page):
     at = app_test(page, 300)

@@ -2,7 +2,8 @@
 
 Sets epochs to 1 and a 128-image subset through the UI, clicks Run, waits for the finished
 metrics and the Plotly SVG, checks the run reached the store, and saves a screenshot
-under tmp_path. Every page also opens by its URL as a fresh server's first request.
+under tmp_path. Every page also opens by its URL as a fresh server's first request; the planner
+and How it works are used there too.
 Skipped only when /usr/bin/chromium is missing.
 """
 from __future__ import annotations
@@ -120,9 +121,8 @@ def requests_elsewhere(page, url: str) -> list[str]:
     return elsewhere
 
 
-def test_run_in_a_real_browser_then_fit_my_gpu_and_how_it_works(server, browser, tmp_path):
-    """A run through the UI to its stored end; then, on the same server, the planner and How it works
-    (each page's first request on a fresh server: test_every_page_opens_by_its_deep_link...)."""
+def test_run_in_a_real_browser(server, browser, tmp_path):
+    """A run through the UI to its stored end: metrics, the four charts, the run in the store."""
     from playwright.sync_api import expect
 
     url, home = server
@@ -158,7 +158,6 @@ def test_run_in_a_real_browser_then_fit_my_gpu_and_how_it_works(server, browser,
     (run,) = RunStore(home / "runs.db").list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1
     assert elsewhere == []
-    _fit_my_gpu_and_how_it_works(browser, url, tmp_path)
 
 
 def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, browser, tmp_path):
@@ -230,19 +229,13 @@ def _batches(page) -> dict[str, int]:
     return out
 
 
-def _fit_my_gpu_and_how_it_works(browser, url: str, tmp_path: Path) -> None:
+def _fit_my_gpu(page, tmp_path: Path) -> None:
     """The planner page: cards per variant, chart and table; a smaller budget gives smaller batches;
-    a budget it cannot read gets a plain error. How it works: its layer figure draws."""
+    a budget it cannot read gets a plain error naming it."""
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    elsewhere = requests_elsewhere(page, url)
-    page.goto(f"{url}/fit-my-gpu")
-    expect(page.get_by_role("heading", name="Fit my GPU")).to_be_visible(timeout=90_000)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
     page.wait_for_selector(IDLE, timeout=60_000)
-    expect(page.get_by_text("Page not found")).to_have_count(0)
-    expect(page.get_by_role("link", name="Train & compare")).to_be_visible()
     at_8gb = _batches(page)
     assert {"dense", "balanced"} <= set(at_8gb), at_8gb
     assert at_8gb["balanced"] > at_8gb["dense"] > 0
@@ -266,13 +259,17 @@ def _fit_my_gpu_and_how_it_works(browser, url: str, tmp_path: Path) -> None:
     expect(page.get_by_text("Can't plan this")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("lots")).not_to_have_count(0)  # the error names the value
 
-    page.goto(f"{url}/how-it-works")
-    expect(page.get_by_role("heading", name="How it works")).to_be_visible(timeout=60_000)
+
+def _how_it_works(page, tmp_path: Path) -> None:
+    """How it works: its figures draw, without an exception."""
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
     page.wait_for_selector(IDLE, timeout=60_000)
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
-    assert elsewhere == []
+
+
+# The pages whose content is checked further once they opened by their link
+FURTHER = {"fit-my-gpu": _fit_my_gpu, "how-it-works": _how_it_works}
 
 
 # Every page's URL, the title it draws and its browser tab's title
@@ -288,9 +285,9 @@ def test_every_page_opens_by_its_deep_link_as_a_fresh_servers_first_request(brow
     only /_stcore/health before: the link opens its own page (its title shows), not "Page not
     found" over the main page, with the sidebar's navigation (ui.PAGES' labels, linking to the
     same URLs; Streamlit's own list of file names hidden) and nothing fetched from elsewhere.
-    The page's script is not waited for past its title (the heavy pages go on measuring; the
-    other tests cover that): each server is killed once its page is checked, and the next one
-    starts while a page is checked."""
+    The planner and How it works are then used there (FURTHER); the other pages' scripts are not
+    waited for past their title (test_app.py covers their content): each server is killed once its
+    page is checked, and the next one starts while a page is checked."""
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -317,6 +314,8 @@ def test_every_page_opens_by_its_deep_link_as_a_fresh_servers_first_request(brow
             assert [t.strip().splitlines()[-1] for t in links.all_inner_texts()] == NAVIGATION
             href = page.get_by_role("link", name=title).evaluate("a => a.href")  # as the browser resolves it
             assert href.split("?")[0] == f"{url}/{path}", href
+            if path in FURTHER:
+                FURTHER[path](page, tmp_path)
             assert elsewhere == [], (path, elsewhere)
             proc.kill()  # nothing of it is kept (an empty run store under tmp_path)
             proc.wait(10)

@@ -155,6 +155,7 @@ def test_very_short_runs_get_a_schedule(steps):
     assert all(0 <= lr <= RunConfig().lr and lr == lr for lr in lrs)  # finite, never above the peak
 
 
+@pytest.mark.slow
 def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator():
     """Each run owns its generators: a thread reseeding and drawing from torch's global
     generator all the time (what page renders did) changes no loss of a run."""
@@ -181,6 +182,7 @@ def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator
     assert noisy == quiet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_precision_applies_to_baseline_and_facto(precision):
     """bf16/fp16 autocast for both variants: the run trains, and the baseline now stores 16-bit maps."""

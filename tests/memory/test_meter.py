@@ -259,6 +259,7 @@ def test_8bit_gradients_of_factorized_resnet(factorized_resnet):
     assert cosine(approx, exact) >= 0.99
 
 
+@pytest.mark.slow
 def test_4bit_mean_of_stochastic_gradients_is_unbiased(factorized_resnet, capsys):
     model, x, y, exact = factorized_resnet
     mean4 = _resnet_grads(model, x, y, bits=4, draws=16)

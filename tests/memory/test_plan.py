@@ -103,6 +103,7 @@ def test_transient_model_within_tolerance_of_the_profiler_peak(model_name, varia
         assert transient_measured > measured.stored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["simple_cnn", "resnet20"])
 @pytest.mark.parametrize("variant", ["dense", "compress-4"])
 def test_transient_model_under_bf16_autocast(model_name, variant):

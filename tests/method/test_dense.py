@@ -29,6 +29,7 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("name", facto.list_models())
 def test_trained_facto_model_back_to_dense_layers(name, recompute):

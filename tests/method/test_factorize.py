@@ -581,6 +581,7 @@ TORCHVISION = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TORCHVISION))
 def test_torchvision_models_factorize_and_train(name):
     torch.manual_seed(0)

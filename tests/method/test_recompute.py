@@ -453,6 +453,7 @@ def _grad(model, x, target, bits):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
 
+@pytest.mark.slow
 def test_low_bit_gradient_is_unbiased_with_the_default_bn_stats():
     """Mean of 16 stochastic draws vs the exact gradient; bn_stats options printed."""
     unfused = facto.factorize(resnet20(), rank=0.5, update="last", recompute=False)

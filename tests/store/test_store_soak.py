@@ -53,6 +53,7 @@ def _writer(home: str, index: int, out: str, go) -> None:
     Path(out).write_text(json.dumps(result))
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_writers_and_reader_soak(tmp_path, monkeypatch):
     home = tmp_path / "home"  # does not exist yet: the first opener creates it
@@ -129,6 +130,7 @@ def _open_and_start(path: str, go, out) -> None:
         out.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_many_processes_create_one_history_together(tmp_path):
     """SQLite refuses a switch to WAL at once (no busy wait) while another process opens the same new
