@@ -14,11 +14,13 @@ from ``data_dir`` (``download=True`` fetches them; that needs internet).
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import (
@@ -279,25 +281,37 @@ class _Augmented(Dataset):
 # --------------------------------------------------------------------------- digits (offline)
 
 
+# sklearn's train_test_split(arange(1797), test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED,
+# stratify=labels): the train indices in its order, then the test indices (tests/engine/test_data.py
+# checks it against scikit-learn). Read from this file, a run loads digits without importing
+# scikit-learn (about 2 s).
+DIGITS_SPLIT = Path(__file__).with_name("digits_split.npy")
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: (images 1797x8x8 with values 0..16, labels), read from the file it ships."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    csv = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if csv is None or not csv.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(csv, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised 32x32 digits: (train images, train labels, test images, test labels).
 
     Computed once per process; callers must not modify the returned tensors.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(
-        torch.arange(len(labels)).numpy(),
-        test_size=DIGITS_TEST_SIZE,
-        random_state=DIGITS_SPLIT_SEED,
-        stratify=labels.numpy(),
-    )
-    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    pixels, targets = _digits_arrays()
+    images = torch.as_tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.as_tensor(targets, dtype=torch.long)
+    order = torch.as_tensor(np.load(DIGITS_SPLIT).astype(np.int64))
+    train_idx, test_idx = order[:-DIGITS_TEST_SIZE], order[-DIGITS_TEST_SIZE:]
     size = (IMAGE_SIZE, IMAGE_SIZE)
     images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     mean, std = images[train_idx].mean(), images[train_idx].std()

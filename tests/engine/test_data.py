@@ -88,6 +88,37 @@ def test_digits_sizes_shapes_labels():
     assert len(all_labels) == 397 and set(all_labels.tolist()) == set(range(10))
 
 
+def test_digits_are_scikit_learns_images_and_split_without_importing_it(monkeypatch):
+    """The digits a run trains on: scikit-learn's load_digits, split by its stratified train_test_split
+    (the order facto ships in digits_split.npy), upsampled; read without importing scikit-learn. The
+    file is made by `np.save(DIGITS_SPLIT, np.concatenate(train_test_split(...)).astype(np.int16))`."""
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from facto.engine import data as D
+
+    digits = load_digits()
+    train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=D.DIGITS_TEST_SIZE,
+                                           random_state=D.DIGITS_SPLIT_SEED, stratify=digits.target)
+    images = F.interpolate(torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0,
+                           size=(32, 32), mode="bilinear", align_corners=False)
+    images = (images - images[train_idx].mean()) / images[train_idx].std()
+    labels = torch.as_tensor(digits.target)
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+        monkeypatch.delitem(sys.modules, name)  # restored after the test
+    D._digits_tensors.cache_clear()
+    try:
+        got = D._digits_tensors()
+        assert "sklearn" not in sys.modules
+    finally:
+        D._digits_tensors.cache_clear()
+    want = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 def test_digits_normalised_with_train_statistics():
     data = load_data("digits")
     train = torch.cat([x for x, _ in data.train_loader])
