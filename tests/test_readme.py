@@ -15,7 +15,7 @@ def test_readme_library_example_runs(capsys):
 
 def test_ci_runs_the_readme_commands():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-    for command in ("python -m pip install -r requirements.txt", "python -m pytest -q"):
+    for command in ("python -m pip install -r requirements.txt", "python -m pytest -q -n auto --maxprocesses 4"):
         assert command in readme and command in ci
     assert "streamlit run app.py" in readme
     assert "set -euo pipefail" in ci
