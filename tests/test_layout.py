@@ -106,6 +106,24 @@ def test_the_top_of_facto_shows_its_parts():
                    "plots", "store"]
 
 
+# The public API as it was before the package was split into parts: every name still works
+PUBLIC_BEFORE_THE_SPLIT = [
+    "ActivationMeter", "DataNotFoundError", "EvalEvent", "FactoConv2d", "FactoConvBN", "FactoLinear",
+    "FailureEvent", "IndexMaxPool2d", "Job", "JobRegistry", "LayerReport", "MaskReLU", "PRESETS", "RankPolicy",
+    "RunConfig", "RunStore", "SETTINGS", "StartEvent", "StepEvent", "SummaryEvent", "compare", "compress",
+    "create_model", "dataset_info", "describe", "factorize", "format_report", "fuse_recompute", "hold",
+    "list_datasets", "list_models", "load_data", "measure_activations", "parse_rank", "preset", "record",
+    "register_model", "run", "saved_activations", "seeded", "sweep", "to_dense", "with_relu_masks"]
+
+
+def test_the_public_api_resolves():
+    import facto
+
+    assert set(PUBLIC_BEFORE_THE_SPLIT) <= set(facto.__all__)
+    missing = [name for name in facto.__all__ if not hasattr(facto, name)]
+    assert not missing, missing
+
+
 def test_facto_has_a_version_and_the_command_line_says_it(capsys):
     from facto.cli import main
 

@@ -136,6 +136,18 @@ def _shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
     return shapes
 
 
+def _metered_backward(unfused: nn.Module, fused: nn.Module, x: torch.Tensor):
+    """Forward and backward of each model under the meter: (unfused's meter, fused's meter). The
+    fused model's recomputation in backward is not counted again."""
+    with facto.saved_activations(model=unfused) as before:
+        unfused(x).sum().backward()
+    with facto.saved_activations(model=fused) as meter:
+        fused(x).sum().backward()
+        after_backward = meter.bytes
+    assert after_backward == meter.bytes
+    return before, meter
+
+
 def _stored_input(m: FactoConvBN, shape_in: tuple, shape_out: tuple) -> int:
     """Bytes of the trainable stage's input (float32)."""
     n, cin, h, w = shape_in
@@ -155,12 +167,7 @@ def test_fused_block_stores_exactly_s_stats_and_mask(update):
     fused = fuse_recompute(copy.deepcopy(unfused))
     x = torch.randn(4, 3, 16, 16, requires_grad=True)
     shapes = _shapes(fused, x)
-    with facto.saved_activations(model=unfused) as before:
-        unfused(x).sum().backward()
-    with facto.saved_activations(model=fused) as meter:
-        fused(x).sum().backward()
-        after_backward = meter.bytes
-    assert after_backward == meter.bytes  # the recomputation in backward is not counted again
+    before, meter = _metered_backward(unfused, fused, x)
     expected = {}
     for name, m in fused.named_modules():
         if isinstance(m, FactoConvBN):
@@ -291,12 +298,7 @@ def test_fused_stem_stores_exactly_its_input_and_bn_stats():
     assert "features.0" in fused.facto_state.skipped  # still the dense stem factorize left alone
     n, h, w = 4, 16, 16
     x = torch.randn(n, 1, h, w)
-    with facto.saved_activations(model=unfused) as before:
-        unfused(x).sum().backward()
-    with facto.saved_activations(model=fused) as meter:
-        fused(x).sum().backward()
-        after_backward = meter.bytes
-    assert after_backward == meter.bytes  # the recomputation in backward is not counted again
+    before, meter = _metered_backward(unfused, fused, x)
     c = fused.features[0].out_channels
     x_bytes, stats_bytes = 4 * n * 1 * h * w, 2 * c * 4
     stem = sorted((r.shape, r.stored_bytes) for r in meter.records if r.module == "features.0")
