@@ -284,7 +284,7 @@ class _Augmented(Dataset):
 # sklearn's train_test_split(arange(1797), test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED,
 # stratify=labels): the train indices in its order, then the test indices (tests/engine/test_data.py
 # checks it against scikit-learn). Read from this file, a run loads digits without importing
-# scikit-learn (about 2 s).
+# scikit-learn, which takes seconds to import.
 DIGITS_SPLIT = Path(__file__).with_name("digits_split.npy")
 
 
