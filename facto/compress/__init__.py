@@ -7,14 +7,17 @@ chosen per block) and every value becomes a ``bits``-bit code, bit-packed into
 bytes. Deterministic rounding has error <= scale / 2 per value; stochastic
 rounding has error < scale and is unbiased.
 
-The reference is vectorised PyTorch and runs unchanged on CPU or CUDA without
-any host sync. On CUDA, float32/float16/bfloat16 tensors with power-of-two
-blocks go through the Triton kernels of :mod:`facto.compress.kernels` instead (one launch
-to quantize and pack, one to unpack and dequantize); both paths write the same
-format, and deterministic codes and metadata are bit-identical between them.
+The reference is vectorised PyTorch and runs unchanged on CPU or CUDA; the one
+value it reads on the host (a sync on CUDA) is a flag saying whether any block is
+special. On CUDA, float32/float16/bfloat16 tensors with power-of-two blocks go
+through the Triton kernels of :mod:`facto.compress.kernels` instead (one launch to
+quantize and pack, one to unpack and dequantize, plus the special-block check over
+the metadata); both paths write the same format, and deterministic codes and
+metadata are bit-identical between them.
 
-Non-finite inputs (NaN, +-inf) never crash, but they do not round-trip: a
-block holding one dequantizes to NaN; other blocks are unaffected.
+Every finite value keeps its bound: a block holding NaN or +-inf, or whose range
+overflows float arithmetic (a special block), is kept exactly, NaN as NaN and inf
+with its sign, at block * itemsize extra bytes (see :mod:`facto.compress.format`).
 
 Modules: `format` (constants and shared checks), `bits` (bit packing), `lossy` (b-bit and
 16-bit containers), `lossless` (masks, narrow integers), `relaid` (non-contiguous maps),
@@ -27,8 +30,9 @@ from torch import Tensor
 
 from ..config import validate_bits
 from .bits import pack_bits, unpack_bits
-from .format import held_bytes, owned, validate_block
+from .format import check_not_complex, held_bytes, owned, validate_block
 from .lossless import (
+    Kept,
     NarrowInt,
     PackedMask,
     clamp_with_mask,
@@ -40,15 +44,16 @@ from .lossy import HalfPacked, Packed, half_pack, quantize
 from .relaid import Relaid, Stored, as_relaid
 
 __all__ = [
-    "HalfPacked", "NarrowInt", "Packed", "PackedMask", "Relaid", "Stored", "clamp_with_mask", "compress",
+    "HalfPacked", "Kept", "NarrowInt", "Packed", "PackedMask", "Relaid", "Stored", "clamp_with_mask", "compress",
     "container_name", "half_pack", "held_bytes", "masked_grad", "narrow_int", "owned", "pack_bits", "pack_mask",
     "quantize", "unpack_bits", "validate_block",
 ]
 
 
 def container_name(stored: Stored) -> str:
-    """"tensor", or the name of the container holding the values ("Packed", ...)."""
-    if isinstance(stored, Tensor):
+    """"tensor" for a tensor kept as it is (bare or in a `Kept`), else the name of the container
+    holding the values ("Packed", ...)."""
+    if isinstance(stored, (Tensor, Kept)):
         return "tensor"
     return type(stored.inner if isinstance(stored, Relaid) else stored).__name__
 
@@ -64,17 +69,18 @@ def compress(
     """Store x compactly; every container has ``.nbytes`` and ``.restore()``.
 
     bool -> PackedMask; integer -> NarrowInt (both lossless, whatever bits);
-    floating: bits None -> x itself (caller handles), 16 -> HalfPacked,
+    floating: bits None -> Kept (x itself, no copy), 16 -> HalfPacked,
     1..8 -> Packed via :func:`quantize` (``generator``/``seed``: its noise).
     A non-contiguous x (channels_last, a strided view) is held by a `Relaid`, whose
-    restore has x's shape and strides.
+    restore has x's shape and strides. Complex tensors are refused (ValueError).
     """
     validate_bits(bits)
     validate_block(block)
     if not isinstance(x, Tensor):
         raise ValueError(f"x={type(x).__name__} is not allowed: use a torch.Tensor")
+    check_not_complex(x)
     if bits is None and x.is_floating_point():
-        return x
+        return Kept(x)
     held = as_relaid(x, lambda values: compress(values, bits, block, stochastic, generator, seed))
     if held is not None:
         return held

@@ -232,8 +232,9 @@ if triton is not None:
         return tl.abs(v) < float("inf")
 
     @triton.jit
-    def _encode_meta(lo, hi, has_nan, LEVELS: tl.constexpr):
-        """Per block: (lo bits, scale bits, lo, scale), as facto.compress.lossy._encode_meta."""
+    def _encode_meta(lo, hi, has_nan, LEVELS: tl.constexpr, OUT_MAX: tl.constexpr):
+        """Per block: (lo bits, scale bits, lo, scale), as facto.compress.lossy._encode_meta
+        (OUT_MAX: the input dtype's largest finite value; special blocks get NAN_BITS)."""
         lo = tl.where(lo == 0, 0.0, lo)
         fits = (tl.abs(lo) <= _LIMIT) & ((hi - lo) <= _LIMIT * LEVELS)
         lo_bits = tl.where(fits, _floor16(lo, False), _floor16(lo, True))
@@ -243,7 +244,9 @@ if triton is not None:
         step = tl.math.div_rn(span, tl.full(span.shape, LEVELS, tl.float32))
         sc_bits = tl.where(fits, _ceil16(step, False), _ceil16(step, True) | _WIDE_FLAG)
         scale_m = _from16(sc_bits & 0x7FFF, ~fits)
+        top = scale_m * LEVELS + lo_m  # the largest restored value, rounded as dequantize rounds it
         ok = (has_nan == 0) & _finite(span) & _finite(lo_m) & _finite(scale_m)
+        ok = ok & (top <= OUT_MAX) & (lo_m >= -OUT_MAX)
         lo_bits = tl.where(ok, lo_bits, _NAN_BITS)
         sc_bits = tl.where(ok, sc_bits, _NAN_BITS | _WIDE_FLAG)
         return lo_bits, sc_bits, tl.where(ok, lo_m, float("nan")), tl.where(ok, scale_m, float("nan"))
@@ -270,7 +273,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=["numel", "nblocks", "ngroups", "seed"])
     def _quantize_pack_kernel(x_ptr, codes_ptr, meta_ptr, numel, nblocks, ngroups, seed,
                               BITS: tl.constexpr, BLOCK: tl.constexpr, G: tl.constexpr,
-                              STOCHASTIC: tl.constexpr):
+                              STOCHASTIC: tl.constexpr, OUT_MAX: tl.constexpr):
         LEVELS: tl.constexpr = 2**BITS - 1
         blk, grp, offs = _tile(BLOCK, G)
         inside = offs < numel
@@ -278,7 +281,7 @@ if triton is not None:
         lo = tl.min(tl.min(tl.where(inside, x, float("inf")), 2), 1)
         hi = tl.max(tl.max(tl.where(inside, x, -float("inf")), 2), 1)
         has_nan = tl.max(tl.max((x != x).to(tl.int32), 2), 1)
-        lo_bits, sc_bits, lo_m, scale_m = _encode_meta(lo, hi, has_nan, LEVELS)
+        lo_bits, sc_bits, lo_m, scale_m = _encode_meta(lo, hi, has_nan, LEVELS, OUT_MAX)
         inv = tl.where(scale_m > 0, tl.math.div_rn(tl.full(scale_m.shape, 1.0, tl.float32), scale_m), 0.0)
         t = (x - lo_m[:, None, None]) * inv[:, None, None]
         t = t + 0.5
@@ -376,7 +379,8 @@ def _per_program(block: int) -> int:
 
 @_guarded
 def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
-    """(codes, meta) of facto.compress.Packed for x, in one launch.
+    """(codes, meta) of facto.compress.Packed for x, in one launch (special blocks: NAN_BITS
+    metadata; facto.compress.lossy keeps their values apart).
 
     x: float32/float16/bfloat16 (any shape; memory order of x.contiguous()); bits 1..8;
     block a power of two in [8, MAX_BLOCK]; seed from :func:`kernel_seed`.
@@ -390,7 +394,8 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
         g = _per_program(block)
         _quantize_pack_kernel[(triton.cdiv(nblocks, g),)](
             flat, codes, meta, numel, nblocks, ngroups, seed,
-            BITS=bits, BLOCK=block, G=g, STOCHASTIC=bool(stochastic), **_NO_FMA)
+            BITS=bits, BLOCK=block, G=g, STOCHASTIC=bool(stochastic),
+            OUT_MAX=torch.finfo(x.dtype).max, **_NO_FMA)
     return codes, meta
 
 

@@ -9,7 +9,29 @@ from torch import Tensor
 
 from .backend import fused
 from .bits import pack_bits, unpack_bits
-from .format import INT_DTYPES, held_bytes, is_int, owned
+from .format import INT_DTYPES, check_not_complex, held_bytes, is_int, owned
+
+
+@dataclass(frozen=True, eq=False)
+class Kept:
+    """A floating tensor kept as it is (``compress(x, None)``): no copy, same strides.
+
+    ``nbytes`` counts x's whole storage: a view keeps its entire base alive.
+    """
+
+    data: Tensor
+
+    def restore(self) -> Tensor:
+        """The tensor itself."""
+        return self.data
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.data,)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the storage behind the tensor, whole."""
+        return held_bytes(self.data)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +150,8 @@ def narrow_int(x: Tensor, upper_bound: int | None = None) -> NarrowInt:
     H * W - 1) passes it and no value is read (on CPU the promise is checked). On CUDA a
     16-bit tensor is kept as it is rather than read back (a sync costs more than a byte).
     """
-    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+    check_not_complex(x)
+    if x.dtype == torch.bool or x.is_floating_point():
         raise ValueError(f"x={x.dtype} is not allowed: use an integer tensor")
     if upper_bound is not None:
         _check_upper_bound(x, upper_bound)

@@ -1,5 +1,6 @@
 """Lossy storage of floating maps: b-bit block-wise quantization (`Packed`, 1..8 bits) and 16 bits
-(`HalfPacked`)."""
+(`HalfPacked`). Special blocks (NaN, +-inf, a range beyond float arithmetic) are kept exactly:
+see :mod:`facto.compress.format`."""
 from __future__ import annotations
 
 import math
@@ -66,13 +67,14 @@ def _finite(v: Tensor) -> Tensor:
     return v.abs() < math.inf  # False for NaN and +-inf
 
 
-def _encode_meta(lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tensor, Tensor]:
+def _encode_meta(lo: Tensor, hi: Tensor, levels: int, out_max: float) -> tuple[Tensor, Tensor, Tensor]:
     """Per-block (meta, lo, scale): meta as stored, lo and scale as decoded from it.
 
     lo is rounded down and scale = (hi - lo) / levels rounded up, in float16 where the
-    block fits it, else in bfloat16 with the sign bit of the stored scale set. A block
-    whose metadata is not finite (NaN/inf inside, or beyond bfloat16 range) stores NaN
-    metadata, so all its values dequantize to NaN. No host sync: the choice is per block.
+    block fits it, else in bfloat16 with the sign bit of the stored scale set. A special
+    block (NaN/inf inside, metadata beyond bfloat16 range, or restored values beyond
+    +-out_max, the input dtype's largest finite value) stores NAN_BITS metadata: its
+    values are kept apart (`Packed.exact`). No host sync: the choice is per block.
     """
     cdt = lo.dtype
     lo = torch.where(lo == 0, torch.zeros_like(lo), lo)  # -0 -> +0: the min of +-0 is either
@@ -86,7 +88,8 @@ def _encode_meta(lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tensor, T
     scale_m = torch.where(fits, sc_h.to(cdt), sc_b.to(cdt))
     lo_bits = torch.where(fits, _bits16(lo_h), _bits16(lo_b))
     sc_bits = torch.where(fits, _bits16(sc_h), _bits16(sc_b) | WIDE_FLAG)
-    ok = _finite(span) & _finite(lo_m) & _finite(scale_m)
+    top = scale_m * levels + lo_m  # the largest restored value, rounded as dequantize rounds it
+    ok = _finite(span) & _finite(lo_m) & _finite(scale_m) & (top <= out_max) & (lo_m >= -out_max)
     lo_bits = torch.where(ok, lo_bits, NAN_BITS)
     sc_bits = torch.where(ok, sc_bits, NAN_BITS | WIDE_FLAG)
     nan = torch.full_like(lo_m, math.nan)
@@ -111,12 +114,39 @@ def _reciprocal(scale: Tensor) -> Tensor:
     return torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
 
 
+def _special_blocks(meta: Tensor) -> Tensor:
+    """Per block: True where it is special (NAN_BITS metadata; see facto.compress.format)."""
+    return meta[:, 0] == NAN_BITS
+
+
+def _any(flags: Tensor) -> bool:
+    """Whether any flag is set: the one value quantize reads on the host (a sync on CUDA)."""
+    return bool(flags.any())
+
+
+def _special_positions(meta: Tensor, block: int, numel: int) -> Tensor:
+    """Flat positions of the values of the special blocks, in block order (reads them: a sync)."""
+    blocks = _special_blocks(meta).nonzero().view(-1)
+    positions = (blocks.unsqueeze(1) * block + torch.arange(block, device=meta.device)).view(-1)
+    return positions[positions < numel]  # the last block may be short
+
+
+def _exact_values(x: Tensor, meta: Tensor, block: int) -> Tensor | None:
+    """The values of x's special blocks, exactly, in x's dtype; None where there is none."""
+    if meta.shape[0] == 0 or not _any(_special_blocks(meta)):
+        return None
+    flat = x.contiguous().view(-1)
+    return flat[_special_positions(meta, block, flat.numel())]
+
+
 @dataclass(frozen=True, eq=False)
 class Packed:
     """A floating tensor quantized block-wise to ``bits``-bit codes.
 
     ``meta`` holds per block the raw 16-bit patterns of [lo, scale]: float16 where the
     block fits it, else bfloat16 with the sign bit of the scale set (a scale is >= 0).
+    ``exact`` holds the values of the special blocks (NAN_BITS metadata), exactly, in block
+    order, or is None where there is none (see :mod:`facto.compress.format`).
     """
 
     codes: Tensor  # uint8, pack_bits(codes, bits), exactly numel codes
@@ -126,15 +156,16 @@ class Packed:
     shape: torch.Size
     dtype: torch.dtype
     numel: int
+    exact: Tensor | None = None  # values of the special blocks, in self.dtype
 
     @property
     def lo(self) -> Tensor:
-        """Per-block minimum as stored (rounded down), float32."""
+        """Per-block minimum as stored (rounded down), float32; NaN for a special block."""
         return _decode_meta(self.meta)[0]
 
     @property
     def scale(self) -> Tensor:
-        """Per-block step as stored (rounded up), float32."""
+        """Per-block step as stored (rounded up), float32; NaN for a special block."""
         return _decode_meta(self.meta)[1]
 
     @property
@@ -143,11 +174,12 @@ class Packed:
         return self.meta[:, 1] < 0
 
     def dequantize(self) -> Tensor:
-        """lo + code * scale, in the original shape and dtype (contiguous, same device)."""
+        """lo + code * scale (special blocks: their exact values), in the original shape and dtype
+        (contiguous, same device)."""
         flat = fused(self.codes.device, lambda k: k.unpack_dequantize(
             self.codes, self.meta, self.bits, self.block, self.numel, self.dtype), self.dtype, self.block)
         if flat is not None:
-            return flat.view(self.shape)
+            return self._put_exact(flat).view(self.shape)
         return self._dequantize_reference()
 
     def _dequantize_reference(self) -> Tensor:
@@ -156,7 +188,13 @@ class Packed:
         for start in range(0, self.numel, chunk):  # slice by slice: small work buffers
             stop = min(start + chunk, self.numel)
             out[start:stop] = self._dequantize_slice(start, stop)
-        return out.view(self.shape)
+        return self._put_exact(out).view(self.shape)
+
+    def _put_exact(self, flat: Tensor) -> Tensor:
+        """flat (the dequantized values) with the special blocks' exact values written back."""
+        if self.exact is not None:
+            flat[_special_positions(self.meta, self.block, self.numel)] = self.exact
+        return flat
 
     def _dequantize_slice(self, start: int, stop: int) -> Tensor:
         """Values start..stop (start on a block and byte boundary) in the original dtype."""
@@ -179,11 +217,12 @@ class Packed:
 
     def tensors(self) -> tuple[Tensor, ...]:
         """The tensors this container holds."""
-        return (self.codes, self.meta)
+        return (self.codes, self.meta) if self.exact is None else (self.codes, self.meta, self.exact)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: packed codes plus 4 bytes of metadata per block (storages, once each)."""
+        """Bytes held: packed codes, 4 bytes of metadata per block and the exact values of the
+        special blocks (storages, once each)."""
         return held_bytes(*self.tensors())
 
 
@@ -259,7 +298,7 @@ def _quantize_slice(
     levels = 2**bits - 1
     blocks = _as_blocks(flat, block, _compute_dtype(flat.dtype))
     lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)  # faster than aminmax on CPU
-    meta, lo_m, scale_m = _encode_meta(lo, hi, levels)
+    meta, lo_m, scale_m = _encode_meta(lo, hi, levels, torch.finfo(flat.dtype).max)
     codes = _codes(blocks, lo_m, scale_m, levels, stochastic, generator)
     return pack_bits(codes.view(-1)[: flat.numel()], bits), meta
 
@@ -291,8 +330,11 @@ def quantize(
     Codes are computed from the stored (16-bit rounded) lo and scale, with lo
     rounded down and scale rounded up, so |dequantize - x| <= scale / 2
     (deterministic) or < scale (stochastic, with E[dequantize] == x) holds
-    against the stored metadata. A constant block has scale 0 and is exact.
-    ``nbytes == ceil(numel/8)*bits + ceil(numel/block)*4``. No host sync.
+    against the stored metadata. A constant block has scale 0 and is exact. A special block
+    (NaN, +-inf, or a range beyond float arithmetic; see :mod:`facto.compress.format`) is
+    kept exactly. ``nbytes == ceil(numel/8)*bits + ceil(numel/block)*4``, plus
+    ``block * itemsize`` per special block. One value is read on the host (is any block
+    special?: a sync on CUDA), and where some are, their positions.
 
     Runs as one Triton kernel where :func:`facto.compress.kernels.available` (CUDA;
     float32/float16/bfloat16; power-of-two blocks in [8, 8192]), else in PyTorch. Stochastic
@@ -320,6 +362,7 @@ def quantize(
         shape=x.shape,
         dtype=x.dtype,
         numel=x.numel(),
+        exact=_exact_values(x, meta, block),
     )
 
 
@@ -329,8 +372,9 @@ class HalfPacked:
 
     float16/bfloat16 inputs are kept as they are. Wider inputs are held as float16 of
     ``x / 2**shift``, with ``shift`` (a 0-dim int32 tensor on x's device) the smallest
-    power of two that brings max|x| below 2**15; it is 0 (plain float16) for any tensor
-    already in float16 range, so no finite value becomes inf and no host sync is needed.
+    power of two that brings the largest finite |x| below 2**15; it is 0 (plain float16) for
+    any tensor already in float16 range, so no finite value becomes inf and no host sync is
+    needed. NaN and +-inf are held as they are.
     """
 
     data: Tensor
@@ -362,13 +406,13 @@ HALF_SHIFT_LIMIT = 15  # scaled values stay below 2**15 < 65504, the float16 max
 
 
 def _half_shift(x: Tensor) -> Tensor:
-    """0-dim int32: smallest s >= 0 with max|x| / 2**s < 2**15 (0 if max|x| is not finite)."""
+    """0-dim int32: smallest s >= 0 with m / 2**s < 2**15, m the largest |x| of x's finite values."""
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.int32, device=x.device)
-    top = torch.linalg.vector_norm(x, math.inf)  # max |x|, on the device
+    finite = x.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # NaN/inf must not set the range
+    top = torch.linalg.vector_norm(finite, math.inf)  # max |x|, on the device
     exponent = torch.frexp(top).exponent  # top < 2**exponent
-    shift = (exponent - HALF_SHIFT_LIMIT).clamp_(min=0)
-    return torch.where(_finite(top), shift, torch.zeros_like(shift))
+    return (exponent - HALF_SHIFT_LIMIT).clamp_(min=0)
 
 
 def half_pack(x: Tensor) -> HalfPacked:
@@ -378,7 +422,8 @@ def half_pack(x: Tensor) -> HalfPacked:
     when x is the whole of it, else it is a compact copy. A float32/float64 input
     becomes float16 of x / 2**shift: exactly x.half() when max|x| < 2**15, and for a
     larger range every value keeps float16's 11-bit precision (only values below
-    max|x| * 2**-30 lose bits to float16 subnormals). NaN/inf stay NaN/inf.
+    max|x| * 2**-30 lose bits to float16 subnormals). NaN/inf stay NaN/inf (with their sign)
+    and do not count in max|x|, so they cost no finite value its range.
     """
     check_float(x)
     if x.dtype in (torch.float16, torch.bfloat16):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .lossless import NarrowInt, PackedMask
+from .lossless import Kept, NarrowInt, PackedMask
 from .lossy import HalfPacked, Packed
 
 
@@ -41,7 +41,7 @@ class Relaid:
         return self.inner.nbytes
 
 
-Stored = Tensor | Packed | HalfPacked | PackedMask | NarrowInt | Relaid
+Stored = Tensor | Kept | Packed | HalfPacked | PackedMask | NarrowInt | Relaid
 
 
 def _memory_order(x: Tensor) -> list[int] | None:

@@ -7,12 +7,14 @@ import torch
 
 from facto.compress import (
     HalfPacked,
+    Kept,
     NarrowInt,
     Packed,
     PackedMask,
     Relaid,
     clamp_with_mask,
     compress,
+    container_name,
     half_pack,
     masked_grad,
     narrow_int,
@@ -256,17 +258,109 @@ def test_float64_wide_range_uses_bfloat16_metadata():
     assert not small.bfloat16_blocks.any()
 
 
-def test_non_finite_input_does_not_crash():
-    x = random_input((256,), seed=2)
-    x[5], x[70] = float("nan"), float("inf")
-    p = quantize(x, 4, 64, stochastic=False)
-    out = p.dequantize()
-    assert out.shape == x.shape
-    assert out[:128].isnan().all()  # a block holding NaN/inf dequantizes to NaN
-    # blocks without non-finite values are unaffected
-    xs = x[128:]
-    scale = per_element(p.scale, 256, 64)[128:]
-    assert ((out[128:].double() - xs.double()).abs() <= scale / 2 + 1e-5).all()
+# ---------------------------------------------------------------- special blocks (NaN, inf, overflow)
+
+F32_MAX = 3.4028234663852886e38
+SPECIAL_CASES = {  # position in block 1 -> value; the other 62..63 values are finite
+    "inf": {5: math.inf},
+    "nan": {5: math.nan},
+    "both": {5: math.inf, 40: math.nan},
+    "-inf": {63: -math.inf},
+    "overflow": {5: -3e38, 40: 3e38},  # finite, but hi - lo = inf in float32
+}
+
+
+def special_input(case: str, seed: int = 0) -> torch.Tensor:
+    """Three blocks of 64 (unit normals); block 1 holds the case's values."""
+    x = random_input((192,), seed=seed)
+    for pos, value in SPECIAL_CASES[case].items():
+        x[64 + pos] = value
+    return x
+
+
+def independent_bound(x: torch.Tensor, bits: int, block: int = 64) -> torch.Tensor:
+    """Per value: the width's step (max - min) / (2**bits - 1) of its block, over the block's finite
+    values only (float64), widened for the 16-bit rounding of the stored lo and scale."""
+    flat = x.double().view(-1, block)
+    finite = flat.isfinite()
+    lo = torch.where(finite, flat, math.inf).amin(1)
+    hi = torch.where(finite, flat, -math.inf).amax(1)
+    step = (hi - lo) / (2**bits - 1)
+    bound = step * (1 + 2**-7) + lo.abs() * 2**-7 + 1e-6
+    return bound.repeat_interleave(block)
+
+
+def check_specials_kept(x: torch.Tensor, out: torch.Tensor, bound: torch.Tensor) -> None:
+    """Non-finite values back as they were (positions, sign); finite ones within `bound`."""
+    x, out = x.double().view(-1), out.double().view(-1)
+    assert torch.equal(out.isnan(), x.isnan())
+    inf = x.isinf()
+    assert torch.equal(out.isinf(), inf) and torch.equal(out[inf], x[inf])
+    finite = x.isfinite()
+    err = (out[finite] - x[finite]).abs()
+    assert (err <= bound[finite]).all(), f"worst excess {(err - bound[finite]).max().item()}"
+
+
+@pytest.mark.parametrize("case", list(SPECIAL_CASES))
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_special_blocks_keep_every_value(case, bits):
+    """A block holding inf/NaN or spanning +-3e38 comes back with its special values as they were and
+    its finite values within the width's bound (here exact); the other blocks are unaffected."""
+    x = special_input(case, seed=bits)
+    for stochastic in (False, True):
+        p = quantize(x, bits, 64, stochastic=stochastic, seed=bits)
+        out = p.dequantize()
+        check_specials_kept(x, out, independent_bound(x, bits))
+        assert torch.equal(out[64:128].nan_to_num(), x[64:128].nan_to_num())  # the special block: exact
+        assert p.bfloat16_blocks.tolist() == [False, True, False] and p.lo[1].isnan()  # marked special
+
+
+@pytest.mark.parametrize("case", list(SPECIAL_CASES))
+def test_special_blocks_through_compress_layouts_and_16_bits(case):
+    """The same through compress: a channels_last map (blocks in memory order) and 16 bits, where
+    values far beyond float16 keep their precision next to an inf (its range comes from finite values)."""
+    x = special_input(case).view(3, 4, 4, 4).contiguous(memory_format=torch.channels_last)
+    out = compress(x, 3, stochastic=False).restore()
+    values = lambda t: t.permute(0, 2, 3, 1).reshape(-1)  # noqa: E731 (memory order)
+    check_specials_kept(values(x), values(out), independent_bound(values(x), 3))
+    big = special_input(case) * 1e5
+    big[0] = 1e6
+    if case == "overflow":
+        big[64 + 5], big[64 + 40] = -3e38, 3e38
+    half = compress(big, 16).restore()
+    finite = big.double().where(big.isfinite(), 0.0).abs()
+    # float16's 11 bits, scaled by a power of two: relative 2**-11, and subnormals below max * 2**-30
+    check_specials_kept(big, half, 2**-10 * finite + finite.max() * 2**-30)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_blocks_at_the_top_of_the_dtype_range_stay_finite(dtype):
+    """A block spanning 0..(the dtype's largest value) would restore its top value beyond the dtype at
+    1 bit (lo and scale rounded outwards): it is kept exactly instead of coming back as inf."""
+    top = torch.finfo(dtype).max
+    x = torch.zeros(128, dtype=dtype)
+    x[1::2] = top
+    x[64:] = torch.linspace(-1, 1, 64, dtype=dtype)
+    for bits in ALL_BITS:
+        out = quantize(x, bits, 64, stochastic=False).dequantize()
+        assert torch.isfinite(out).all() and torch.equal(out[:64], x[:64]), bits
+    huge = torch.tensor([-1e300, 1e300] * 32, dtype=torch.float64)  # beyond bfloat16 metadata
+    assert torch.equal(quantize(huge, 4).dequantize(), huge)
+
+
+def test_special_blocks_cost_their_exact_values_in_nbytes():
+    """nbytes counts what is held: codes, 4 bytes a block and each special block's values in the
+    input dtype (two special blocks of 64 here, the last one short)."""
+    for dtype, itemsize in ((torch.float32, 4), (torch.float16, 2), (torch.float64, 8)):
+        x = random_input((300,), seed=4).to(dtype)
+        plain = quantize(x, 3, 64)
+        assert plain.exact is None and plain.nbytes == 38 * 3 + 5 * 4
+        x[70], x[299] = math.nan, -math.inf  # blocks 1 and 4 (44 values)
+        p = quantize(x, 3, 64)
+        assert p.nbytes == reachable_bytes(p) == 38 * 3 + 5 * 4 + (64 + 44) * itemsize
+        assert p.exact.dtype == dtype and p.nbytes > plain.nbytes
+        out = p.dequantize()
+        assert torch.equal(out[64:128].nan_to_num(), x[64:128].nan_to_num()) and out[299] == -math.inf
 
 
 # ---------------------------------------------------------------- dtypes, shapes
@@ -428,7 +522,8 @@ def test_narrow_int_empty_and_small_dtypes():
 
 def test_compress_dispatch():
     x = random_input((4, 8), seed=1)
-    assert compress(x, None) is x
+    kept = compress(x, None)
+    assert isinstance(kept, Kept) and kept.restore() is x and container_name(kept) == "tensor"
     assert isinstance(compress(x, 16), HalfPacked)
     p = compress(x, 4, block=8, stochastic=False)
     assert isinstance(p, Packed) and p.bits == 4 and p.block == 8
@@ -454,6 +549,29 @@ def test_compress_nbytes_interface():
         stored = compress(x, bits)
         assert stored.nbytes < x.numel() * 4
         assert stored.restore().shape == x.shape
+
+
+def test_compress_without_bits_keeps_the_tensor_in_a_container():
+    """bits=None: a container like every other width, holding x itself (no copy, same strides),
+    whose nbytes is the storage x keeps alive, whole (a view keeps its base)."""
+    base = random_input((4, 6, 5, 4), seed=2)
+    for x in (base, base.contiguous(memory_format=torch.channels_last), base[:, ::2]):
+        stored = compress(x, None)
+        assert stored.restore() is x
+        assert stored.nbytes == reachable_bytes(stored) == base.numel() * 4
+        assert stored.tensors() == (x,)
+
+
+@pytest.mark.parametrize("bits", [None, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_tensors_are_refused_by_name(bits, dtype):
+    z = torch.zeros(8, dtype=dtype)
+    message = f"x={dtype} is not allowed: complex tensors are not supported (use a floating, integer or bool tensor)"
+    with pytest.raises(ValueError) as info:
+        compress(z, bits)
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match="complex tensors are not supported"):
+        narrow_int(z)
 
 
 LAYOUTS = {
@@ -551,19 +669,33 @@ def no_value_reads(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
 
 
-def test_reference_path_reads_no_values(no_value_reads):
+ANY = torch.Tensor.any  # the tensor methods as they are, before no_value_reads replaces __bool__
+BOOL = torch.Tensor.__bool__
+
+
+def test_reference_path_reads_no_values(no_value_reads, monkeypatch):
     """quantize/dequantize and the other pack/unpack paths of float activations and masks
-    decide nothing from values on the host, so on CUDA they would never sync."""
+    decide nothing from values on the host, so on CUDA they would never sync, but for one
+    flag per quantize: is any block special (it holds NaN here, in one block)."""
+    import facto.compress.lossy as lossy
+
+    flags: list[bool] = []
+    monkeypatch.setattr(lossy, "_any", lambda t: flags.append(BOOL(ANY(t))) or flags[-1])
     x = random_input((2, 3, 17, 19), seed=7, offset=2.0)
     x.view(-1)[100:164] += 1e5  # a bfloat16-metadata block
     x.view(-1)[300] = float("nan")
+    expected: list[bool] = []  # the flag each quantize reads
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         xd = x.to(dtype)
         for bits in (1, 4, 8):
             for stochastic in (False, True):
                 compress(xd, bits, 64, stochastic=stochastic).restore()
+                compress(xd[:, :, :3], bits, 64, stochastic=stochastic).restore()  # no special block
+                expected += [True, False]
         compress(xd, 16).restore()
         compress(xd, 3, block=7, seed=5).restore()
+        expected.append(True)
+    assert flags == expected  # one flag read per quantize, none per restore
     pack_mask(x > 0).unpack()
     y, codes = clamp_with_mask(x, 6.0)
     masked_grad(y, codes)

@@ -127,7 +127,7 @@ def hard_input(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     x[320:384] = 3.3  # constant, not a float16 value: lo rounds down
     x[384:448] = torch.where(torch.arange(64) % 2 == 0, 0.0, -0.0)  # +-0: min is either
     x[450], x[520], x[600] = math.nan, math.inf, -math.inf
-    x[603:605] = torch.tensor([-3e38, 3e38])  # the range overflows float32: NaN block
+    x[603:605] = torch.tensor([-3e38, 3e38])  # the range overflows float32: a special block
     return x[:n].to(dtype).to(DEVICE)
 
 
@@ -139,6 +139,7 @@ def check_exact(x: torch.Tensor, bits: int, block: int) -> None:
     where = f"bits={bits} block={block} dtype={x.dtype} n={x.numel()}"
     assert torch.equal(p.meta, r.meta), where
     assert torch.equal(p.codes, r.codes), where
+    assert (p.exact is None) == (r.exact is None) and (p.exact is None or same(p.exact, r.exact)), where
     assert same(p.dequantize(), reference(r.dequantize)), where
     if x.device.type != "cpu":  # the CUDA reference agrees with the CPU one too
         cpu = reference(C.quantize, x.cpu(), bits, block, stochastic=False)
@@ -174,7 +175,56 @@ def test_special_blocks_decode_as_documented():
     assert torch.equal(out[256:320], x[256:320].cpu())  # constant block: exact
     assert (p.scale[4] == 0).item() and (p.scale[5] > 0).item()  # 2.5 exact, 3.3 not
     assert torch.equal(out[384:448], torch.zeros(64))
-    assert out[448:640].isnan().all() and torch.isfinite(out[:448]).all()  # NaN/inf/overflow blocks
+    assert torch.isfinite(out[:448]).all() and p.lo[7:].isnan().all()  # NaN/inf/overflow blocks: special
+    assert same(out[448:640], x[448:640].cpu())  # ... and kept exactly, inf with its sign
+
+
+SPECIAL_CASES = {  # position in block 1 -> value
+    "inf": {5: math.inf},
+    "nan": {5: math.nan},
+    "both": {5: math.inf, 40: math.nan},
+    "-inf": {63: -math.inf},
+    "overflow": {5: -3e38, 40: 3e38},  # finite in float32 and bfloat16, but hi - lo = inf
+}
+
+
+@kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_blocks_are_kept_by_the_kernels(dtype):
+    """Kernel and reference agree on blocks holding inf/NaN or spanning +-3e38 (odd blocks, one case
+    each), which come back as they were (every finite value too); the blocks between them keep the
+    width's bound."""
+    x = torch.randn(64 * 11, generator=torch.Generator().manual_seed(5))
+    for k, case in enumerate(SPECIAL_CASES.values()):
+        for pos, value in case.items():
+            x[64 * (2 * k + 1) + pos] = value
+    x = x.to(dtype).to(DEVICE)  # float16: +-3e38 is +-inf there, still special
+    special = torch.arange(11).repeat_interleave(64) % 2 == 1
+    rest = x.cpu()[~special].double().view(-1, 64)
+    lo, hi = rest.amin(1, keepdim=True), rest.amax(1, keepdim=True)
+    for bits in ALL_BITS:
+        check_exact(x, bits, 64)
+        bound = (hi - lo) / (2**bits - 1) * 1.01 + lo.abs() * 2**-7 + 1e-3
+        for stochastic in (False, True):
+            out = C.quantize(x, bits, 64, stochastic=stochastic, seed=bits).dequantize().cpu()
+            assert same(out[special], x.cpu()[special]), (bits, stochastic)
+            err = (out[~special].double().view(-1, 64) - rest).abs()
+            assert (err <= bound).all(), (bits, stochastic)
+
+
+@kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocks_at_the_top_of_the_dtype_range_match_and_stay_finite(dtype):
+    """0 and the dtype's largest value in one block: lo + levels * scale would round beyond it, so the
+    kernel marks the block special as the reference does, and it comes back exactly."""
+    x = torch.zeros(128, dtype=dtype)
+    x[1:64:2] = torch.finfo(dtype).max
+    x[64:] = torch.linspace(-1, 1, 64, dtype=dtype)
+    x = x.to(DEVICE)
+    for bits in (1, 2, 8):  # the top rounds beyond the dtype at low widths
+        check_exact(x, bits, 64)
+        out = C.quantize(x, bits, 64, stochastic=False).dequantize()
+        assert torch.isfinite(out).all() and torch.equal(out[:64], x[:64]), bits
 
 
 @kernel
@@ -410,20 +460,23 @@ def test_cuda_one_launch_each_way_and_no_sync():
     C.compress(x, 4).restore()  # compile outside the count
     torch.cuda.synchronize()
 
-    def launches(fn) -> int:
+    def launches(fn) -> list[str]:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+        return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
 
     packed = C.compress(x, 4)
-    assert launches(lambda: C.compress(x, 4)) == 1
-    assert launches(packed.restore) == 1
+    done = launches(lambda: C.compress(x, 4))
+    # the kernel, then the special-block check over the metadata (compare, any) and its flag's copy
+    assert sum("_quantize_pack_kernel" in name for name in done) == 1 and len(done) <= 4, done
+    assert len(launches(packed.restore)) == 1
+    stored = [C.compress(x, bits) for bits in (1, 4, 8)]  # quantize reads one flag: its one sync
+    stored += [C.compress(x.double(), bits, stochastic=False) for bits in (1, 4, 8)]  # reference on CUDA
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for bits in (1, 4, 8):
-            C.compress(x, bits).restore()
-            C.compress(x.double(), bits, stochastic=False).restore()  # reference on CUDA
+        for packed in stored:
+            packed.restore()  # no special block: no sync
         C.compress(x, 16).restore()
         C.compress(x > 0, 4).restore()
         y, codes = C.clamp_with_mask(x, 6.0)
