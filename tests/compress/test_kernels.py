@@ -202,7 +202,7 @@ def test_special_blocks_are_kept_by_the_kernels(dtype):
     special = torch.arange(11).repeat_interleave(64) % 2 == 1
     rest = x.cpu()[~special].double().view(-1, 64)
     lo, hi = rest.amin(1, keepdim=True), rest.amax(1, keepdim=True)
-    for bits in ALL_BITS:
+    for bits in (1, 3, 4, 8):  # every width's packing is checked by test_deterministic_bit_exact
         check_exact(x, bits, 64)
         bound = (hi - lo) / (2**bits - 1) * 1.01 + lo.abs() * 2**-7 + 1e-3
         for stochastic in (False, True):
