@@ -10,16 +10,29 @@ server and shows `env_problems()` on the pages.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from facto.config import RunConfig, count
+from facto.memory.budget import square_shape
 
 # name -> default
 ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
-            "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1}
+            "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1,
+            "FACTO_ROOM_MAX_INPUT": 3 * 128 * 128}
 ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 JOBS_MODES = ("process", "thread")
+_ASCII_INT = re.compile(r"\s*\+?([0-9]+)\s*")
+
+# What a page computes in the server process (Fit my GPU's planner, the Layers and How it works
+# measurements) is bounded, so that one visitor's input cannot take the server's memory: one plan of
+# the hungriest model per input value (the registry's resnet18, 64 channels at full resolution) at
+# the largest input grows the process by about 1 GB in a room (3x128x128) and 2.3 GB outside one
+# (3x224x224; tv:resnet50 there: 1.2 GB).
+SERVER_MAX_INPUT = 3 * 224 * 224  # values per image (C x H x W) the planner takes outside a room
+PLAN_MAX_PARAMS = 30_000_000  # parameters of a model the planner builds (tv:resnet50 has 25.6 M)
+SERVER_MAX_BATCH = 1024  # images per batch the Layers and How it works pages measure outside a room
 
 
 @dataclass(frozen=True)
@@ -32,14 +45,39 @@ class Room:
     max_train: int = ENV_INTS["FACTO_ROOM_MAX_TRAIN"]
     max_params: int = ENV_INTS["FACTO_ROOM_MAX_PARAMS"]
     runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
+    max_input: int = ENV_INTS["FACTO_ROOM_MAX_INPUT"]  # values per image (C x H x W) Fit my GPU plans
     data_dir: str | None = None
     download: bool = False
 
     def describe(self) -> str:
         return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
                 f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
-                f"{count(self.runs_per_visitor, 'run')} per visitor at a time; data folder and downloads are set "
+                f"{count(self.runs_per_visitor, 'run')} per visitor at a time, Fit my GPU plans images of up to "
+                f"{self.max_input:,} values (e.g. {square_shape(self.max_input)}); data folder and downloads are set "
                 "by the host; you can delete only the runs you started.")
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """Bounds on what a page computes in the server process, checked before the work."""
+
+    max_input: int  # values per image (C x H x W) the planner takes
+    max_params: int  # parameters of a model the planner builds
+    max_batch: int  # images per batch the Layers and How it works pages measure
+
+
+def page_limits(r: Room) -> PageLimits:
+    """The server's bounds on page computations; in a room, the room's input and batch limits (tighter by default)."""
+    if r.enabled:
+        return PageLimits(r.max_input, PLAN_MAX_PARAMS, r.max_batch)
+    return PageLimits(SERVER_MAX_INPUT, PLAN_MAX_PARAMS, SERVER_MAX_BATCH)
+
+
+def ascii_int(text: str) -> int | None:
+    """The integer written in plain ASCII digits (surrounding spaces and a leading + allowed), else None.
+    str.isdigit is not enough: it holds for '²' (which int() refuses) and for other scripts' digits."""
+    match = _ASCII_INT.fullmatch(text)
+    return int(match.group(1)) if match else None
 
 
 def _read_int(name: str) -> tuple[int, str | None]:
@@ -47,8 +85,9 @@ def _read_int(name: str) -> tuple[int, str | None]:
     default, raw = ENV_INTS[name], os.environ.get(name, "").strip()
     if not raw:
         return default, None
-    if raw.lstrip("+").isdigit() and int(raw) >= 1:
-        return int(raw), None
+    value = ascii_int(raw)
+    if value is not None and value >= 1:
+        return value, None
     return default, f"{name}={raw!r} is not allowed: use an integer >= 1. Using {default}."
 
 
@@ -102,6 +141,7 @@ def room() -> Room:
                 max_train=_env_int("FACTO_ROOM_MAX_TRAIN"),
                 max_params=_env_int("FACTO_ROOM_MAX_PARAMS"),
                 runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
+                max_input=_env_int("FACTO_ROOM_MAX_INPUT"),
                 data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
                 download=_env_flag("FACTO_ROOM_DOWNLOAD"))
 

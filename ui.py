@@ -29,7 +29,8 @@ import room as _room
 from facto.config import SETTINGS, RunConfig, Setting, count
 from facto.engine.events import StartEvent
 from facto.engine.jobs import Job, JobRegistry, in_child
-from room import Room, env_problems, jobs_mode, max_runs, room_problems  # noqa: F401 (the pages use ui.*)
+from room import (PageLimits, Room, ascii_int, env_problems, jobs_mode, max_runs,  # noqa: F401 (the pages use ui.*)
+                  room_problems)
 
 CHART = dict(theme=None, config={"displaylogo": False})
 # The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
@@ -87,6 +88,11 @@ def page(tab_title: str) -> None:
 def room() -> Room:
     """This server's room settings (`room.room`), read from its environment once."""
     return _room.room()
+
+
+def page_limits() -> PageLimits:
+    """What a page may compute in this server's process (tighter in room mode): `room.page_limits`."""
+    return _room.page_limits(room())
 
 
 # ----------------------------------------------------------------------------- server-wide state
@@ -235,9 +241,9 @@ def watched(state_key: str, param: str) -> Job | None:
     """The job this tab watches (kept in st.session_state[state_key] and in the URL as ?param=N,
     so a reloaded tab reattaches); None when it watches none or the server no longer has it."""
     if st.session_state.get(state_key) is None:
-        wanted = st.query_params.get(param)
-        if wanted and wanted.isdigit() and registry().get(int(wanted)) is not None:
-            st.session_state[state_key] = int(wanted)
+        wanted = ascii_int(st.query_params.get(param) or "")
+        if wanted is not None and registry().get(wanted) is not None:
+            st.session_state[state_key] = wanted
     job_id = st.session_state.get(state_key)
     job = registry().get(job_id) if job_id is not None else None
     if job is not None and st.query_params.get(param) != str(job_id):

@@ -21,8 +21,8 @@ FIELDS = ["model", "dataset", "rank", "update", "bits", "block", "recompute", "b
 
 
 @st.cache_data(show_spinner="Building, factorizing and measuring one batch…", max_entries=24)
-def analyse(config: dict) -> LayerAnalysis:
-    return analyse_layers(RunConfig.from_dict(config))
+def analyse(config: dict, max_batch: int) -> LayerAnalysis:
+    return analyse_layers(RunConfig.from_dict(config), max_batch=max_batch)
 
 
 def sidebar() -> None:
@@ -86,8 +86,8 @@ if errors:
         st.error(f"Can't analyse this model: {error}", icon=":material/error:")
     st.stop()
 try:
-    analysis = analyse(ui.config_from_widgets(P, FIELDS).to_dict())
-except ValueError as exc:  # a combination the model can't take
+    analysis = analyse(ui.config_from_widgets(P, FIELDS).to_dict(), ui.page_limits().max_batch)
+except ValueError as exc:  # a combination the model can't take, or a batch above the server's limit
     st.error(f"Can't analyse this model: {exc}", icon=":material/error:")
     st.stop()
 

@@ -27,8 +27,8 @@ def layers_of(model: str) -> list[tuple[str, str]]:
 
 
 @st.cache_data(show_spinner="Factorizing the layer and measuring one batch…", max_entries=32)
-def story(config: RunConfig, layer: str, real_data: bool):
-    return explain_layer(config, layer, batch(config, real_data))
+def story(config: RunConfig, layer: str, real_data: bool, max_batch: int):
+    return explain_layer(config, layer, batch(config, real_data), max_batch)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -41,8 +41,8 @@ def batch(config: RunConfig, real_data: bool):
 
 
 @st.cache_data(show_spinner="Trying every rank…", max_entries=16)
-def curve(config: RunConfig, layer: str, real_data: bool):
-    return rank_curve(config, layer, RANKS, batch(config, real_data))
+def curve(config: RunConfig, layer: str, real_data: bool, max_batch: int):
+    return rank_curve(config, layer, RANKS, batch(config, real_data), max_batch)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -98,7 +98,12 @@ except ValueError as exc:
     st.stop()
 real = s[P + "data"] == "digits images"
 layer = s[P + "layer"]
-result = story(config, layer, real)
+max_batch = ui.page_limits().max_batch
+try:
+    result = story(config, layer, real, max_batch)  # first: a batch above the server's limit stops the page here
+except ValueError as exc:
+    st.error(f"Can't explain this layer: {exc}", icon=":material/error:")
+    st.stop()
 
 dense_total, facto_total = result.total("dense"), result.total("facto")
 c = st.columns(4)
@@ -119,7 +124,7 @@ c[3].metric("Weights", f"{result.params_facto:,}", **ui.CARD,
 st.plotly_chart(plots.layer_stages_figure(result), key="how_stages_chart", **ui.CHART)
 left, right = st.columns(2)
 left.plotly_chart(plots.kept_bytes_bars(result), key="how_kept_chart", **ui.CHART)
-right.plotly_chart(plots.rank_curve_figure(curve(config, layer, real), selected=s[P + "rank"]),
+right.plotly_chart(plots.rank_curve_figure(curve(config, layer, real, max_batch), selected=s[P + "rank"]),
                    key="how_rank_chart", **ui.CHART)
 
 st.subheader("The compressed map, next to the original")

@@ -11,6 +11,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import OPTIMIZERS, PRECISIONS
+from facto.memory.budget import LimitError
 from facto.memory.plan import DEFAULT_VARIANTS, chart_data, plan, table_rows
 from facto.memory.verify import GPURequiredError, verify
 
@@ -19,8 +20,10 @@ VARIANT_CHOICES = ["dense", "compress-2", "compress-4", "compress-8", "paper", "
 
 
 @st.cache_data(show_spinner="Measuring per-sample bytes of each variant (a few forward passes)…", max_entries=32)
-def planned(model: str, shape: str, classes: int, budget: str, optimizer: str, precision: str, variants: tuple):
-    return plan(model, shape, classes, budget, optimizer, precision, list(variants), device="auto")
+def planned(model: str, shape: str, classes: int, budget: str, optimizer: str, precision: str, variants: tuple,
+            max_input: int, max_params: int):
+    return plan(model, shape, classes, budget, optimizer, precision, list(variants), device="auto",
+                max_input=max_input, max_params=max_params)
 
 
 defaults = dict(fit_model="resnet20", fit_input="3x32x32", fit_classes=10, fit_budget="8GB", fit_optimizer="sgd",
@@ -49,9 +52,15 @@ st.title("Fit my GPU")
 st.caption("Before you rent a GPU: the largest batch that trains in your budget, for the dense model, compression "
            "only and Facto — with what fills the memory at that batch.")
 s = st.session_state
+limits = ui.page_limits()
 try:
     result = planned(s["fit_model"].strip(), s["fit_input"].strip(), int(s["fit_classes"]), s["fit_budget"].strip(),
-                     s["fit_optimizer"], s["fit_precision"], tuple(s["fit_variants"]))
+                     s["fit_optimizer"], s["fit_precision"], tuple(s["fit_variants"]), limits.max_input,
+                     limits.max_params)
+except LimitError as exc:  # the server plans in its own process: `facto plan` on your machine takes more
+    st.error(f"Can't plan this here: {exc}. `facto plan` on your own machine has no such limit.",
+             icon=":material/error:")
+    st.stop()
 except ValueError as exc:
     st.error(f"Can't plan this: {exc}", icon=":material/error:")
     st.stop()

@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..engine.build import dense_model, facto_model, layer_bytes, probing
 from ..engine.data import dataset_info, load_data
 from ..method.factorize import LayerReport, describe
+from .budget import check_batch
 
 
 @dataclass
@@ -221,8 +222,10 @@ def sample_batch(config: RunConfig, real_data: bool = True) -> torch.Tensor:
     return torch.randn(config.batch_size, info.in_channels, info.image_size, info.image_size, generator=generator)
 
 
-def analyse_layers(config: RunConfig, real_data: bool = False) -> LayerAnalysis:
-    """Build the config's dense and Facto models and measure one training-mode forward each."""
+def analyse_layers(config: RunConfig, real_data: bool = False, max_batch: int | None = None) -> LayerAnalysis:
+    """Build the config's dense and Facto models and measure one training-mode forward each.
+    `max_batch` bounds config.batch_size (None: no bound): LimitError before any work."""
+    check_batch(config.batch_size, max_batch)
     info = dataset_info(config.dataset)
     dense = dense_model(config, info.num_classes, info.in_channels)
     facto = facto_model(config, dense)

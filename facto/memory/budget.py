@@ -42,7 +42,7 @@ def parse_input_shape(value: str | Sequence[int]) -> tuple[int, int, int]:
     bad = ValueError(f"input={value!r} is not allowed: use C x H x W, three integers >= 1, e.g. 3x224x224")
     if isinstance(value, str):
         parts = [p for p in re.split(r"[x×X,\s]+", value.strip().strip("()[]")) if p]
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(re.fullmatch(r"[0-9]+", p) for p in parts):  # not isdigit: '²' is a digit
             raise bad
         shape = tuple(int(p) for p in parts)
     elif isinstance(value, Sequence) and len(value) == 3 and all(
@@ -53,3 +53,28 @@ def parse_input_shape(value: str | Sequence[int]) -> tuple[int, int, int]:
     if min(shape) < 1:
         raise bad
     return shape  # type: ignore[return-value]
+
+
+
+class LimitError(ValueError):
+    """A computation asked for more than its caller allows (input size, parameters, batch)."""
+
+
+def square_shape(values: int, channels: int = 3) -> str:
+    """The largest square image of `channels` channels within `values`, as 'CxSxS' (3x128x128)."""
+    side = max(1, math.isqrt(values // channels))
+    return f"{channels}x{side}x{side}"
+
+
+def check_input_size(shape: tuple[int, int, int], max_values: int | None) -> None:
+    """LimitError naming the shape and the limit when C x H x W is above `max_values` (None: no limit)."""
+    values = math.prod(shape)
+    if max_values is not None and values > max_values:
+        raise LimitError(f"input={'x'.join(map(str, shape))} has {values:,} values per image (C x H x W), above "
+                         f"the limit of {max_values:,} here (e.g. {square_shape(max_values, shape[0])})")
+
+
+def check_batch(batch: int, max_batch: int | None) -> None:
+    """LimitError naming the batch and the limit when it is above `max_batch` (None: no limit)."""
+    if max_batch is not None and batch > max_batch:
+        raise LimitError(f"batch_size={batch:,} is above the limit of {max_batch:,} images per batch here")

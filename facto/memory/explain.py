@@ -24,6 +24,7 @@ from ..engine.data import dataset_info
 from ..method.decompose import rel_error
 from ..method.layers import FactoConv2d, MaskReLU
 from ..method.recompute import fuse_recompute
+from .budget import check_batch
 from .meter import saved_activations
 
 SOURCES = ("dense", "facto")
@@ -132,14 +133,17 @@ def _describe(record, source: str, trained: str | None) -> str:
     return f"input of the {trained} factor (the trained one)" if trained else "the layer's input (all factors train)"
 
 
-def explain_layer(config: RunConfig, layer: str, x: torch.Tensor | None = None) -> LayerStory:
+def explain_layer(config: RunConfig, layer: str, x: torch.Tensor | None = None,
+                  max_batch: int | None = None) -> LayerStory:
     """Dense vs Facto for one conv layer of the config's model, measured on a batch.
 
     Args:
         config: model, dataset, rank, update, bits, block, recompute, batch_size, seed.
         layer: a name from `conv_layers`.
         x: the model input batch (default: N(0, 1) noise of the dataset's shape).
+        max_batch: the most images a batch may have (None: no bound): LimitError before any work.
     """
+    check_batch(config.batch_size if x is None else int(x.shape[0]), max_batch)
     info = dataset_info(config.dataset)
     dense = dense_model(config, info.num_classes, info.in_channels)
     names = [n for n, _ in conv_layers(dense)]
@@ -205,11 +209,12 @@ class RankPoint:
     stored_bytes: int
 
 
-def rank_curve(config: RunConfig, layer: str, ranks: list, x: torch.Tensor | None = None) -> list[RankPoint]:
+def rank_curve(config: RunConfig, layer: str, ranks: list, x: torch.Tensor | None = None,
+               max_batch: int | None = None) -> list[RankPoint]:
     """Reconstruction error, parameters and stored bytes of one layer for several ranks."""
     points = []
     for rank in ranks:
-        story = explain_layer(config.replace(rank=rank), layer, x)
+        story = explain_layer(config.replace(rank=rank), layer, x, max_batch)
         points.append(RankPoint(str(RankPolicy.parse(rank)), story.ranks, story.rel_error, story.params_facto,
                                 story.total("facto")))
     return points

@@ -33,7 +33,7 @@ from ..engine.build import Variant, fresh_model
 from ..engine.devices import resolve_device
 from ..engine.models import check_model_name
 from ..engine.optim import OPTIMIZER_SPECS
-from .budget import MB, MiB, parse_budget, parse_input_shape
+from .budget import MB, LimitError, MiB, check_input_size, parse_budget, parse_input_shape
 from .step_peak import TOLERANCE, peak_candidates, trace_forward, trainable_bytes
 
 OPTIMIZER_SLOTS = {name: spec.state_per_weight for name, spec in OPTIMIZER_SPECS.items()}
@@ -288,7 +288,8 @@ def _notes(key: str, input_shape: tuple[int, int, int], precision: str, device: 
 def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget: str | int,
          optimizer: str = "sgd", precision: str = "fp32", variants: str | Sequence[str] = DEFAULT_VARIANTS,
          device: str = "auto", reserve: str | int = DEFAULT_RESERVE, block: int = 64,
-         log: Callable[[str], None] | None = None) -> PlanResult:
+         log: Callable[[str], None] | None = None, max_input: int | None = None,
+         max_params: int | None = None) -> PlanResult:
     """The largest batch that trains under `budget` for each variant, with a breakdown in bytes.
 
     Stored activations are measured by the meter on `device` at batches 2 and 4; transients come
@@ -301,9 +302,15 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     what autocast really saves there (16-bit inputs of conv/linear, 16-bit weight copies);
     gradient maps take the dtype of their maps. On a CPU, autocast's op list is not CUDA's, and no 16-bit kernel
     workspace is seen: treat those rows as estimates, and --verify them on the GPU.
+
+    `max_input` (values per image, C x H x W) and `max_params` bound the work (None: no bound), checked
+    before any model is built or measured: LimitError (a ValueError) naming the value and the limit.
+    The probes' memory grows with the input (one plan of the registry's resnet18 at 3x128x128 grows
+    a process by about 1 GB); the app's pages pass their server's limits.
     """
     key = check_model_name(model, torchvision_layout=True)
     shape = parse_input_shape(input_shape)
+    check_input_size(shape, max_input)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r} is not allowed: use an integer >= 1")
     budget_bytes = parse_budget(budget)
@@ -313,6 +320,8 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     specs = [variant_spec(v) for v in parse_variants(variants)]
     dev = resolve_device(device)
     say = log or (lambda msg: None)
+    if max_params is not None:
+        check_params(key, num_classes, shape[0], max_params)
     dense = fresh_model(key, num_classes, shape[0]).to(dev)
     rows = []
     for spec in specs:
@@ -326,6 +335,19 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     notes = _notes(key, shape, precision, dev, specs) + _nothing_fits(rows, budget_bytes, reserve_bytes)
     return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
                       PROBE_BATCHES, rows, notes)
+
+
+def check_params(key: str, num_classes: int, in_channels: int, max_params: int) -> None:
+    """LimitError when model `key` has more than `max_params` parameters, counted on the meta device
+    (no memory, no weights drawn); a model that cannot be built there is counted built for real."""
+    try:
+        with torch.device("meta"):
+            model = fresh_model(key, num_classes, in_channels)
+    except (NotImplementedError, RuntimeError):  # e.g. torchvision's regnets copy values while they initialise
+        model = fresh_model(key, num_classes, in_channels)
+    params = sum(p.numel() for p in model.parameters())
+    if params > max_params:
+        raise LimitError(f"model={key!r} has {params:,} parameters, above the limit of {max_params:,} here")
 
 
 def _nothing_fits(rows: Sequence[PlanRow], budget: int, reserve: int) -> list[str]:

@@ -150,3 +150,74 @@ def test_planner_page_shows_a_card_for_every_variant(home):
     at.multiselect(key="fit_variants").set_value(every).run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(every) > 5 and [m.label for m in at.metric] == every
+
+
+@pytest.fixture()
+def no_planning(monkeypatch):
+    """Measuring a variant fails the test: a limit must stop the page before the planner works."""
+    from facto.memory import plan
+
+    monkeypatch.setattr(plan, "profile_variant", lambda *a, **k: pytest.fail("planned although above the limit"))
+
+
+@pytest.mark.parametrize(("room", "shape", "message"), [
+    ("", "3x2048x2048", "Can't plan this here: input=3x2048x2048 has 12,582,912 values per image (C x H x W), "
+                        "above the limit of 150,528 here (e.g. 3x224x224). `facto plan` on your own machine has "
+                        "no such limit."),
+    ("1", "3x224x224", "Can't plan this here: input=3x224x224 has 150,528 values per image (C x H x W), "
+                       "above the limit of 49,152 here (e.g. 3x128x128)."),
+])
+def test_planner_page_refuses_an_input_above_the_servers_limit(home, monkeypatch, no_planning, room, shape, message):
+    monkeypatch.setenv("FACTO_ROOM", room)
+    at = app_test("pages/6_fit-my-gpu.py", 300)
+    at.session_state["fit_input"] = shape
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] and at.error[0].value.startswith(message), [e.value for e in at.error]
+    assert not at.metric
+
+
+def test_planner_page_refuses_a_model_above_the_parameter_limit(home, no_planning):
+    at = app_test("pages/6_fit-my-gpu.py", 300)
+    at.session_state["fit_model"] = "tv:resnet101"
+    at.session_state["fit_input"] = "3x224x224"
+    at.session_state["fit_classes"] = 1000  # torchvision's ImageNet head: 44,549,160 parameters, as its docs say
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        "Can't plan this here: model='tv:resnet101' has 44,549,160 parameters, above the limit of 30,000,000 here. "
+        "`facto plan` on your own machine has no such limit."]
+
+
+@pytest.mark.parametrize("page", ["pages/2_layers.py", "pages/5_how-it-works.py"])
+def test_layer_pages_refuse_a_batch_above_the_rooms_limit(home, monkeypatch, page):
+    from facto.memory import analysis, explain
+
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_BATCH", "16")
+    monkeypatch.setattr(analysis, "dense_model", lambda *a, **k: pytest.fail("measured although above the limit"))
+    monkeypatch.setattr(explain, "dense_model", lambda *a, **k: pytest.fail("measured although above the limit"))
+    prefix = "layers_" if "layers" in page else "how_"
+    at = app_test(page, 300)
+    at.session_state[prefix + "batch_size"] = 32
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] and at.error[0].value.endswith(
+        "batch_size=32 is above the limit of 16 images per batch here"), [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("value", ["²", "３", "1e3"])
+def test_a_server_setting_not_in_ascii_digits_is_named_and_every_page_still_runs(home, monkeypatch, value):
+    """'²'.isdigit() holds but int('²') raises: the setting used to bring every page down with a traceback."""
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", value)
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    expected = f"Server setting ignored: FACTO_ROOM_MAX_EPOCHS={value!r} is not allowed: use an integer >= 1. Using 10."
+    assert expected in [e.value for e in at.error], [e.value for e in at.error]
+    assert any("Room mode: at most 10 epochs" in i.value for i in at.info)
+    st.cache_resource.clear()
+    page = app_test("pages/6_fit-my-gpu.py", 300)
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]

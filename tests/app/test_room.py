@@ -16,7 +16,7 @@ from facto.config import RunConfig
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLES = ["FACTO_ROOM", "FACTO_ROOM_DOWNLOAD", "FACTO_MAX_RUNS", "FACTO_JOBS", "FACTO_DATA_DIR",
              "FACTO_ROOM_MAX_EPOCHS", "FACTO_ROOM_MAX_BATCH", "FACTO_ROOM_MAX_TRAIN", "FACTO_ROOM_MAX_PARAMS",
-             "FACTO_ROOM_RUNS_PER_VISITOR"]
+             "FACTO_ROOM_RUNS_PER_VISITOR", "FACTO_ROOM_MAX_INPUT"]
 
 
 @pytest.fixture()
@@ -46,10 +46,11 @@ def test_good_values_are_taken(room, monkeypatch, tmp_path):
     for name, value in {"FACTO_ROOM": "yes", "FACTO_ROOM_DOWNLOAD": "1", "FACTO_MAX_RUNS": "3",
                         "FACTO_JOBS": "Thread", "FACTO_DATA_DIR": str(tmp_path), "FACTO_ROOM_MAX_EPOCHS": " 4 ",
                         "FACTO_ROOM_MAX_BATCH": "+64", "FACTO_ROOM_MAX_TRAIN": "5000",
-                        "FACTO_ROOM_MAX_PARAMS": "1000000", "FACTO_ROOM_RUNS_PER_VISITOR": "2"}.items():
+                        "FACTO_ROOM_MAX_PARAMS": "1000000", "FACTO_ROOM_RUNS_PER_VISITOR": "2",
+                        "FACTO_ROOM_MAX_INPUT": "3072"}.items():
         monkeypatch.setenv(name, value)
     assert room.room() == room.Room(enabled=True, max_epochs=4, max_batch=64, max_train=5000, max_params=1_000_000,
-                                    runs_per_visitor=2, data_dir=str(tmp_path), download=True)
+                                    runs_per_visitor=2, max_input=3072, data_dir=str(tmp_path), download=True)
     assert room.max_runs() == 3 and room.jobs_mode() == "thread"
     assert room.env_problems() == []
 
@@ -83,6 +84,40 @@ def test_a_bad_value_falls_back_with_a_line_naming_the_variable(room, monkeypatc
     assert r.enabled  # an unreadable FACTO_ROOM counts as on: the safe side
     defaults = room.Room(enabled=True, data_dir=RunConfig().data_dir)
     assert r == defaults and room.max_runs() == 1 and room.jobs_mode() == "process"
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "３", "-1", "1e3", "12a", "0x10"])
+def test_an_integer_setting_takes_only_ascii_digits(room, monkeypatch, value):
+    """'²'.isdigit() holds but int('²') raises; '３' and '١٢' are digits of other scripts: each is named
+    in one line and the default used, where '²' used to raise on every page."""
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", value)
+    assert room.env_problems() == [f"FACTO_ROOM_MAX_EPOCHS={value!r} is not allowed: use an integer >= 1. Using 10."]
+    assert room.room().max_epochs == 10
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 10), ("  ", 10), (" 7 ", 7), ("+7", 7), ("007", 7)])
+def test_an_integer_setting_in_ascii_digits_or_empty_is_taken(room, monkeypatch, value, expected):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", value)
+    assert room.env_problems() == [] and room.room().max_epochs == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("12", 12), (" 3 ", 3), ("+4", 4), ("²", None), ("３", None),
+                                                ("١٢", None), ("-1", None), ("1e3", None), ("", None), ("1 2", None)])
+def test_ascii_int(room, text, expected):
+    assert room.ascii_int(text) == expected
+
+
+def test_page_computations_are_bounded_tighter_in_a_room(room, monkeypatch):
+    server = room.page_limits(room.Room())
+    assert (server.max_input, server.max_params, server.max_batch) == (3 * 224 * 224, 30_000_000, 1024)
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    in_room = room.page_limits(room.room())
+    assert (in_room.max_input, in_room.max_params, in_room.max_batch) == (3 * 128 * 128, 30_000_000, 256)
+    monkeypatch.setenv("FACTO_ROOM_MAX_INPUT", "3072")
+    assert room.page_limits(room.room()).max_input == 3072
+    assert "Fit my GPU plans images of up to 3,072 values (e.g. 3x32x32)" in room.room().describe()
 
 
 def test_every_bad_variable_gets_its_own_line(room, monkeypatch):

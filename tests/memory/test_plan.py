@@ -40,7 +40,8 @@ def test_parse_input_shape(text, expected):
     assert fb.parse_input_shape(text) == expected
 
 
-@pytest.mark.parametrize("text", ["3x224", "3x224x224x1", "0x32x32", "ax32x32", "3x-2x32", (3, 32), "", None])
+@pytest.mark.parametrize("text", ["3x224", "3x224x224x1", "0x32x32", "ax32x32", "3x-2x32", (3, 32), "", None,
+                                  "²x32x32", "３x32x32", "3x١٢x32"])
 def test_parse_input_shape_errors(text):
     with pytest.raises(ValueError, match=r"input=.*C x H x W"):
         fb.parse_input_shape(text)
@@ -138,6 +139,56 @@ def test_stored_bytes_are_the_meters_and_linear_in_the_batch():
     profile = fp.profile_variant(fp.variant_spec("balanced"), facto.create_model("resnet20", 10, 1), (1, 32, 32))
     actual = facto.measure_activations(model, torch.randn(12, 1, 32, 32), bits).bytes
     assert abs(profile.stored.at(12) - actual) <= 0.01 * actual
+
+
+# ----------------------------------------------------------------------------- limits, checked before the work
+
+@pytest.fixture()
+def no_work(monkeypatch):
+    """Building or measuring a model fails the test: a limit must stop the plan before either."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the work started although a limit forbids it")
+
+    for module, name in ((fp, "fresh_model"), (fp, "profile_variant"), (sp, "trace_forward")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def test_an_input_above_the_limit_is_refused_before_any_work(no_work):
+    with pytest.raises(fb.LimitError) as err:
+        fp.plan("resnet20", "3x2048x2048", 10, "8GB", max_input=3 * 224 * 224)
+    assert str(err.value) == ("input=3x2048x2048 has 12,582,912 values per image (C x H x W), above the limit of "
+                              "150,528 here (e.g. 3x224x224)")
+    assert isinstance(err.value, ValueError)  # the CLI and the pages report it as a user mistake
+    with pytest.raises(fb.LimitError, match=r"input=1x200x200 has 40,000 values .* limit of 9,999 here \(e\.g\. 1x99x99\)"):
+        fp.plan("simple_cnn", (1, 200, 200), 10, "8GB", max_input=9_999)
+
+
+def test_a_model_above_the_parameter_limit_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setattr(fp, "profile_variant", lambda *a, **k: pytest.fail("measured although too large"))
+    with pytest.raises(fb.LimitError) as err:
+        fp.plan("resnet20", "3x32x32", 10, "8GB", max_params=100_000)
+    assert str(err.value) == "model='resnet20' has 272,474 parameters, above the limit of 100,000 here"
+
+
+def test_the_largest_allowed_input_and_model_are_planned():
+    result = fp.plan("simple_cnn", "1x48x48", 10, "1GB", variants="dense", device="cpu",
+                     max_input=48 * 48, max_params=272_474)
+    assert result.input_shape == (1, 48, 48) and result.rows[0].max_batch > 0
+
+
+def test_layer_pages_refuse_a_batch_above_the_limit_before_any_work(monkeypatch):
+    from facto.memory import analysis, explain
+
+    monkeypatch.setattr(analysis, "dense_model", lambda *a, **k: pytest.fail("built although too large"))
+    monkeypatch.setattr(explain, "dense_model", lambda *a, **k: pytest.fail("built although too large"))
+    config = facto.RunConfig(batch_size=5000)
+    message = "batch_size=5,000 is above the limit of 1,024 images per batch here"
+    with pytest.raises(fb.LimitError, match=message):
+        analysis.analyse_layers(config, max_batch=1024)
+    with pytest.raises(fb.LimitError, match=message):
+        explain.explain_layer(config, "conv1", max_batch=1024)
+    with pytest.raises(fb.LimitError, match=message):
+        explain.rank_curve(config, "conv1", ["0.5"], max_batch=1024)
 
 
 # ----------------------------------------------------------------------------- planning
