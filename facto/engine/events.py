@@ -13,6 +13,22 @@ from typing import Union
 VARIANTS = ("baseline", "facto")
 
 
+PHASES = ("loading", "warm-up", "factorizing")
+
+
+@dataclass
+class PhaseEvent:
+    """Sent as a run enters each phase before its first step (loading the data, the dense
+    warm-up, factorizing): the run is stored from the first one on, so a run stopped or cut off
+    there stays in the history."""
+
+    phase: str
+    config: dict
+    variants: list[str]
+    run_id: int | None = None
+    type: str = "phase"
+
+
 @dataclass
 class StartEvent:
     """Sent once before the first step: what is being compared."""
@@ -93,7 +109,7 @@ class SummaryEvent:
     type: str = "summary"
 
 
-Event = Union[StartEvent, StepEvent, EvalEvent, FailureEvent, SummaryEvent]
+Event = Union[PhaseEvent, StartEvent, StepEvent, EvalEvent, FailureEvent, SummaryEvent]
 
 
 class RunTracker:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
+from .stopping import STOPPED_BY_USER, RunStopped, stop_requests
+
 log = logging.getLogger("facto.engine.jobs")
 
 STATUSES = ("queued", "running", "completed", "interrupted", "failed")
@@ -99,7 +101,8 @@ class Job:
         return self
 
     def stop(self, wait_s: float = 0.0) -> None:
-        """Ask the worker to stop after the current event; a queued job ends at once."""
+        """Ask the run to stop at its next check (between steps, inside a long phase); a queued
+        job ends at once."""
         self._stop.set()
         with self._lock:
             queued = self.status == "queued"
@@ -139,21 +142,27 @@ class Job:
 
     # -- worker -----------------------------------------------------------------------------
 
+    def _stop_reason(self) -> str | None:
+        return STOPPED_BY_USER if self._stop.is_set() else None
+
     def _work(self) -> None:
         events = None
         try:
-            events = self._make_events()
-            for event in events:
-                with self._lock:
-                    self._events.append(event)
-                    if self.accumulator is not None:
-                        self.accumulator.add(event)
-                    self.version += 1
-                if self._stop.is_set():
-                    events.close()  # the recorder stores the run as 'interrupted'
-                    self._finish("interrupted")
-                    return
+            with stop_requests(self._stop_reason):  # a run checks it inside its long phases too
+                events = self._make_events()
+                for event in events:
+                    with self._lock:
+                        self._events.append(event)
+                        if self.accumulator is not None:
+                            self.accumulator.add(event)
+                        self.version += 1
+                    if self._stop.is_set():
+                        events.close()  # the recorder stores the run as 'interrupted'
+                        self._finish("interrupted")
+                        return
             self._finish("completed")
+        except RunStopped:  # the stop reached the run inside a phase; the recorder stored it
+            self._finish("interrupted")
         except ValueError as exc:  # a bad combination, data not on disk, a device not there
             self._finish("failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - kept for the UI; the recorder stores it as failed
@@ -186,9 +195,10 @@ def in_child(fn: Callable[..., Iterator], *args: Any) -> Callable[[], Iterator]:
 
     fn must be a module-level function and its args and events picklable. The returned
     callable starts `python -m facto.engine.worker` and gives a generator of the child's events;
-    closing that generator (a Job's Stop) asks the child to stop after its current event and
-    waits for it, so what it stores is complete. An error in the child is raised in the
-    parent (a ValueError stays a ValueError: a user's mistake).
+    a Job's Stop (its stop request, or closing that generator) asks the child to stop at its next
+    check and waits for it, so what it stores is complete; the child also ends with its parent.
+    An error in the child is raised in the parent (a ValueError stays a ValueError: a user's
+    mistake).
     """
     def make_events() -> Iterator:
         from . import worker

@@ -2,7 +2,9 @@
 
 `record(events, store)` yields the same events; on the way it writes them to the run
 history (`facto.store.history.RunStore`) and fills `run_id` into the start and summary events.
-Closing it early (Stop, Ctrl-C) stores the run as 'interrupted' with every step so far;
+The run is stored from its first event on (a `PhaseEvent` as it loads its data). Closing the
+stream early (Stop, Ctrl-C) or a stop request inside a phase (`facto.engine.stopping.RunStopped`)
+stores the run as 'interrupted' with every step so far;
 an exception stores it as 'failed' with the error, then propagates.
 """
 from __future__ import annotations
@@ -11,8 +13,10 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Iterator
 
+from ..store.files import StoreUnavailableError
 from . import distributed
-from .events import EvalEvent, Event, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .events import EvalEvent, Event, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .stopping import RunStopped, stop_reason
 
 if TYPE_CHECKING:
     from ..store.history import RunStore
@@ -32,12 +36,17 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
     run_id: int | None = None
     pending: list[tuple] = []
     status, error = "interrupted", None
+    store_failed = False  # the store itself failed: nothing more can be written to it
     try:
         for event in events:
             tracker.add(event)
-            if isinstance(event, StartEvent) and distributed.is_main_process():
-                run_kind = kind or ("compare" if len(event.params) > 1 else "single")
-                run_id = store.start_run(event.config, kind=run_kind)
+            if isinstance(event, PhaseEvent) and distributed.is_main_process():
+                if run_id is None:
+                    run_id = store.start_run(event.config, kind=kind or _kind(event.variants))
+                event.run_id = run_id
+            elif isinstance(event, StartEvent) and distributed.is_main_process():
+                if run_id is None:
+                    run_id = store.start_run(event.config, kind=kind or _kind(event.params))
                 event.run_id = tracker.start.run_id = run_id
                 for variant, sizes in event.layer_bytes.items():
                     store.log_layers(run_id, variant, sizes)
@@ -52,22 +61,31 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
         if status == "interrupted":  # the source ended without a summary
             status = "completed" if tracker.steps else "failed"
     except GeneratorExit:
-        status = "interrupted"
+        status, error = "interrupted", stop_reason()  # closed for a stop request, or by its reader
         events.close()
+        raise
+    except RunStopped as stop:  # a stop request reached the run inside a phase
+        status, error = "interrupted", stop.reason
         raise
     except BaseException as exc:  # KeyboardInterrupt too: the run stays in the history
         if isinstance(exc, KeyboardInterrupt):
             status = "interrupted"
         else:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
+        store_failed = isinstance(exc, StoreUnavailableError)
         raise
     finally:
-        if run_id is not None:
+        if run_id is not None and not store_failed:  # a second store error would hide the first
             _flush(store, run_id, pending)
             summary = tracker.summary(status) if tracker.steps else None
             if error is None and tracker.failures:
                 error = "; ".join(f"{v} failed: {why}" for v, why in tracker.failures.items())
             store.finish_run(run_id, status, asdict(summary) if summary else None, error)
+
+
+def _kind(variants) -> str:
+    """compare (baseline and Facto) or single (one variant)."""
+    return "compare" if len(variants) > 1 else "single"
 
 
 def _row(event: StepEvent | EvalEvent) -> tuple:

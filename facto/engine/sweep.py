@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence, Union
 
 from ..config import RunConfig, bits_label
-from .events import Event, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .events import PHASES, Event, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
 from .recorder import history_at, record
 from .train import run, too_short_to_compare
 
@@ -143,6 +143,8 @@ class SweepTracker:
             self.train_size = event.train_size
             if event.run_id is not None:
                 self.run_ids.append(event.run_id)
+        elif isinstance(event, PhaseEvent) and event.phase == PHASES[0]:  # a new run loads its data
+            self.run = RunTracker()
         elif isinstance(event, SweepPoint):
             self.points.append(event)
             self.current = self.current_variant = None

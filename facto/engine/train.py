@@ -4,6 +4,9 @@
 weights on the same batches, interleaved (a baseline step, a Facto step, ...), and yields
 typed events (`facto.engine.events`) that the app and the CLI draw. Closing the generator early
 (Stop) simply ends it; `facto.engine.recorder.record` stores a run as it goes (Stop -> interrupted).
+A run also checks for stop requests (`facto.engine.stopping.check_stop`) between steps and inside
+its long phases (loading, warm-up, factorizing, evaluation), where it yields no event for a while.
+A run takes at most `MAX_RUN_STEPS` steps, warm-up included.
 
 Each run owns its random generators: weights come from the seed (under facto's lock on
 torch's global generator), the data order and the stochastic rounding from generators
@@ -29,12 +32,18 @@ from . import distributed
 from .build import Variant, dense_model, layer_bytes, run_variants
 from .data import DataBundle, load_data
 from .devices import device_name, resolve_device
-from .events import EvalEvent, Event, FailureEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .events import EvalEvent, Event, FailureEvent, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
 from .optim import make_optimizer
 from .step import NonFiniteError, autocast, train_step
+from .stopping import check_stop
+
+
+class RunTooLongError(ValueError):
+    """A run's settings ask for more steps than `MAX_RUN_STEPS` (known once its data is loaded)."""
 
 NONFINITE_ADVICE = "try a lower learning rate or more bits"
 OOM_ADVICE = "try a smaller batch, fewer bits or recompute on"
+MAX_RUN_STEPS = 10**9  # warm-up plus training steps of one run: far beyond any run that ends
 TOO_SHORT_PCT = 50.0  # a baseline below this test accuracy has not learned enough to compare or rank
 
 
@@ -173,6 +182,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
+        check_stop()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(x).float()
@@ -203,6 +213,12 @@ class Schedule:
     eval_every: int
     cycle_every: int
 
+    def __post_init__(self) -> None:
+        if self.total > MAX_RUN_STEPS:
+            raise RunTooLongError(
+                f"a run of {self.total} steps ({self.steps_per_epoch} per epoch) is not allowed: at most "
+                f"{MAX_RUN_STEPS} steps; lower the epochs or set a step limit (max_steps)")
+
     @property
     def epochs(self) -> int:
         return math.ceil(self.total / self.steps_per_epoch)
@@ -212,7 +228,13 @@ class Schedule:
         return end_of_epoch or bool(self.eval_every and step % self.eval_every == 0)
 
     def evals_planned(self) -> int:
-        return sum(self.evaluates_after(s) for s in range(1, self.total + 1))
+        """How many steps `evaluates_after` (counted, not enumerated: a long run plans at once)."""
+        epoch_ends = self.total // self.steps_per_epoch + (self.total % self.steps_per_epoch != 0)
+        if not self.eval_every:
+            return epoch_ends
+        both = math.lcm(self.steps_per_epoch, self.eval_every)
+        last_only_at_end = self.total % self.steps_per_epoch != 0 and self.total % self.eval_every == 0
+        return epoch_ends + self.total // self.eval_every - self.total // both - last_only_at_end
 
     def factor_for(self, trainer: Trainer, step: int, epoch: int) -> str | None:
         """The factor `trainer` switches to before `step` (None: no switch)."""
@@ -242,18 +264,33 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     if not variants:
         raise ValueError("variants=() is not allowed: use baseline and/or facto")
     tracker = RunTracker()
+    chosen = run_variants(config, variants)
+    names = [v.name for v in chosen]
     distributed.init_from_env()
     device = distributed.device_for(resolve_device(config.device))
+    yield PhaseEvent("loading", config.to_dict(), names)
+    check_stop()
     if data is None:
         data = load_data(config.dataset, config.data_dir, config.batch_size, download=config.download,
                          seed=config.seed, max_train=config.max_train, max_test=config.max_test)
+    check_stop()
     train_loader = distributed.shard_loader(data.train_loader, config.seed)
     schedule = Schedule(config.max_steps or len(train_loader) * config.epochs, len(train_loader),
                         config.eval_every, config.cycle_every)
+    if config.warm_start_steps > MAX_RUN_STEPS - schedule.total:
+        raise RunTooLongError(
+            f"warm_start_steps={config.warm_start_steps} is not allowed with {schedule.total} training steps: "
+            f"warm-up and training together take at most {MAX_RUN_STEPS} steps")
     dense = dense_model(config, data.info.num_classes, data.info.in_channels, device)
-    warm = list(_warm_start(dense, config, train_loader, device)) if config.warm_start_steps else []
-    chosen = run_variants(config, variants)
-    models = {v.name: v.build(dense) for v in chosen}
+    if config.warm_start_steps:
+        yield PhaseEvent("warm-up", config.to_dict(), names)
+        yield from _warm_start(dense, config, train_loader, device)
+    yield PhaseEvent("factorizing", config.to_dict(), names)
+    models = {}
+    for v in chosen:
+        check_stop()
+        models[v.name] = v.build(dense)
+    check_stop()
     del dense
     probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
     start = StartEvent(
@@ -267,7 +304,6 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         evals_planned=schedule.evals_planned())
     tracker.add(start)
     yield start
-    yield from warm
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]
     for event in _train(trainers, schedule, train_loader, data.test_loader):
         tracker.add(event)
@@ -283,6 +319,7 @@ def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loade
         for x, y in train_loader:
             if step >= schedule.total or all(t.failure for t in trainers):
                 return
+            check_stop()
             step += 1
             for t in trainers:
                 if t.failure:
@@ -317,6 +354,7 @@ def _warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator
         for x, y in loader:
             if t.step >= config.warm_start_steps:
                 break
+            check_stop()
             r = t.train_step(x.to(device), y.to(device))
             yield StepEvent("warmup", t.step - config.warm_start_steps, 0, r.loss, r.accuracy, r.act_bytes,
                             r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated)

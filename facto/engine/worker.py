@@ -2,16 +2,23 @@
 
 Protocol (binary pipes): the parent writes one pickled (module, function, args) to the child's
 stdin, after its 8-byte length; the child writes each event the same way to its stdout, then an
-end marker (or an error record). Any further byte on stdin, or stdin closing, asks the child
-to stop after its current event: it closes the stream (a recorder stores the run as
-interrupted) and ends. Everything else the child prints goes to stderr.
+end marker (or an error record). Any further byte on stdin asks the child to stop: the run
+sees it at its next check (`facto.engine.stopping`: between steps and inside its long phases),
+a recorder stores it as interrupted, and the child ends.
+
+The child dies with its parent (a web server killed with kill -9): stdin closing, its parent pid
+changing, or SIGTERM (which Linux sends it when the parent dies, PR_SET_PDEATHSIG) stop the run
+the same way, and a child still alive `EXIT_GRACE_S` later exits at once (a reader of the history
+then shows its run as interrupted). Everything else the child prints goes to stderr.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -19,8 +26,16 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from .stopping import STOPPED_BY_USER, RunStopped, stop_reason, stop_requests
+
 _END, _ERROR = "__facto_end__", "__facto_error__"
 _HEADER = struct.Struct("<Q")
+PARENT_ENV = "FACTO_WORKER_PARENT"  # the parent's pid, given to the child
+PARENT_GONE = "its parent process (the server that started it) is gone"
+WATCH_EVERY_S = 0.5  # how often the child looks at its parent pid
+EXIT_GRACE_S = 5.0  # how long a child whose parent is gone may take to store its run
+POLL_S = 0.1  # how often a parent waiting for the next event looks for a stop request
+_PR_SET_PDEATHSIG = 1
 
 
 def _send(out, item: Any) -> None:
@@ -40,19 +55,21 @@ def main() -> int:
     if job is None:
         return 1  # the parent left before sending the job
     module, name, args = job
-    stop = threading.Event()
+    stop = _StopState()
+    stop.watch_parent(int(os.environ.get(PARENT_ENV) or 0))
+    with stop_requests(stop.reason):  # also while the stream is closed: the run stores why it ended
+        _run_stream(out, stop, module, name, args)
+    return 0
 
-    def watch_stdin() -> None:
-        os.read(0, 1)  # a byte, or end of file when the parent is gone
-        stop.set()
 
-    threading.Thread(target=watch_stdin, daemon=True).start()
+def _run_stream(out, stop: "_StopState", module: str, name: str, args: tuple) -> None:
+    """Run the job's stream, sending its events, then the end marker or its error."""
     stream = None
     try:
         stream = getattr(importlib.import_module(module), name)(*args)
         for event in stream:
             _send(out, event)
-            if stop.is_set():
+            if stop.reason() is not None:
                 stream.close()
                 break
         _send(out, _END)
@@ -67,7 +84,55 @@ def main() -> int:
     finally:
         if stream is not None:
             stream.close()  # a recorder stores the run (as interrupted when it did not finish)
-    return 0
+
+
+class _StopState:
+    """Why the child should stop (the first reason wins), from its stdin, its parent pid and SIGTERM."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._lock = threading.Lock()
+        self._parent_gone = threading.Event()
+
+    def reason(self) -> str | None:
+        return self._reason
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+        if reason == PARENT_GONE:
+            self._parent_gone.set()
+
+    def watch_parent(self, parent_pid: int) -> None:
+        """Start watching stdin and the parent; ask the kernel for SIGTERM when the parent dies."""
+        _die_with_parent()
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.set(PARENT_GONE))
+        threading.Thread(target=self._watch_stdin, daemon=True).start()
+        threading.Thread(target=self._watch_parent, args=(parent_pid or os.getppid(),), daemon=True).start()
+
+    def _watch_stdin(self) -> None:
+        byte = os.read(0, 1)  # a byte (Stop), or end of file when the parent is gone
+        self.set(STOPPED_BY_USER if byte else PARENT_GONE)
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        while not self._parent_gone.wait(WATCH_EVERY_S):
+            if os.getppid() != parent_pid:  # re-parented: the parent died
+                self.set(PARENT_GONE)
+        time.sleep(EXIT_GRACE_S)  # the run stores itself as interrupted meanwhile, and the child ends
+        os._exit(1)  # still here: stuck in a long operation, nobody waits for it
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies (elsewhere the
+    parent-pid watcher does it alone)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _parent_gone(out) -> None:
@@ -112,11 +177,15 @@ def _next(proc: subprocess.Popen, deadline: float | None = None) -> Any:
 def events_from_child(fn: Callable[..., Iterator], args: tuple, stop_wait_s: float = 60.0) -> Iterator:
     """Run fn(*args) in a child process and yield its events (see the module docstring)."""
     proc = subprocess.Popen([sys.executable, "-m", "facto.engine.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())})
     _send(proc.stdin, (fn.__module__, fn.__name__, args))  # the job, framed as the events are
-    finished = False
+    finished = asked = False
     try:
         while True:
+            while not select.select([proc.stdout.fileno()], [], [], POLL_S)[0]:
+                if not asked and stop_reason() is not None:  # this thread's Job was stopped
+                    asked = _ask_to_stop(proc)
             item = _next(proc)
             if item is None:
                 proc.wait(10)
@@ -128,20 +197,28 @@ def events_from_child(fn: Callable[..., Iterator], args: tuple, stop_wait_s: flo
                 finished = True
                 if item[1] == "ValueError":
                     raise ValueError(item[2])
+                if item[1] == "RunStopped":
+                    raise RunStopped(item[2])
                 raise RuntimeError(f"{item[1]}: {item[2]}")
             yield item
     finally:
         _stop(proc, finished, stop_wait_s)
 
 
+def _ask_to_stop(proc: subprocess.Popen) -> bool:
+    """Send the child its stop byte (True; also when it is already gone)."""
+    try:
+        proc.stdin.write(b"s")
+        proc.stdin.flush()
+    except OSError:
+        pass
+    return True
+
+
 def _stop(proc: subprocess.Popen, finished: bool, wait_s: float) -> None:
     """Ask a child that is still going to stop, let it store what it did, then reap it."""
     if not finished and proc.poll() is None:
-        try:
-            proc.stdin.write(b"s")
-            proc.stdin.flush()
-        except OSError:
-            pass
+        _ask_to_stop(proc)
         deadline = time.monotonic() + wait_s
         while True:  # drain its last events until the end marker
             item = _next(proc, deadline)
@@ -160,5 +237,16 @@ def _stop(proc: subprocess.Popen, finished: bool, wait_s: float) -> None:
     proc.stdout.close()
 
 
+def _exit(code: int) -> None:
+    """End the child at once once its run is stored and its last event sent: the interpreter's
+    teardown of torch takes seconds on a busy machine, and a stopped run's slot waits for it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _exit(main())

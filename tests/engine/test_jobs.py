@@ -1,6 +1,7 @@
 """facto.engine.jobs: runs in the background, queued one at a time, stoppable, with nothing lost."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -202,3 +203,182 @@ def test_a_job_whose_arguments_exceed_a_pipe_buffer_reaches_the_child_whole():
     job = Job(in_child(count_to_with_payload, 3, b"x" * 1_000_000)).start()
     assert job.wait(60) and job.status == "completed", job.error
     assert job.snapshot().events == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- stopping a run in any phase
+
+WARM_FOREVER = dict(max_train=64, max_test=32, batch_size=32, epochs=1, device="cpu", warm_start_steps=10**8)
+
+
+class EndlessTests:
+    """A test loader that never runs out: a run's first evaluation ends only when it is stopped.
+    `entered` (an Event or a marker file) tells that the evaluation has begun."""
+
+    def __init__(self, loader, entered: threading.Event | None = None, marker: str | None = None) -> None:
+        self.loader, self.entered, self.marker = loader, entered, marker
+
+    def __iter__(self):
+        if self.entered is not None:
+            self.entered.set()
+        if self.marker is not None:
+            with open(self.marker, "w") as f:
+                f.write("evaluating")
+        while True:
+            yield from self.loader
+
+
+def endless_evaluation(config: dict, db: str, marker: str | None = None, entered: threading.Event | None = None):
+    """compare_and_record whose first evaluation (after step 1) never ends by itself."""
+    import dataclasses
+
+    from facto.config import RunConfig
+    from facto.engine.data import load_data
+    from facto.engine.recorder import history_at, record
+    from facto.engine.train import compare
+
+    cfg = RunConfig.from_dict({**config, "eval_every": 1})
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.batch_size, seed=cfg.seed, max_train=cfg.max_train,
+                     max_test=cfg.max_test)
+    data = dataclasses.replace(data, test_loader=EndlessTests(data.test_loader, entered, marker))
+    with history_at(db) as store:
+        yield from record(compare(cfg, data=data), store)
+
+
+def stored(db: str):
+    from facto.store.history import RunStore
+
+    with RunStore(db) as store:
+        return [(r.status, r.error) for r in store.list_runs()]
+
+
+def test_stop_reaches_a_run_in_its_warm_up_and_in_an_evaluation(tmp_path):
+    """Stop was seen only when the run sent its next event: a warm-up of 10**8 steps or a long test
+    (no event until it ends) kept the only slot. Now the run checks between steps and batches."""
+    from facto.engine.events import RunTracker
+    from facto.engine.train import compare_and_record
+
+    db = str(tmp_path / "runs.db")
+    warming = Job(lambda: compare_and_record(WARM_FOREVER, db), RunTracker()).start()
+    deadline = time.monotonic() + 60
+    while not warming.read(lambda t: t.steps.get("warmup")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    warming.stop(wait_s=30)
+    print(f"thread job: stopped in its warm-up after {time.monotonic() - asked:.2f} s")
+    assert warming.status == "interrupted", warming.status
+    assert stored(db) == [("interrupted", "stopped by the user")]
+
+    entered = threading.Event()
+    testing = Job(lambda: endless_evaluation({**WARM_FOREVER, "warm_start_steps": 0}, db, entered=entered),
+                  RunTracker()).start()
+    assert entered.wait(60)
+    testing.stop(wait_s=30)
+    assert testing.status == "interrupted", testing.status
+    assert stored(db)[0] == ("interrupted", "stopped by the user")
+    assert testing.read(lambda t: {v: len(s) for v, s in t.steps.items()}) == {"baseline": 1, "facto": 1}
+
+
+@pytest.mark.slow
+def test_a_run_in_a_child_process_stops_in_its_warm_up(tmp_path):
+    """FACTO_JOBS=process: the Job's thread waits for the child's next event; a Stop must still reach
+    a child that sends none for a long while (its warm-up)."""
+    from facto.engine.events import RunTracker
+    from facto.engine.jobs import in_child
+    from facto.engine.train import compare_and_record
+
+    db = str(tmp_path / "runs.db")
+    job = Job(in_child(compare_and_record, WARM_FOREVER, db), RunTracker()).start()
+    deadline = time.monotonic() + 120
+    while not job.read(lambda t: t.steps.get("warmup")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    job.stop(wait_s=60)
+    print(f"child job: stopped in its warm-up after {time.monotonic() - asked:.2f} s")
+    assert job.status == "interrupted", (job.status, job.error)
+    assert stored(db) == [("interrupted", "stopped by the user")]
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie nobody reaped yet counts as ended)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+SERVER = """
+import sys, time
+from facto.engine.jobs import Job, in_child
+from facto.engine.train import compare_and_record
+from tests.engine.test_jobs import WARM_FOREVER, endless_evaluation
+db, phase, marker = sys.argv[1:4]
+if phase == "warm-up":
+    Job(in_child(compare_and_record, WARM_FOREVER, db)).start()
+else:
+    Job(in_child(endless_evaluation, {**WARM_FOREVER, "warm_start_steps": 0}, db, marker)).start()
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_a_worker_dies_with_its_server_in_its_warm_up_and_in_an_evaluation(tmp_path):
+    """kill -9 of a web server left its training child running on (190 % CPU) until the run's next
+    event. Now the child stops when its parent goes, stores the run as interrupted itself and ends."""
+    import os
+    import signal
+    import subprocess
+
+    from facto.engine.worker import PARENT_GONE
+
+    for phase in ("warm-up", "evaluation"):
+        db, marker = str(tmp_path / f"{phase}.db"), str(tmp_path / f"{phase}.marker")
+        server = subprocess.Popen([sys.executable, "-c", SERVER, db, phase, marker], cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if phase == "evaluation" and os.path.exists(marker):
+                break
+            if phase == "warm-up" and os.path.exists(db) and _stored_rows(db):
+                break
+            time.sleep(0.1)
+        children = _children(server.pid)
+        assert len(children) == 1, children
+        worker = children[0]
+        killed = time.monotonic()
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        while not _gone(worker) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        print(f"{phase}: the worker was gone {time.monotonic() - killed:.2f} s after its server")
+        assert _gone(worker), f"{phase}: the worker {worker} outlived its server by 10 s"
+        assert stored(db) == [("interrupted", PARENT_GONE)], phase
+
+
+ROOT = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+
+
+def _stored_rows(db: str) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    import glob
+
+    found = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(path) as f:
+            found += [int(p) for p in f.read().split()]
+    return found

@@ -38,6 +38,9 @@ def test_presets_give_their_recipes_and_take_overrides():
 
 def test_compare_yields_typed_events_and_a_consistent_summary():
     events = list(compare(RunConfig(**TINY, eval_every=3)))
+    assert [(e.phase, e.variants) for e in events[:2]] == [("loading", ["baseline", "facto"]),
+                                                           ("factorizing", ["baseline", "facto"])]
+    events = events[2:]
     assert isinstance(events[0], StartEvent)
     assert set(events[0].layer_bytes) == {"baseline", "facto"}
     assert events[0].report, "the factorization report travels with the start event"
@@ -113,6 +116,9 @@ def test_warm_start_trains_dense_first_then_factorizes_it():
     warm = [e for e in events if isinstance(e, StepEvent) and e.variant == "warmup"]
     assert len(warm) == 2
     assert events[-1].steps == {"baseline": 2, "facto": 2}
+    # the warm-up steps come as they are taken, between its phase and the factorization
+    kinds = [getattr(e, "phase", None) or getattr(e, "variant", None) or e.type for e in events[:6]]
+    assert kinds == ["loading", "warm-up", "warmup", "warmup", "factorizing", "start"]
 
 
 def test_cycle_schedule_switches_the_trained_factor():
@@ -287,5 +293,40 @@ def test_library_entry_points_name_what_is_wrong(call, message):
 
 def test_one_variant_may_be_given_as_a_string():
     """variants="facto" (it was read as the letters f, a, c, t, o)."""
-    events = list(compare(RunConfig(**TINY, max_steps=1), variants="facto"))
+    events = list(compare(RunConfig(**TINY, max_steps=1), variants="facto"))[2:]
     assert set(events[0].params) == {"facto"} and events[-1].status == "completed"
+
+
+def test_planned_evaluations_are_counted_without_walking_every_step():
+    """evals_planned agrees with asking evaluates_after about each step, and a long run plans at
+    once (it walked every step: `--epochs 1000000000` sat silent in planning)."""
+    from facto.engine.train import Schedule
+
+    for total, per_epoch, every in [(10, 3, 0), (10, 3, 4), (12, 3, 4), (12, 4, 6), (7, 7, 7), (9, 2, 3), (1, 5, 2)]:
+        schedule = Schedule(total, per_epoch, every, 0)
+        walked = sum(schedule.evaluates_after(s) for s in range(1, total + 1))
+        assert schedule.evals_planned() == walked, (total, per_epoch, every)
+    # 10**9 steps of 7 per epoch, a test every 1000: 142857143 epoch ends (the last one partial),
+    # 1000000 tests by count, 142857 steps that are both, and the last step (a multiple of 1000) once
+    assert Schedule(10**9, 7, 1000, 0).evals_planned() == 142857143 + 1000000 - 142857 - 1
+
+
+def test_a_run_longer_than_the_bound_is_refused_naming_its_steps_and_the_bound():
+    from facto.engine.train import RunTooLongError
+
+    with pytest.raises(RunTooLongError, match="a run of 6000000000 steps .* at most 1000000000 steps"):
+        consume(compare(RunConfig(**{**TINY, "epochs": 10**9})))  # 6 steps per epoch
+    with pytest.raises(ValueError, match="warm_start_steps=999999999 is not allowed with 6 training steps: "
+                                         "warm-up and training together take at most 1000000000 steps"):
+        consume(compare(RunConfig(**TINY, warm_start_steps=10**9 - 1)))
+
+
+def test_the_cli_refuses_a_run_longer_than_the_bound_in_one_line(capsys):
+    """`facto train --epochs 1000000000` sat silent planning 10**10 steps; now one line, exit 2."""
+    from facto.cli.main import main
+
+    code = main(["train", "--epochs", "1000000000", "--max-train", "192", "--batch-size", "32", "--device", "cpu",
+                 "--no-store", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: a run of 6000000000 steps (6 per epoch) is not allowed: at most 1000000000 "
+                                 "steps; lower the epochs or set a step limit (max_steps)"], (code, err)
