@@ -19,7 +19,9 @@ stored, without anyone having to call :meth:`RunStore.mark_stale_running`.
 
 A history that cannot be used (FACTO_HOME is a file, a read-only folder, a
 damaged ``runs.db``) raises :class:`StoreUnavailableError` with a one-line
-fix; a valid history that cannot be written opens read-only.
+fix; a valid history that cannot be written opens read-only.  A history file deleted
+or replaced while a store has it open is noticed at the store's next write, which
+raises :class:`StoreUnavailableError` instead of writing into a file nobody can open.
 
 Beside it in facto.store: owner (owners), files (file errors), rows (JSON/CSV), schema (tables).
 """
@@ -122,6 +124,15 @@ def default_db_path() -> Path:
     return base / "runs.db"
 
 
+def _file_identity(path: str) -> tuple[str, int, int] | None:
+    """(path, device, inode) of the file at `path` (None: nothing there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
+
+
 class RunStore:
     """SQLite-backed run history; safe to share between threads of one process.
 
@@ -144,6 +155,7 @@ class RunStore:
     ) -> None:
         explicit = path is not None
         self.path = Path(path) if explicit else default_db_path()
+        self._file: tuple[str, int, int] | None = None  # (absolute path, device, inode) written to
         self.stale_after_s = float(stale_after_s)
         self._explicit = explicit
         self._lock = threading.RLock()
@@ -164,6 +176,7 @@ class RunStore:
         if self._read_only_reason is None:
             try:
                 self._conn = self._open_rw()
+                self._file = _file_identity(os.path.abspath(self.path))
                 return
             except (sqlite3.Error, StoreUnavailableError) as exc:
                 cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
@@ -305,6 +318,7 @@ class RunStore:
                 f"{self._fix('a writable folder')}, or make {self.path} and its folder writable",
             )
         with self._lock:
+            self._check_same_file(doing)
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -320,6 +334,25 @@ class RunStore:
                 if type(exc) is not sqlite3.DatabaseError:  # IntegrityError etc. pass through
                     raise
                 raise self._unavailable(exc, doing) from exc
+
+    def _check_same_file(self, doing: str) -> None:
+        """StoreUnavailableError when the file this store writes to is no longer at its path
+        (deleted, or replaced by another file): SQLite would go on writing to the old file,
+        which nobody can open again, and the writes would be lost without a word."""
+        if self._file is None:
+            return
+        where, device, inode = self._file
+        now = _file_identity(where)
+        if now is not None and now[1:] == (device, inode):
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        raise StoreUnavailableError(
+            self.path,
+            f"it was {what} while this process had it open, so it cannot {doing} and what it wrote"
+            " since it opened the file is not in the history",
+            f"leave {self.path.name} in place while runs train, and start again: a new run or command"
+            " opens the file that is there now",
+        )
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
