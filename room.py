@@ -19,7 +19,7 @@ from facto.memory.budget import square_shape
 # name -> default
 ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
             "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1,
-            "FACTO_ROOM_MAX_INPUT": 3 * 128 * 128}
+            "FACTO_ROOM_MAX_INPUT": 3 * 128 * 128, "FACTO_ROOM_MAX_WARMUP": 1_000}
 ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 JOBS_MODES = ("process", "thread")
@@ -46,11 +46,12 @@ class Room:
     max_params: int = ENV_INTS["FACTO_ROOM_MAX_PARAMS"]
     runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
     max_input: int = ENV_INTS["FACTO_ROOM_MAX_INPUT"]  # values per image (C x H x W) Fit my GPU plans
+    max_warmup: int = ENV_INTS["FACTO_ROOM_MAX_WARMUP"]  # warm-up steps before Facto's own training
     data_dir: str | None = None
     download: bool = False
 
     def describe(self) -> str:
-        return (f"Room mode: at most {self.max_epochs} epochs, batches of {self.max_batch}, "
+        return (f"Room mode: at most {self.max_epochs} epochs, {self.max_warmup:,} warm-up steps, batches of {self.max_batch}, "
                 f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
                 f"{count(self.runs_per_visitor, 'run')} per visitor at a time, Fit my GPU plans images of up to "
                 f"{self.max_input:,} values (e.g. {square_shape(self.max_input)}); data folder and downloads are set "
@@ -142,6 +143,7 @@ def room() -> Room:
                 max_params=_env_int("FACTO_ROOM_MAX_PARAMS"),
                 runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
                 max_input=_env_int("FACTO_ROOM_MAX_INPUT"),
+                max_warmup=_env_int("FACTO_ROOM_MAX_WARMUP"),
                 data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
                 download=_env_flag("FACTO_ROOM_DOWNLOAD"))
 
@@ -154,6 +156,8 @@ def room_problems(r: Room, config: RunConfig, params: int | None) -> list[str]:
     problems = []
     if config.epochs > r.max_epochs:
         problems.append(f"epochs {config.epochs} is above this room's limit of {r.max_epochs}")
+    if config.warm_start_steps > r.max_warmup:
+        problems.append(f"warm-up steps {config.warm_start_steps:,} is above this room's limit of {r.max_warmup:,}")
     if config.batch_size > r.max_batch:
         problems.append(f"batch size {config.batch_size} is above this room's limit of {r.max_batch}")
     if (config.max_train or r.max_train + 1) > r.max_train:

@@ -140,7 +140,18 @@ def test_a_room_refuses_what_its_limits_bound(room):
     assert room.room_problems(r, RunConfig(epochs=1, max_train=10), None) == []  # parameters unknown: not refused
 
 
+def test_a_room_bounds_the_warm_up(room, monkeypatch):
+    """A warm-up of 10**8 steps would hold the room's only slot for hours before a first step shows."""
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    monkeypatch.setenv("FACTO_ROOM_MAX_WARMUP", "500")
+    r = room.room()
+    assert r.max_warmup == 500 and "500 warm-up steps" in r.describe()
+    assert room.room_problems(r, RunConfig(max_train=100, warm_start_steps=500), None) == []
+    assert room.room_problems(r, RunConfig(max_train=100, warm_start_steps=10**8), None) == [
+        "warm-up steps 100,000,000 is above this room's limit of 500"]
+
+
 def test_the_limits_are_described_in_plain_words(room):
     text = room.Room(enabled=True, max_epochs=3, runs_per_visitor=1).describe()
-    assert text.startswith("Room mode: at most 3 epochs, batches of 256, 20,000 training images, "
+    assert text.startswith("Room mode: at most 3 epochs, 1,000 warm-up steps, batches of 256, 20,000 training images, "
                            "models up to 3.0 M parameters, 1 run per visitor at a time")
