@@ -27,7 +27,7 @@ import streamlit as st
 
 import room as _room
 from facto.config import SETTINGS, RunConfig, Setting, count
-from facto.engine.events import StartEvent
+from facto.engine.events import PhaseEvent, StartEvent
 from facto.engine.jobs import Job, JobRegistry, in_child
 from room import (PageLimits, Room, ascii_int, env_problems, jobs_mode, max_runs,  # noqa: F401 (the pages use ui.*)
                   room_problems)
@@ -219,8 +219,9 @@ def submit(make_events: Callable[[], Any], accumulator: Any = None, label: str =
            meta: dict | None = None) -> Job:
     """Queue a job of this visitor on the server's registry.
 
-    Every run the job stores (a StartEvent with a run id: one for a comparison, one per point
-    of a sweep) is remembered as started by this visitor, as soon as it starts.
+    Every run the job stores (a PhaseEvent or StartEvent with a run id: one run for a comparison,
+    one per point of a sweep) is remembered as started by this visitor from its first phase on
+    (loading the data), so a run stopped before its first step is still the visitor's.
     """
     owner, owners = visitor(), run_owners()
 
@@ -228,7 +229,7 @@ def submit(make_events: Callable[[], Any], accumulator: Any = None, label: str =
         inner = make_events()
         try:
             for event in inner:
-                if isinstance(event, StartEvent) and event.run_id is not None:
+                if isinstance(event, (PhaseEvent, StartEvent)) and event.run_id is not None:
                     owners.add(owner, event.run_id)
                 yield event
         finally:

@@ -702,3 +702,24 @@ def test_counts_in_plain_words():
     assert [ui.count(n, "run") for n in (0, 1, 3, 1200)] == ["0 runs", "1 run", "3 runs", "1,200 runs"]
     pages = [ROOT / "app.py", ROOT / "ui.py", ROOT / "room.py", *sorted((ROOT / "pages").glob("*.py"))]
     assert not [p.name for p in pages if "(s)" in p.read_text()]
+
+
+def test_a_run_stopped_before_its_first_step_is_still_its_visitors(ui):
+    """The run is stored from its first phase (loading, warm-up) on: the visitor who started it owns it
+    from then, so a Stop in its warm-up leaves a run its visitor can see and delete."""
+    import threading
+
+    from facto.engine.events import PhaseEvent
+
+    reached = threading.Event()
+
+    def events():
+        yield PhaseEvent(phase="warm-up", config={}, variants=["facto"], run_id=41)
+        reached.set()
+        while True:  # a long warm-up that sends nothing more
+            yield None
+
+    job = ui.submit(events, label="made up")
+    assert reached.wait(30)
+    job.stop(wait_s=30)
+    assert 41 in ui.runs_started_by()
