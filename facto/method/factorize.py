@@ -111,6 +111,10 @@ def factorize(model: nn.Module, rank: RankArg = 0.5, update: str = "core",
     frozen: it trains nothing and keeps nothing for its weights' gradients.
     """
     _check_module(model)
+    meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:  # a meta tensor has a shape but no values to decompose
+        raise ValueError(f"model on device 'meta' is not allowed: parameter {meta!r} has no values to factorize; "
+                         "load or initialise the weights on cpu or cuda first (e.g. model.to_empty(device='cpu'))")
     validate_update(update)
     skip = _skip_names(skip)
     _check_names(model, skip, "skip")
