@@ -8,6 +8,7 @@ optimizer) is one edit here plus its test.
 from __future__ import annotations
 
 import numbers
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Iterable, Union
 
@@ -40,6 +41,27 @@ def validate_update(update: str) -> str:
     if update not in UPDATES:
         raise ValueError(f"update={update!r} is not allowed: choose one of {', '.join(UPDATES)}")
     return update
+
+
+INT_MAX = 2**53 - 1  # the largest integer setting: the app's number boxes hold it exactly, it fits 64 bits
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() also reads '１' and '1_0'
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def parse_int(text: str) -> int:
+    """An integer typed as text: an optional sign and ASCII digits; ValueError otherwise."""
+    raw = str(text).strip()
+    if not _INTEGER_TEXT.fullmatch(raw):
+        raise ValueError(f"{text!r} is not an integer written with the digits 0-9")
+    return int(raw)
+
+
+def parse_float(text: str) -> float:
+    """A number typed as text ('0.5', '1e-3', ASCII digits); ValueError otherwise (also nan, inf)."""
+    raw = str(text).strip()
+    if not _NUMBER_TEXT.fullmatch(raw):
+        raise ValueError(f"{text!r} is not a number written with the digits 0-9")
+    return float(raw)
 
 
 RankSpec = Union[float, int, str, "RankPolicy"]
@@ -91,7 +113,7 @@ class RankPolicy:
                     raise bad
                 return cls("vbmf", floor)
             try:
-                rank = int(text)
+                rank = parse_int(text)
             except ValueError:
                 rank = _to_float(text, bad)
         if isinstance(rank, numbers.Integral):  # int, numpy and torch integers
@@ -112,7 +134,7 @@ def parse_rank(rank: RankSpec, name: str = "rank") -> RankPolicy:
 
 def _to_float(text: str, error: Exception) -> float:
     try:
-        return float(text)
+        return parse_float(text)
     except ValueError:
         raise error from None
 
@@ -199,8 +221,10 @@ class Setting:
         if self.allowed():
             return "one of " + ", ".join(map(str, self.allowed()))
         if self.kind in ("int", "float"):
-            low = "" if self.minimum is None else f"{'>=' if self.min_inclusive else '>'} {self.minimum:g}"
-            high = "" if self.maximum is None else f"{'<=' if self.max_inclusive else '<'} {self.maximum:g}"
+            number = (lambda v: str(int(v))) if self.kind == "int" else (lambda v: f"{v:g}")
+            maximum = self._maximum()
+            low = "" if self.minimum is None else f"{'>=' if self.min_inclusive else '>'} {number(self.minimum)}"
+            high = "" if maximum is None else f"{'<=' if self.max_inclusive else '<'} {number(maximum)}"
             what = "an integer" if self.kind == "int" else "a number"
             text = " and ".join(t for t in (low, high) if t)
             return (f"{what} {text}" if text else what) + (" or none" if self.optional else "")
@@ -224,7 +248,7 @@ class Setting:
             return check_model_name(value)
         if kind == "device":
             if isinstance(value, str) and (value in DEVICES or
-                                           (value.startswith("cuda:") and value[5:].isdigit())):
+                                           re.fullmatch(r"cuda:[0-9]{1,9}", value) is not None):
                 return value
             raise self.error(name, value)
         if kind in ("choice", "dataset", "bits"):
@@ -247,12 +271,19 @@ class Setting:
             raise self.error(name, value)
         return value
 
+    def _maximum(self) -> float | None:
+        """The largest allowed value: its own, and for integers at most INT_MAX."""
+        if self.kind == "int":
+            return INT_MAX if self.maximum is None else min(self.maximum, INT_MAX)
+        return self.maximum
+
     def _in_range(self, value: float) -> bool:
         if value != value:  # NaN
             return False
+        maximum = self._maximum()
         if self.minimum is not None and (value < self.minimum or (value == self.minimum and not self.min_inclusive)):
             return False
-        if self.maximum is not None and (value > self.maximum or (value == self.maximum and not self.max_inclusive)):
+        if maximum is not None and (value > maximum or (value == maximum and not self.max_inclusive)):
             return False
         return True
 
@@ -265,9 +296,9 @@ class Setting:
             return None
         try:
             if self.kind in ("int", "bits"):
-                value: Any = int(raw)
+                value: Any = parse_int(raw)
             elif self.kind == "float":
-                value = float(raw)
+                value = parse_float(raw)
             elif self.kind == "rank":
                 value = _number_or_text(raw)
             elif self.kind == "bool":
@@ -322,7 +353,7 @@ class Setting:
 
 def _number_or_text(text: str) -> Any:
     """'16' -> 16, '0.5' -> 0.5, 'energy:0.9' stays text (a rank as typed)."""
-    for cast in (int, float):
+    for cast in (parse_int, parse_float):
         try:
             return cast(text)
         except ValueError:
@@ -370,7 +401,9 @@ class RunConfig:
     epochs: int = setting(4, label="Epochs", kind="int", minimum=1, group="training",
                           help="Passes over the training set.")
     max_steps: int | None = setting(None, label="Stop after steps", kind="int", minimum=1, optional=True,
-                                    group="advanced", help="Stop after this many steps (none: all epochs).")
+                                    group="advanced",
+                                    help="Stop after this many steps, or at the end of the epochs if that comes "
+                                         "first (none: all epochs).")
     batch_size: int = setting(64, label="Batch size", kind="int", minimum=1, group="training",
                               unit="images", steps=(8, 16, 32, 64, 128, 256, 512),
                               help="Images per step. Stored bytes grow in proportion, for both variants.")

@@ -96,3 +96,29 @@ def test_rank_text_is_canonical():
     assert str(RankPolicy.parse("0.50")) == "0.5" and str(RankPolicy.parse(1.0)) == "1.0"
     assert str(RankPolicy.parse("1")) == "1" and str(RankPolicy.parse(" ENERGY:0.9 ")) == "energy:0.9"
     assert RankPolicy.parse("vbmf") == RankPolicy.parse("vbmf:0.1")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("seed", "\uff11"), ("epochs", "\u0663"), ("batch_size", "1_0"), ("block", "6 4"), ("bits", "\uff14"),
+    ("rank", "\uff11\uff16"), ("rank", "0.\uff15"), ("rank", "energy:0.\uff19"), ("lr", "\uff10.1"),
+    ("max_steps", "\uff15\uff10"), ("device", "cuda:\uff11"), ("weight_decay", "nan"),
+])
+def test_numbers_typed_as_text_take_only_the_ascii_digits(name, text):
+    with pytest.raises(ValueError, match=f"{name}="):
+        SETTINGS[name].parse_text(name, text)
+
+
+def test_integer_settings_stop_at_2_to_the_53_minus_1():
+    top = 9007199254740991  # the largest integer the app's number boxes (JavaScript numbers) hold exactly
+    assert RunConfig(seed=top).seed == top and RunConfig(epochs=top).epochs == top
+    for name in ("seed", "epochs", "max_steps", "batch_size", "eval_every"):
+        with pytest.raises(ValueError, match=f"{name}=9007199254740992 is not allowed: use an integer >= . "
+                                             f"and <= 9007199254740991"):
+            RunConfig(**{name: top + 1})
+        with pytest.raises(ValueError, match=f"{name}=100000000000000000000000 is not allowed"):
+            SETTINGS[name].parse_text(name, "100000000000000000000000")
+    assert SETTINGS["seed"].describe_allowed() == "an integer >= 0 and <= 9007199254740991"
+    assert SETTINGS["max_train"].describe_allowed() == "an integer >= 1 and <= 9007199254740991 or none"
+    assert SETTINGS["lr"].describe_allowed() == "a number > 0 and <= 10"
+    assert SETTINGS["seed"].parse_text("seed", " +7 ") == 7 and SETTINGS["rank"].parse_text("rank", "1e-1") == \
+        RankPolicy("fraction", 0.1)

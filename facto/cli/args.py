@@ -3,15 +3,14 @@ output paths, the run history to store into, progress on stderr and plain text t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Callable, Sequence, TypeVar
 
-from ..config import PRESETS, SETTINGS, RunConfig
+from ..config import PRESETS, SETTINGS, RunConfig, parse_int
 
 DEFAULT = " (default: %(default)s)"  # appended to a flag's help
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -30,16 +29,52 @@ def as_usage_error(error: ValueError) -> UsageError:
     return UsageError(str(error))
 
 
-def check_output_path(path: str, flag: str) -> None:
-    """A UsageError now, before minutes of work, when a file could not be written at `path` later."""
-    target = Path(path)
-    folder = target.parent
-    if target.is_dir():
-        raise UsageError(f"{flag} {path} is a folder: name a file in it")
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"{flag} {path} is not writable: name a file in a folder you can write to")
+SQLITE_INT_MAX = 2**63 - 1  # the largest run ID or row limit SQLite stores
+
+
+def whole_number(what: str, minimum: int | None = None, maximum: int | None = SQLITE_INT_MAX
+                 ) -> Callable[[str], int]:
+    """An argparse type: an integer written with the digits 0-9, in [minimum, maximum] (None: unbounded;
+    the caller checks the range then, as RunConfig does for the values it receives)."""
+    def parse(text: str) -> int:
+        try:
+            value = parse_int(text)
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = " and ".join(b for b in ("" if minimum is None else f">= {minimum}",
+                                              "" if maximum is None else f"<= {maximum}") if b)
+            raise UsageError(f"{what}={text!r} is not allowed: use an integer {bounds + ' ' if bounds else ''}"
+                             "written with the digits 0-9")  # passes through argparse: one line, exit 2
+        return value
+
+    return parse
+
+
+def _protected(data_dir: str | None) -> dict:
+    """What an output must never overwrite: the run history's files and the data folder."""
+    from ..store import default_db_path
+    from ..store.files import history_files
+
+    return {"protected_files": history_files(default_db_path()),
+            "protected_folders": [data_dir or RunConfig().data_dir]}
+
+
+def check_output(path: str, flag: str, data_dir: str | None = None) -> None:
+    """A one-line error now, before minutes of work, when `path` could not or must not be written later
+    (see facto.store.files.check_output_file); `data_dir`: the run's data folder (default ~/.facto/data)."""
+    from ..store.files import check_output_file
+
+    check_output_file(path, flag, **_protected(data_dir))
+
+
+def write_output(path: str, flag: str, write: Callable[[IO], T], data_dir: str | None = None,
+                 binary: bool = False) -> T:
+    """`write(file)` into `path` whole or not at all, never onto the history or into the data folder;
+    a failed write is a one-line error naming `flag` and `path`."""
+    from ..store.files import write_output_file
+
+    return write_output_file(path, write, flag, binary=binary, **_protected(data_dir))
 
 
 # ----------------------------------------------------------------------------- RunConfig flags
@@ -80,6 +115,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 continue
             values[name] = given if s.kind == "bool" else s.parse_text(name, given)
         config = RunConfig(**values)
+        if getattr(args, "data_dir", None) is not None:
+            from ..store.files import check_path_names
+
+            check_path_names(config.data_dir, "--data-dir")
         if config.device != "auto":
             from ..engine.devices import resolve_device
 
@@ -108,7 +147,7 @@ def text_list(text: str, what: str, example: str) -> list[str]:
 def int_list(text: str, what: str, example: str) -> list[int]:
     """Comma-separated integers; UsageError naming the flag otherwise."""
     try:
-        return [int(t) for t in text_list(text, what, example)]
+        return [parse_int(t) for t in text_list(text, what, example)]
     except ValueError:
         raise UsageError(f"{what}={text!r} is not allowed: use integers, comma separated, e.g. {example}") from None
 

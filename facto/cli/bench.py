@@ -6,19 +6,22 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .args import DEFAULT, UsageError, check_output_path, int_list, progress, text_list
+from .args import (DEFAULT, UsageError, check_output, int_list, progress, text_list, whole_number,
+                   write_output)
 
 
 def add_parsers(sub) -> None:
-    from ..config import RunConfig
+    from ..config import INT_MAX, RunConfig
 
     p = sub.add_parser("bench", help="the method comparison benchmark",
                        description="Dense, checkpointing, compression only (ActNN-style), Facto and Facto + "
                                    "recompute on the same model, data and seeds: stored bytes, step time, accuracy.")
     p.add_argument("--models", default="simple_cnn,resnet20", help="comma list of models" + DEFAULT)
     p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds" + DEFAULT)
-    p.add_argument("--epochs", type=int, default=RunConfig().epochs, help="training epochs per seed" + DEFAULT)
-    p.add_argument("--batch", type=int, default=64, help="batch for memory and step time" + DEFAULT)
+    p.add_argument("--epochs", type=whole_number("--epochs", maximum=None), default=RunConfig().epochs,
+                   help="training epochs per seed" + DEFAULT)
+    p.add_argument("--batch", type=whole_number("--batch", maximum=None), default=64,
+                   help="batch for memory and step time" + DEFAULT)
     p.add_argument("--rank", default="0.5", help="rank of the Facto methods, as in facto train" + DEFAULT)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps" + DEFAULT)
     p.add_argument("--no-train", action="store_true", help="memory and speed only")
@@ -34,7 +37,8 @@ def add_parsers(sub) -> None:
                                    "memory, the largest batch under a memory cap, the app's default comparison. "
                                    "Without CUDA it runs small and says n/a where a GPU is needed.")
     p.add_argument("--max-batch-gb", type=float, default=4.0, help="memory cap for the largest-batch search" + DEFAULT)
-    p.add_argument("--rounds", type=int, default=10, help="timed steps per variant (median)" + DEFAULT)
+    p.add_argument("--rounds", type=whole_number("--rounds", 1, INT_MAX), default=10,
+                   help="timed steps per variant (median)" + DEFAULT)
     p.add_argument("--small", action="store_true", help="small models and batches (what runs without a GPU)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: steps,maxbatch,app")
     p.add_argument("--out", help="also write the tables (markdown) and rows (JSON) into this folder")
@@ -54,11 +58,13 @@ def _checked_bench_args(args: argparse.Namespace):
     try:
         for model in models:  # RunConfig checks each model, the rank, epochs, batch and device as facto train does
             RunConfig(model=model, rank=args.rank, epochs=args.epochs, batch_size=args.batch, device=args.device)
+        for seed in seeds:
+            RunConfig(seed=seed)
         device = resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.html:
-        check_output_path(args.html, "--html")
+        check_output(args.html, "--html")
     if args.max_batch_gb is not None:
         if not args.max_batch_gb > 0:
             raise UsageError(f"--max-batch-gb={args.max_batch_gb:g} is not allowed: use a number of GB > 0")
@@ -92,7 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(markdown(rows))
     if args.html:
-        chart(rows).write_html(args.html, include_plotlyjs=True)
+        figure = chart(rows)
+        write_output(args.html, "--html", lambda fh: figure.write_html(fh, include_plotlyjs=True))
     if args.max_batch_gb and not args.json:
         from ..engine.gpu_bench import markdown as table
 
@@ -111,8 +118,8 @@ def cmd_gpu_bench(args: argparse.Namespace) -> int:
     unknown = skip - {"steps", "maxbatch", "app"}
     if unknown:
         raise UsageError(f"--skip={args.skip!r} is not allowed: name parts among steps, maxbatch, app")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a file: name a folder (it is made if missing)")
+    if args.out:
+        out_files = _checked_out_folder(args.out)
     cuda = torch.cuda.is_available()
     small = args.small or not cuda
     log = (lambda msg: None) if args.json else progress
@@ -138,8 +145,24 @@ def cmd_gpu_bench(args: argparse.Namespace) -> int:
     text = "\n".join(out)
     print(json.dumps(results, indent=2) if args.json else text)
     if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "gpu_bench.md").write_text(text)
-        (folder / "gpu_bench.json").write_text(json.dumps(results, indent=2))
+        try:
+            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot make the folder --out {args.out}: {exc.strerror or exc}") from None
+        write_output(out_files[0], "--out", lambda fh: fh.write(text))
+        write_output(out_files[1], "--out", lambda fh: fh.write(json.dumps(results, indent=2)))
     return 0
+
+
+def _checked_out_folder(out: str) -> tuple[str, str]:
+    """The two files gpu-bench writes into folder `out`, refused now if they could not be written."""
+    from ..store.files import check_path_names
+
+    folder = check_path_names(out, "--out")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {out} is a file: name a folder (it is made if missing)")
+    files = (str(folder / "gpu_bench.md"), str(folder / "gpu_bench.json"))
+    if folder.is_dir():
+        for path in files:
+            check_output(path, "--out")
+    return files

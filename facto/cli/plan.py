@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Sequence
 
-from .args import DEFAULT, UsageError, as_usage_error, progress, text_table
+from .args import DEFAULT, UsageError, as_usage_error, progress, text_table, whole_number
 
 if TYPE_CHECKING:
     from ..memory.plan import PlanResult
@@ -15,6 +15,7 @@ DEFAULT_MODEL = "resnet20"
 
 
 def add_parsers(sub) -> None:
+    from ..config import INT_MAX
     from ..memory.budget import BUDGET_HELP, MiB
     from ..memory.plan import DEFAULT_RESERVE, DEFAULT_VARIANTS, VARIANT_HELP
 
@@ -25,7 +26,7 @@ def add_parsers(sub) -> None:
                    help=f"{model_help} (same as --model)")
     p.add_argument("--model", dest="model_flag", metavar="MODEL", default=DEFAULT_MODEL, help=model_help + DEFAULT)
     p.add_argument("--input", default="3x32x32", help="C x H x W of one sample, e.g. 3x224x224" + DEFAULT)
-    p.add_argument("--classes", type=int, default=10, help="outputs of the classifier" + DEFAULT)
+    p.add_argument("--classes", type=whole_number("--classes", 1, INT_MAX), default=10, help="outputs of the classifier" + DEFAULT)
     p.add_argument("--budget", default="8GB", help=BUDGET_HELP + DEFAULT)
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum) | adam | adamw" + DEFAULT)
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)" + DEFAULT)

@@ -6,16 +6,17 @@ import dataclasses
 import json
 import sys
 
-from .args import UsageError, local_time, text_table
+from .args import UsageError, check_output, local_time, text_table, whole_number, write_output
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="the run history: list | show ID | export ID | rm ID",
                        description="The run history (FACTO_HOME/runs.db, ~/.facto by default).")
     p.add_argument("action", choices=["list", "show", "export", "rm"])
-    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("id", nargs="?", type=whole_number("ID", 1))
     p.add_argument("--output", "-o", help="CSV file for export (default stdout)")
-    p.add_argument("--limit", type=int, default=50, help="runs list: the newest this many (default 50)")
+    p.add_argument("--limit", type=whole_number("--limit", 1), default=50,
+                   help="runs list: the newest this many (default 50)")
     p.add_argument("--json", action="store_true", help="runs list: a JSON list for scripts (show is JSON already)")
     p.set_defaults(func=cmd_runs)
 
@@ -23,8 +24,8 @@ def add_parsers(sub) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from ..store import RunStore
 
-    if args.limit < 1:
-        raise UsageError(f"--limit={args.limit} is not allowed: use an integer >= 1")
+    if args.action == "export" and args.output:
+        check_output(args.output, "--output")  # never the history itself, before it is opened
     with RunStore() as store:
         if args.action == "list":
             runs = [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
@@ -46,16 +47,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
             run_id = _need_id(args)
             store.get_run(run_id)  # an unknown run is said before any file is created
             if args.output:
-                try:
-                    with open(args.output, "w", newline="", encoding="utf-8") as fh:
-                        n = store.export_csv(run_id, fh)
-                except OSError as exc:  # a missing folder, a folder, no permission
-                    raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+                n = write_output(args.output, "--output", lambda fh: store.export_csv(run_id, fh))
             else:
                 n = store.export_csv(run_id, sys.stdout)
             print(f"{n} rows exported", file=sys.stderr)
         elif args.action == "rm":
-            store.delete_run(_need_id(args))
+            if store.get_run(_need_id(args)).status == "running":  # as the History page decides
+                raise UsageError(f"run {args.id} is still running: stop it first (Ctrl-C where it runs, or Stop "
+                                 "in the app), then delete it")
+            store.delete_run(args.id)
             print(f"run {args.id} deleted", file=sys.stderr)
     return 0
 

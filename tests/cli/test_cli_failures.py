@@ -206,3 +206,165 @@ def test_a_run_killed_hard_reads_as_interrupted_with_its_steps(tmp_path, here):
     assert shown["status"] == "interrupted"
     exported = here("runs", "export", "1", home=home).stdout.strip().splitlines()
     assert len(exported) - 1 >= 20  # the steps it stored are kept
+
+
+# ----------------------------------------------------------------------------- outputs never wipe the history
+
+def stored_history(home: Path) -> Path:
+    """A history in `home` with one finished run (no training: written through the store)."""
+    from facto.store import RunStore
+
+    with RunStore(home / "runs.db") as store:
+        store.finish_run(store.start_run({"model": "simple_cnn"}, name="kept"), summary={"saving_pct": 90.0})
+    return home / "runs.db"
+
+
+def runs_in(db: Path) -> list[str]:
+    """The names of the runs the history at `db` holds (it must still open as a history)."""
+    from facto.store import RunStore
+
+    with RunStore(db) as store:
+        return [r.name for r in store.list_runs()]
+
+
+@pytest.mark.parametrize("target", ["runs.db", "runs.db-wal", "runs.db-journal", "link.csv", "hardlink.csv"])
+def test_an_export_onto_the_history_is_refused_and_the_history_kept(tmp_path, here, target):
+    home = tmp_path / "home"
+    db = stored_history(home)
+    (tmp_path / "link.csv").symlink_to(db)
+    os.link(db, tmp_path / "hardlink.csv")
+    path = home / target if target.startswith("runs.db") else tmp_path / target
+    line = one_line_error(here("runs", "export", "1", "-o", str(path), home=home))
+    assert line == (f"error: --output {path} is not allowed: it is the run history's file "
+                    f"{home / target if target.startswith('runs.db') else db}; name another file")
+    assert runs_in(db) == ["kept"] and db.read_bytes().startswith(b"SQLite format 3\x00")
+    assert (tmp_path / "link.csv").is_symlink()
+
+
+def test_a_sweep_chart_onto_the_history_or_into_the_data_folder_is_refused_before_any_run(tmp_path, here):
+    home, data = tmp_path / "home", tmp_path / "data"
+    db = stored_history(home)
+    data.mkdir()
+    (data / "train.bin").write_bytes(b"images")
+    (tmp_path / "chart.html").symlink_to(db)
+    for html, why in ((db, f"it is the run history's file {db}"), (tmp_path / "chart.html", "it is the run history's"),
+                      (data / "train.bin", f"it is inside the data folder {data}")):
+        line = one_line_error(here("sweep", *TINY, "--max-steps", "1", "--ranks", "0.5", "--bits-list", "4",
+                                   "--data-dir", str(data), "--html", str(html), home=home))
+        assert line.startswith(f"error: --html {html} is not allowed: {why}"), line
+    assert runs_in(db) == ["kept"]  # refused before the sweep stored anything
+    assert (data / "train.bin").read_bytes() == b"images"
+
+
+def test_a_failed_export_leaves_the_old_file_whole_and_says_so_in_one_line(tmp_path, here, monkeypatch):
+    import errno
+
+    import facto.store.files as files
+
+    home = tmp_path / "home"
+    stored_history(home)
+    out = tmp_path / "out.csv"
+    out.write_text("old export\n")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)  # the data never reaches the disk
+    line = one_line_error(here("runs", "export", "1", "-o", str(out), home=home))
+    assert line == f"error: cannot write --output {out}: No space left on device"
+    assert out.read_text() == "old export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out.csv"]  # no temporary file left
+    monkeypatch.undo()
+    assert here("runs", "export", "1", "-o", str(out), home=home).returncode == 0
+    assert out.read_text().startswith("run_id,")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_sweep_chart_to_a_full_disk_is_one_line_and_the_runs_stay_stored(tmp_path, here):
+    home = tmp_path / "home"
+    proc = here("sweep", *TINY, "--max-steps", "1", "--ranks", "0.5", "--bits-list", "4", "--quiet",
+                "--html", "/dev/full", home=home)
+    assert one_line_error(proc) == "error: cannot write --html /dev/full: No space left on device"
+    assert len(runs_in(home / "runs.db")) == 2  # the baseline and the one point
+
+
+# ----------------------------------------------------------------------------- runs rm of a running run
+
+def test_runs_rm_refuses_a_running_run_and_deletes_it_once_its_process_is_gone(tmp_path, here):
+    from facto.store import RunStore
+
+    home = tmp_path / "home"
+    with RunStore(home / "runs.db") as store:
+        run_id = store.start_run({"model": "simple_cnn"}, name="live")  # owned by this (living) process
+    line = one_line_error(here("runs", "rm", str(run_id), home=home))
+    assert line == (f"error: run {run_id} is still running: stop it first (Ctrl-C where it runs, or Stop in the "
+                    "app), then delete it")
+    assert runs_in(home / "runs.db") == ["live"]
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with sqlite3.connect(home / "runs.db") as conn:  # its owner is now a process that has ended
+        conn.execute("UPDATE runs SET pid = ?, pid_start = NULL WHERE id = ?", (ended.pid, run_id))
+    assert here("runs", "rm", str(run_id), home=home).returncode == 0
+    assert runs_in(home / "runs.db") == []
+
+
+# ----------------------------------------------------------------------------- numbers and names
+
+BIG = "9223372036854775808"  # 2**63: one more than SQLite stores
+NAME_300 = "a" * 300
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["runs", "show", BIG],
+     f"error: ID='{BIG}' is not allowed: use an integer >= 1 and <= 9223372036854775807 written with the digits 0-9"),
+    (["runs", "list", "--limit", BIG],
+     f"error: --limit='{BIG}' is not allowed: use an integer >= 1 and <= 9223372036854775807 written with the "
+     "digits 0-9"),
+    (["runs", "rm", "\uff11"],  # a full-width 1: int() reads it as 1
+     "error: ID='\uff11' is not allowed: use an integer >= 1 and <= 9223372036854775807 written with the digits 0-9"),
+    (["runs", "list", "--limit", "1_0"],
+     "error: --limit='1_0' is not allowed: use an integer >= 1 and <= 9223372036854775807 written with the digits 0-9"),
+    (["train", *TINY, "--seed", "100000000000000000000000"],
+     "error: seed=100000000000000000000000 is not allowed: use an integer >= 0 and <= 9007199254740991"),
+    (["train", *TINY, "--epochs", "\uff12"],
+     "error: epochs='\uff12' is not allowed: use an integer >= 1 and <= 9007199254740991"),
+    (["bench", "--seeds", "0,\uff11"], "error: --seeds='0,\uff11' is not allowed: use integers, comma separated, "
+                                       "e.g. 0,1,2"),
+    (["bench", "--seeds", "100000000000000000000000"],
+     "error: seed=100000000000000000000000 is not allowed: use an integer >= 0 and <= 9007199254740991"),
+    (["plan", "--classes", "\uff11\uff10"],
+     "error: --classes='\uff11\uff10' is not allowed: use an integer >= 1 and <= 9007199254740991 written with the "
+     "digits 0-9"),
+])
+def test_numbers_out_of_range_or_not_in_ascii_digits_are_one_line(argv, message, tmp_path, here):
+    home = tmp_path / "home"
+    stored_history(home)
+    assert one_line_error(here(*argv, home=home)) == message
+    assert runs_in(home / "runs.db") == ["kept"]  # `runs rm １` deleted nothing
+
+
+def test_names_longer_than_the_file_system_allows_are_one_line(tmp_path, here):
+    home = tmp_path / "home"
+    long_dir = tmp_path / NAME_300
+    line = one_line_error(here("train", *TINY, "--data-dir", str(long_dir), home=home))
+    assert line.startswith(f"error: --data-dir {str(long_dir)[:40]}") and "is 300 bytes long" in line
+    assert "allows at most 255 per name" in line
+    html = tmp_path / (NAME_300 + ".html")
+    line = one_line_error(here("sweep", *TINY, "--html", str(html), home=home))
+    assert line.startswith("error: --html ") and "is 305 bytes long" in line
+    deep = tmp_path.joinpath(*["d" * 200] * 25, "chart.html")  # each name fits, the whole path does not
+    line = one_line_error(here("sweep", *TINY, "--html", str(deep), home=home))
+    assert f"the path is {len(os.fsencode(deep))} bytes long" in line
+    assert not (home / "runs.db").exists() or runs_in(home / "runs.db") == []
+
+
+# ----------------------------------------------------------------------------- --max-steps is a cap
+
+def test_max_steps_beyond_the_epochs_stops_at_the_end_of_the_epochs(tmp_path, here):
+    # 128 training images in batches of 32: 4 steps make the one epoch
+    proc = here("train", *TINY, "--epochs", "1", "--max-steps", "50", "--no-store", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(128 train / 64 test) | 4 steps" in proc.stderr
+    assert "limit of 50 steps" not in proc.stderr
+    proc = here("train", *TINY, "--epochs", "1", "--max-steps", "2", "--no-store", home=tmp_path / "home")
+    assert "| 2 steps" in proc.stderr

@@ -840,3 +840,58 @@ def test_failure_and_interruption_reasons_are_kept(store):
         assert reader.get_run(failed).error == "RuntimeError: CUDA out of memory"
         rec = reader.get_run(stopped)
         assert (rec.status, rec.error) == ("interrupted", "stopped by the user")
+
+
+# ----------------------------------------------------------------------------- output files (facto.store.files)
+
+def test_an_output_is_never_written_onto_the_history_or_its_journals(tmp_path):
+    from facto.store.files import FilePathError, history_files, write_output_file
+
+    db = tmp_path / "runs.db"
+    with RunStore(db) as store:
+        store.finish_run(store.start_run({"model": "m"}, name="kept"))
+    (tmp_path / "link").symlink_to(db)
+    os.link(db, tmp_path / "other-name.db")
+    assert [p.name for p in history_files(db)] == ["runs.db", "runs.db-wal", "runs.db-shm", "runs.db-journal"]
+    for path in (db, tmp_path / "runs.db-wal", tmp_path / "runs.db-shm", tmp_path / "link",
+                 tmp_path / "other-name.db"):
+        with pytest.raises(FilePathError, match="is not allowed: it is the run history's file"):
+            write_output_file(path, lambda fh: fh.write("x"), "-o", protected_files=history_files(db))
+    with pytest.raises(FilePathError, match="is not allowed: it is inside the data folder"):
+        write_output_file(tmp_path / "data" / "x.csv", lambda fh: fh.write("x"), "-o",
+                          protected_folders=[tmp_path / "data"])
+    with RunStore(db) as store:
+        assert [r.name for r in store.list_runs()] == ["kept"]
+
+
+def test_an_output_is_written_whole_or_not_at_all(tmp_path):
+    from facto.store.files import FilePathError, write_output_file
+
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+    out.chmod(0o640)
+
+    def fails_half_way(fh):
+        fh.write("new, partial")
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(FilePathError, match=f"^cannot write -o {out}: {os.strerror(errno.EIO)}$"):
+        write_output_file(out, fails_half_way, "-o")
+    assert out.read_text() == "old\n" and os.listdir(tmp_path) == ["out.csv"]
+    assert write_output_file(out, lambda fh: fh.write("new\n"), "-o") == 4
+    assert out.read_text() == "new\n" and oct(out.stat().st_mode & 0o777) == oct(0o640)
+    (tmp_path / "link.csv").symlink_to(out)  # a link is written through: its target changes, the link stays
+    write_output_file(tmp_path / "link.csv", lambda fh: fh.write("via link\n"), "-o")
+    assert (tmp_path / "link.csv").is_symlink() and out.read_text() == "via link\n"
+
+
+def test_names_the_file_system_cannot_hold_are_refused(tmp_path):
+    from facto.store.files import FilePathError, check_path_names
+
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert check_path_names(tmp_path / ("a" * name_max), "--x") == tmp_path / ("a" * name_max)
+    with pytest.raises(FilePathError, match=f"is {name_max + 1} bytes long and this file system allows at most "
+                                            f"{name_max} per name"):
+        check_path_names(tmp_path / ("a" * (name_max + 1)) / "b", "--x")
+    with pytest.raises(FilePathError, match="the path is .* bytes long"):
+        check_path_names(tmp_path.joinpath(*["d" * 100] * 50), "--x")
