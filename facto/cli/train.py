@@ -6,8 +6,8 @@ import dataclasses
 import json
 import sys
 
-from .args import (add_config_flags, check_output_path, config_from_args, open_history, progress, setting_list,
-                   text_table)
+from .args import (add_config_flags, check_output, config_from_args, open_history, progress, setting_list,
+                   text_table, write_output)
 from .program import check_ctrl_c, ctrl_c_closes
 
 MB = 1e6
@@ -59,11 +59,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json or not main_process
     bars: dict[str, tqdm] = {}
     summary = None
+    total_steps = 0
     events = record(compare(config, variants=tuple(args.variants.split(","))), store)
     try:
         for event in events:
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             if isinstance(event, StartEvent):
+                total_steps = event.total_steps
                 where = f" | stored as run #{event.run_id}" if event.run_id is not None else ""
                 progress(f"device: {event.device_name} | {config.model} on {config.dataset} "
                          f"({event.train_size} train / {event.test_size} test) | {event.total_steps} steps"
@@ -93,10 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
     else:
         print(format_summary(summary))
-    note = (too_short_note(summary.accuracy.get("baseline"), config.max_steps)
-            if "facto" in summary.accuracy else None)
+    limit = config.max_steps if config.max_steps == total_steps else None  # the limit, not the epochs, stopped it
+    note = too_short_note(summary.accuracy.get("baseline"), limit) if "facto" in summary.accuracy else None
     if note:  # a comparison too short to compare
-        flags = "--max-steps, --epochs, --max-train" if config.max_steps else "--epochs, --max-train"
+        flags = "--max-steps, --epochs, --max-train" if limit else "--epochs, --max-train"
         print(f"note: {note} ({flags})", file=sys.stderr)
     return 0 if summary.status != "failed" else 1
 
@@ -125,7 +127,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ranks = setting_list(args.ranks, "rank")
     bits, updates = setting_list(args.bits_list, "bits"), setting_list(args.updates, "update")
     if args.html:
-        check_output_path(args.html, "--html")
+        check_output(args.html, "--html", base.data_dir)
     store = open_history(args.no_store)
     quiet = args.quiet or args.json
     tracker = SweepTracker()  # the finished points, and whether they are too short to rank
@@ -154,7 +156,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.html:
         from .. import plots
 
-        plots.sweep_figure(tracker.points).write_html(args.html, include_plotlyjs=True)
+        figure = plots.sweep_figure(tracker.points)
+        write_output(args.html, "--html", lambda fh: figure.write_html(fh, include_plotlyjs=True), base.data_dir)
         progress(f"chart written to {args.html}", quiet)
     note = tracker.too_short()
     if note:

@@ -65,6 +65,12 @@ def too_short_note(baseline_accuracy: float | None, max_steps: int | None = None
             "images) before reading the accuracy change.")
 
 
+def planned_steps(config: RunConfig, steps_per_epoch: int) -> int:
+    """The training steps of a run: all its epochs, or fewer where max_steps stops it earlier."""
+    steps = steps_per_epoch * config.epochs
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
 # ----------------------------------------------------------------------------- one model's training
 
 def set_model_update(model: nn.Module, update: str) -> None:
@@ -275,7 +281,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
                          seed=config.seed, max_train=config.max_train, max_test=config.max_test)
     check_stop()
     train_loader = distributed.shard_loader(data.train_loader, config.seed)
-    schedule = Schedule(config.max_steps or len(train_loader) * config.epochs, len(train_loader),
+    schedule = Schedule(planned_steps(config, len(train_loader)), len(train_loader),
                         config.eval_every, config.cycle_every)
     if config.warm_start_steps > MAX_RUN_STEPS - schedule.total:
         raise RunTooLongError(
@@ -373,7 +379,7 @@ def train_model(model: nn.Module, variant: Variant, config: RunConfig, data: Dat
 
     The same Trainer and step loop as `compare` (the benchmark trains its methods with it).
     """
-    schedule = Schedule(config.max_steps or len(data.train_loader) * config.epochs,
+    schedule = Schedule(planned_steps(config, len(data.train_loader)),
                         len(data.train_loader), 0, 0)
     trainer = Trainer.create(variant, model, config, schedule.total, device)
     for event in _train([trainer], schedule, data.train_loader, data.test_loader):
