@@ -231,8 +231,9 @@ def check_path_names(path: str | Path, what: str) -> Path:
     return target
 
 
-def _short(text: str, keep: int = 40) -> str:
-    """A long name cut to its start and end, so the error stays one readable line."""
+def _short(text: str, keep: int = 100) -> str:
+    """A name longer than any usual path (over 203 characters) cut to its start and end, so the error
+    stays one readable line; shorter paths are shown whole."""
     return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}...{text[-keep:]}"
 
 
