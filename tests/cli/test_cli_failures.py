@@ -126,10 +126,10 @@ def test_export_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("after_s", [0.3, 1.2, 2.5])
+@pytest.mark.parametrize("after_s", [0.3, 2.5])
 def test_ctrl_c_during_start_up_is_quiet(tmp_path, after_s):
-    """One Ctrl-C while torch loads (0.3 s), while the rest of the package and the data load, or while
-    the models are built: exit 130, one line, no traceback (facto.cli.program)."""
+    """One Ctrl-C while torch loads (0.3 s), or later, while the rest of the package and the data load
+    or the models are built: exit 130, one line, no traceback (facto.cli.program)."""
     env = {**os.environ, "FACTO_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     # As from a terminal: a non-interactive shell that starts pytest in the background (`cmd &`) makes
     # it ignore SIGINT, and an ignored signal stays ignored in every process started from it

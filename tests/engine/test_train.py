@@ -1,5 +1,6 @@
 """The training engine: config validation, compare() events, Stop, determinism, store, sweep."""
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -188,11 +189,17 @@ def test_runs_repeat_exactly_whatever_other_threads_do_with_the_global_generator
     assert noisy == quiet
 
 
+@functools.cache
+def _fp32_summary():
+    """The fp32 run the half-precision runs are compared with (once per test process)."""
+    return consume(compare(RunConfig(**TINY, max_steps=2)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_precision_applies_to_baseline_and_facto(precision):
     """bf16/fp16 autocast for both variants: the run trains, and the baseline now stores 16-bit maps."""
-    fp32 = consume(compare(RunConfig(**TINY, max_steps=2)))
+    fp32 = _fp32_summary()
     half = consume(compare(RunConfig(**TINY, max_steps=2, precision=precision)))
     assert half.status == "completed" and not half.failures
     assert half.act_bytes["baseline"] < 0.75 * fp32.act_bytes["baseline"]
