@@ -251,6 +251,18 @@ def stored(db: str):
         return [(r.status, r.error) for r in store.list_runs()]
 
 
+def stop_in_warm_up(job: Job, db: str, label: str, limit_s: float) -> None:
+    """Once `job` has sent a warm-up step, Stop it: it ends interrupted, stored as stopped by the user."""
+    deadline = time.monotonic() + limit_s
+    while not job.read(lambda t: t.steps.get("warmup")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    job.stop(wait_s=limit_s / 2)
+    print(f"{label}: stopped in its warm-up after {time.monotonic() - asked:.2f} s")
+    assert job.status == "interrupted", (job.status, job.error)
+    assert stored(db) == [("interrupted", "stopped by the user")]
+
+
 def test_stop_reaches_a_run_in_its_warm_up_and_in_an_evaluation(tmp_path):
     """Stop was seen only when the run sent its next event: a warm-up of 10**8 steps or a long test
     (no event until it ends) kept the only slot. Now the run checks between steps and batches."""
@@ -258,15 +270,7 @@ def test_stop_reaches_a_run_in_its_warm_up_and_in_an_evaluation(tmp_path):
     from facto.engine.train import compare_and_record
 
     db = str(tmp_path / "runs.db")
-    warming = Job(lambda: compare_and_record(WARM_FOREVER, db), RunTracker()).start()
-    deadline = time.monotonic() + 60
-    while not warming.read(lambda t: t.steps.get("warmup")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    asked = time.monotonic()
-    warming.stop(wait_s=30)
-    print(f"thread job: stopped in its warm-up after {time.monotonic() - asked:.2f} s")
-    assert warming.status == "interrupted", warming.status
-    assert stored(db) == [("interrupted", "stopped by the user")]
+    stop_in_warm_up(Job(lambda: compare_and_record(WARM_FOREVER, db), RunTracker()).start(), db, "thread job", 60)
 
     entered = threading.Event()
     testing = Job(lambda: endless_evaluation({**WARM_FOREVER, "warm_start_steps": 0}, db, entered=entered),
@@ -287,15 +291,7 @@ def test_a_run_in_a_child_process_stops_in_its_warm_up(tmp_path):
     from facto.engine.train import compare_and_record
 
     db = str(tmp_path / "runs.db")
-    job = Job(in_child(compare_and_record, WARM_FOREVER, db), RunTracker()).start()
-    deadline = time.monotonic() + 120
-    while not job.read(lambda t: t.steps.get("warmup")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    asked = time.monotonic()
-    job.stop(wait_s=60)
-    print(f"child job: stopped in its warm-up after {time.monotonic() - asked:.2f} s")
-    assert job.status == "interrupted", (job.status, job.error)
-    assert stored(db) == [("interrupted", "stopped by the user")]
+    stop_in_warm_up(Job(in_child(compare_and_record, WARM_FOREVER, db), RunTracker()).start(), db, "child job", 120)
 
 
 def _gone(pid: int) -> bool:
