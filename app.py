@@ -23,7 +23,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
-from facto.engine.events import RunTracker, StartEvent
+from facto.engine.events import RunTracker, StartEvent, steps_done
 from facto.engine.jobs import Job
 from facto.engine.train import compare_and_record, too_short_note
 
@@ -43,7 +43,6 @@ def apply_preset() -> None:
         ref = RunConfig(**PRESETS[name])
         for field in PRESET_FIELDS:
             st.session_state[P + field] = ui.SETTINGS[field].to_widget(getattr(ref, field))
-            st.session_state.pop(ui.error_key(P + field), None)
 
 
 def match_preset() -> None:
@@ -76,18 +75,21 @@ def available_devices() -> list[str]:
     return devices
 
 
-def start_run() -> None:
-    st.session_state.pop("form_errors", None)
-    errors = ui.field_errors(P, FIELDS)
-    if errors:
-        st.session_state["form_errors"] = errors
+LONG_RUN_S = 30 * 60  # outside room mode, a run estimated longer than this asks to be confirmed
+
+
+def start_run(confirmed: bool = False) -> None:
+    """Run: start the comparison the sidebar describes, when the form allows it (its problems are
+    shown next to Run and under their widgets); a long run first asks to be confirmed."""
+    check = ui.check_form(P, FIELDS)
+    if not check.ok:
         return
-    config = ui.config_from_widgets(P, FIELDS)
-    params = ui.model_params(config.model, config.dataset)
-    problems = ui.room_problems(ui.room(), config, params) + ui.room_job_problems()
-    if problems:
-        st.session_state["form_errors"] = problems
+    seconds = ui.run_estimate(check)
+    if not confirmed and not ui.room().enabled and seconds is not None and seconds > LONG_RUN_S:
+        st.session_state["confirm_long"] = (seconds, check.config.to_dict())
         return
+    st.session_state.pop("confirm_long", None)
+    config = check.config
     job = ui.submit(ui.events_of(compare_and_record, config.to_dict(), ui.writable_history_path()),
                     RunTracker(), label=config.label(),
                     meta={"config": config.to_dict()})
@@ -106,7 +108,8 @@ def stop_run(job_id: int) -> None:
 
 def sidebar(locked: bool) -> None:
     r = ui.room()
-    keep = dict(disabled=locked)
+    check = ui.check_form(P, FIELDS)
+    problem = check.problems.get
     with st.sidebar:
         left, right = st.columns(2)
         left.button("Run", key="run", type="primary", on_click=start_run, disabled=locked, width="stretch",
@@ -114,37 +117,69 @@ def sidebar(locked: bool) -> None:
         job = watched_job()
         can_stop = job is not None and not job.finished and ui.may_stop(job)
         right.button("Stop", key="stop", on_click=stop_run, args=(job.id if job else 0,), disabled=not can_stop,
-                     width="stretch", icon=":material/stop:",
-                     help="Stop the run you are watching. What was done is kept (stored as interrupted).")
-        st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, **keep,
+                     width="stretch", icon=":material/stop:", help=stop_help(job, can_stop))
+        if not locked:
+            run_notes(check)
+        st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, disabled=locked,
                  captions=[preset_text(p).split(": ", 1)[1] for p in PRESETS] + ["your own settings"],
                  help="One click sets rank, trained factor, bits and recompute. Editing one of them by hand "
                       "switches to custom.")
         for name in METHOD:
             options = ui.allowed_models() if name == "model" else None
-            ui.setting_widget(name, P + name, disabled=locked, options=options,
+            ui.setting_widget(name, P + name, disabled=locked, options=options, problem=problem(name),
                               on_change=match_preset if name in PRESET_FIELDS else None)
         a, b = st.columns(2)
-        ui.setting_widget("epochs", P + "epochs", a, disabled=locked)
+        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, problem=problem("epochs"))
         ui.setting_widget("seed", P + "seed", b, disabled=locked)
-        ui.setting_widget("batch_size", P + "batch_size", disabled=locked)
+        ui.setting_widget("batch_size", P + "batch_size", disabled=locked, problem=problem("batch_size"))
         ui.setting_widget("lr", P + "lr", disabled=locked)
         a, b = st.columns(2)
         ui.setting_widget("device", P + "device", a, disabled=locked, options=available_devices())
-        ui.setting_widget("warm_start_steps", P + "warm_start_steps", b, disabled=locked)
-        with st.expander("Advanced: subset, blocks, testing, data"):
+        ui.setting_widget("warm_start_steps", P + "warm_start_steps", b, disabled=locked,
+                          problem=problem("warm_start_steps"))
+        advanced = [problem(name) for name in ADVANCED]
+        with st.expander("Advanced: subset, blocks, testing, data", expanded=any(advanced)):
             a, b = st.columns(2)
-            ui.setting_widget("max_train", P + "max_train", a, disabled=locked, label="Train images")
-            ui.setting_widget("max_test", P + "max_test", b, disabled=locked, label="Test images")
+            ui.setting_widget("max_train", P + "max_train", a, disabled=locked, label="Train images",
+                              problem=problem("max_train"))
+            ui.setting_widget("max_test", P + "max_test", b, disabled=locked, label="Test images",
+                              problem=problem("max_test"))
             for name in ("block", "eval_every"):
-                ui.setting_widget(name, P + name, disabled=locked)
+                ui.setting_widget(name, P + name, disabled=locked, problem=problem(name))
             a, b = st.columns(2)
             ui.setting_widget("optimizer", P + "optimizer", a, disabled=locked)
             ui.setting_widget("schedule", P + "schedule", b, disabled=locked)
             ui.setting_widget("precision", P + "precision", disabled=locked)
             ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
             ui.setting_widget("download", P + "download", disabled=locked or r.enabled)
-    ui.sidebar_footer()
+    ui.sidebar_footer(limits=False)
+
+
+def stop_help(job: Job | None, can_stop: bool) -> str:
+    """The Stop button's tooltip: what it does, or why it can't be pressed now."""
+    if can_stop:
+        return "Stop the run you are watching. What was done is kept (stored as interrupted)."
+    if job is None or job.finished:
+        return "Nothing to stop: this tab watches no run that is going."
+    return "Only the visitor who started this run can stop it (room mode)."
+
+
+def run_notes(check: ui.FormCheck) -> None:
+    """Next to Run: why it can't start, what it will do and about how long, the room's limits, and
+    the question a long run asks first."""
+    ui.run_problems(check, FIELDS)
+    line = ui.work_line(check) if check.ok else None
+    if line:
+        st.caption(line)
+    asked = st.session_state.get("confirm_long")
+    if asked is not None and check.config is not None and asked[1] == check.config.to_dict():
+        seconds = asked[0]
+        st.warning(f"This run takes about {ui.duration(seconds)} on this machine.", icon=":material/schedule:")
+        yes, no = st.columns(2)
+        yes.button("Start anyway", key="confirm_run", on_click=start_run, args=(True,), width="stretch")
+        no.button("Cancel", key="cancel_run", on_click=lambda: st.session_state.pop("confirm_long", None),
+                  width="stretch")
+    ui.room_limits_note()
 
 
 @st.cache_data(show_spinner=False)
@@ -224,6 +259,9 @@ def job_view(job: Job) -> dict:
 
     data = job.read(read)
     start = data["start"]
+    final = stored_summary(start.run_id) if job.finished and start is not None else None
+    if final is not None:  # what the run's own process stored: the same numbers History shows
+        data["summary"] = final
     return dict(
         source="job", job_id=job.id, version=job.version, status=job.status, config=job.meta.get("config", {}),
         run_id=start.run_id if start else None, steps=data["steps"], evals=data["evals"],
@@ -234,6 +272,17 @@ def job_view(job: Job) -> dict:
         params=start.params if start else {}, trainable=start.trainable_params if start else {},
         train_size=start.train_size if start else None, test_size=start.test_size if start else None,
         queue_position=ui.registry().queue_position(job), owner=ui.owner_label(job))
+
+
+def stored_summary(run_id: int | None) -> dict | None:
+    """The summary a finished run stored (None when it was not stored or can't be read)."""
+    store = ui.history()
+    if store is None or run_id is None:
+        return None
+    try:
+        return store.get_run(run_id).summary
+    except (ValueError, OSError):
+        return None
 
 
 def stored_view(run) -> dict:
@@ -273,10 +322,6 @@ def _pct(value) -> str:
     return "—" if value is None else f"{value:.1f} %"
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
 def time_left(view: dict, done: int) -> float | None:
     """Seconds left: the remaining steps at the recent pace, plus the tests still to come."""
     steps, total = view["steps"], view["total_steps"]
@@ -311,7 +356,7 @@ def progress(view: dict) -> None:
     text = f"Step {done} of {total} · epoch {epoch} of {epochs}"
     left = time_left(view, done) if done else None
     if left is not None:
-        text += f" · about {_duration(left)} left, tests included"
+        text += f" · about {ui.duration(left)} left, tests included"
     if view.get("stopping"):
         text = f"Stopping after step {done} of {total}: the current step finishes first…"
     st.progress(min(done / total, 1.0), text=text)
@@ -329,27 +374,36 @@ def status_line(view: dict) -> None:
             text = f"Done: Facto stored {saving:.1f} % less for backward"
             text += f", test accuracy {delta:+.2f} points vs the baseline." if delta is not None else "."
         st.success(text + stored, icon=":material/check_circle:")
-        note = too_short_note((summary.get("accuracy") or {}).get("baseline"),
-                              (view["config"] or {}).get("max_steps"))
-        if note:
-            st.warning(note, icon=":material/warning:")
     elif status == "interrupted":
-        done = max((summary.get("steps") or {}).values(), default=0)
+        done = steps_done(summary.get("steps") or {}, summary.get("failures"))
         total = f" of {view['total_steps']}" if view["total_steps"] else ""
-        st.warning(f"Stopped after {done}{total} steps; what was done is kept.{stored}",
+        st.warning(f"Stopped after {done}{total} {'step' if done == 1 else 'steps'}; what was done is kept.{stored}",
                    icon=":material/pause_circle:")
     elif status == "failed":
         st.error(f"The run could not go on: {view['error'] or 'see the reasons above'}", icon=":material/error:")
+    if status in ("completed", "interrupted"):
+        note = too_short_note((summary.get("accuracy") or {}).get("baseline"), (view["config"] or {}).get("max_steps"))
+        if note:
+            st.warning(note, icon=":material/warning:")
+
+
+def tested_when(summary: dict) -> str | None:
+    """Which test point the accuracy cards show ('after epoch 2', 'after step 30 (epoch 2)'), None
+    before both variants have one. Stored runs from before `tested_step` was kept say 'at the end'."""
+    step, epoch = summary.get("tested_step"), summary.get("tested_epoch")
+    if step is None:
+        return "at the end" if (summary.get("accuracy") or {}).get("facto") is not None else None
+    ends_epoch = summary.get("steps_per_epoch") and step % summary["steps_per_epoch"] == 0
+    return f"after epoch {epoch}" if ends_epoch or not epoch else f"after step {step} (epoch {epoch})"
 
 
 def cards(view: dict) -> None:
-    summary = view["summary"] or {}
+    summary = dict(view["summary"] or {}, steps_per_epoch=view.get("steps_per_epoch"))
     act = summary.get("act_bytes") or {}
-    acc = summary.get("accuracy") or {}
     base_b, facto_b = act.get("baseline"), act.get("facto")
-    tested = sorted({_field(e, "step") for e in view["evals"]})
-    when = f"test accuracy after step {tested[-1]}" if tested else "test accuracy, measured after epoch 1"
-    acc_delta = summary.get("accuracy_delta")
+    when = tested_when(summary)
+    acc = (summary.get("accuracy") or {}) if when else {}
+    acc_delta = summary.get("accuracy_delta") if when else None
     peak = summary.get("peak_cuda") or {}
     show_peak = any(v is not None for v in peak.values())
     memory, accuracy = st.columns(4 if show_peak else 3), st.columns(4 if show_peak else 3)
@@ -362,13 +416,20 @@ def cards(view: dict) -> None:
     memory[2].metric("Memory saving", _pct(summary.get("saving_pct")), **ui.CARD,
                      delta=f"{base_b / facto_b:.1f}× less stored" if base_b and facto_b else None,
                      delta_arrow="off", help="1 − Facto / baseline activation bytes.")
+    waiting = "Shown once both variants have been tested (after the first epoch)."
+    test = f"Test accuracy {when}" if when else "Test accuracy"
     accuracy[0].metric("Baseline accuracy", _pct(acc.get("baseline")), **ui.CARD,
-                       help=f"{when.capitalize()} (the test set; the live curve on the left is training accuracy).")
+                       help=f"{test} (the live curve on the left is training accuracy). " + ("" if when else waiting))
+    flat = acc_delta is not None and round(acc_delta, 2) == 0
     accuracy[1].metric("Facto accuracy", _pct(acc.get("facto")), **ui.CARD,
                        delta=None if acc_delta is None else f"{acc_delta:+.2f} points",
-                       help=f"{when.capitalize()}; the delta is against the baseline.")
-    accuracy[2].metric("Accuracy change (points)", "—" if acc_delta is None else f"{acc_delta:+.2f}", **ui.CARD,
-                       help="Facto minus baseline test accuracy, in percentage points.")
+                       delta_color="off" if flat else "normal", delta_arrow="off" if flat else "auto",
+                       help=f"{test}, at the same test point as the baseline's; the delta is against the "
+                            "baseline. " + ("" if when else waiting))
+    accuracy[2].metric(f"Change {when}" if when else "Accuracy change",
+                       "—" if acc_delta is None else f"{acc_delta:+.2f} points", **ui.CARD,
+                       help="Facto minus baseline test accuracy, in percentage points, both tested after the "
+                            "same training. " + ("" if when else waiting))
     if show_peak:
         pb, pf = peak.get("baseline"), peak.get("facto")
         memory[3].metric("Peak CUDA memory (Facto)", _mb(pf), **ui.CARD, delta_color="inverse",
@@ -551,8 +612,6 @@ def train_and_compare() -> None:
                "for backward. Baseline: dense fp32 (blue). Facto: orange.")
     ui.history_notice()
     sidebar(st.session_state["controls_locked"])
-    for error in st.session_state.get("form_errors", []):
-        st.error(f"Can't start this run: {error}", icon=":material/error:")
     view = job_view(job) if job is not None else None
     header(view)
     if running:

@@ -14,12 +14,13 @@ import re
 from dataclasses import dataclass
 
 from facto.config import RunConfig, count
+from facto.engine.estimate import RunWork
 from facto.memory.budget import square_shape
 
 # name -> default
 ENV_INTS = {"FACTO_MAX_RUNS": 1, "FACTO_ROOM_MAX_EPOCHS": 10, "FACTO_ROOM_MAX_BATCH": 256,
             "FACTO_ROOM_MAX_TRAIN": 20_000, "FACTO_ROOM_MAX_PARAMS": 3_000_000, "FACTO_ROOM_RUNS_PER_VISITOR": 1,
-            "FACTO_ROOM_MAX_INPUT": 3 * 128 * 128, "FACTO_ROOM_MAX_WARMUP": 1_000}
+            "FACTO_ROOM_MAX_INPUT": 3 * 128 * 128, "FACTO_ROOM_MAX_WARMUP": 1_000, "FACTO_ROOM_MAX_SWEEP": 12}
 ENV_FLAGS = {"FACTO_ROOM": True, "FACTO_ROOM_DOWNLOAD": False}  # name -> value when unreadable (the safe side)
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 JOBS_MODES = ("process", "thread")
@@ -47,13 +48,15 @@ class Room:
     runs_per_visitor: int = ENV_INTS["FACTO_ROOM_RUNS_PER_VISITOR"]
     max_input: int = ENV_INTS["FACTO_ROOM_MAX_INPUT"]  # values per image (C x H x W) Fit my GPU plans
     max_warmup: int = ENV_INTS["FACTO_ROOM_MAX_WARMUP"]  # warm-up steps before Facto's own training
+    max_sweep: int = ENV_INTS["FACTO_ROOM_MAX_SWEEP"]  # settings one sweep trains (its baseline not counted)
     data_dir: str | None = None
     download: bool = False
 
     def describe(self) -> str:
         return (f"Room mode: at most {self.max_epochs} epochs, {self.max_warmup:,} warm-up steps, batches of {self.max_batch}, "
                 f"{self.max_train:,} training images, models up to {self.max_params / 1e6:.1f} M parameters, "
-                f"{count(self.runs_per_visitor, 'run')} per visitor at a time, Fit my GPU plans images of up to "
+                f"{count(self.runs_per_visitor, 'run')} per visitor at a time, sweeps of up to "
+                f"{count(self.max_sweep, 'setting')}, Fit my GPU plans images of up to "
                 f"{self.max_input:,} values (e.g. {square_shape(self.max_input)}); data folder and downloads are set "
                 "by the host; you can delete only the runs you started.")
 
@@ -144,25 +147,50 @@ def room() -> Room:
                 runs_per_visitor=_env_int("FACTO_ROOM_RUNS_PER_VISITOR"),
                 max_input=_env_int("FACTO_ROOM_MAX_INPUT"),
                 max_warmup=_env_int("FACTO_ROOM_MAX_WARMUP"),
+                max_sweep=_env_int("FACTO_ROOM_MAX_SWEEP"),
                 data_dir=os.environ.get("FACTO_DATA_DIR") or RunConfig().data_dir,
                 download=_env_flag("FACTO_ROOM_DOWNLOAD"))
 
 
-def room_problems(r: Room, config: RunConfig, params: int | None) -> list[str]:
-    """What room `r`'s limits forbid in `config` (empty when it may run, and always outside a room).
-    `params`: the model's parameter count (None when unknown)."""
+# A room field -> the Room limit bounding it (the widgets offer no more; `room_problems` checks).
+FIELD_LIMITS = {"epochs": "max_epochs", "batch_size": "max_batch", "warm_start_steps": "max_warmup",
+                "max_train": "max_train", "max_test": "max_train"}
+
+
+def field_limit(r: Room, name: str) -> int | None:
+    """The largest value room `r` allows for RunConfig field `name` (None: not bounded here)."""
+    return getattr(r, FIELD_LIMITS[name]) if r.enabled and name in FIELD_LIMITS else None
+
+
+def room_problems(r: Room, config: RunConfig, params: int | None, work: RunWork) -> dict[str, str]:
+    """What room `r`'s limits forbid in `config`, by the RunConfig field to change (empty when it may
+    run, and always outside a room). `params`: the model's parameter count (None when unknown);
+    `work`: what the run would do (`Train images` "all" counts as the dataset's size)."""
     if not r.enabled:
-        return []
-    problems = []
+        return {}
+    problems = {}
     if config.epochs > r.max_epochs:
-        problems.append(f"epochs {config.epochs} is above this room's limit of {r.max_epochs}")
+        problems["epochs"] = f"Epochs {config.epochs} is above this room's limit of {r.max_epochs}."
     if config.warm_start_steps > r.max_warmup:
-        problems.append(f"warm-up steps {config.warm_start_steps:,} is above this room's limit of {r.max_warmup:,}")
+        problems["warm_start_steps"] = (f"Warm-up steps {config.warm_start_steps:,} is above this room's limit "
+                                        f"of {r.max_warmup:,}.")
     if config.batch_size > r.max_batch:
-        problems.append(f"batch size {config.batch_size} is above this room's limit of {r.max_batch}")
-    if (config.max_train or r.max_train + 1) > r.max_train:
-        problems.append(f"train on at most {r.max_train:,} images here (set Train images)")
+        problems["batch_size"] = f"Batch size {config.batch_size} is above this room's limit of {r.max_batch}."
+    if work.train_images is None:
+        problems["max_train"] = (f"This dataset's size is not known here: set Train images "
+                                 f"(at most {r.max_train:,}).")
+    elif work.train_images > r.max_train:
+        which = f"{work.train_images:,}" if config.max_train else f"All {work.train_images:,}"
+        problems["max_train"] = (f"{which} training images is above this room's limit of {r.max_train:,}: "
+                                 f"set Train images to {r.max_train:,} or fewer.")
+    if config.max_test is not None and config.max_test > r.max_train:
+        problems["max_test"] = f"Test images {config.max_test:,} is above this room's limit of {r.max_train:,}."
+    tested, budget = work.tests * (work.test_images or 0), r.max_train * r.max_epochs
+    if "max_test" not in problems and tested > budget:
+        problems["eval_every"] = (f"{count(work.tests, 'test')} of {work.test_images:,} images ({tested:,} in all) "
+                                  f"is more testing than this room allows ({budget:,} images): test less often "
+                                  "or on fewer images.")
     if params is not None and params > r.max_params:
-        problems.append(f"{config.model} has {params / 1e6:.1f} M parameters, above this room's "
-                        f"limit of {r.max_params / 1e6:.1f} M")
+        problems["model"] = (f"{config.model} has {params / 1e6:.1f} M parameters, above this room's "
+                             f"limit of {r.max_params / 1e6:.1f} M.")
     return problems

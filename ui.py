@@ -9,17 +9,23 @@ Server-wide (one per `streamlit run` process, shared by every browser tab):
 - a cache of built figures per job and version, so three tabs watching one run build
   each figure once.
 
-A visitor is identified by a token in the page's URL (`?v=...`, kept in the session too, since
-switching pages clears the URL's parameters): it survives a reload, so a reloaded tab finds its
-own runs again (`?job=N` reattaches to the run it watched, `?sweep=N` to the sweep). The
-server remembers which stored runs each visitor started (`runs_started_by`): in room mode a
+A visitor is their browser: the key of Streamlit's XSRF cookie, which the server sets on the
+browser's first request and every tab of that browser sends back, turned into an id with a
+secret of this server (`visitor_id`). It never appears in a URL, so a copied or shared link
+(`?job=N`, `?sweep=N`) lets another browser watch a run but not stop or delete it, and every tab
+of one browser is the same visitor (its runs, its Stop, one run at a time across tabs). A
+browser that sends no such cookie (XSRF protection off, cookies blocked) is one visitor per tab.
+The server remembers which stored runs each visitor started (`runs_started_by`): in room mode a
 visitor sees and deletes only those.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
@@ -27,6 +33,7 @@ import streamlit as st
 
 import room as _room
 from facto.config import SETTINGS, RunConfig, Setting, count
+from facto.engine.estimate import RunWork
 from facto.engine.events import PhaseEvent, StartEvent
 from facto.engine.jobs import Job, JobRegistry, in_child
 from room import (PageLimits, Room, ascii_int, env_problems, jobs_mode, max_runs,  # noqa: F401 (the pages use ui.*)
@@ -71,11 +78,10 @@ PAGES = (
 
 def page(tab_title: str) -> None:
     """Every page's start: the browser tab's title, the wide layout, the run history (opened once
-    per server), this tab's visitor token in the URL (a page switch clears the URL's parameters)
-    and, at the top of the sidebar, the navigation to every page."""
+    per server) and, at the top of the sidebar, the navigation to every page."""
     st.set_page_config(page_title=tab_title, page_icon=PAGE_ICON, layout="wide")
     history()
-    visitor()
+    st.query_params.pop("v", None)  # a visitor token of older links: identity is the browser's, not the URL's
     with st.sidebar:
         for path, label, icon in PAGES:
             st.page_link(path, label=label, icon=icon)
@@ -298,20 +304,56 @@ def allowed_models() -> list[str]:
 
 # ----------------------------------------------------------------------------- visitors
 
+XSRF_COOKIE = "_streamlit_xsrf"  # set by Streamlit's server on a browser's first request
+
+
+@st.cache_resource(show_spinner=False)
+def _server_secret() -> bytes:
+    """A random secret of this server process: visitor ids can't be computed from outside."""
+    return secrets.token_bytes(32)
+
+
+def browser_key(cookie: str | None) -> bytes | None:
+    """The stable key inside Streamlit's XSRF cookie (None when there is none or it can't be read).
+    The cookie is "2|mask|masked key|time" (the masked key changes with every response, the key
+    does not) or, in its first version, the key in hex."""
+    if not cookie:
+        return None
+    parts = cookie.split("|")
+    try:
+        if len(parts) == 4 and parts[0] == "2":
+            mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+            key = bytes(b ^ mask[i % len(mask)] for i, b in enumerate(masked)) if mask else b""
+        elif len(parts) == 1:
+            key = bytes.fromhex(parts[0])
+        else:
+            return None
+    except ValueError:
+        return None
+    return key if len(key) >= 16 else None
+
+
+def visitor_id(key: bytes, secret: bytes) -> str:
+    """The visitor id of a browser key: a keyed hash, so the id (shown to others as "visitor ...")
+    does not reveal the key, and only this server can make it."""
+    return hmac.new(secret, key, hashlib.sha256).hexdigest()[:12]
+
+
 def visitor() -> str:
-    """This tab's visitor token (kept in the URL, so it survives a reload, and in the session,
-    so it survives a page switch, which clears the URL's parameters)."""
-    token = st.query_params.get("v") or st.session_state.get("visitor")
-    if not token:
-        token = secrets.token_hex(3)
-    st.session_state["visitor"] = token
-    if st.query_params.get("v") != token:
-        st.query_params["v"] = token
-    return token
+    """This browser's visitor id (the same in every tab); without the browser's cookie, this tab's."""
+    key = browser_key(st.context.cookies.get(XSRF_COOKIE))
+    if key is not None:
+        return visitor_id(key, _server_secret())
+    return st.session_state.setdefault("visitor", secrets.token_hex(6))
+
+
+def identified_by_browser() -> bool:
+    """Whether this tab's visitor is its browser (else each tab is its own visitor)."""
+    return browser_key(st.context.cookies.get(XSRF_COOKIE)) is not None
 
 
 def owner_label(job: Job) -> str:
-    return "you" if job.owner == visitor() else f"visitor {job.owner or '?'}"
+    return "you" if job.owner == visitor() else f"visitor {(job.owner or '?')[:6]}"
 
 
 def may_stop(job: Job) -> bool:
@@ -326,40 +368,45 @@ def _plain_error(name: str, value: Any, error: Exception) -> str:
     return f"{s.label}: {value!r} is not allowed. Use {s.describe_allowed()}."
 
 
-def error_key(key: str) -> str:
-    """Where the plain-language error of widget `key` waits to be shown next to it."""
-    return f"{key}__error"
-
-
-def check_field(name: str, key: str) -> None:
-    """on_change: validate one widget at once; its error shows next to it."""
+def field_error(name: str, key: str) -> str | None:
+    """The plain-language error of widget `key`'s value now (None when RunConfig field `name` takes it)."""
     try:
         SETTINGS[name].from_widget(name, st.session_state[key])
-        st.session_state.pop(error_key(key), None)
     except ValueError as exc:
-        st.session_state[error_key(key)] = _plain_error(name, st.session_state[key], exc)
+        return _plain_error(name, st.session_state[key], exc)
+    return None
+
+
+def within_room(name: str, key: str) -> None:
+    """Lower widget `key`'s value to the room's limit for field `name` where it is above it (a value
+    kept from before, or a crafted session): the widget then offers it, and nothing above it runs."""
+    limit = _room.field_limit(room(), name)
+    value = st.session_state.get(key)
+    if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+        st.session_state[key] = limit
 
 
 def setting_widget(name: str, key: str, container=None, disabled: bool = False,
                    on_change: Callable | None = None, label: str | None = None,
-                   options: list | None = None, help_extra: str = "") -> None:
+                   options: list | None = None, help_extra: str = "", problem: str | None = None) -> None:
     """The widget for RunConfig field `name` (kind, allowed values, label and help from its Setting).
 
     Its value lives in st.session_state[key] as the widget's value (`Setting.to_widget`), kept
-    for the whole session (a page switch and back finds it as it was).
+    for the whole session (a page switch and back finds it as it was). In room mode it offers no
+    more than the room allows (`room.field_limit`), saying so in its help. Below it, in plain words,
+    what is wrong with its value now (checked on every redraw, so the error goes once the value is
+    fixed), or `problem` (what the room's limits or the other settings forbid).
     """
     s: Setting = SETTINGS[name]
     box = container or st
+    limit = _room.field_limit(room(), name)
     help_text = s.help + (" " + help_extra if help_extra else "")
     if s.choice_help:
         help_text += " " + " ".join(f"**{k}**: {v}." for k, v in s.choice_help.items())
-
-    def changed() -> None:
-        check_field(name, key)
-        if on_change is not None:
-            on_change()
-
-    common = dict(key=key, disabled=disabled, help=help_text, on_change=changed, persist_state="session")
+    if limit is not None:
+        help_text += f" This room allows at most {limit:,}."
+        within_room(name, key)
+    common = dict(key=key, disabled=disabled, help=help_text, on_change=on_change, persist_state="session")
     text = label or s.label
     if s.kind in ("choice", "model", "dataset", "bits", "device"):
         choices = options if options is not None else s.allowed()
@@ -370,14 +417,15 @@ def setting_widget(name: str, key: str, container=None, disabled: bool = False,
         box.text_input(text, **common)
     elif s.steps:
         values = sorted({*s.steps, st.session_state.get(key, getattr(RunConfig(), name))})
+        values = [v for v in values if limit is None or v <= limit]
         box.select_slider(text, values, format_func=lambda v: f"{v:g}", **common)
     elif s.kind == "int":
         minimum = 0 if s.optional else int(s.minimum or 0)
         label_text = text + (" (0 = all)" if s.optional else "")
-        box.number_input(label_text, min_value=minimum, step=1, **common)
+        box.number_input(label_text, min_value=minimum, max_value=limit, step=1, **common)
     else:
         box.number_input(text, min_value=float(s.minimum or 0), format="%g", **common)
-    error = st.session_state.get(error_key(key))
+    error = field_error(name, key) or problem
     if error:
         box.error(error, icon=":material/error:")
 
@@ -399,14 +447,106 @@ def config_from_widgets(prefix: str, names: list[str], base: RunConfig | None = 
 
 def field_errors(prefix: str, names: list[str]) -> list[str]:
     """Plain-language errors of the widgets, checked now (before Run)."""
-    errors = []
+    return [error for name in names if (error := field_error(name, prefix + name))]
+
+
+@dataclass
+class FormCheck:
+    """What the widgets of a run's form describe, checked on every redraw."""
+
+    config: RunConfig | None  # None while a value is wrong
+    problems: dict[str, str]  # RunConfig field -> what is wrong (a bad value, above the room's limit)
+    work: RunWork | None  # what the run would do (None while a value is wrong)
+    blocked: list[str]  # why this visitor may not start a run now, though the settings are right
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.blocked
+
+
+def check_form(prefix: str, names: list[str], base: RunConfig | None = None) -> FormCheck:
+    """The form's RunConfig, every field's problem (its value, the room's limits) and the run's work."""
     for name in names:
-        key = prefix + name
+        within_room(name, prefix + name)
+    problems = {name: error for name in names if (error := field_error(name, prefix + name))}
+    config = work = None
+    if not problems:
         try:
-            SETTINGS[name].from_widget(name, st.session_state[key])
+            config = config_from_widgets(prefix, names, base)
         except ValueError as exc:
-            errors.append(_plain_error(name, st.session_state[key], exc))
-    return errors
+            problems[""] = str(exc)
+    if config is not None:
+        from facto.engine.estimate import run_work
+
+        work = run_work(config)
+        problems.update(room_problems(room(), config, model_params(config.model, config.dataset), work))
+    return FormCheck(config, problems, work, room_job_problems())
+
+
+def run_problems(check: FormCheck, shown: list[str]) -> None:
+    """Next to Run: why it can't start. A problem of a field in `shown` sits under its widget (named
+    here once); the others (fields this form does not show, this visitor's runs) in full."""
+    marked = [name for name in check.problems if name in shown]
+    if marked:
+        labels = ", ".join(SETTINGS[name].label for name in marked)
+        st.error(f"Can't run yet: fix {labels} (marked below).", icon=":material/error:")
+    for name, problem in check.problems.items():
+        if name not in shown:
+            st.error(f"Can't run yet: {problem}", icon=":material/error:")
+    for problem in check.blocked:
+        st.warning(f"Can't run now: {problem}.", icon=":material/hourglass_top:")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def dense_step_seconds(model: str, dataset: str, batch_size: int, device: str) -> float | None:
+    """One dense training step timed on this server (None when the device or model can't be used)."""
+    from facto.engine.estimate import dense_step_seconds as timed
+
+    try:
+        return timed(RunConfig(model=model, dataset=dataset, batch_size=batch_size), device)
+    except (ValueError, RuntimeError):
+        return None
+
+
+def run_estimate(check: FormCheck) -> float | None:
+    """About how many seconds the form's comparison takes on this server (None when unknown)."""
+    if check.config is None or check.work is None or not check.work.steps:
+        return None
+    from facto.engine.estimate import estimate_seconds
+
+    c = check.config
+    step = dense_step_seconds(c.model, c.dataset, c.batch_size, c.device)
+    return None if step is None else estimate_seconds(check.work, step, c.batch_size)
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def work_line(check: FormCheck) -> str | None:
+    """One line of what Run will do: steps, tests, about how long (None while the form is wrong)."""
+    work = check.work
+    if work is None or work.train_images is None:
+        return None
+    text = (f"{count(work.steps, 'step')} ({work.steps_per_epoch:,} per epoch) on {work.train_images:,} images, "
+            f"{count(work.tests, 'test')}")
+    seconds = run_estimate(check)
+    return text + (f" · about {duration(seconds)}" if seconds is not None else "")
+
+
+def room_limits_note() -> None:
+    """In room mode, next to Run: the room's limits, and a warning when this browser can't be told apart
+    from its other tabs."""
+    r = room()
+    if not r.enabled:
+        return
+    with st.expander("Room limits", icon=":material/groups:"):
+        st.caption(r.describe())
+    if not identified_by_browser():
+        st.caption(":material/warning: This browser sent no cookie: each of its tabs counts as a visitor.")
 
 
 def live_view(progress: Callable[[], None], results: Callable[[], None]) -> None:
@@ -430,18 +570,20 @@ def anything_to_list(key: str, items: list) -> bool:
     return False
 
 
-def sidebar_footer() -> None:
-    """The end of every page's sidebar: room limits (room mode) and where runs are stored."""
+def sidebar_footer(limits: bool = True) -> None:
+    """The end of every page's sidebar: the room's limits (room mode, unless the page shows them next
+    to its Run: `limits=False`) and the run history (where it is stored, outside room mode: a room's
+    visitors need not see the server's folders)."""
     r = room()
     with st.sidebar:
-        if r.enabled:
+        if r.enabled and limits:
             st.info(r.describe(), icon=":material/groups:")
         store = history()
         if store is None:
             st.caption("Run history: off")
         else:
             state = "" if getattr(store, "writable", True) else " (read-only)"
-            st.caption(f"Run history{state}: `{store.path}`")
+            st.caption(f"Run history{state}" + (": kept on the server" if r.enabled else f": `{store.path}`"))
 
 
 # ----------------------------------------------------------------------------- factorization report

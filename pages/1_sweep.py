@@ -49,13 +49,11 @@ def rank_errors() -> list[str]:
     return errors
 
 
-def grid_errors() -> list[str]:
+def empty_choices() -> dict[str, str]:
+    """Grid lists left empty: widget key suffix -> what to choose."""
     s = st.session_state
-    errors = rank_errors()
-    for name, what in (("ranks", "one rank"), ("bits", "one bits value"), ("updates", "one trained factor")):
-        if not s.get(P + name):
-            errors.append(f"Choose at least {what}.")
-    return errors
+    return {name: f"Choose at least {what}." for name, what in
+            (("ranks", "one rank"), ("bits", "one bits value"), ("updates", "one trained factor")) if not s.get(P + name)}
 
 
 def grid() -> tuple[list, list, list]:
@@ -64,24 +62,32 @@ def grid() -> tuple[list, list, list]:
     return ranks, list(s[P + "bits"]), list(s[P + "updates"])
 
 
-def start_sweep() -> None:
-    s = st.session_state
-    s.pop("sweep_errors", None)
-    errors = ui.field_errors(P, BASE) + grid_errors()
-    if errors:
-        s["sweep_errors"] = errors
-        return
-    base = ui.config_from_widgets(P, BASE)
+def check_sweep() -> tuple[ui.FormCheck, list | None]:
+    """The base settings' check (fields, the room's limits) with the grid's problems added (under
+    "" when no widget shows them), and the sweep's runs (None while something is wrong)."""
+    check = ui.check_form(P, BASE)
+    if rank_errors() or empty_choices() or check.config is None:
+        return check, None
     ranks, bits, updates = grid()
     try:
-        configs = sweep_configs(base, ranks, bits, updates)  # every point validated before anything trains
+        configs = sweep_configs(check.config, ranks, bits, updates)  # every point validated before anything trains
     except ValueError as exc:
-        s["sweep_errors"] = [str(exc)]
+        check.problems[""] = str(exc)
+        return check, None
+    r = ui.room()
+    if r.enabled and len(configs) > r.max_sweep:
+        check.problems[""] = (f"{ui.count(len(configs), 'setting')} is above this room's limit of "
+                              f"{r.max_sweep} per sweep: choose fewer ranks, bits or trained factors.")
+        return check, None
+    return check, configs
+
+
+def start_sweep() -> None:
+    check, configs = check_sweep()
+    if configs is None or not check.ok:
         return
-    problems = ui.room_problems(ui.room(), base, ui.model_params(base.model, base.dataset)) + ui.room_job_problems()
-    if problems:
-        s["sweep_errors"] = problems
-        return
+    base = check.config
+    ranks, bits, updates = grid()
     job = ui.submit(ui.events_of(sweep_and_record, base.to_dict(), ranks, bits, updates,
                                  ui.writable_history_path()), SweepTracker(),
                     label=f"sweep of {len(configs)} settings · {base.model} on {base.dataset}",
@@ -102,6 +108,8 @@ def watched_sweep() -> Job | None:
 
 def sidebar(locked: bool, job: Job | None) -> None:
     r = ui.room()
+    check, configs = check_sweep()
+    problem = check.problems.get
     with st.sidebar:
         left, right = st.columns(2)
         left.button("Run", key="sweep_run", type="primary", on_click=start_sweep, disabled=locked,
@@ -110,30 +118,44 @@ def sidebar(locked: bool, job: Job | None) -> None:
         can_stop = job is not None and not job.finished and ui.may_stop(job)
         right.button("Stop", key="sweep_stop", on_click=stop_sweep, args=(job.id if job else 0,),
                      disabled=not can_stop, icon=":material/stop:", width="stretch",
-                     help="Stop now: the finished points are kept, the run in progress is stored as interrupted.")
+                     help="Stop now: the finished points are kept, the run in progress is stored as interrupted."
+                     if can_stop else "Nothing to stop: this tab watches no sweep that is going." if
+                     job is None or job.finished else "Only the visitor who started this sweep can stop it (room mode).")
+        if not locked:
+            ui.run_problems(check, BASE)
+            if rank_errors() or empty_choices():
+                st.error("Can't run yet: fix the grid (marked below).", icon=":material/error:")
+            if configs is not None and check.ok and check.work is not None:
+                st.caption(f"{ui.count(len(configs) + 1, 'run')} of {ui.count(check.work.steps, 'step')} each")
+            ui.room_limits_note()
+        empty = empty_choices()
         st.multiselect("Ranks", sorted(set(RANK_SUGGESTIONS) | set(st.session_state[P + "ranks"]), key=_rank_key),
                        key=P + "ranks", accept_new_options=True, disabled=locked, persist_state="session",
                        help=SETTINGS["rank"].help + " Pick some or type your own (Enter adds it).")
-        for error in rank_errors():
+        for error in rank_errors() + [empty[k] for k in ("ranks",) if k in empty]:
             st.error(error, icon=":material/error:")
         st.multiselect("Bits per stored value", SETTINGS["bits"].allowed(), key=P + "bits",
                        format_func=SETTINGS["bits"].format, disabled=locked, persist_state="session",
                        help=SETTINGS["bits"].help)
+        if "bits" in empty:
+            st.error(empty["bits"], icon=":material/error:")
         st.multiselect("Trained factor", SETTINGS["update"].allowed(), key=P + "updates", disabled=locked,
                        persist_state="session", help=SETTINGS["update"].help + " " + " ".join(
                            f"**{k}**: {v}." for k, v in (SETTINGS["update"].choice_help or {}).items()))
+        if "updates" in empty:
+            st.error(empty["updates"], icon=":material/error:")
         st.divider()
         st.caption("Every run of the sweep (the baseline too) uses these settings:")
-        ui.setting_widget("model", P + "model", disabled=locked, options=ui.allowed_models())
+        ui.setting_widget("model", P + "model", disabled=locked, options=ui.allowed_models(), problem=problem("model"))
         ui.setting_widget("dataset", P + "dataset", disabled=locked)
         a, b = st.columns(2)
-        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, label="Epochs per run")
+        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, label="Epochs per run", problem=problem("epochs"))
         ui.setting_widget("seed", P + "seed", b, disabled=locked)
-        ui.setting_widget("batch_size", P + "batch_size", disabled=locked)
-        ui.setting_widget("max_train", P + "max_train", disabled=locked)
+        ui.setting_widget("batch_size", P + "batch_size", disabled=locked, problem=problem("batch_size"))
+        ui.setting_widget("max_train", P + "max_train", disabled=locked, problem=problem("max_train"))
         ui.setting_widget("recompute", P + "recompute", disabled=locked)
         ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
-    ui.sidebar_footer()
+    ui.sidebar_footer(limits=False)
 
 
 def _rank_key(text: str):
@@ -281,8 +303,6 @@ st.caption(f"The baseline is trained once, then one short Facto run per setting:
            "least? Baseline: blue; "
            "Facto: orange.")
 ui.history_notice()
-for error in st.session_state.get("sweep_errors", []):
-    st.error(f"Can't start this sweep: {error}", icon=":material/error:")
 if running:
     ui.live_view(live_progress, results)
 else:

@@ -81,8 +81,7 @@ with st.sidebar:
     ui.setting_widget("update", P + "update", options=["first", "core", "last", "all"])
     ui.setting_widget("bits", P + "bits")
     ui.setting_widget("recompute", P + "recompute")
-    st.select_slider("Batch size", [8, 16, 32, 64, 128], key=P + "batch_size",
-                     help="What is kept grows in proportion to the batch.")
+    ui.setting_widget("batch_size", P + "batch_size")
     st.radio("Input", ["digits images", "random noise"], key=P + "data", horizontal=True,
              help="Real handwritten digits through the model up to this layer, or N(0, 1) noise.")
 

@@ -64,6 +64,8 @@ class DatasetInfo:
     image_size: int
     description: str
     needs_download: bool
+    train_size: int | None = None  # images in the full training split (None: unknown)
+    test_size: int | None = None
 
 
 @dataclass
@@ -328,6 +330,8 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
         description="scikit-learn handwritten digits: 1,797 8x8 images upsampled to 32x32 "
         "(1,400 train / 397 test); offline, trains in seconds",
         needs_download=False,
+        train_size=1_400,
+        test_size=397,
     )
 )
 def _build_digits(root: Path, download: bool, augment: bool) -> tuple[Dataset, Dataset]:
@@ -494,6 +498,8 @@ register_dataset(
         image_size=IMAGE_SIZE,
         description="MNIST handwritten digits, 60k/10k, 28x28 padded to 32x32",
         needs_download=True,
+        train_size=60_000,
+        test_size=10_000,
     )
 )(_mnist_like("MNIST", "mnist", 0.1307, 0.3081))
 
@@ -505,6 +511,8 @@ register_dataset(
         image_size=IMAGE_SIZE,
         description="Fashion-MNIST clothing, 60k/10k, 28x28 padded to 32x32",
         needs_download=True,
+        train_size=60_000,
+        test_size=10_000,
     )
 )(_mnist_like("FashionMNIST", "fashion_mnist", 0.2860, 0.3530))
 
@@ -516,6 +524,8 @@ register_dataset(
         image_size=IMAGE_SIZE,
         description="CIFAR-10 colour photos, 50k/10k, 10 classes",
         needs_download=True,
+        train_size=50_000,
+        test_size=10_000,
     ),
     augment_default=True,
 )(_cifar("CIFAR10", "cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
@@ -528,6 +538,8 @@ register_dataset(
         image_size=IMAGE_SIZE,
         description="CIFAR-100 colour photos, 50k/10k, 100 classes",
         needs_download=True,
+        train_size=50_000,
+        test_size=10_000,
     ),
     augment_default=True,
 )(_cifar("CIFAR100", "cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
@@ -540,6 +552,8 @@ register_dataset(
         image_size=IMAGE_SIZE,
         description="SVHN street-view house numbers, 73k/26k, files in <data_dir>/svhn",
         needs_download=True,
+        train_size=73_257,
+        test_size=26_032,
     ),
     augment_default=True,
 )(_build_svhn)

@@ -92,7 +92,11 @@ class FailureEvent:
 
 @dataclass
 class SummaryEvent:
-    """The end of a run: both accuracies, the memory saving, timings, and any variant that failed."""
+    """The end of a run: both accuracies, the memory saving, timings, and any variant that failed.
+
+    `accuracy` is each variant's test accuracy at one test point, the latest every variant that
+    still trains has reached (`tested_step`, in `tested_epoch`), so the change compares the two
+    after the same training; a variant that failed keeps its last test."""
 
     status: str
     steps: dict[str, int]
@@ -106,7 +110,16 @@ class SummaryEvent:
     accuracy_delta: float | None
     failures: dict[str, str] = field(default_factory=dict)
     run_id: int | None = None
+    tested_step: int | None = None  # the test point `accuracy` is from (the latest every variant reached)
+    tested_epoch: int | None = None
     type: str = "summary"
+
+
+def steps_done(steps: dict[str, int], failures: dict[str, str] | None = None) -> int:
+    """The steps of a run every variant still training completed (a Stop can come between the
+    variants of one step, and one that failed stopped counting); 0 before the first."""
+    live = [n for v, n in steps.items() if v not in (failures or {})]
+    return min(live) if live else max(steps.values(), default=0)
 
 
 Event = Union[PhaseEvent, StartEvent, StepEvent, EvalEvent, FailureEvent, SummaryEvent]
@@ -138,7 +151,10 @@ class RunTracker:
 
     def summary(self, status: str = "completed") -> SummaryEvent:
         variants = [v for v in VARIANTS if v in self.steps] or [v for v in self.steps if v != "warmup"]
+        tested = self.common_test(variants)
         acc = {v: (self.evals[v][-1].test_accuracy if self.evals.get(v) else None) for v in variants}
+        if tested is not None:
+            acc.update({v: e.test_accuracy for v, e in tested.items()})
         act = {v: max(s.act_bytes for s in self.steps[v]) for v in variants}
         peak = {v: max((s.peak_cuda for s in self.steps[v] if s.peak_cuda is not None), default=None)
                 for v in variants}
@@ -153,4 +169,21 @@ class RunTracker:
                             accuracy=acc, act_bytes=act, peak_cuda=peak, step_seconds=secs,
                             params=self.start.params if self.start else {},
                             wall_seconds=time.perf_counter() - self.began, saving_pct=saving,
-                            accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id)
+                            accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id,
+                            tested_step=self.common_test_step(variants),
+                            tested_epoch=next(iter(tested.values())).epoch if tested else None)
+
+    def common_test_step(self, variants: list[str]) -> int | None:
+        """The latest step after which every variant of `variants` still training was tested."""
+        live = [v for v in variants if v not in self.failures]
+        steps = [{e.step for e in self.evals.get(v, [])} for v in live]
+        common = set.intersection(*steps) if steps else set()
+        return max(common) if common else None
+
+    def common_test(self, variants: list[str]) -> dict[str, EvalEvent] | None:
+        """The training variants' tests at `common_test_step` (None before every one has a test)."""
+        step = self.common_test_step(variants)
+        if step is None:
+            return None
+        live = [v for v in variants if v not in self.failures]
+        return {v: next(e for e in self.evals[v] if e.step == step) for v in live}

@@ -53,9 +53,13 @@ def ui(tmp_path, monkeypatch):
     st.cache_resource.clear()
 
 
-def app(page: str = "app.py", **query: str) -> AppTest:
+def app(page: str = "app.py", visitor: str | None = None, **query: str) -> AppTest:
+    """`page` opened and run once; `visitor`: who opens it (AppTest sends no browser cookie, so
+    the app takes the visitor of the session)."""
     at = app_test(page, TIMEOUT)
     at.query_params.update(query)
+    if visitor is not None:
+        at.session_state["visitor"] = visitor
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -192,7 +196,7 @@ def test_run_completes_with_metrics_charts_and_a_stored_run(ui):
     (run,) = RunStore().list_runs()
     assert run.status == "completed" and run.config["epochs"] == 1 and run.config["max_train"] == 128
     assert run.summary["saving_pct"] > 0
-    assert ui.runs_started_by(at.query_params["v"]) == {run.id}  # remembered for room mode
+    assert ui.runs_started_by(at.session_state["visitor"]) == {run.id}  # remembered for room mode
 
     at.run()  # a rerun neither restarts nor loses the run
     assert watched(ui, at) is job and len(RunStore().list_runs()) == 1
@@ -229,11 +233,13 @@ def test_bad_rank_shows_a_plain_error_next_to_the_input_before_run(ui):
     at = app()
     at.text_input(key="rank").input("2.0").run()
     assert not at.exception
-    (error,) = texts(at, "error")  # at once, before Run, in plain words
-    assert error.startswith("Rank: '2.0' is not allowed. Use a fraction of the channels")
+    errors = texts(at, "error")  # at once, before Run, in plain words, under the input and named next to Run
+    assert errors[0] == "Can't run yet: fix Rank (marked below)." and len(errors) == 2
+    assert errors[1].startswith("Rank: '2.0' is not allowed. Use a fraction of the channels")
     at.button(key="run").click().run()
-    assert any("Can't start this run" in e for e in texts(at, "error"))
     assert not ui.registry().jobs() and not RunStore().list_runs()
+    at.text_input(key="rank").input("0.5").run()
+    assert texts(at, "error") == []  # gone once the input is fixed
 
 
 def test_missing_dataset_shows_the_fix(ui, tmp_path):
@@ -349,7 +355,7 @@ def test_the_main_page_opens_a_sweep_of_the_server_on_the_sweep_page(ui):
     job = ui.registry().submit(Job(events, SweepTracker(), label="made up", owner="alice",
                                    meta={"config": config, "kind": "sweep"}))
     try:
-        at = app(v="bob")
+        at = app(visitor="bob")
         at.button(key=f"watch_{job.id}").click().run()
         assert not at.exception, [e.value for e in at.exception]
         assert at.title[0].value == "Sweep" and at.session_state["sweep_watch"] == job.id
@@ -387,8 +393,11 @@ def test_sweep_base_settings_start_at_the_runconfig_defaults(ui):
                                                          for b in ui.SETTINGS["bits"].allowed()]
     at.multiselect(key="sweep_ranks").set_value(["0.5", "two"]).run()
     assert any(e.startswith("Rank 'two' is not allowed") for e in texts(at, "error"))  # at once, before Run
+    assert "Can't run yet: fix the grid (marked below)." in texts(at, "error")
     at.button(key="sweep_run").click().run()
-    assert any("Can't start this sweep" in e for e in texts(at, "error")) and not ui.registry().jobs()
+    assert not ui.registry().jobs()
+    at.multiselect(key="sweep_ranks").set_value(["0.5"]).run()
+    assert texts(at, "error") == []  # gone once the rank is fixed
 
 
 def test_sweep_runs_stores_draws_and_reattaches(ui):
@@ -403,7 +412,7 @@ def test_sweep_runs_stores_draws_and_reattaches(ui):
     assert any("Sweep done: 2 runs" in s for s in texts(at, "success"))
     runs = RunStore().list_runs()
     assert len(runs) == 2 and {r.kind for r in runs} == {"sweep"}
-    assert ui.runs_started_by(at.query_params["v"]) == {r.id for r in runs}
+    assert ui.runs_started_by(at.session_state["visitor"]) == {r.id for r in runs}
     front = next(t for t in spec(at.get("plotly_chart")[0])["data"] if t["name"].startswith("Pareto front"))
     assert len(front["x"]) >= 3  # a visible line with a single Facto point
 
@@ -428,10 +437,10 @@ def test_sweep_stop_keeps_the_finished_points(ui):
 
 def test_another_visitors_sweep_is_listed_with_its_progress_and_can_be_watched(ui):
     alice = sweep_page(["0.5"], [2, 4], train=640)
-    alice.query_params["v"] = "alice"
+    alice.session_state["visitor"] = "alice"
     alice.button(key="sweep_run").click().run()
     job = watched(ui, alice, "sweep_watch")
-    bob = app("pages/1_sweep.py", v="bob")
+    bob = app("pages/1_sweep.py", visitor="bob")
     rows = [m.value for m in bob.markdown if m.value.startswith(f"#{job.id} ·")]
     assert rows and re.search(r"started by visitor \w+ · (run \d of 3|starting)$", rows[0]), rows
     bob.button(key=f"sweep_watch_{job.id}").click().run()
@@ -563,14 +572,14 @@ def test_history_in_room_mode_shows_and_deletes_only_the_visitors_runs(ui, monke
     mine, theirs = stored_run(store, 0.5), stored_run(store, 0.25)
     ui.run_owners().add("me", mine)
     ui.run_owners().add("them", theirs)
-    at = app("pages/4_history.py", v="me")
+    at = app("pages/4_history.py", visitor="me")
     assert list(at.dataframe[0].value["#"]) == [mine]  # their run is not even listed
     (option,) = at.multiselect(key="hist_selected").options
     assert option.startswith(f"#{mine} · ")
     at.checkbox(key="hist_confirm").check().run()
     at.button(key="hist_delete").click().run()
     assert [r.id for r in RunStore().list_runs()] == [theirs]  # only the visitor's own run went
-    other = app("pages/4_history.py", v="them")
+    other = app("pages/4_history.py", visitor="them")
     assert list(other.dataframe[0].value["#"]) == [theirs]
 
 
@@ -581,7 +590,7 @@ def test_history_drops_another_visitors_run_from_a_selection_in_room_mode(ui, mo
     theirs = stored_run(RunStore(), 0.25)
     ui.run_owners().add("them", theirs)
     at = app_test("pages/4_history.py", TIMEOUT)
-    at.query_params["v"] = "me"
+    at.session_state["visitor"] = "me"
     at.session_state["hist_selected"] = [theirs]
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -614,21 +623,39 @@ def test_history_says_when_it_is_read_only_or_off_and_disables_delete(ui, monkey
 
 # ----------------------------------------------------------------------------- room mode (main page)
 
-def test_room_mode_shows_its_bounds_fixes_the_data_and_refuses_runs_beyond_them(ui, monkeypatch, tmp_path):
+def room_text(at: AppTest) -> str:
+    """The room's limits as the page shows them (next to Run, or at the end of the sidebar)."""
+    return " ".join(texts(at, "caption") + [i.value for i in at.info])
+
+
+def test_room_mode_shows_its_bounds_fixes_the_data_and_offers_no_more_than_them(ui, monkeypatch, tmp_path):
     monkeypatch.setenv("FACTO_ROOM", "1")
     monkeypatch.setenv("FACTO_ROOM_MAX_EPOCHS", "3")
     monkeypatch.setenv("FACTO_DATA_DIR", str(tmp_path / "room-data"))
     st.cache_resource.clear()
     at = app()
-    assert any("Room mode: at most 3 epochs" in i.value for i in at.info)
+    assert "Room mode: at most 3 epochs" in room_text(at)
     assert at.text_input(key="data_dir").disabled and at.text_input(key="data_dir").value == str(tmp_path / "room-data")
     assert at.checkbox(key="download").disabled and not at.checkbox(key="download").value
-    at.number_input(key="max_train").set_value(128)
-    at.number_input(key="epochs").set_value(5)
+    assert at.number_input(key="epochs").max == 3 and at.number_input(key="max_train").max == 20_000
+    assert max(at.select_slider(key="batch_size").options, key=float) == "256"  # the room's largest batch
+    assert "This room allows at most 3." in at.number_input(key="epochs").help
+    assert not texts(at, "error") and "runs.db" not in room_text(at)  # the server's folders are not shown
+    assert "Run history: kept on the server" in texts(at, "caption")
+
+
+def test_room_mode_runs_its_defaults_and_says_what_a_run_will_do(ui, monkeypatch):
+    """Train images "all" is digits' 1,400 images, within the room's 20,000: the default run starts."""
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    st.cache_resource.clear()
+    at = app(visitor="alice")
+    assert at.number_input(key="max_train").value == 0 and not texts(at, "error")
+    assert any(re.fullmatch(r"88 steps \(22 per epoch\) on 1,400 images, 4 tests · about \d+ s", c)
+               for c in texts(at, "caption")), texts(at, "caption")
     at.button(key="run").click().run()
-    assert any("epochs 5 is above this room's limit of 3" in e for e in texts(at, "error"))
-    assert "watch" not in at.session_state or at.session_state["watch"] is None
-    assert not ui.registry().jobs()
+    job = watched(ui, at)
+    assert job is not None and job.owner == "alice" and job.meta["config"]["max_train"] is None
+    job.stop(wait_s=60)
 
 
 def test_server_settings_a_host_got_wrong_are_said_on_the_page_and_the_safe_side_is_used(ui, monkeypatch):
@@ -649,7 +676,7 @@ def test_server_settings_a_host_got_wrong_are_said_on_the_page_and_the_safe_side
     room = ui.room()
     assert room.enabled and room.max_epochs == 10 and not room.download
     assert ui.registry().max_running == 1 and ui.jobs_mode() == "process"
-    assert any("Room mode: at most 10 epochs" in i.value for i in at.info)
+    assert "Room mode: at most 10 epochs" in room_text(at)
 
 
 def test_good_server_settings_show_no_error(ui, monkeypatch):
@@ -663,7 +690,7 @@ def test_good_server_settings_show_no_error(ui, monkeypatch):
 def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypatch):
     monkeypatch.setenv("FACTO_ROOM", "1")
     st.cache_resource.clear()
-    owner = app(v="alice")
+    owner = app(visitor="alice")
     owner.number_input(key="epochs").set_value(1)
     owner.number_input(key="max_train").set_value(640)
     owner.number_input(key="max_test").set_value(64)
@@ -672,7 +699,7 @@ def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypat
     assert job.owner == "alice"
     assert owner.button(key="run").disabled  # locked while her run goes: one run per visitor
     assert len(ui.registry().jobs()) == 1
-    other = app(v="bob")
+    other = app(visitor="bob")
     assert any("started by visitor alice" in m.value for m in other.markdown)
     other.button(key=f"watch_{job.id}").click().run()
     assert other.session_state["watch"] == job.id and other.button(key="stop").disabled  # not his run
@@ -680,10 +707,10 @@ def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypat
 
 
 def test_a_second_run_waits_in_the_queue_with_its_position(ui):
-    first = app(v="alice")
+    first = app(visitor="alice")
     first.number_input(key="max_train").set_value(1280)  # 80 steps: still going when bob presses Run
     first.button(key="run").click().run()
-    second = app(v="bob")
+    second = app(visitor="bob")
     tiny(second)
     second.button(key="run").click().run()
     waiting = watched(ui, second)
@@ -693,6 +720,48 @@ def test_a_second_run_waits_in_the_queue_with_its_position(ui):
     assert any(re.search(r"started by visitor \w+ · (step \d+ of \d+|starting)", m.value) for m in second.markdown)
     watched(ui, first).stop(wait_s=60)
     assert waiting.wait(RUN_LIMIT) and waiting.status == "completed"  # it ran once the slot was free
+
+
+# Two cookies Streamlit set for one browser (the masked key changes per response) and one of another browser.
+ONE_BROWSER = ("2|6a52d7f7|0c3f421ed7696356fdc6604fbe535eea|1796649460",
+               "2|68f94d4e|0e94d8a7d5c2f9efff6dfaf6bcf8c453|1796649460")
+OTHER_BROWSER = "2|334cbc6d|927ca5349f2363325cc6de6d4b85aed6|1796649469"
+
+
+def test_a_visitor_is_the_browser_key_of_streamlits_cookie_hashed_with_the_servers_secret(ui):
+    first, second = (ui.browser_key(c) for c in ONE_BROWSER)
+    assert first == second == bytes.fromhex("666d95e9bd3bb4a19794b7b8d401891d")  # unmasked by hand
+    other = ui.browser_key(OTHER_BROWSER)
+    assert other != first
+    secret, another_server = b"s" * 32, b"t" * 32
+    assert ui.visitor_id(first, secret) == ui.visitor_id(second, secret) != ui.visitor_id(other, secret)
+    assert ui.visitor_id(first, secret) != ui.visitor_id(first, another_server)  # ids can't be made elsewhere
+    for broken in (None, "", "2|zz|00|1", "2|6a52d7f7|0c3f|1", "3|a|b|c", "2|6a52d7f7"):
+        assert ui.browser_key(broken) is None
+
+
+def test_the_cards_compare_both_variants_at_the_same_test_point(ui):
+    """The baseline tested after epoch 2, Facto not yet: the cards show both after epoch 1."""
+    from facto.engine.events import RunTracker
+
+    start = StartEvent(config=RunConfig().to_dict(), device="cpu", device_name="cpu", steps_per_epoch=22,
+                       total_steps=88, train_size=1400, test_size=397, params={"baseline": 1, "facto": 1},
+                       trainable_params={"baseline": 1, "facto": 1}, layer_bytes={}, report=[], evals_planned=4)
+    events = [start]
+    for step in range(1, 45):
+        events += [StepEvent(v, step, 1 + (step > 22), 1.0, 50.0, 100 if v == "baseline" else 10, 400, None,
+                             0.01, 0.01) for v in ("baseline", "facto")]
+        if step in (22, 44):
+            events.append(EvalEvent("baseline", step, step // 22, 0.5, 90.0 + step / 22))
+            if step == 22:
+                events.append(EvalEvent("facto", step, 1, 0.5, 89.0))
+    job = fake_job(ui, events, RunTracker(), {"config": RunConfig().to_dict()})
+    at = app_test("app.py", TIMEOUT)
+    at.query_params["job"] = str(job.id)
+    at.run()
+    assert number(metric(at, "Baseline accuracy")) == pytest.approx(91.0)  # epoch 1's, not epoch 2's 92.0
+    assert number(metric(at, "Facto accuracy")) == pytest.approx(89.0)
+    assert metric(at, "Change after epoch 1") == "-2.00 points"
 
 
 def test_counts_in_plain_words():

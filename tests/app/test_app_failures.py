@@ -190,20 +190,25 @@ def test_planner_page_refuses_a_model_above_the_parameter_limit(home, no_plannin
 
 
 @pytest.mark.parametrize("page", ["pages/2_layers.py", "pages/5_how-it-works.py"])
-def test_layer_pages_refuse_a_batch_above_the_rooms_limit(home, monkeypatch, page):
+def test_layer_pages_offer_no_batch_above_the_rooms_limit(home, monkeypatch, page):
+    """The batch slider stops at the room's limit, and a larger value in the session (a crafted
+    state, or one set before the room's limit was) is taken as the limit: nothing above it is measured."""
     from facto.memory import analysis, explain
 
     monkeypatch.setenv("FACTO_ROOM", "1")
     monkeypatch.setenv("FACTO_ROOM_MAX_BATCH", "16")
-    monkeypatch.setattr(analysis, "dense_model", lambda *a, **k: pytest.fail("measured although above the limit"))
-    monkeypatch.setattr(explain, "dense_model", lambda *a, **k: pytest.fail("measured although above the limit"))
+    measured = []
+    for module in (analysis, explain):
+        real = module.dense_model
+        monkeypatch.setattr(module, "dense_model", lambda *a, _real=real, **k: measured.append(1) or _real(*a, **k))
     prefix = "layers_" if "layers" in page else "how_"
     at = app_test(page, 300)
     at.session_state[prefix + "batch_size"] = 32
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert [e.value for e in at.error] and at.error[0].value.endswith(
-        "batch_size=32 is above the limit of 16 images per batch here"), [e.value for e in at.error]
+    slider = at.select_slider(key=prefix + "batch_size")
+    assert max(map(float, slider.options)) == 16 and slider.value == 16 and measured
+    assert "This room allows at most 16." in slider.help
 
 
 @pytest.mark.parametrize("value", ["²", "３", "1e3"])
@@ -216,7 +221,7 @@ def test_a_server_setting_not_in_ascii_digits_is_named_and_every_page_still_runs
     assert not at.exception, [e.value for e in at.exception]
     expected = f"Server setting ignored: FACTO_ROOM_MAX_EPOCHS={value!r} is not allowed: use an integer >= 1. Using 10."
     assert expected in [e.value for e in at.error], [e.value for e in at.error]
-    assert any("Room mode: at most 10 epochs" in i.value for i in at.info)
+    assert any("Room mode: at most 10 epochs" in t.value for t in [*at.info, *at.caption])
     st.cache_resource.clear()
     page = app_test("pages/6_fit-my-gpu.py", 300)
     page.run()

@@ -16,7 +16,7 @@ from facto.config import RunConfig
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLES = ["FACTO_ROOM", "FACTO_ROOM_DOWNLOAD", "FACTO_MAX_RUNS", "FACTO_JOBS", "FACTO_DATA_DIR",
              "FACTO_ROOM_MAX_EPOCHS", "FACTO_ROOM_MAX_BATCH", "FACTO_ROOM_MAX_TRAIN", "FACTO_ROOM_MAX_PARAMS",
-             "FACTO_ROOM_RUNS_PER_VISITOR", "FACTO_ROOM_MAX_INPUT"]
+             "FACTO_ROOM_RUNS_PER_VISITOR", "FACTO_ROOM_MAX_INPUT", "FACTO_ROOM_MAX_WARMUP", "FACTO_ROOM_MAX_SWEEP"]
 
 
 @pytest.fixture()
@@ -128,16 +128,51 @@ def test_every_bad_variable_gets_its_own_line(room, monkeypatch):
                                                       "FACTO_ROOM_RUNS_PER_VISITOR"]
 
 
+def problems(room, r, config: RunConfig, params: int | None) -> dict[str, str]:
+    from facto.engine.estimate import run_work
+
+    return room.room_problems(r, config, params, run_work(config))
+
+
 def test_a_room_refuses_what_its_limits_bound(room):
     r = room.Room(enabled=True, max_epochs=3, max_batch=64, max_train=1000, max_params=2_000_000)
-    assert room.room_problems(r, RunConfig(epochs=3, batch_size=64, max_train=1000), 1_000_000) == []
-    problems = room.room_problems(r, RunConfig(model="resnet20", epochs=5, batch_size=128), 2_500_000)
-    assert problems == ["epochs 5 is above this room's limit of 3",
-                        "batch size 128 is above this room's limit of 64",
-                        "train on at most 1,000 images here (set Train images)",  # all images is above it
-                        "resnet20 has 2.5 M parameters, above this room's limit of 2.0 M"]
-    assert room.room_problems(room.Room(), RunConfig(epochs=500, batch_size=4096), 10**9) == []  # no room: no limit
-    assert room.room_problems(r, RunConfig(epochs=1, max_train=10), None) == []  # parameters unknown: not refused
+    assert problems(room, r, RunConfig(epochs=3, batch_size=64, max_train=1000), 1_000_000) == {}
+    found = problems(room, r, RunConfig(model="resnet20", epochs=5, batch_size=128), 2_500_000)
+    assert found == {"epochs": "Epochs 5 is above this room's limit of 3.",
+                     "batch_size": "Batch size 128 is above this room's limit of 64.",
+                     # "all" of digits is its 1,400 training images
+                     "max_train": "All 1,400 training images is above this room's limit of 1,000: set Train images "
+                                  "to 1,000 or fewer.",
+                     "model": "resnet20 has 2.5 M parameters, above this room's limit of 2.0 M."}
+    assert problems(room, room.Room(), RunConfig(epochs=500, batch_size=4096), 10**9) == {}  # no room: no limit
+    assert problems(room, r, RunConfig(epochs=1, max_train=10), None) == {}  # parameters unknown: not refused
+
+
+def test_train_images_all_is_the_datasets_size_and_a_room_takes_it_within_its_limit(room):
+    """The room's defaults run: digits' "all" is the 1,400 images a run really loads, below 20,000."""
+    from facto.engine.data import load_data
+    from facto.engine.estimate import run_work
+
+    config = RunConfig()
+    bundle = load_data(config.dataset, config.data_dir, batch_size=config.batch_size)
+    work = run_work(config)
+    assert (work.train_images, work.test_images) == (bundle.train_size, bundle.test_size) == (1400, 397)
+    assert work.steps_per_epoch == len(bundle.train_loader) and work.steps == config.epochs * len(bundle.train_loader)
+    assert problems(room, room.Room(enabled=True), config, 100_000) == {}
+    small = room.Room(enabled=True, max_train=1000)
+    assert problems(room, small, RunConfig(max_train=999), None) == {}
+    assert "max_train" in problems(room, small, RunConfig(max_train=1001), None)
+
+
+def test_a_room_bounds_testing(room):
+    """Testing after every step of a big test set would cost a room more than its training."""
+    r = room.Room(enabled=True, max_epochs=2, max_train=1000)  # 2,000 images of tests at most
+    assert problems(room, r, RunConfig(epochs=2, max_train=1000, max_test=500), None) == {}  # 2 tests of 500
+    found = problems(room, r, RunConfig(epochs=2, max_train=1000, max_test=500, eval_every=4), None)
+    # 1,000 images in batches of 64: 16 steps an epoch, 32 in all, a test after steps 4, 8, ..., 32 of
+    # digits' 397 test images (max_test 500 is above its size)
+    assert list(found) == ["eval_every"] and "8 tests of 397 images (3,176 in all)" in found["eval_every"]
+    assert list(problems(room, r, RunConfig(epochs=1, max_train=100, max_test=1001), None)) == ["max_test"]
 
 
 def test_a_room_bounds_the_warm_up(room, monkeypatch):
@@ -146,9 +181,9 @@ def test_a_room_bounds_the_warm_up(room, monkeypatch):
     monkeypatch.setenv("FACTO_ROOM_MAX_WARMUP", "500")
     r = room.room()
     assert r.max_warmup == 500 and "500 warm-up steps" in r.describe()
-    assert room.room_problems(r, RunConfig(max_train=100, warm_start_steps=500), None) == []
-    assert room.room_problems(r, RunConfig(max_train=100, warm_start_steps=10**8), None) == [
-        "warm-up steps 100,000,000 is above this room's limit of 500"]
+    assert problems(room, r, RunConfig(max_train=100, warm_start_steps=500), None) == {}
+    assert problems(room, r, RunConfig(max_train=100, warm_start_steps=10**8), None) == {
+        "warm_start_steps": "Warm-up steps 100,000,000 is above this room's limit of 500."}
 
 
 def test_the_limits_are_described_in_plain_words(room):

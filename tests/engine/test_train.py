@@ -337,3 +337,36 @@ def test_the_cli_refuses_a_run_longer_than_the_bound_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: a run of 6000000000 steps (6 per epoch) is not allowed: at most 1000000000 "
                                  "steps; lower the epochs or set a step limit (max_steps)"], (code, err)
+
+
+def _step(variant: str, step: int) -> StepEvent:
+    return StepEvent(variant, step, 1, 1.0, 50.0, 100, 400, None, 0.01, 0.01)
+
+
+def test_the_accuracy_change_compares_both_variants_after_the_same_training():
+    """Mid-run the baseline is tested after epoch 2 before Facto is: the summary's accuracies stay
+    at epoch 1, where both were tested, until Facto's epoch-2 test arrives."""
+    from facto.engine.events import RunTracker, steps_done
+
+    tracker = RunTracker()
+    for step in range(1, 45):
+        tracker.add(_step("baseline", step))
+        tracker.add(_step("facto", step))
+    tracker.add(EvalEvent("baseline", 22, 1, 0.5, 90.0))
+    tracker.add(EvalEvent("facto", 22, 1, 0.6, 88.0))
+    tracker.add(EvalEvent("baseline", 44, 2, 0.1, 97.0))
+    mid = tracker.summary("running")
+    assert (mid.tested_step, mid.tested_epoch) == (22, 1)
+    assert mid.accuracy == {"baseline": 90.0, "facto": 88.0} and mid.accuracy_delta == pytest.approx(-2.0)
+    tracker.add(EvalEvent("facto", 44, 2, 0.2, 96.5))
+    end = tracker.summary()
+    assert (end.tested_step, end.tested_epoch) == (44, 2) and end.accuracy_delta == pytest.approx(-0.5)
+    before = RunTracker()
+    before.add(_step("baseline", 1))
+    before.add(_step("facto", 1))
+    before.add(EvalEvent("baseline", 1, 1, 0.5, 40.0))
+    assert before.summary("running").accuracy_delta is None and before.summary("running").tested_step is None
+    # a Stop between the two variants of step 45: 44 steps done by both
+    tracker.add(_step("baseline", 45))
+    assert steps_done(tracker.summary("interrupted").steps) == 44
+    assert steps_done({"baseline": 45, "facto": 10}, {"facto": "out of memory"}) == 45  # Facto stopped counting
