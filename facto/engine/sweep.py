@@ -18,6 +18,7 @@ class SweepStart:
 
     total: int
     configs: list[dict]
+    sweep_id: int | None = None  # the sweep's id in the run history (None: not stored)
     type: str = "sweep_start"
 
 
@@ -66,17 +67,55 @@ def _values(axis) -> list:
 
 def sweep(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[str] = ("core",),
           store=None) -> Iterator[Union[Event, SweepStart, SweepPoint]]:
-    """Run the grid; yields every training event, a SweepPoint after each configuration."""
+    """Run the grid; yields every training event, a SweepPoint after each configuration.
+
+    With a `store`, the sweep gets an id there and each run is stored as one of its points:
+    point 0, the dense baseline (named as the baseline), then points 1..n, the Facto settings.
+    """
     configs = sweep_configs(base, ranks, bits, updates)
     total = len(configs) + 1
-    yield SweepStart(total, [c.to_dict() for c in configs])
-    baseline = yield from _one(record(run(base, "baseline"), store, kind="sweep"))
+    sweep_id = None
+    if store is not None and callable(getattr(store, "start_sweep", None)):
+        sweep_id = store.start_sweep(total, {"base": base.to_dict(), "ranks": [str(r) for r in _values(ranks)],
+                                             "bits": _values(bits), "updates": _values(updates)})
+    yield SweepStart(total, [c.to_dict() for c in configs], sweep_id)
+    runs = _SweepRuns(store, sweep_id)
+    baseline = yield from _one(record(run(base, "baseline"), runs.point(0, baseline_name(base)), kind="sweep"))
     b_acc = baseline.accuracy.get("baseline")
     b_bytes = baseline.act_bytes.get("baseline", 0)
     yield _point(0, total, "baseline", base, baseline, b_acc, b_bytes)
     for i, config in enumerate(configs, start=1):
-        summary = yield from _one(record(run(config, "facto"), store, kind="sweep"))
+        summary = yield from _one(record(run(config, "facto"), runs.point(i), kind="sweep"))
         yield _point(i, total, "facto", config, summary, b_acc, b_bytes)
+
+
+def baseline_name(config: RunConfig) -> str:
+    """'simple_cnn digits baseline': a sweep's dense run, named without Facto's settings."""
+    return f"{config.model} {config.dataset} baseline"
+
+
+class _SweepRuns:
+    """The store as `record` sees it for each run of a sweep: every run it starts is stored as a
+    point of sweep `sweep_id` (the store's other methods pass through)."""
+
+    def __init__(self, store, sweep_id: int | None) -> None:
+        self.store, self.sweep_id = store, sweep_id
+        self.index: int | None = None
+        self.name: str | None = None
+
+    def point(self, index: int, name: str | None = None):
+        """The store for point `index` (None when nothing is stored)."""
+        if self.store is None or self.sweep_id is None:
+            return self.store
+        self.index, self.name = index, name
+        return self
+
+    def start_run(self, config, kind: str = "sweep", name: str | None = None) -> int:
+        return self.store.start_run(config, kind=kind, name=name or self.name, sweep_id=self.sweep_id,
+                                    sweep_point=self.index)
+
+    def __getattr__(self, attr: str):
+        return getattr(self.store, attr)
 
 
 def _one(events: Iterator[Event]):

@@ -81,6 +81,7 @@ RUN_KINDS = ("compare", "single", "sweep")  # conventional values; not enforced
 RUN_STATUSES = ("running", "completed", "interrupted", "failed")
 FINAL_STATUSES = ("completed", "interrupted", "failed")
 BUSY_TIMEOUT_S = 10.0
+SWEEP_COLUMNS = ("sweep_id", "sweep_point")  # of a run that belongs to a sweep (schema 3 on)
 STALE_AFTER_S = 900.0  # a run owned by another host is presumed dead after this long without a write
 
 
@@ -109,6 +110,8 @@ class RunRecord:
     updated_at: float | None = None  # last write for this run (heartbeat)
     host: str | None = None  # host name of the process that last wrote the run
     pid: int | None = None  # its process id
+    sweep_id: int | None = None  # the sweep this run belongs to (None: no sweep)
+    sweep_point: int | None = None  # its point in the sweep: 0 the dense baseline, 1.. a Facto setting
 
     @property
     def duration_s(self) -> float | None:
@@ -410,18 +413,39 @@ class RunStore:
     # ---------------------------------------------------------------- writes
 
     def start_run(
-        self, config: Mapping[str, Any] | None, kind: str = "compare", name: str | None = None
+        self,
+        config: Mapping[str, Any] | None,
+        kind: str = "compare",
+        name: str | None = None,
+        sweep_id: int | None = None,
+        sweep_point: int | None = None,
     ) -> int:
-        """Insert a new 'running' run and return its id."""
+        """Insert a new 'running' run and return its id.
+
+        ``sweep_id`` (from :meth:`start_sweep`) and ``sweep_point`` (0: the sweep's
+        dense baseline, 1..n: its Facto settings) mark a run of a sweep.
+        """
         config = dict(config or {})
         now = time.time()
         with self._write("start a run") as conn:
             cur = conn.execute(
                 "INSERT INTO runs (name, kind, created_at, updated_at, status, config_json,"
-                " host, pid, pid_start, boot_id, pid_ns)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                " host, pid, pid_start, boot_id, pid_ns, sweep_id, sweep_point)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name or default_name(config, kind), kind, now, now, dumps(config),
-                 *this_process().row()),
+                 *this_process().row(), sweep_id, sweep_point),
+            )
+            return int(cur.lastrowid)
+
+    def start_sweep(self, points: int, config: Mapping[str, Any] | None = None) -> int:
+        """Record a new sweep of ``points`` runs (its baseline included) and return its id.
+
+        Ids are never given out again; the sweep's runs name it in :meth:`start_run`.
+        """
+        with self._write("start a sweep") as conn:
+            cur = conn.execute(
+                "INSERT INTO sweeps (created_at, points, config_json) VALUES (?, ?, ?)",
+                (time.time(), int(points), dumps(dict(config or {}))),
             )
             return int(cur.lastrowid)
 
@@ -585,7 +609,7 @@ class RunStore:
         records, certain = [], []
         for row in rows:
             data = {k: row[k] for k in row.keys()}
-            for column in OWNER_COLUMNS:  # an older schema read as it is (read-only)
+            for column in (*OWNER_COLUMNS, *SWEEP_COLUMNS):  # an older schema read as it is (read-only)
                 data.setdefault(column, None)
             if data["status"] == "running":
                 verdict = owner_gone(data, now, self.stale_after_s)
@@ -629,6 +653,8 @@ class RunStore:
             updated_at=data["updated_at"],
             host=data["host"],
             pid=data["pid"],
+            sweep_id=data["sweep_id"],
+            sweep_point=data["sweep_point"],
         )
 
     def list_runs(

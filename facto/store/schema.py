@@ -1,8 +1,9 @@
 """The run history's SQLite tables, as migrations.
 
-``runs`` (one row per run, with its owning process), ``metrics`` (step/eval
-rows, typed columns plus JSON) and ``layers`` (stored activation bytes per layer).  The
-database's ``PRAGMA user_version`` counts the migrations applied to it.
+``runs`` (one row per run, with its owning process and, for a sweep's run, its sweep
+and point), ``metrics`` (step/eval rows, typed columns plus JSON), ``layers`` (stored
+activation bytes per layer) and ``sweeps`` (one row per sweep).  The database's
+``PRAGMA user_version`` counts the migrations applied to it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE runs",
         "ALTER TABLE runs_v2 RENAME TO runs",
         "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at)",
+    ),
+    # 2 -> 3: sweeps get ids of their own (never reused) and each run of a sweep names its
+    # sweep and its point (0: the sweep's dense baseline, 1..n: its Facto settings).  Older
+    # runs keep NULL there: they belong to no sweep.
+    (
+        """CREATE TABLE IF NOT EXISTS sweeps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at REAL NOT NULL,
+            points INTEGER NOT NULL,
+            config_json TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "ALTER TABLE runs ADD COLUMN sweep_id INTEGER",
+        "ALTER TABLE runs ADD COLUMN sweep_point INTEGER",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,7 +15,9 @@ def test_tracker_follows_a_sweep_points_current_run_and_run_ids(tmp_path):
     store = RunStore(tmp_path / "runs.db")
     tracker = SweepTracker()
     seen = []
+    seen_events = []
     for event in sweep(RunConfig(**TINY, max_steps=2), [0.5], [2, 4], ["core"], store=store):
+        seen_events.append(event)
         tracker.add(event)
         if isinstance(event, StartEvent):
             seen.append((tracker.describe_current(), tracker.run_steps, tracker.start is event))
@@ -27,6 +29,21 @@ def test_tracker_follows_a_sweep_points_current_run_and_run_ids(tmp_path):
     assert tracker.current is None and tracker.step == 0 and tracker.fraction() == 1.0
     assert tracker.run_ids == [r.id for r in reversed(store.list_runs())]
     assert tracker.train_size == 128
+    # each run is stored as a point of one sweep: the baseline first, named as the baseline
+    (start,) = [e for e in seen_events if getattr(e, "type", "") == "sweep_start"]
+    runs = list(reversed(store.list_runs()))
+    assert start.sweep_id is not None and {r.sweep_id for r in runs} == {start.sweep_id}
+    assert [r.sweep_point for r in runs] == [0, 1, 2] and {r.kind for r in runs} == {"sweep"}
+    assert "baseline" in runs[0].name and "rank" not in runs[0].name and "bits" not in runs[0].name
+    assert "bits=2" in runs[1].name and "bits=4" in runs[2].name
+
+
+def test_a_second_sweep_gets_its_own_id_and_a_sweep_without_a_store_none(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    config = RunConfig(**TINY, max_steps=1)
+    ids = [next(iter(sweep(config, [0.5], [4], ["core"], store=store))).sweep_id for _ in range(2)]
+    assert ids[0] != ids[1]
+    assert next(iter(sweep(config, [0.5], [4], ["core"]))).sweep_id is None
 
 
 def _point(variant: str, accuracy: float, index: int = 0, **config) -> SweepPoint:

@@ -679,7 +679,7 @@ def test_migration_from_schema_1_keeps_runs_and_ids(tmp_path):
     db = tmp_path / "runs.db"
     _v1_database(db)
     with RunStore(db, stale_after_s=3600) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         runs = {r.id: r for r in s.list_runs()}
         assert sorted(runs) == [1, 2, 4]
         assert runs[2].status == "failed" and runs[2].error == "boom"
@@ -713,6 +713,53 @@ def test_read_only_store_reads_an_unmigrated_history(tmp_path):
         assert len(s.metrics(1)) == 3
     with RunStore(db) as s:
         assert s.schema_version == SCHEMA_VERSION
+
+
+def _v2_database(path: Path) -> int:
+    """A history written by schema version 2, before sweeps were stored: one sweep run and one
+    comparison; returns the sweep run's id."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    for statements in MIGRATIONS[:2]:
+        for sql in statements:
+            raw.execute(sql)
+    raw.execute("PRAGMA user_version = 2")
+    for name, kind in (("simple_cnn digits rank=0.5 bits=4 update=core", "sweep"), ("old run", "compare")):
+        raw.execute(
+            "INSERT INTO runs (name, kind, created_at, updated_at, finished_at, status, config_json)"
+            " VALUES (?, ?, 1.0, 2.0, 3.0, 'completed', '{\"epochs\": 2}')",
+            (name, kind),
+        )
+    raw.close()
+    return 1
+
+
+def test_migration_from_schema_2_keeps_runs_and_marks_no_sweep(tmp_path):
+    db = tmp_path / "runs.db"
+    old = _v2_database(db)
+    with RunStore(db, read_only=True) as ro:  # an older history reads as it is
+        assert ro.schema_version == 2
+        assert [(r.id, r.kind, r.sweep_id, r.sweep_point) for r in ro.list_runs()] == [
+            (2, "compare", None, None), (old, "sweep", None, None)]
+    with RunStore(db) as s:
+        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.get_run(old).config == {"epochs": 2} and s.get_run(old).sweep_id is None
+        sweep = s.start_sweep(3, {"ranks": ["0.5"]})
+        run = s.start_run({"model": "m"}, kind="sweep", sweep_id=sweep, sweep_point=1)
+        assert run == 3 and (s.get_run(run).sweep_id, s.get_run(run).sweep_point) == (sweep, 1)
+
+
+def test_sweeps_have_ids_of_their_own_and_runs_name_their_sweep_and_point(store):
+    first = store.start_sweep(2)
+    base = store.start_run({"model": "m"}, kind="sweep", name="m digits baseline", sweep_id=first, sweep_point=0)
+    point = store.start_run({"model": "m"}, kind="sweep", sweep_id=first, sweep_point=1)
+    alone = store.start_run({"model": "m"})
+    listed = {r.id: r for r in store.list_runs()}
+    assert (listed[base].sweep_id, listed[base].sweep_point, listed[base].name) == (first, 0, "m digits baseline")
+    assert (listed[point].sweep_id, listed[point].sweep_point) == (first, 1)
+    assert (listed[alone].sweep_id, listed[alone].sweep_point) == (None, None)
+    store.delete_run(base)
+    store.delete_run(point)
+    assert store.start_sweep(2) == first + 1  # the next sweep: a new id, also once the first one's runs are gone
 
 
 # ----------------------------------------------------------------- liveness
