@@ -5,13 +5,16 @@ the backward transients), the check on a GPU from facto.memory.verify, the chart
 """
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 
 import ui
 from facto import plots
 from facto.config import OPTIMIZERS, PRECISIONS
-from facto.memory.budget import LimitError
+from facto.engine.models import check_model_name
+from facto.memory.budget import LimitError, check_input_size, parse_budget, parse_input_shape
 from facto.memory.plan import DEFAULT_VARIANTS, chart_data, plan, table_rows
 from facto.memory.verify import GPURequiredError, verify
 
@@ -26,20 +29,58 @@ def planned(model: str, shape: str, classes: int, budget: str, optimizer: str, p
                 max_input=max_input, max_params=max_params)
 
 
+def plain(error: Exception, label: str) -> str:
+    """A library message in the page's words: "budget='8' has no unit: ..." -> "Memory budget '8' has no unit: ..."."""
+    return re.sub(r"^[\w-]+=", f"{label} ", str(error), count=1)
+
+
+def input_errors(s) -> dict[str, str]:
+    """What is wrong with each input now (widget key -> plain words), checked before anything is planned."""
+    errors = {}
+    try:
+        check_model_name(s["fit_model"].strip(), torchvision_layout=True)
+    except ValueError as exc:
+        errors["fit_model"] = plain(exc, "Model")
+    try:
+        check_input_size(parse_input_shape(s["fit_input"].strip()), limits.max_input)
+    except LimitError as exc:  # the server plans in its own process: `facto plan` on your machine takes more
+        errors["fit_input"] = plain(exc, "Input shape") + ". `facto plan` on your own machine has no such limit."
+    except ValueError as exc:
+        errors["fit_input"] = plain(exc, "Input shape")
+    try:
+        parse_budget(s["fit_budget"].strip())
+    except ValueError as exc:
+        errors["fit_budget"] = plain(exc, "Memory budget")
+    if not s["fit_variants"]:
+        errors["fit_variants"] = "Choose at least one variant."
+    return errors
+
+
+def show_error(errors: dict[str, str], key: str) -> None:
+    if key in errors:
+        st.error(errors[key], icon=":material/error:")
+
+
 defaults = dict(fit_model="resnet20", fit_input="3x32x32", fit_classes=10, fit_budget="8GB", fit_optimizer="sgd",
                 fit_precision="fp32", fit_variants=list(DEFAULT_VARIANTS))
 for key, value in defaults.items():
     st.session_state.setdefault(key, value)
+s = st.session_state
+limits = ui.page_limits()
+errors = input_errors(s)
 with st.sidebar:
     st.header("Your training")
     st.text_input("Model", key="fit_model",
                   help="A registered model (simple_cnn, resnet20, resnet18, vgg11_bn, mobilenet_v2), any "
                        "torchvision classification model, or tv:NAME for torchvision's own layout (e.g. "
                        "tv:resnet18 at 224x224).")
+    model_error = st.empty()
     st.text_input("Input shape", key="fit_input", help="channels x height x width of one image, e.g. 3x224x224.")
+    show_error(errors, "fit_input")
     st.number_input("Classes", min_value=1, step=1, key="fit_classes")
     st.text_input("Memory budget", key="fit_budget",
-                  help="What the GPU may hold for training, e.g. 8GB, 24 GiB, 500MB.")
+                  help="What the GPU may hold for training: a number and a unit, e.g. 8GB, 24 GiB, 500MB.")
+    show_error(errors, "fit_budget")
     a, b = st.columns(2)
     a.selectbox("Optimizer", list(OPTIMIZERS), key="fit_optimizer",
                 help="SGD (momentum) keeps one extra value per trained weight, Adam and AdamW two.")
@@ -47,22 +88,27 @@ with st.sidebar:
                 help="bf16/fp16 autocast: 16-bit maps (an estimate on a CPU; verify on the GPU).")
     st.multiselect("Variants", VARIANT_CHOICES, key="fit_variants",
                    help="dense fp32; compression only at b bits; Facto presets (paper, balanced, max-saving).")
+    show_error(errors, "fit_variants")
 
 st.title("Fit my GPU")
 st.caption("Before you rent a GPU: the largest batch that trains in your budget, for the dense model, compression "
            "only and Facto — with what fills the memory at that batch.")
-s = st.session_state
-limits = ui.page_limits()
-try:
-    result = planned(s["fit_model"].strip(), s["fit_input"].strip(), int(s["fit_classes"]), s["fit_budget"].strip(),
-                     s["fit_optimizer"], s["fit_precision"], tuple(s["fit_variants"]), limits.max_input,
-                     limits.max_params)
-except LimitError as exc:  # the server plans in its own process: `facto plan` on your machine takes more
-    st.error(f"Can't plan this here: {exc}. `facto plan` on your own machine has no such limit.",
-             icon=":material/error:")
-    st.stop()
-except ValueError as exc:
-    st.error(f"Can't plan this: {exc}", icon=":material/error:")
+result = None
+if not errors:
+    try:
+        result = planned(s["fit_model"].strip(), s["fit_input"].strip(), int(s["fit_classes"]),
+                         s["fit_budget"].strip(), s["fit_optimizer"], s["fit_precision"], tuple(s["fit_variants"]),
+                         limits.max_input, limits.max_params)
+    except LimitError as exc:  # the model is above the server's limit (the input was checked above)
+        errors["fit_model"] = plain(exc, "Model") + ". `facto plan` on your own machine has no such limit."
+    except ValueError as exc:
+        st.error(f"Can't plan this: {exc}", icon=":material/error:")
+        st.stop()
+if "fit_model" in errors:
+    with model_error:
+        show_error(errors, "fit_model")
+if result is None:
+    st.info("Fix the input marked in the sidebar to see the plan.", icon=":material/arrow_back:")
     st.stop()
 
 rows = result.rows

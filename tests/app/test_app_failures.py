@@ -136,8 +136,17 @@ def test_planner_page_numbers_follow_the_budget(home):
     at.text_input(key="fit_budget").input("100MB").run()  # below the reserve: nothing fits, and it says so
     assert [int(m.value.replace(",", "")) for m in at.metric] == [0, 0]
     assert any(i.value.startswith("not even batch 1 fits in 100.0 MB") for i in at.info), [i.value for i in at.info]
-    at.text_input(key="fit_budget").input("lots").run()
-    assert "budget='lots' is not allowed" in at.error[0].value
+    at.text_input(key="fit_budget").input("lots").run()  # under its input, in plain words; the plan waits
+    assert [e.value for e in at.error] == ["Memory budget 'lots' is not allowed: use a number and a unit: B, "
+                                           "KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or k/m/g/t (powers of "
+                                           "1024), e.g. 8GB, '8 GiB', 500MB, 4g"] and not at.metric
+    assert at.title[0].value == "Fit my GPU"  # the page stays
+    at.text_input(key="fit_budget").input("8").run()  # a bare number is not read as 8 bytes
+    assert [e.value for e in at.error] == ["Memory budget '8' has no unit: write it like 8GB, 512MiB or 1.5GiB"]
+    at.text_input(key="fit_budget").input("0GB").run()
+    assert "must be above zero" in at.error[0].value
+    at.text_input(key="fit_budget").input("1GB").run()
+    assert not at.error and [int(m.value.replace(",", "")) for m in at.metric] == batches["1GB"]  # gone once fixed
 
 
 def test_planner_page_shows_a_card_for_every_variant(home):
@@ -161,10 +170,10 @@ def no_planning(monkeypatch):
 
 
 @pytest.mark.parametrize(("room", "shape", "message"), [
-    ("", "3x2048x2048", "Can't plan this here: input=3x2048x2048 has 12,582,912 values per image (C x H x W), "
+    ("", "3x2048x2048", "Input shape 3x2048x2048 has 12,582,912 values per image (C x H x W), "
                         "above the limit of 150,528 here (e.g. 3x224x224). `facto plan` on your own machine has "
                         "no such limit."),
-    ("1", "3x224x224", "Can't plan this here: input=3x224x224 has 150,528 values per image (C x H x W), "
+    ("1", "3x224x224", "Input shape 3x224x224 has 150,528 values per image (C x H x W), "
                        "above the limit of 49,152 here (e.g. 3x128x128)."),
 ])
 def test_planner_page_refuses_an_input_above_the_servers_limit(home, monkeypatch, no_planning, room, shape, message):
@@ -185,7 +194,7 @@ def test_planner_page_refuses_a_model_above_the_parameter_limit(home, no_plannin
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == [
-        "Can't plan this here: model='tv:resnet101' has 44,549,160 parameters, above the limit of 30,000,000 here. "
+        "Model 'tv:resnet101' has 44,549,160 parameters, above the limit of 30,000,000 here. "
         "`facto plan` on your own machine has no such limit."]
 
 
