@@ -706,6 +706,37 @@ def test_room_mode_one_run_per_visitor_and_only_its_owner_stops_it(ui, monkeypat
     job.stop(wait_s=60)
 
 
+def test_outside_room_mode_any_visitor_may_stop_a_run(ui):
+    owner = app(visitor="alice")
+    tiny(owner, train=1280)  # 20 steps: still going when bob presses Stop
+    owner.button(key="run").click().run()
+    job = watched(ui, owner)
+    other = app(visitor="bob")
+    other.button(key=f"watch_{job.id}").click().run()
+    assert other.session_state["watch"] == job.id and not other.button(key="stop").disabled
+    other.button(key="stop").click().run()
+    assert job.status == "interrupted"
+
+
+def test_a_long_run_asks_first_and_says_how_long(ui):
+    """Outside room mode nothing bounds the epochs: a run estimated over 30 minutes starts only when confirmed."""
+    at = app()
+    at.number_input(key="epochs").set_value(100_000).run()
+    line = next(c for c in texts(at, "caption") if " steps (22 per epoch)" in c)
+    assert line.startswith("2,200,000 steps (22 per epoch) on 1,400 images, 100,000 tests · about ")
+    at.button(key="run").click().run()
+    assert not ui.registry().jobs()
+    (warning,) = [w for w in texts(at, "warning") if w.startswith("This run takes about ")]
+    assert warning.endswith(" h on this machine.")
+    at.button(key="cancel_run").click().run()
+    assert not [w for w in texts(at, "warning") if w.startswith("This run takes")] and not ui.registry().jobs()
+    at.button(key="run").click().run()
+    at.button(key="confirm_run").click().run()
+    job = watched(ui, at)
+    assert job is not None and job.meta["config"]["epochs"] == 100_000
+    job.stop(wait_s=60)
+
+
 def test_a_second_run_waits_in_the_queue_with_its_position(ui):
     first = app(visitor="alice")
     first.number_input(key="max_train").set_value(1280)  # 80 steps: still going when bob presses Run
