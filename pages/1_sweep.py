@@ -192,10 +192,10 @@ def progress(job: Job, state: dict) -> None:
         st.progress(state["fraction"], text=text)
     elif job.status == "completed":
         stored = " Every run is stored in the history." if state["run_ids"] else " Not stored (history off)."
-        st.success(f"Sweep done: {done} runs (the baseline and {done - 1} Facto settings).{stored}",
+        st.success(f"Sweep done: {ui.count(done, 'run')} (the baseline and {ui.count(done - 1, 'Facto setting')}).{stored}",
                    icon=":material/check_circle:")
     elif job.status == "interrupted":
-        st.warning(f"Stopped after {done} of {total} runs; the finished points are kept.",
+        st.warning(f"Stopped after {done} of {ui.count(total, 'run')}; the finished points are kept.",
                    icon=":material/pause_circle:")
     else:
         st.error(f"The sweep could not go on: {job.error}", icon=":material/error:")

@@ -279,7 +279,7 @@ if not all_runs:
 
 shown = filters(all_runs)
 ui.sidebar_footer()
-st.subheader(f"{len(shown)} of {len(all_runs)} runs")
+st.subheader(f"{len(shown)} of {ui.count(len(all_runs), 'run')}")
 st.dataframe(runs_frame(shown), hide_index=True, width="stretch", placeholder="—",
              height=min(420, 38 + 35 * max(len(shown), 1)), column_config=RUNS_COLUMNS)
 
