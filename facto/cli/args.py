@@ -173,19 +173,86 @@ def progress(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+TABLE_WIDTH = 100  # columns a table fits by default (--wide: no limit)
+MIN_WRAP = 10  # a wrapped column keeps at least this many characters per line
+MAX_WORD = 20  # and its words whole up to this length
+
+
+def add_wide_flag(p: argparse.ArgumentParser) -> None:
+    """--wide: tables at their full width instead of fitting TABLE_WIDTH columns."""
+    p.add_argument("--wide", action="store_true",
+                   help=f"print tables at their full width (default: fit {TABLE_WIDTH} columns, long headers and "
+                        "texts wrapped)")
+
+
+def table_width(args: argparse.Namespace) -> int | None:
+    """The width tables fit: TABLE_WIDTH, or None (no limit) with --wide."""
+    return None if getattr(args, "wide", False) else TABLE_WIDTH
+
+
 def text_table(rows: Sequence[dict], columns: Sequence[str], first_left: bool = False,
-               digits: int | None = 2) -> str:
-    """Columns aligned right (the first left with `first_left`); floats with `digits` decimals
-    (as they are with None), None as '-'."""
+               digits: int | None = 2, width: int | None = TABLE_WIDTH, left: Sequence[str] = (),
+               wrap: Sequence[str] = ()) -> str:
+    """Rows as aligned columns: right-aligned, except the columns in `left` (and the first with
+    `first_left`); floats with `digits` decimals (as they are with None), None as '-'.
+
+    A table wider than `width` characters (None: no limit) is narrowed until it fits, losing
+    nothing: long headers wrap at their spaces onto more lines, then the cells of the `wrap`
+    columns (texts, never numbers) wrap onto more lines, the widest first, down to MIN_WRAP
+    characters (words up to MAX_WORD stay whole), then one space separates the columns. What still does not fit
+    is printed as it is."""
+    import textwrap
+
     def fmt(v: Any) -> str:
         if isinstance(v, float) and digits is not None:
             return f"{v:.{digits}f}"
         return "-" if v is None else str(v)
 
-    cells = [list(columns)] + [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) if first_left and i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))) for row in cells)
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    values = [max((len(row[i]) for row in cells), default=0) for i in range(len(columns))]
+    widths = [max(v, len(c)) for v, c in zip(values, columns)]
+
+    gap = 2  # spaces between columns
+
+    def too_wide() -> bool:
+        return width is not None and sum(widths) + gap * (len(widths) - 1) > width
+
+    # 1. headers onto more lines: the column that gains most first, each down to its widest value or word
+    narrowest = [max(v, *(len(w) for w in c.split() or [""])) for v, c in zip(values, columns)]
+    for i in sorted(range(len(columns)), key=lambda i: narrowest[i] - widths[i]):
+        if not too_wide():
+            break
+        widths[i] = narrowest[i]
+    # 2. the cells of the wrap columns onto more lines, one character off the widest at a time
+    floors = {i: max(MIN_WRAP, *(len(w) for w in columns[i].split() or [""]),
+                     *(min(len(w), MAX_WORD) for row in cells for w in row[i].split()))
+              for i, c in enumerate(columns) if c in wrap}
+    while too_wide():
+        shrinkable = [i for i in floors if widths[i] > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    if too_wide():  # 3. one space between columns
+        gap = 1
+
+    def lines(text: str, w: int) -> list[str]:
+        if len(text) <= w:
+            return [text]
+        return textwrap.wrap(text, w, break_on_hyphens=False) or [""]
+
+    def block(texts: list[str], bottom: bool = False) -> list[str]:
+        parts = [lines(t, w) for t, w in zip(texts, widths)]
+        height = max(len(p) for p in parts)
+        parts = [[""] * (height - len(p)) + p if bottom else p + [""] * (height - len(p)) for p in parts]
+        aligned = [[t.ljust(w) if columns[i] in left or (i == 0 and first_left) else t.rjust(w) for t in p]
+                   for i, (p, w) in enumerate(zip(parts, widths))]
+        return [(" " * gap).join(column[k] for column in aligned).rstrip() for k in range(height)]
+
+    out = block(list(columns), bottom=True)  # a wrapped header ends on the line above the values
+    for row in cells:
+        out += block(row)
+    return "\n".join(out)
 
 
 def local_time(seconds: float | None) -> str:

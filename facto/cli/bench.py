@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from .args import (DEFAULT, UsageError, check_output, int_list, progress, text_list, whole_number,
-                   write_output)
+from .args import (DEFAULT, TABLE_WIDTH, UsageError, add_wide_flag, check_output, int_list, progress, table_width,
+                   text_list, text_table, whole_number, write_output)
 
 
 def add_parsers(sub) -> None:
@@ -30,6 +32,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-batch-gb", type=float, default=None,
                    help="also measure the largest batch that trains under this memory cap (GB; needs CUDA): "
                         "torchvision resnet18 and resnet50 at 3x224x224")
+    add_table_flags(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gpu-bench", help="step time, kernel launches and peak memory on a GPU",
@@ -43,7 +46,36 @@ def add_parsers(sub) -> None:
     p.add_argument("--skip", default="", help="comma list of parts to skip: steps,maxbatch,app")
     p.add_argument("--out", help="also write the tables (markdown) and rows (JSON) into this folder")
     p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    add_table_flags(p)
     p.set_defaults(func=cmd_gpu_bench)
+
+
+def add_table_flags(p: argparse.ArgumentParser) -> None:
+    """--wide, and --markdown for the tables as markdown (as docs/benchmarks.md shows them)."""
+    add_wide_flag(p)
+    p.add_argument("--markdown", action="store_true", help="print the tables as markdown, at their full width")
+
+
+def rows_table(rows, width: int | None = TABLE_WIDTH) -> str:
+    """Dataclass rows as a text table in `width` columns (None: no limit): a column per field ('_' read as a
+    space), None as n/a, floats to 3 significant digits (whole above 100), text columns left and wrapped."""
+    from dataclasses import asdict
+
+    if not rows:
+        return "(no rows)"
+    data = [asdict(r) for r in rows]
+    names = {c: c.replace("_", " ") for c in data[0]}
+
+    def cell(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return v
+
+    text = [names[c] for c in names if any(isinstance(d[c], str) for d in data)]
+    return text_table([{names[c]: cell(v) for c, v in d.items()} for d in data], list(names.values()), width=width,
+                      left=text, wrap=text)
 
 
 def _checked_bench_args(args: argparse.Namespace):
@@ -95,8 +127,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.max_batch_gb:
             document["max_batch"] = [asdict(r) for r in capped]
         print(json.dumps(document, indent=2))
-    else:
+    elif args.markdown:
         print(markdown(rows))
+    else:
+        print(bench_table(rows, table_width(args)))
     if args.html:
         figure = chart(rows)
         write_output(args.html, "--html", lambda fh: figure.write_html(fh, include_plotlyjs=True))
@@ -104,8 +138,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ..engine.gpu_bench import markdown as table
 
         print(f"\nlargest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try):")
-        print(table(capped))
+        print(table(capped) if args.markdown else rows_table(capped, table_width(args)))
     return 0
+
+
+def bench_table(rows, width: int | None = TABLE_WIDTH) -> str:
+    """The methods benchmark's rows (`facto.engine.bench.Row`) as a text table in `width` columns."""
+    table = [{"model": r.model, "method": r.method, "stored MB": f"{r.stored_mb:.2f}",
+              "saving %": f"{r.saving_pct:.1f}", "peak CUDA MB": "n/a" if r.peak_cuda_mb is None else
+              f"{r.peak_cuda_mb:.1f}", "step time vs dense": f"{r.step_time_rel:.2f}x",
+              "test acc % (mean ± sd)": None if r.accuracy_mean is None else
+              f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"} for r in rows]
+    return text_table(table, list(table[0]) if table else ["model", "method"], width=width,
+                      left=("model", "method"), wrap=("method",))
 
 
 def cmd_gpu_bench(args: argparse.Namespace) -> int:
@@ -123,27 +168,38 @@ def cmd_gpu_bench(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     small = args.small or not cuda
     log = (lambda msg: None) if args.json else progress
-    out = [f"machine: {machine()}", ""]
     results: dict = {"machine": machine()}
+    sections: list[tuple[str, Any]] = []  # (title, rows or one line of text)
     if "steps" not in skip:
         log("step time, launches, peak, meter vs allocator ...")
         rows = step_table(SMALL_CASES if small else CASES, rounds=args.rounds, log=log)
         results["steps"] = [asdict(r) for r in rows]
-        out += ["## Step time, kernel launches and memory per step", "", markdown(rows), ""]
+        sections.append(("Step time, kernel launches and memory per step", rows))
     if "maxbatch" not in skip:
         log(f"largest batch under {args.max_batch_gb:g} GB ...")
         rows = max_batch_table(args.max_batch_gb, log=log)
         results["max_batch"] = [asdict(r) for r in rows]
-        out += [f"## Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try), "
-                "measured and as `facto plan` predicted it", "", markdown(rows), ""]
+        sections.append((f"Largest batch that trains in {args.max_batch_gb:g} GB (SGD, 2 steps per try), "
+                         "measured and as `facto plan` predicted it", rows))
     if "app" not in skip:
         log("default app comparison ...")
         seconds = app_default_seconds()
         results["app_default_seconds"] = seconds
-        out += ["## The app's default comparison, end to end", "", f"{seconds:.1f} s on "
-                f"{'CUDA' if cuda else 'CPU'}", ""]
-    text = "\n".join(out)
-    print(json.dumps(results, indent=2) if args.json else text)
+        sections.append(("The app's default comparison, end to end", f"{seconds:.1f} s on {'CUDA' if cuda else 'CPU'}"))
+    text = "\n".join([f"machine: {machine()}", ""] + [
+        line for title, body in sections
+        for line in (f"## {title}", "", body if isinstance(body, str) else markdown(body), "")])  # the --out file
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif args.markdown:
+        print(text)
+    else:
+        width = table_width(args)
+        fit = (lambda line: [line]) if width is None else (lambda line: textwrap.wrap(line, width) or [""])
+        shown = [*fit(f"machine: {machine()}"), ""]
+        for title, body in sections:
+            shown += [*fit(title + ":"), body if isinstance(body, str) else rows_table(body, width), ""]
+        print("\n".join(shown))
     if args.out:
         try:
             Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Sequence
 
-from .args import DEFAULT, UsageError, as_usage_error, progress, text_table, whole_number
+from .args import (DEFAULT, TABLE_WIDTH, UsageError, add_wide_flag, as_usage_error, progress, table_width,
+                   text_table, whole_number)
 
 if TYPE_CHECKING:
     from ..memory.plan import PlanResult
@@ -36,6 +37,7 @@ def add_parsers(sub) -> None:
                    help="fixed allocator/workspace reserve inside the budget" + DEFAULT)
     p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
     p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
+    add_wide_flag(p)
     p.set_defaults(func=cmd_plan)
 
 
@@ -46,7 +48,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     model = getattr(args, "model", None)
     if model and args.model_flag not in (model, DEFAULT_MODEL):
         raise UsageError(f"facto plan: model={model!r} and --model={args.model_flag!r}: give one")
+    from ..memory.budget import parse_budget
+
     try:
+        parse_budget(args.budget, "--budget")  # the flag's own words, before any probing
+        parse_budget(args.reserve, "--reserve")
         if args.verify:
             require_gpu()  # before minutes of probing
         result = plan(model or args.model_flag, args.input, args.classes, args.budget, args.optimizer,
@@ -60,28 +66,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
             document["verify"] = [c.to_dict() for c in checks]
         print(json.dumps(document, indent=2))
     else:
-        print(format_plan(result, checks))
+        print(format_plan(result, checks, table_width(args)))
     return 0
 
 
-def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = ()) -> str:
-    """The plan as a text table (MB = 10^6 bytes)."""
+def format_plan(result: PlanResult, checks: Sequence[VerifyRow] = (), width: int | None = TABLE_WIDTH) -> str:
+    """The plan as a text table (MB = 10^6 bytes) with what it assumed, in `width` columns (None: no limit).
+
+    Fitted, the table names each variant by its --variants name and a line below says what each is."""
+    import textwrap
+
     from ..memory.budget import GB, GiB, MiB
     from ..memory.plan import table_rows
 
+    def fit(text: str) -> list[str]:
+        return [text] if width is None else textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
     shape = "x".join(map(str, result.input_shape))
-    lines = [f"Fit my GPU: {result.model}, input {shape}, {result.num_classes} classes, budget "
-             f"{result.budget / GB:.2f} GB ({result.budget / GiB:.2f} GiB), {result.optimizer}, "
-             f"{result.precision}; stored bytes measured on {result.device} at batches "
-             f"{result.probes[0]} and {result.probes[1]}; reserve {result.reserve / MiB:.0f} MiB",
-             ""]
+    lines = fit(f"Fit my GPU: {result.model}, input {shape}, {result.num_classes} classes, budget "
+                f"{result.budget / GB:.2f} GB ({result.budget / GiB:.2f} GiB), {result.optimizer}, "
+                f"{result.precision}; stored bytes measured on {result.device} at batches "
+                f"{result.probes[0]} and {result.probes[1]}; reserve {result.reserve / MiB:.0f} MiB")
     rows = table_rows(result)
-    lines.append(text_table(rows, list(rows[0]), first_left=True, digits=None))
+    if width is not None:  # the --variants names in the table, what each is below it
+        for row, r in zip(rows, result.rows):
+            row["variant"] = r.variant
+    lines += ["", text_table(rows, list(rows[0]), first_left=True, digits=None, width=width)]
+    if width is not None:
+        lines += [line for r in result.rows for line in fit(f"{r.variant}: {r.label}")]
     measured = {c.variant: c for c in checks}
     for r in result.rows:
         if r.variant in measured:
             c = measured[r.variant]
             outcome = f"measured {c.measured}" if c.error is None else f"failed: {c.error}"
-            lines.append(f"verify {r.variant}: predicted {c.predicted}, {outcome}")
-    lines += [f"note: {n}" for n in result.notes]
+            lines += fit(f"verify {r.variant}: predicted {c.predicted}, {outcome}")
+    lines += [line for n in result.notes for line in fit(f"note: {n}")]
     return "\n".join(lines)

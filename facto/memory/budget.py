@@ -7,33 +7,40 @@ from typing import Sequence
 
 GiB, MiB, GB, MB = 2**30, 2**20, 10**9, 10**6
 
-_UNITS = {"": 1, "b": 1,
+_UNITS = {"b": 1,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 BUDGET_HELP = ("a number and a unit: B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or k/m/g/t "
                "(powers of 1024), e.g. 8GB, '8 GiB', 500MB, 4g")
+BUDGET_EXAMPLES = "8GB, 512MiB or 1.5GiB"
 
 
 def parse_budget(value: str | int | float, name: str = "budget") -> int:
-    """Bytes from '8GB' (10^9), '8 GiB' (2^30), '500MB', '4g' (2^30, as docker and `free -g`), or a number of bytes."""
+    """Bytes from '8GB' (10^9), '8 GiB' (2^30), '500MB', '4g' (2^30, as docker and `free -g`), '2048B';
+    a Python int or float is a number of bytes. Text without a unit ('8') is refused, not read as bytes."""
     bad = ValueError(f"{name}={value!r} is not allowed: use {BUDGET_HELP}")
     if isinstance(value, bool):
         raise bad
     if isinstance(value, (int, float)):
-        number, unit = float(value), ""
+        number, unit = float(value), "b"
     elif isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
-        if match is None or match.group(2).lower() not in _UNITS:
+        match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or (match.group(2) and match.group(2).lower() not in _UNITS):
             raise bad
         number, unit = float(match.group(1)), match.group(2).lower()
+        if not unit:
+            raise ValueError(f"{name}={value!r} has no unit: write it like {BUDGET_EXAMPLES}")
     else:
         raise bad
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
         raise bad
+    what = name.lstrip("-")  # '--budget' names the flag, the budget is what it sets
+    if number <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed: the {what} must be above zero, e.g. 8GB")
     size = int(number * _UNITS[unit])
     if size < 1:
-        raise bad
+        raise ValueError(f"{name}={value!r} is not allowed: the {what} must be at least 1 byte, e.g. 8GB")
     return size
 
 

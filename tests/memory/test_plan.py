@@ -19,18 +19,39 @@ from facto.memory import step_peak as sp
 
 @pytest.mark.parametrize("text, expected", [
     ("8GB", 8 * 10**9), ("8 GiB", 8 * 2**30), ("500MB", 500 * 10**6), ("4g", 4 * 2**30),
-    ("1.5 GB", 1_500_000_000), ("2048", 2048), ("64 KiB", 65536), (10**9, 10**9),
+    ("1.5 GB", 1_500_000_000), ("2048B", 2048), ("64 KiB", 65536), (10**9, 10**9),
 ])
 def test_parse_budget(text, expected):
     assert fb.parse_budget(text) == expected
 
 
-@pytest.mark.parametrize("text", ["8 GBs", "-1GB", "0", "0.0001B", "lots", "", "8 G B", "inf GB", None, True])
+@pytest.mark.parametrize("text", ["8 GBs", "lots", "", "8 G B", "inf GB", None, True])
 def test_parse_budget_errors_name_the_value_and_the_units(text):
     with pytest.raises(ValueError) as err:
         fb.parse_budget(text)
     message = str(err.value)
     assert f"budget={text!r}" in message and "GiB" in message and "8GB" in message
+
+
+@pytest.mark.parametrize("text", ["8", "2048", " 8 ", "1.5", "0"])
+def test_a_budget_without_a_unit_is_refused_not_read_as_bytes(text):
+    with pytest.raises(ValueError) as err:
+        fb.parse_budget(text)
+    assert str(err.value) == f"budget={text!r} has no unit: write it like 8GB, 512MiB or 1.5GiB"
+
+
+@pytest.mark.parametrize("text", ["0GB", "0 MiB", "-1GB", "-0.5g", 0, -3])
+def test_a_budget_of_zero_or_less_is_refused_in_plain_words(text):
+    with pytest.raises(ValueError) as err:
+        fb.parse_budget(text)
+    message = str(err.value)
+    assert f"budget={text!r}" in message and "the budget must be above zero" in message
+    assert "a number and a unit" not in message
+
+
+def test_a_budget_under_one_byte_says_so():
+    with pytest.raises(ValueError, match=r"budget='0.0001B' is not allowed: the budget must be at least 1 byte"):
+        fb.parse_budget("0.0001B")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -310,7 +331,23 @@ def test_main_text_table(capsys):
     assert plan_cli(["--model", "simple_cnn", "--input", "1x32x32", "--budget", "1GB", "--variants", "dense",
                     "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "max batch" in out and "dense fp32" in out
+    assert "dense: dense fp32" in out and "max" in out and "batch" in out
+    assert plan_cli(["--model", "simple_cnn", "--input", "1x32x32", "--budget", "1GB", "--variants", "dense",
+                     "--device", "cpu", "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    header = next(line for line in wide if line.startswith("variant"))
+    assert "max batch" in header and "per sample MB" in header  # at full width: one header line
+    assert any(line.startswith("dense fp32 ") for line in wide)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("8", "--budget='8' has no unit: write it like 8GB, 512MiB or 1.5GiB"),
+    ("0GB", "--budget='0GB' is not allowed: the budget must be above zero, e.g. 8GB"),
+])
+def test_main_refuses_a_budget_without_a_unit_or_of_zero_in_one_line(budget, message, capsys):
+    assert plan_cli(["--model", "simple_cnn", "--budget", budget]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {message}\n"
 
 
 def test_main_takes_the_model_as_its_first_word(capsys):
