@@ -4,7 +4,8 @@ train, sweep and inspect (`facto.cli.train`), runs (`facto.cli.runs`), plan (`fa
 bench and gpu-bench (`facto.cli.bench`), audit (`facto.cli.audit`). User mistakes (a bad flag
 value, data not on disk, an unknown run, an unusable FACTO_HOME) print one line to stderr and
 exit 2, without a traceback; real bugs keep their traceback. Machine output (--json, CSV to
-stdout) is the only thing on stdout; progress goes to stderr.
+stdout) is the only thing on stdout; progress goes to stderr. A Ctrl-C ends with one line saying
+what was stored (exit 130).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Sequence
 
 from . import audit, bench, plan, runs, train
 from .args import OneLineParser, UsageError
-from .program import ctrl_c_closes, from_ctrl_c
+from .program import NOTHING_STORED, ctrl_c_closes, from_ctrl_c
 
 COMMANDS = (train, runs, plan, bench, audit)  # each adds its subcommands to the tree
 
@@ -54,15 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # during start-up: nothing was stored yet
+    except KeyboardInterrupt:  # before a command stored anything (train and sweep say what they stored)
         ctrl_c_closes()
-        print("interrupted", file=sys.stderr)
+        print(NOTHING_STORED, file=sys.stderr)
         return 130
     except ImportError as exc:  # a lazy import interrupted by Ctrl-C (a C extension turns it into this)
         if not from_ctrl_c(exc):
             raise
         ctrl_c_closes()
-        print("interrupted", file=sys.stderr)
+        print(NOTHING_STORED, file=sys.stderr)
         return 130
     except BrokenPipeError:  # `facto runs export 1 | head -1`: the reader left, not an error
         _silence_stdout()

@@ -1,4 +1,4 @@
-"""Ctrl-C in the `facto` program (`python -m facto`, the `facto` script): always "interrupted", exit 130.
+"""Ctrl-C in the `facto` program (`python -m facto`, the `facto` script): one "interrupted: ..." line, exit 130.
 
 A Ctrl-C in the first seconds lands inside imports of torch and its libraries: without care a run
 can end killed by SIGINT (exit -2) although the program handled the interrupt, print a traceback
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 _state = {"program": None, "pressed": False}
+NOTHING_STORED = "interrupted: nothing was stored"  # the line a Ctrl-C before any run was stored ends with
 
 
 def is_program() -> bool:
@@ -83,7 +84,7 @@ def ctrl_c_closes() -> None:
 
 @contextmanager
 def quiet_start_up() -> Iterator[None]:
-    """Around the package's imports: in the program, a Ctrl-C during them prints "interrupted" and
+    """Around the package's imports: in the program, a Ctrl-C during them prints NOTHING_STORED and
     exits 130 (no traceback) once the imports are done; elsewhere nothing changes.
 
     The imports run with a handler that only notes the Ctrl-C: a KeyboardInterrupt raised inside a C
@@ -104,5 +105,5 @@ def quiet_start_up() -> Iterator[None]:
         if not (is_program() and from_ctrl_c(error)):
             raise
         ctrl_c_closes()
-        print("interrupted", file=sys.stderr)
+        print(NOTHING_STORED, file=sys.stderr)
         raise SystemExit(130) from None

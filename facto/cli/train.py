@@ -6,9 +6,10 @@ import dataclasses
 import json
 import sys
 
-from .args import (add_config_flags, check_output, config_from_args, open_history, progress, setting_list,
-                   text_table, write_output)
-from .program import check_ctrl_c, ctrl_c_closes
+from .args import (TABLE_WIDTH, add_config_flags, add_wide_flag, check_output, config_from_args, open_history,
+                   setting_list, table_width, text_table, write_output)
+from .program import check_ctrl_c, ctrl_c_closes, from_ctrl_c
+from .progress import NotedStore, RunProgress, kept_message
 
 MB = 1e6
 
@@ -21,9 +22,11 @@ def add_parsers(sub) -> None:
     add_config_flags(p)
     p.add_argument("--variants", default="baseline,facto", choices=["baseline,facto", "baseline", "facto"],
                    metavar="baseline,facto|baseline|facto", help="which variants to train (default both)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (only that on stdout)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (only that on stdout; progress "
+                                                       "stays on stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr (bars on a terminal, lines elsewhere)")
     p.add_argument("--no-store", action="store_true", help="do not record the run in the history")
+    add_wide_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="ranks x bits (x update) grid",
@@ -33,85 +36,93 @@ def add_parsers(sub) -> None:
     p.add_argument("--bits-list", "--bits-grid", dest="bits_list", default="2,4,8", help="comma-separated bits")
     p.add_argument("--updates", default="core", help="comma-separated update modes")
     p.add_argument("--html", help="write the saving-vs-accuracy chart to this HTML file")
-    p.add_argument("--json", action="store_true", help="print the points as JSON (only that on stdout)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="print the points as JSON (only that on stdout; progress "
+                                                       "stays on stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--no-store", action="store_true", help="do not record the runs in the history")
+    add_wide_flag(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("inspect", help="factorization report and per-layer activation bytes",
                        description="What the config's Facto model is and stores for one batch, without training.")
     add_config_flags(p)
     p.add_argument("--json", action="store_true", help="print the report and bytes as JSON (only that on stdout)")
+    add_wide_flag(p)
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    """Train, drawing the run on stderr; the summary (a table, or JSON with --json) on stdout."""
     from ..engine import distributed
-    from ..engine.events import FailureEvent, StartEvent, StepEvent, SummaryEvent
-    from ..engine.recorder import record
-    from ..engine.train import compare, too_short_note
 
-    config = config_from_args(args)
-    main_process = not distributed.init_from_env() or distributed.is_main_process()
-    store = open_history(args.no_store or not main_process)
-    quiet = args.quiet or args.json or not main_process
-    bars: dict[str, tqdm] = {}
-    summary = None
-    total_steps = 0
-    events = record(compare(config, variants=tuple(args.variants.split(","))), store)
+    progress: RunProgress | None = None
+    store: NotedStore | None = None
+    events = None
     try:
+        from ..engine.events import StartEvent, SummaryEvent
+        from ..engine.recorder import record
+        from ..engine.train import compare, too_short_note
+
+        config = config_from_args(args)
+        main_process = not distributed.init_from_env() or distributed.is_main_process()
+        history = open_history(args.no_store or not main_process)
+        store = NotedStore(history) if history is not None else None
+        progress = RunProgress(quiet=args.quiet or not main_process)
+        summary = None
+        total_steps = 0
+        events = record(compare(config, variants=tuple(args.variants.split(","))), store)
         for event in events:
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             if isinstance(event, StartEvent):
                 total_steps = event.total_steps
                 where = f" | stored as run #{event.run_id}" if event.run_id is not None else ""
-                progress(f"device: {event.device_name} | {config.model} on {config.dataset} "
-                         f"({event.train_size} train / {event.test_size} test) | {event.total_steps} steps"
-                         + where, quiet)
-                for i, name in enumerate(event.params):
-                    bars[name] = tqdm(total=event.total_steps, desc=f"{name:>8}", position=i, leave=True,
-                                      disable=quiet, file=sys.stderr)
-            elif isinstance(event, StepEvent) and event.variant in bars:
-                bars[event.variant].update(1)
-                bars[event.variant].set_postfix(loss=f"{event.loss:.3f}", mem=f"{event.act_bytes / MB:.1f}MB")
-            elif isinstance(event, FailureEvent):
-                print(f"{event.variant} stopped: {event.reason}", file=sys.stderr)
-            elif isinstance(event, SummaryEvent):
+                progress.say(f"device: {event.device_name} | {config.model} on {config.dataset} "
+                             f"({event.train_size} train / {event.test_size} test) | {event.total_steps} steps"
+                             + where)
+            progress.add(event)
+            if isinstance(event, SummaryEvent):
                 summary = event
-    except KeyboardInterrupt:
+        progress.close()
+        if not main_process:
+            return 0
+        if args.json:
+            print(json.dumps(dataclasses.asdict(summary), indent=2))
+        else:
+            print(format_summary(summary, table_width(args)))
+        limit = config.max_steps if config.max_steps == total_steps else None  # the limit, not the epochs, stopped it
+        note = too_short_note(summary.accuracy.get("baseline"), limit) if "facto" in summary.accuracy else None
+        if note:  # a comparison too short to compare
+            flags = "--max-steps, --epochs, --max-train" if limit else "--epochs, --max-train"
+            print(f"note: {note} ({flags})", file=sys.stderr)
+        return 0 if summary.status != "failed" else 1
+    except BaseException as error:
+        if not from_ctrl_c(error):
+            raise
         ctrl_c_closes()
-        events.close()
-        print("interrupted: the partial run is stored as 'interrupted'", file=sys.stderr)
+        if events is not None:
+            events.close()  # stores the run as interrupted with every step so far
+        said = kept_message(store, args.no_store)
+        if progress is not None:
+            progress.line(said)
+            progress.close()
+        else:
+            print(said, file=sys.stderr)
         return 130
     finally:
-        for bar in bars.values():
-            bar.close()
+        if progress is not None:
+            progress.close()
         distributed.shutdown()
-    if not main_process:
-        return 0
-    if args.json:
-        print(json.dumps(dataclasses.asdict(summary), indent=2))
-    else:
-        print(format_summary(summary))
-    limit = config.max_steps if config.max_steps == total_steps else None  # the limit, not the epochs, stopped it
-    note = too_short_note(summary.accuracy.get("baseline"), limit) if "facto" in summary.accuracy else None
-    if note:  # a comparison too short to compare
-        flags = "--max-steps, --epochs, --max-train" if limit else "--epochs, --max-train"
-        print(f"note: {note} ({flags})", file=sys.stderr)
-    return 0 if summary.status != "failed" else 1
 
 
-def format_summary(s) -> str:
-    """Baseline vs Facto as a small table."""
+def format_summary(s, width: int | None = TABLE_WIDTH) -> str:
+    """Baseline vs Facto as a small table (in `width` columns; None: no limit)."""
     rows = []
     for v in s.accuracy:
         base = s.act_bytes.get("baseline")
         rows.append({"": v, "accuracy %": s.accuracy[v], "act. memory MB": s.act_bytes[v] / MB,
                      "saving %": f"{100 * (1 - s.act_bytes[v] / base):.1f}" if base else None,
                      "step s": f"{s.step_seconds[v]:.3f}", "params": f"{s.params.get(v, 0):,}"})
-    lines = [text_table(rows, ["", "accuracy %", "act. memory MB", "saving %", "step s", "params"])]
+    lines = [text_table(rows, ["", "accuracy %", "act. memory MB", "saving %", "step s", "params"], width=width)]
     for variant, reason in s.failures.items():
         lines.append(f"{variant} failed: {reason}")
     if s.accuracy_delta is not None:
@@ -121,53 +132,86 @@ def format_summary(s) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..engine.sweep import SweepPoint, SweepTracker, points_table, sweep
-
-    base = config_from_args(args)
-    ranks = setting_list(args.ranks, "rank")
-    bits, updates = setting_list(args.bits_list, "bits"), setting_list(args.updates, "update")
-    if args.html:
-        check_output(args.html, "--html", base.data_dir)
-    store = open_history(args.no_store)
-    quiet = args.quiet or args.json
-    tracker = SweepTracker()  # the finished points, and whether they are too short to rank
-    events = sweep(base, ranks, bits, updates, store=store)
+    """The grid, a line per finished point on stderr; the points (a table, or JSON with --json) on stdout."""
+    progress: RunProgress | None = None
+    store: NotedStore | None = None
+    events = None
+    tracker = None
     try:
+        from ..engine.events import PhaseEvent
+        from ..engine.sweep import SweepPoint, SweepStart, SweepTracker, points_table, sweep
+
+        base = config_from_args(args)
+        ranks = setting_list(args.ranks, "rank")
+        bits, updates = setting_list(args.bits_list, "bits"), setting_list(args.updates, "update")
+        if args.html:
+            check_output(args.html, "--html", base.data_dir)
+        history = open_history(args.no_store)
+        store = NotedStore(history) if history is not None else None
+        progress = RunProgress(quiet=args.quiet, phases=False, leave=False)
+        tracker = SweepTracker()  # the finished points, and whether they are too short to rank
+        events = sweep(base, ranks, bits, updates, store=store)
         for event in events:
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             tracker.add(event)
-            if isinstance(event, SweepPoint):
-                acc = "-" if event.accuracy is None else f"{event.accuracy:.2f}"
-                progress(f"[{event.index + 1}/{event.total}] {event.variant:8} rank={event.rank!s:<6} "
-                         f"bits={event.bits!s:<4} update={event.update:<5} acc={acc}% "
-                         f"mem={event.act_bytes / MB:.2f}MB saving={event.saving_pct:.1f}%", quiet)
-    except KeyboardInterrupt:
-        ctrl_c_closes()
-        events.close()
-        print(f"interrupted after {len(tracker.points)} points: finished runs are stored, the current one as "
-              "'interrupted'", file=sys.stderr)
-        return 130
-    rows = points_table(tracker.points)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(text_table(rows, ["variant", "rank", "bits", "update", "accuracy", "accuracy_delta", "saving_pct",
-                                "act_bytes", "step_seconds"]))
-    if args.html:
-        from .. import plots
+            if isinstance(event, SweepStart):
+                where = f"sweep #{event.sweep_id}" if event.sweep_id is not None else "sweep (not stored)"
+                progress.say(f"{where}: {event.total} runs, the baseline and {event.total - 1} Facto settings")
+            elif isinstance(event, PhaseEvent) and event.phase == "loading":  # a run of the grid begins
+                progress.prefix = f"[{len(tracker.points) + 1}/{tracker.total}] "
+            elif isinstance(event, SweepPoint):
+                progress.say(point_line(event))
+            progress.add(event)
+        progress.close()
+        rows = points_table(tracker.points)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(text_table(rows, ["variant", "rank", "bits", "update", "accuracy", "accuracy_delta", "saving_pct",
+                                    "act_bytes", "step_seconds"], width=table_width(args)))
+        if args.html:
+            from .. import plots
 
-        figure = plots.sweep_figure(tracker.points)
-        write_output(args.html, "--html", lambda fh: figure.write_html(fh, include_plotlyjs=True), base.data_dir)
-        progress(f"chart written to {args.html}", quiet)
-    note = tracker.too_short()
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    return 0
+            figure = plots.sweep_figure(tracker.points)
+            write_output(args.html, "--html", lambda fh: figure.write_html(fh, include_plotlyjs=True),
+                         base.data_dir)
+            progress.say(f"chart written to {args.html}")
+        note = tracker.too_short()
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        return 0
+    except BaseException as error:
+        if not from_ctrl_c(error):
+            raise
+        ctrl_c_closes()
+        if events is not None:
+            events.close()  # the run in progress is stored as interrupted
+        done = f" after {len(tracker.points)} of {tracker.total} points" if tracker and tracker.total else ""
+        said = kept_message(store, args.no_store, head="interrupted" + done)
+        if progress is not None:
+            progress.line(said)
+            progress.close()
+        else:
+            print(said, file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def point_line(point) -> str:
+    """'baseline (dense fp32): acc=97.00% mem=1.23MB' / 'facto rank=0.5 bits=4 update=core: acc=... saving=...'."""
+    acc = "-" if point.accuracy is None else f"{point.accuracy:.2f}"
+    if point.variant == "baseline":
+        return f"baseline (dense fp32): acc={acc}% mem={point.act_bytes / MB:.2f}MB"
+    return (f"facto rank={point.rank} bits={point.bits} update={point.update}: acc={acc}% "
+            f"mem={point.act_bytes / MB:.2f}MB saving={point.saving_pct:.1f}%")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import textwrap
+
     from ..memory.analysis import analyse_layers
-    from ..method.factorize import format_report
 
     config = config_from_args(args)
     result = analyse_layers(config)
@@ -180,12 +224,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     "saving_pct": result.saving_pct}
         print(json.dumps(document, indent=2))
         return 0
-    print(format_report(result.report))
-    print(f"({weights})")
+    width = table_width(args)
+    print(report_table(result.report, width))
+    print("\n".join(textwrap.wrap(f"({weights})", width, break_on_hyphens=False)) if width else f"({weights})")
     rows = [{"layer": n, "dense MB": d / MB, "facto MB": f / MB} for n, d, f in result.rows()]
     rows.append({"layer": "TOTAL", "dense MB": result.dense_total / MB, "facto MB": result.facto_total / MB})
     print(f"\nstored activation bytes for one batch of {config.batch_size} "
           f"(dense fp32 vs Facto, bits={config.bits}):")
-    print(text_table(rows, ["layer", "dense MB", "facto MB"]))
+    print(text_table(rows, ["layer", "dense MB", "facto MB"], width=width, left=("layer",), wrap=("layer",)))
     print(f"saving: {result.saving_pct:.1f} %")
     return 0
+
+
+def report_table(report, width: int | None = TABLE_WIDTH) -> str:
+    """The factorization report (`facto.method.factorize.describe`) as a table in `width` columns,
+    then how many layers were factorized."""
+    rows = [{"layer": r.name, "kind": r.kind, "shape": "x".join(map(str, r.weight_shape)),
+             "ranks": "" if r.ranks is None else f"{r.ranks[0]},{r.ranks[1]}",
+             "params": f"{r.params_before}->{r.params_after}", "train": r.trainable_params,
+             "error": "" if r.rel_error is None else f"{r.rel_error:.3f}", "note": r.reason or ""} for r in report]
+    table = text_table(rows, ["layer", "kind", "shape", "ranks", "params", "train", "error", "note"], width=width,
+                       left=("layer", "kind", "shape", "ranks", "note"), wrap=("note", "layer"))
+    n = sum(r.kind == "factorized" for r in report)
+    return table + "\n" + (f"{n} of {len(report)} layers factorized" if n else
+                           "nothing was factorized: every layer stays dense")

@@ -69,8 +69,9 @@ def test_train_json_summary_and_runs_commands(capsys, tmp_path):
     assert summary["status"] == "completed" and summary["saving_pct"] > 50
     assert main(["runs", "list"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["id", "started", "status"] and "completed" in table[1]
-    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", table[1])  # when it started, readable
+    header = next(i for i, line in enumerate(table) if line.split()[:3] == ["id", "started", "status"])
+    assert "completed" in table[header + 1]
+    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", table[header + 1])  # when it started, readable
     assert main(["runs", "list", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)  # for scripts: the document alone on stdout
     assert listed["id"] == 1 and listed["status"] == "completed" and listed["saving_pct"] == summary["saving_pct"]
@@ -127,8 +128,9 @@ def test_sweep_table_and_html(capsys, tmp_path):
     assert sorted(line.split()[0] for line in table[1:]) == ["baseline", "facto", "facto"]
     baseline = next(line.split() for line in table[1:] if line.startswith("baseline"))
     assert baseline[1:4] == ["-", "-", "-"]  # dense: no rank, no bits, no trained factor
-    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    progress = [line for line in captured.err.splitlines() if line.startswith("[") and "acc=" in line]
     assert [line.split()[0] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]  # on stderr, one per point
+    assert progress[0].startswith("[1/3] baseline (dense fp32):") and "bits=None" not in captured.err
     assert "note: The baseline reached only" in captured.err and "too short to rank" in captured.err
     assert "a higher step limit (now 2 steps)" in captured.err
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
