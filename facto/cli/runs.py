@@ -12,7 +12,9 @@ from .args import (UsageError, add_wide_flag, check_output, local_time, table_wi
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="the run history: list | show ID | export ID | rm ID",
-                       description="The run history (FACTO_HOME/runs.db, ~/.facto by default).")
+                       description="The run history (FACTO_HOME/runs.db, ~/.facto by default). In the list, "
+                                   "sweep is the id of the sweep a run belongs to and accuracy % the test accuracy "
+                                   "of the baseline, then of Facto.")
     p.add_argument("action", choices=["list", "show", "export", "rm"])
     p.add_argument("id", nargs="?", type=whole_number("ID", 1))
     p.add_argument("--output", "-o", help="CSV file for export (default stdout)")

@@ -167,14 +167,14 @@ def test_plain_step_lines_come_at_most_every_few_seconds():
     from facto.cli.progress import RunProgress
     from facto.engine.events import StartEvent, StepEvent
 
-    now = [0.0]
+    clock_s = [0.0]
     out = io.StringIO()
-    progress = RunProgress(stream=out, every_s=10.0, clock=lambda: now[0])
+    progress = RunProgress(stream=out, every_s=10.0, clock=lambda: clock_s[0])
     progress.add(StartEvent(config={}, device="cpu", device_name="cpu", steps_per_epoch=50, total_steps=100,
                             train_size=1, test_size=1, params={"baseline": 1, "facto": 1},
                             trainable_params={}, layer_bytes={}, report=[]))
     for step in range(1, 101):
-        now[0] = step * 0.5  # a step every half second: 50 s in all
+        clock_s[0] = step * 0.5  # a step every half second: 50 s in all
         for variant in ("baseline", "facto"):
             progress.add(StepEvent(variant, step, 1 + (step > 50), 1.0 / step, 0.5, 10, 10, None, 0.5, 0.1))
     lines = out.getvalue().splitlines()
