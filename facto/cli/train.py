@@ -163,6 +163,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress.say(point_line(event))
             progress.add(event)
         progress.close()
+        progress.prefix = ""  # the sweep's own lines
         rows = points_table(tracker.points)
         if args.json:
             print(json.dumps(rows, indent=2))

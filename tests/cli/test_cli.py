@@ -134,6 +134,7 @@ def test_sweep_table_and_html(capsys, tmp_path):
     assert "note: The baseline reached only" in captured.err and "too short to rank" in captured.err
     assert "a higher step limit (now 2 steps)" in captured.err
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+    assert f"\nchart written to {html}\n" in captured.err  # the sweep's line, not a point's
 
 
 def test_sweep_json_is_the_only_thing_on_stdout(capsys):
