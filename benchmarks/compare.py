@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facto.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))  # through the CLI: a bad flag is one line, exit 2
+    sys.exit(main(["bench", "--markdown", *sys.argv[1:]]))  # through the CLI: a bad flag is one line, exit 2

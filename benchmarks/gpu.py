@@ -20,7 +20,7 @@ from facto.cli import main as facto  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = facto(["gpu-bench", *argv])  # through the CLI: a bad flag is one line, exit 2
+    code = facto(["gpu-bench", "--markdown", *argv])  # through the CLI: a bad flag is one line, exit 2
     if code or "kernels" in ",".join(a for a in argv if not a.startswith("--")) or "--small" in argv:
         return code
     import kernels  # benchmarks/kernels.py

@@ -563,7 +563,7 @@ def test_history_filters_survive_deleting_the_runs_they_matched(ui):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect(key="hist_models").value == ["simple_cnn"]  # kept, although no run has it now
-    assert at.subheader[0].value == "0 of 1 runs"
+    assert at.subheader[0].value == "0 of 1 run"
 
 
 def test_history_in_room_mode_shows_and_deletes_only_the_visitors_runs(ui, monkeypatch):
