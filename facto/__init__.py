@@ -11,7 +11,7 @@ jobs, sweeps, benchmarks), `store` (the run history), `plots` (figures), `cli` (
 """
 from .cli.program import quiet_start_up as _quiet_start_up
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
     import torch as _torch  # noqa: F401
