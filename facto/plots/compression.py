@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import BASELINE_COLOR, FACTO_COLOR, INK, apply_style, as_rows, empty_figure
+from .style import BASELINE_COLOR, FACTO_COLOR, INK, WIDE, apply_style, as_rows, empty_figure
 
 
 def _numpy(x) -> np.ndarray:
@@ -53,16 +53,17 @@ def feature_map_images(original, compressed, max_channels: int = 16, title: str 
         fig.add_trace(go.Heatmap(z=img, coloraxis=axis, name=name,
                                  hovertemplate=f"{name}<br>x %{{x}}, y %{{y}}<br>value %{{z:.4f}}<extra></extra>"),
                       row=1, col=col)
+    bar = dict(orientation="h", y=-0.04, yanchor="top", thickness=10)  # under the panels
     fig.update_layout(
         coloraxis=dict(colorscale="gray", cmin=lo, cmax=hi,
-                       colorbar=dict(x=0.64, thickness=12, len=0.8, title=dict(text="value"))),
+                       colorbar=dict(bar, x=0.34, xanchor="center", len=0.5, title=dict(text="value", side="right"))),
         coloraxis2=dict(colorscale="RdBu_r", cmin=-emax, cmax=emax,
-                        colorbar=dict(x=1.0, thickness=12, len=0.8, title=dict(text="error"))))
+                        colorbar=dict(bar, x=0.86, xanchor="center", len=0.28, title=dict(text="error", side="right"))))
     for col in (1, 2, 3):
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
                          showgrid=False, row=1, col=col)
         fig.update_xaxes(showticklabels=False, showgrid=False, row=1, col=col)
-    return apply_style(fig, title, height=380, legend=False)
+    return apply_style(fig, title, height=380, legend=False, width=WIDE)
 
 
 def error_histogram(error, bins: int = 80, title: str | None = None, max_values: int = 200_000) -> go.Figure:
@@ -84,7 +85,7 @@ def error_histogram(error, bins: int = 80, title: str | None = None, max_values:
 
 
 def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | None = None) -> go.Figure:
-    """Error (%) and stored size (KB) vs bits 1..8, with the uncompressed fp32 size for reference.
+    """Error (%) above, stored size (KB) below, vs bits 1..8, with the uncompressed fp32 size for reference.
 
     Args:
         rows: dicts with bits, rel_error (a fraction), bytes, raw_bytes (fp32 size).
@@ -94,24 +95,25 @@ def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | N
     rows = sorted(as_rows(rows), key=lambda r: r["bits"])
     if not rows:
         return empty_figure(title, "No numbers")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1)  # stacked: fits half the page
     x = [r["bits"] for r in rows]
     fig.add_trace(go.Scatter(x=x, y=[100 * r["rel_error"] for r in rows], mode="lines+markers",
                              name="relative error", line=dict(color=FACTO_COLOR, width=3), marker=dict(size=9),
                              hovertemplate="%{x} bits<br>relative error %{y:.2f} %<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Scatter(x=x, y=[r["bytes"] / 1e3 for r in rows], mode="lines+markers", name="stored size",
                              line=dict(color=FACTO_COLOR, width=3, dash="dot"), marker=dict(size=9, symbol="square"),
-                             hovertemplate="%{x} bits<br>%{y:.1f} KB<extra></extra>"), row=1, col=2)
+                             hovertemplate="%{x} bits<br>%{y:.1f} KB<extra></extra>"), row=2, col=1)
     raw = rows[0].get("raw_bytes")
     if raw:
         fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[raw / 1e3] * 2, mode="lines", name="fp32 size",
                                  line=dict(color=BASELINE_COLOR, width=2, dash="dash"),
-                                 hovertemplate="fp32: %{y:.1f} KB<extra></extra>"), row=1, col=2)
+                                 hovertemplate="fp32: %{y:.1f} KB<extra></extra>"), row=2, col=1)
     if selected is not None:
-        for col in (1, 2):
-            fig.add_vline(x=selected, line=dict(color=INK, width=1, dash="dot"), row=1, col=col)
-    fig.update_xaxes(title_text="bits per value", dtick=1)
+        for row in (1, 2):
+            fig.add_vline(x=selected, line=dict(color=INK, width=1, dash="dot"), row=row, col=1)
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title_text="bits per value", row=2, col=1)
     fig.update_yaxes(rangemode="tozero")
     fig.update_yaxes(title_text="relative error (%)", row=1, col=1)
-    fig.update_yaxes(title_text="stored (KB)", row=1, col=2)
-    return apply_style(fig, title, height=400)
+    fig.update_yaxes(title_text="stored (KB)", row=2, col=1)
+    return apply_style(fig, title, height=480)

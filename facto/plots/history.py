@@ -14,6 +14,7 @@ from .style import (
     RUN_DASHES,
     RUN_SHADES,
     RUN_SYMBOLS,
+    WIDE,
     apply_style,
     as_rows,
     empty_figure,
@@ -73,10 +74,7 @@ def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str 
         return empty_figure(title, "Nothing of this kind stored for the selected runs (yet)", 460)
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=HISTORY_AXES[metric], rangemode="tozero" if metric != "accuracy" else "normal")
-    fig = apply_style(fig, title, height=460)
-    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
-                      margin=dict(t=64, r=24))
-    return fig
+    return apply_style(fig, title, height=460)
 
 
 METHOD_COLORS = {"dense": BASELINE_COLOR, "checkpointing": "#54A24B", "compression only": "#B279A2",
@@ -105,7 +103,8 @@ def methods_figure(rows: Iterable[Any], title: str | None = None) -> go.Figure:
     fig.add_hline(y=0, line=dict(color=BASELINE_COLOR, width=2, dash="dash"))
     fig.update_xaxes(title_text="activation memory saved vs dense fp32 (%)")
     fig.update_yaxes(title_text="test accuracy change vs dense (points)")
-    fig = apply_style(fig, title or "Methods: memory saved vs accuracy (digits, mean of 3 seeds)", height=560)
-    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top", font=dict(size=11)),
-                      margin=dict(t=60, r=20))
+    fig = apply_style(fig, title or "Methods: memory saved vs accuracy (digits, mean of 3 seeds)", height=560,
+                      width=WIDE)
+    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top", yref="paper",
+                                  font=dict(size=11)), margin=dict(r=20))
     return fig

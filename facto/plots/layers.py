@@ -11,6 +11,7 @@ from .style import (
     BASELINE_COLOR,
     FACTO_COLOR,
     FONT_SIZE,
+    WIDE,
     apply_style,
     as_rows,
     empty_figure,
@@ -27,7 +28,8 @@ def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: 
 
     Args:
         layer_bytes: {variant: {layer name: bytes}} as `facto.engine.train.layer_bytes` gives per variant.
-        layer_types: optional {layer name: module type} shown next to the name.
+        layer_types: optional {layer name: module type} shown next to the name (in the hover text only
+            when the bars are horizontal: a long model's names stay short enough for half the page).
     """
     title = title or "Stored for backward, per layer (one batch)"
     variants = variant_order(v for v in layer_bytes if v != "warmup")
@@ -35,16 +37,17 @@ def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: 
         return empty_figure(title, "No per-layer numbers yet")
     layers = _merge_order([list(layer_bytes[v]) for v in variants])
     types = layer_types or {}
-    labels = [f"{name} · {types[name]}" if types.get(name) else name for name in layers]
+    full = [f"{name} · {types[name]}" if types.get(name) else name for name in layers]
     horizontal = len(layers) > 20
+    labels = layers if horizontal else full
     fig = go.Figure()
     for v in variants:
         values = [to_mb(layer_bytes[v].get(name, 0)) for name in layers]
         total = sum(values) or 1.0
         share = [100 * b / total for b in values]
-        bar = dict(name=variant_name(v), marker_color=variant_color(v), customdata=share,
-                   hovertemplate=f"{variant_name(v)}<br>%{{{'y' if horizontal else 'x'}}}<br>"
-                                 f"%{{{'x' if horizontal else 'y'}:.3f}} MB (%{{customdata:.1f}} % of total)"
+        bar = dict(name=variant_name(v), marker_color=variant_color(v), customdata=list(zip(share, full)),
+                   hovertemplate=f"{variant_name(v)}<br>%{{customdata[1]}}<br>"
+                                 f"%{{{'x' if horizontal else 'y'}:.3f}} MB (%{{customdata[0]:.1f}} % of total)"
                                  "<extra></extra>")
         if horizontal:
             fig.add_trace(go.Bar(y=labels, x=values, orientation="h", **bar))
@@ -67,7 +70,7 @@ def params_bars(report: Iterable[Any], title: str | None = None) -> go.Figure:
     title = title or "Parameters per layer: dense vs factorized"
     rows = as_rows(report)
     if not rows:
-        return empty_figure(title, "No conv or linear layers")
+        return empty_figure(title, "No conv or linear layers", width=WIDE)
     names = [r["name"] for r in rows]
     hover = []
     for r in rows:
@@ -90,7 +93,7 @@ def params_bars(report: Iterable[Any], title: str | None = None) -> go.Figure:
     fig.update_layout(barmode="group", bargap=0.2)
     fig.update_yaxes(title_text="parameters", rangemode="tozero", automargin=True)
     fig.update_xaxes(tickangle=-40 if len(rows) > 8 else 0, tickfont=dict(size=FONT_SIZE - 3), automargin=True)
-    return apply_style(fig, title, height=440 if len(rows) <= 8 else 520)
+    return apply_style(fig, title, height=440 if len(rows) <= 8 else 520, width=WIDE)
 
 
 def _natural_key(name: str) -> list:

@@ -23,7 +23,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-FONT = "'Source Sans Pro', 'Open Sans', Verdana, Arial, sans-serif"
+FONT = "'Source Sans', 'Source Sans Pro', 'Open Sans', Arial, sans-serif"  # as the interactive charts
 CHAR_WIDTH = 0.55  # a character's width, as a fraction of the font size (for margins and the legend)
 DASHES = {"dash": "6,4", "dot": "2,3", "dashdot": "6,3,2,3", "longdash": "10,4", "longdashdot": "10,3,2,3"}
 CLIP = "@clip@"  # the plot's clip path id, replaced by one made from the picture's content
@@ -138,6 +138,7 @@ class _Canvas:
         font = layout.get("font") or {}
         self.size, self.ink = float(font.get("size") or 12), font.get("color") or "#444"
         self.parts: list[str] = []
+        self.legend_rows: list[list[tuple[float, int, dict, str]]] = []
 
     # --- layout
 
@@ -174,6 +175,9 @@ class _Canvas:
     def _build_axes(self) -> dict[str, _Axis]:
         specs = self._axis_specs()
         left, right, top, bottom = self._margins(specs)
+        self.legend_rows = self._legend_layout(left, self.width - right)
+        if self.legend_rows and self._legend_from_top() is not None:  # Plotly starts the plot under its last row
+            top = max(top, self._legend_from_top() + self._legend_row_height() * len(self.legend_rows) + 14)
         x0, x1, y0, y1 = left, self.width - right, self.height - bottom, top
         axes = {}
         for name, spec in specs.items():
@@ -406,34 +410,56 @@ class _Canvas:
             for i, line in enumerate(lines):
                 self._label(x, top + 1.25 * size * (i + 0.5), line, size, color, anchor)
 
-    def _legend(self) -> None:
+    def _legend_size(self) -> float:
+        return float(((self.layout.get("legend") or {}).get("font") or {}).get("size") or self.size)
+
+    def _legend_row_height(self) -> float:
+        return 1.5 * self._legend_size()
+
+    def _legend_from_top(self) -> float | None:
+        """Pixels from the picture's top to a legend placed from the top of the figure (`yref`
+        'container', anchored at its top); None for a legend placed against the plot."""
+        legend = self.layout.get("legend") or {}
+        if legend.get("yref") != "container" or legend.get("yanchor") != "top" or not _finite(legend.get("y")):
+            return None
+        return (1 - float(legend["y"])) * self.height
+
+    def _legend_layout(self, left: float, right: float) -> list[list[tuple[float, int, dict, str]]]:
+        """The legend's entries in rows that fit between `left` and `right` (the plot's width), each
+        (x, trace index, trace, name); [] without a legend."""
         if self.layout.get("showlegend") is False:
-            return
+            return []
         entries = []
         for i, trace in enumerate(self.data):
             if trace.get("showlegend") is False or not trace.get("name") or trace.get("visible", True) is not True:
                 continue
             entries.append((i, trace))
         if not entries or (len(entries) == 1 and self.layout.get("showlegend") is not True):
-            return
+            return []
         legend = self.layout.get("legend") or {}
-        size = float((legend.get("font") or {}).get("size") or self.size)
-        left, top, right, _ = self.plot
-        x, y = left, top - 6 - 0.9 * size
-        rows = [[]]
-        for i, trace in entries:  # wrap into rows that fit the width, then draw from the bottom row up
-            name = _text(trace["name"])[0]
+        size = self._legend_size()
+        start = float(legend.get("x") or 0) * self.width + 4 if legend.get("xref") == "container" else left
+        x, rows = start, [[]]
+        for i, trace in entries:
+            name = " ".join(_text(trace["name"]))  # one line: a picture is wider than the narrowest chart
             need = 34 + _width(name, size) + 14
-            if rows[-1] and x + need > right + 10:
+            if rows[-1] and x + need > start + (right - left) + 10:
                 rows.append([])
-                x = left
+                x = start
             rows[-1].append((x, i, trace, name))
             x += need
+        return rows
+
+    def _legend(self) -> None:
+        """The legend's rows: down from its place under the title, or up from the plot's top."""
+        rows, size, step = self.legend_rows, self._legend_size(), self._legend_row_height()
+        from_top = self._legend_from_top()
+        first = (from_top + step / 2 if from_top is not None
+                 else self.plot[1] - 6 - 0.9 * size - (len(rows) - 1) * step)
         for r, row in enumerate(rows):
-            row_y = y - (len(rows) - 1 - r) * 1.5 * size
             for x, i, trace, name in row:
-                self._legend_symbol(x, row_y, i, trace)
-                self._label(x + 34, row_y, name, size)
+                self._legend_symbol(x, first + r * step, i, trace)
+                self._label(x + 34, first + r * step, name, size)
 
     def _legend_symbol(self, x: float, y: float, index: int, trace: Mapping) -> None:
         color = _trace_color(trace, index)
@@ -459,11 +485,13 @@ class _Canvas:
         if not lines[0]:
             return
         size = float((title.get("font") or {}).get("size") or self.size * 1.2)
-        x = float(title.get("x", 0.5)) * self.width
+        x = float(title.get("x", 0.5)) * self.width + float((title.get("pad") or {}).get("l") or 0)
         anchor = {"left": "start", "right": "end"}.get(title.get("xanchor"), "middle")
-        top = (1 - float(title.get("y", 0.98))) * self.height
+        y = (1 - float(title.get("y", 0.98))) * self.height
+        # Plotly: the first line's baseline at y when anchored at the bottom (lines below it), else its top
+        middle = y - 0.35 * size if title.get("yanchor") == "bottom" else y + 0.5 * size
         for i, line in enumerate(lines):
-            self._label(x, top + size * (1.2 * i + 0.8), line, size, anchor=anchor)
+            self._label(x, middle + 1.3 * size * i, line, size, anchor=anchor)
 
     def draw(self) -> str:
         axes = self._build_axes()

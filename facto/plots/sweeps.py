@@ -84,9 +84,9 @@ def pareto_front(points: Iterable[Any], title: str | None = None) -> go.Figure:
         fig.update_yaxes(range=y_range)
     if x_range:
         fig.update_xaxes(range=x_range)
-    fig.update_xaxes(title_text="activation memory saved vs baseline (%)")
+    fig.update_xaxes(title_text="memory saved vs baseline (%)")
     fig.update_yaxes(title_text="test accuracy (%)")
-    return apply_style(fig, title, height=480, legend_rows=3)  # update modes, the front, the baseline
+    return apply_style(fig, title, height=480)
 
 
 def _staircase(front: Sequence[Mapping], x_range: Sequence[float], y_range: Sequence[float]) -> tuple[list, list]:
@@ -110,20 +110,23 @@ def sweep_figure(points: Iterable[Any]) -> go.Figure:
 
 
 def accuracy_heatmap(points: Iterable[Any], title: str | None = None) -> go.Figure:
-    """Facto test accuracy (%) over rank x bits, one panel per update mode."""
-    title = title or "Facto test accuracy (%) by rank and bits"
+    """Facto test accuracy (%) over rank x bits, one panel per update mode (the trained factor)."""
+    title = title or "Facto test accuracy (%) by rank and bits, per trained factor"
     pts = [p for p in as_rows(points) if p.get("variant", "facto") != "baseline"]
     if not pts:
         return empty_figure(title, "Sweep points appear here as runs finish")
     updates = list(dict.fromkeys(p.get("update") for p in pts))
     ranks = sorted({str(p.get("rank")) for p in pts}, key=_rank_sort)
     bits = sorted({p.get("bits") for p in pts}, key=lambda b: 99 if b is None else b)
-    fig = make_subplots(rows=1, cols=len(updates), subplot_titles=[f"update = {u}" for u in updates],
+    fig = make_subplots(rows=1, cols=len(updates), subplot_titles=[str(u) for u in updates],
                         horizontal_spacing=0.08, shared_yaxes=True)
     accs = [p["accuracy"] for p in pts if p.get("accuracy") is not None]
     zmin, zmax = (min(accs), max(accs)) if accs else (0, 100)
     if zmax - zmin < 1:
         zmin, zmax = zmin - 0.5, zmax + 0.5
+    cells = len(updates) * len(bits)  # columns of cells across a chart half the page wide: numbers where they fit
+    size = FONT_SIZE if cells <= 4 else FONT_SIZE - 3
+    shown = "%{text}" if cells <= 6 else ""  # the hover text still has each number
     for col, update in enumerate(updates, start=1):
         grid = [[None] * len(bits) for _ in ranks]
         for p in pts:
@@ -132,7 +135,7 @@ def accuracy_heatmap(points: Iterable[Any], title: str | None = None) -> go.Figu
         text = [["" if v is None else f"{v:.1f}" for v in row] for row in grid]
         fig.add_trace(go.Heatmap(
             z=grid, x=[fmt_bits(b) for b in bits], y=[f"rank {r}" for r in ranks], text=text,
-            texttemplate="%{text}", textfont=dict(size=FONT_SIZE), coloraxis="coloraxis", xgap=2, ygap=2,
+            texttemplate=shown, textfont=dict(size=size), coloraxis="coloraxis", xgap=2, ygap=2,
             name=f"update={update}",
             hovertemplate=f"update {update}<br>%{{y}} · %{{x}}<br>accuracy %{{z:.2f}} %<extra></extra>"),
             row=1, col=col)

@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, INK, MB, apply_style, as_row, as_rows
+from .style import BASELINE_COLOR, FACTO_COLOR, FONT_SIZE, INK, MB, WIDE, apply_style, as_row, as_rows
 
 FROZEN_COLOR = "#C9CED6"
 
@@ -54,7 +54,7 @@ def layer_stages_figure(story: Any, title: str | None = None) -> go.Figure:
                        showarrow=False, font=dict(color="#6B7280", size=FONT_SIZE - 2))
     fig.update_xaxes(visible=False, range=[-0.05, 3.05])
     fig.update_yaxes(visible=False, range=[0.1, 3.0])
-    return apply_style(fig, title, 330, legend=False)
+    return apply_style(fig, title, 330, legend=False, width=WIDE)
 
 
 def _tint(color: str, amount: float = 0.55) -> str:
@@ -85,10 +85,9 @@ def kept_bytes_bars(story: Any, title: str | None = None) -> go.Figure:
                                                           pattern=dict(shape="/")),
                              hovertemplate="recompute removes %{x:.3f} MB<extra></extra>"))
     fig.update_xaxes(title_text="MB")
-    apply_style(fig, title, 490)
-    fig.update_layout(barmode="stack", margin=dict(t=64, b=170), yaxis=dict(automargin=True),  # legend below "MB"
-                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.34, yanchor="top"))
-    return fig
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(automargin=True)
+    return apply_style(fig, title, 490)
 
 
 def rank_curve_figure(points: Iterable[Any], selected: str | None = None, title: str | None = None) -> go.Figure:
@@ -136,4 +135,4 @@ def plan_bars(data: Mapping, title: str | None = None) -> go.Figure:
                   annotation_text=f"budget {data['budget']:,.0f} MB", annotation_position="top left")
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="MB", range=[0, data["budget"] * 1.12])
-    return apply_style(fig, title, 460)
+    return apply_style(fig, title, 460, width=WIDE)

@@ -16,6 +16,8 @@ from .style import (
     FONT_SIZE,
     HISTORY_COLOR,
     INK,
+    NARROW,
+    WIDE,
     apply_style,
     as_rows,
     config_label,
@@ -124,7 +126,7 @@ def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: st
                 hovertemplate=f"{name} CUDA peak<br>step %{{x}}<br>%{{y:.1f}} MB<extra></extra>"))
     fig.update_yaxes(title_text="MB", rangemode="tozero")
     fig.update_xaxes(title_text="training step")
-    return apply_style(fig, title, legend_rows=3)  # one line per variant's group of lines
+    return apply_style(fig, title)
 
 
 def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
@@ -135,7 +137,7 @@ def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Fig
     title = title or "GPU memory per step: stored vs what the allocator holds (MB)"
     steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
     if not any(r.get("peak_cuda") is not None for r in steps):
-        return empty_figure(title, "Measured on CUDA only: this run is on another device")
+        return empty_figure(title, "Measured on CUDA only: this run is on another device", width=WIDE)
     fig = go.Figure()
     for v in variant_order(r["variant"] for r in steps):
         s = [r for r in steps if r["variant"] == v]
@@ -151,7 +153,7 @@ def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Fig
                                  hovertemplate=f"{name} stored<br>step %{{x}}<br>%{{y:.2f}} MB<extra></extra>"))
     fig.update_yaxes(title_text="MB", rangemode="tozero")
     fig.update_xaxes(title_text="training step")
-    return apply_style(fig, title, legend_rows=3)  # one line per variant's group of lines
+    return apply_style(fig, title, width=WIDE)
 
 
 def live_point(steps: Iterable[Any], evals: Iterable[Any] = (), config: Mapping | None = None,
@@ -208,7 +210,7 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
         live: the current run's point (see `live_point`), or None.
         session_name: the legend name of the 'session' points (orange).
     """
-    title = title or "Memory saving vs accuracy change"
+    title = title or "Saving vs accuracy change"
     points = as_rows(points)
     fig = go.Figure()
     styles = {"history": ("Earlier runs (history)", HISTORY_COLOR, 10),
@@ -238,12 +240,12 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
     fig.add_hline(y=0, line=dict(color=BASELINE_COLOR, width=2, dash="dash"),
                   annotation_text="baseline accuracy", annotation_position="bottom left",
                   annotation_font=dict(color=BASELINE_COLOR, size=FONT_SIZE - 2))
-    fig.update_xaxes(title_text="activation memory saved (%)", range=[-2, 102])
+    fig.update_xaxes(title_text="memory saved (%)", range=[-2, 102])
     fig.update_yaxes(title_text="test accuracy change (points)", range=[low, high], zeroline=False)
     if not fig.data:
         fig.add_annotation(text=empty_text, x=50, y=low / 2, showarrow=False,
                            font=dict(size=FONT_SIZE, color="#808495"))
-    return apply_style(fig, title)
+    return apply_style(fig, title, width=NARROW)  # History draws it in a 2/5 column
 
 
 def tradeoff_range(ys: Sequence[float]) -> tuple[float, float]:

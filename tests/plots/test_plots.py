@@ -26,7 +26,8 @@ def _evals() -> list[EvalEvent]:
 
 
 def _names(fig: go.Figure) -> list[str]:
-    return [t.name for t in fig.data]
+    """The traces' names as read: a long one is wrapped onto lines (<br>) to fit a narrow chart."""
+    return [t.name.replace("<br>", " ") for t in fig.data]
 
 
 def _check(fig: go.Figure) -> dict:
@@ -123,7 +124,7 @@ def test_tradeoff_scatter_with_session_history_and_live_point():
     assert "test accuracy change" in fig.data[1].hovertemplate
     tested = plots.live_point(_steps(), _evals())
     assert tested["accuracy_delta"] == pytest.approx(-2.0) and tested["basis"] == "test"  # test accuracy wins
-    assert plots.tradeoff_scatter([], tested).data[0].name == "Current run (live, test accuracy)"
+    assert _names(plots.tradeoff_scatter([], tested))[0] == "Current run (live, test accuracy)"
     assert plots.live_point([], []) is None
 
 
@@ -165,7 +166,7 @@ def test_pareto_front_marks_the_non_dominated_points():
     assert list(front.x) == [x0, 90.0, 90.0, 92.0, 92.0] and list(front.y) == [98.5, 98.5, 97.0, 97.0, y0]
     assert list(fig.data[0].text) == ["", "r0.5·2b", ""]  # front points are labelled
     assert fig.layout.shapes[0].y0 == 99.0  # the baseline accuracy line
-    assert plots.sweep_figure(_sweep_points()).data[2].name == front_name
+    assert _names(plots.sweep_figure(_sweep_points()))[2] == front_name
     assert len(plots.pareto_front([]).data) == 0
 
 
@@ -247,3 +248,27 @@ def test_methods_figure_one_point_per_non_dense_method():
     fig = methods_figure(rows)
     assert [t.x[0] for t in fig.data] == [90.0, 96.0]
     assert [round(t.y[0], 2) for t in fig.data] == [-0.5, -0.1]
+
+
+def test_wrap_breaks_at_spaces_and_keeps_given_lines():
+    from facto.plots.style import wrap
+
+    assert wrap("Error distribution at 4 bits (whole batch)", 20) == "Error distribution<br>at 4 bits (whole<br>batch)"
+    assert wrap("short", 20) == "short"
+    assert wrap("a_long_layer_name.0.conv x", 10) == "a_long_layer_name.0.conv<br>x"  # a long word: a line of its own
+    assert wrap("one<br>two three", 5) == "one<br>two<br>three"
+
+
+def test_titles_and_legend_names_fit_the_narrowest_chart():
+    """At 1024x768 with the sidebar open a half-width chart is about 270 px wide (style.HALF): its
+    title and legend entries are wrapped to fit there; a chart across the page keeps a longer line."""
+    from facto.plots.style import HALF, LEGEND_SIZE, TITLE_SIZE, WIDE, chars
+
+    half = plots.error_histogram(torch.randn(100), title="Error distribution at 4 bits (whole batch)")
+    assert half.layout.title.text.count("<br>") == 1
+    memory = plots.memory_curves(_steps(3))
+    for fig, width in ((half, HALF), (memory, HALF), (plots.cuda_memory_curves([]), WIDE)):
+        assert all(len(line) <= chars(width, TITLE_SIZE) for line in fig.layout.title.text.split("<br>"))
+        for trace in fig.data:
+            assert all(len(line) <= chars(width, LEGEND_SIZE) for line in trace.name.split("<br>"))
+    assert plots.cuda_memory_curves([]).layout.title.text.count("<br>") == 0

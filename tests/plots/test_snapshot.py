@@ -185,3 +185,17 @@ def test_the_same_figure_gives_the_same_picture_in_another_process():
     pictures = {subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, check=True,
                                env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
     assert len(pictures) == 1 and "<svg" in next(iter(pictures))
+
+@pytest.mark.parametrize("width", [300, 480, 960])
+def test_the_legend_sits_between_the_title_and_the_plot(width):
+    """As in the interactive chart: the title's lines, under them the legend's rows (as many as the
+    width needs), under those the plot."""
+    fig = plots.memory_curves(_steps())
+    root = _svg(fig, width)
+    _, top, _, _ = _plot_area(root)
+    texts = {"".join(t.itertext()): float(t.get("y")) for t in root.iter(SVG + "text") if t.get("y")}
+    title = [texts[line] for line in fig.layout.title.text.split("<br>")]
+    legend = [texts[t.name] for t in fig.data]
+    size = fig.layout.legend.font.size
+    assert max(title) + fig.layout.title.font.size < min(legend) - size / 2
+    assert max(legend) + size / 2 < top
