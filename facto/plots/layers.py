@@ -31,7 +31,7 @@ def layer_bytes_bars(layer_bytes: Mapping[str, Mapping[str, int]], layer_types: 
         layer_types: optional {layer name: module type} shown next to the name (in the hover text only
             when the bars are horizontal: a long model's names stay short enough for half the page).
     """
-    title = title or "Stored for backward, per layer (one batch)"
+    title = title or "Stored per layer (one batch)"
     variants = variant_order(v for v in layer_bytes if v != "warmup")
     if not variants or not any(layer_bytes[v] for v in variants):
         return empty_figure(title, "No per-layer numbers yet")

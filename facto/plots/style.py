@@ -33,10 +33,10 @@ LEGEND_SIZE = FONT_SIZE - 1
 FONT_FAMILY = '"Source Sans", "Source Sans Pro", "Open Sans", Arial, sans-serif'
 EM = 0.46  # an average character's width as a fraction of the font size (Source Sans, Arial: a little over)
 # The narrowest a chart is drawn (pixels): a 1024x768 window with the sidebar open gives a chart
-# across the page about 560 px, one in half of it about 270 px, one in History's 2/5 column 220 px.
+# across the page about 560 px, one in half of it about 270 px (History's 2/5 column: 220 px, where
+# its one chart has a title that wraps short enough).
 WIDE = 560
 HALF = 270
-NARROW = 220
 TITLE_TOP = 8  # pixels above the title's first line
 TITLE_LINE = 22  # pixels a title line takes (Plotly's line spacing, 1.3 em)
 
@@ -95,7 +95,7 @@ def chars(width: float, size: float) -> int:
 def apply_style(fig: go.Figure, title: str, height: int = 420, legend: bool = True, width: int = HALF) -> go.Figure:
     """Common look: white background, light grid, readable fonts, title top-left, legend under it.
 
-    `width`: the narrowest the chart is drawn (WIDE, HALF or NARROW). The title is wrapped to fit
+    `width`: the narrowest the chart is drawn (WIDE or HALF). The title is wrapped to fit
     it, and so are legend entries and subplot titles (to a panel's width there). The title's lines
     and the legend are placed from the top (container coordinates): the legend starts under the
     title's last line, and Plotly starts the plot under the legend's last row, however many rows it

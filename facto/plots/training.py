@@ -16,7 +16,6 @@ from .style import (
     FONT_SIZE,
     HISTORY_COLOR,
     INK,
-    NARROW,
     WIDE,
     apply_style,
     as_rows,
@@ -99,7 +98,7 @@ def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: st
     Facto's bytes before compression (`raw_bytes`) are drawn dashed, and the CUDA allocator
     peak (`peak_cuda`) dotted where it was measured.
     """
-    title = title or "Activation memory stored for backward (MB)"
+    title = title or "Activations stored for backward"  # MB: on the y axis
     steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
     if not steps:
         return empty_figure(title, empty_text)
@@ -210,7 +209,7 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
         live: the current run's point (see `live_point`), or None.
         session_name: the legend name of the 'session' points (orange).
     """
-    title = title or "Saving vs accuracy change"
+    title = title or "Memory saving vs accuracy change"
     points = as_rows(points)
     fig = go.Figure()
     styles = {"history": ("Earlier runs (history)", HISTORY_COLOR, 10),
@@ -245,7 +244,7 @@ def tradeoff_scatter(points: Iterable[Any], live: Mapping | None = None, title: 
     if not fig.data:
         fig.add_annotation(text=empty_text, x=50, y=low / 2, showarrow=False,
                            font=dict(size=FONT_SIZE, color="#808495"))
-    return apply_style(fig, title, width=NARROW)  # History draws it in a 2/5 column
+    return apply_style(fig, title)
 
 
 def tradeoff_range(ys: Sequence[float]) -> tuple[float, float]:
