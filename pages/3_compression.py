@@ -10,7 +10,7 @@ import streamlit as st
 
 import ui
 from facto import plots
-from facto.config import SETTINGS, RunConfig
+from facto.config import SETTINGS, RunConfig, count
 from facto.memory.analysis import bits_table, compression_sample, feature_maps
 
 ui.page("Facto · compression")
@@ -132,7 +132,8 @@ st.plotly_chart(plots.feature_map_images(
     title=f"{layer} ({types.get(layer, '')}), image {image}: first {min(channels, x.shape[1])} channels"),
     key="cmp_images", **ui.CHART)
 left, right = st.columns(2)
-left.plotly_chart(plots.error_histogram(sample["error"], title=f"Error distribution at {bits} bits (whole batch)"),
+left.plotly_chart(plots.error_histogram(sample["error"],
+                                        title=f"Error distribution at {count(bits, 'bit')} (whole batch)"),
                   key="cmp_hist", **ui.CHART)
 right.plotly_chart(plots.bits_curves(bits_table(x, block, stochastic, bits=BITS), selected=bits,
                                      title="Error and size vs bits (whole batch)"), key="cmp_bits_chart", **ui.CHART)

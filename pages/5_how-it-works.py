@@ -9,7 +9,7 @@ import streamlit as st
 
 import ui
 from facto import plots
-from facto.config import SETTINGS, RunConfig
+from facto.config import SETTINGS, RunConfig, count
 from facto.memory.explain import GLOSSARY, PAPER, conv_layers, explain_layer, layer_input, rank_curve
 
 ui.page("Facto · how it works")
@@ -136,7 +136,7 @@ else:
 
     sample = compression_sample(fmap, config.bits, config.block, True)
     st.caption(f"The layer's input feature map (the first factor's input, {'×'.join(map(str, fmap.shape[1:]))} "
-               f"per image) at {config.bits} bits in blocks of {config.block}: relative error "
+               f"per image) at {count(config.bits, 'bit')} in blocks of {config.block}: relative error "
                f"{100 * sample['rel_error']:.2f} %, {sample['raw_bytes'] / sample['bytes']:.1f}× smaller. "
                + (f"What Facto keeps here is the {result.update} factor's input "
                   f"({'×'.join(map(str, trained_input.shape[1:]))}), compressed the same way."
