@@ -111,8 +111,8 @@ class _Packer:
             return hit[1]  # the same tensor saved by a second op: stored (and counted) once
         stored = self.store(x)
         self.views[key] = (weakref.ref(x), stored)
-        kept_as_is = stored is x
-        held = (x,) if kept_as_is else stored.tensors()
+        kept_as_is = isinstance(stored, Tensor)
+        held = (stored,) if kept_as_is else stored.tensors()
         stored_bytes = self.count_new_storages(held)
         # raw: what dense fp32 training would hold for this tensor (its storage, once)
         raw = stored_bytes if kept_as_is else x.numel() * x.element_size()
@@ -139,10 +139,12 @@ class _Packer:
         return total
 
     def store(self, x: Tensor):
-        """The object to hold for backward: `x` itself when kept as is, else a compressed container."""
+        """The object to hold for backward: `x` detached when kept as is (its storage, without its
+        autograd history: an op's output saved as itself would hold its own node, a cycle that keeps
+        a forward's maps alive when no backward follows), else a compressed container."""
         if x.is_complex() or (x.is_floating_point() and (
                 self.meter.bits is None or x.dim() < 2 or x.numel() < self.min_numel)):
-            return x
+            return x.detach()
         generator = self.generator
         if generator is not None and generator.device.type != x.device.type:
             generator = None  # a generator draws on its own device only
