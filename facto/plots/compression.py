@@ -81,7 +81,7 @@ def error_histogram(error, bins: int = 80, title: str | None = None, max_values:
     fig.update_xaxes(title_text="error (activation units)")
     fig.update_yaxes(title_text="values")
     fig.update_layout(bargap=0.02)
-    return apply_style(fig, title, height=380, legend=False)
+    return apply_style(fig, title, height=480, legend=False)  # beside bits_curves
 
 
 def bits_curves(rows: Iterable[Any], selected: int | None = None, title: str | None = None) -> go.Figure:
