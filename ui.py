@@ -39,7 +39,10 @@ from facto.engine.jobs import Job, JobRegistry, in_child
 from room import (PageLimits, Room, ascii_int, env_problems, jobs_mode, max_runs,  # noqa: F401 (the pages use ui.*)
                   room_problems)
 
-CHART = dict(theme=None, config={"displaylogo": False})
+# Plotly's toolbar (modebar) is off: it showed over a chart's title on hover, and in a column half
+# the page wide (a projector's 1024 px, sidebar open) it covered most of it. Zoom by dragging and a
+# double click to reset still work; Streamlit's own toolbar above the chart opens it full screen.
+CHART = dict(theme=None, config={"displaylogo": False, "displayModeBar": False})
 # The browser tab's icon. An emoji: Streamlit draws it locally, where a ":material/...:" favicon is
 # fetched from Google's font CDN on every page load (an offline classroom logs errors, and every
 # student's browser calls Google).
@@ -56,6 +59,17 @@ LIVE_CHART_WIDTH = 480  # a half-width chart drawn as a picture while a run goes
 # the machine that also trains (one laptop in a classroom) spends the training's cores painting it.
 LIVE_VIEW_STYLE = ("<style>[data-stale='true']{opacity:1!important;transition:none!important}"
                    "[data-testid='stProgress'] *{transition:none!important}</style>")
+
+# Every page's metric cards (st.html(CARD_STYLE) once a page): a card is at least 12rem wide, so a
+# row of four wraps into two rows of two where the page is narrow (1024 px, sidebar open) instead of
+# cutting labels and values to "Dense lay…" "2.62…"; a label wraps onto a second line rather than
+# ending in an ellipsis, and a value's size follows its card's width (at most Streamlit's 2.25rem).
+CARD_STYLE = ("<style>[data-testid='stColumn']:has(> [data-testid='stVerticalBlock'] > "
+              "[data-testid='stElementContainer'] > [data-testid='stMetric']){min-width:min(12rem,100%)}"
+              "[data-testid='stMetric']{container-type:inline-size}"
+              "[data-testid='stMetricValue']{font-size:min(2.25rem,14cqi)}"
+              "[data-testid='stMetricLabel'] [data-testid='stMarkdownContainer'],"
+              "[data-testid='stMetricLabel'] p{white-space:normal}</style>")
 
 
 # ----------------------------------------------------------------------------- pages
