@@ -9,9 +9,14 @@ audit, the step peak, the planner), `engine` (the training step and loop, data, 
 jobs, sweeps, benchmarks), `store` (the run history), `plots` (figures), `cli` (the
 `facto` command); `config` holds every setting once.
 """
+from .cli.program import is_program as _is_program
 from .cli.program import quiet_start_up as _quiet_start_up
+from .memory.process import return_big_buffers
 
 __version__ = "0.5.0"
+
+if _is_program():  # the facto program trains: its resident memory follows what it holds (facto.memory.process)
+    return_big_buffers()
 
 with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
     import torch as _torch  # noqa: F401
@@ -40,6 +45,6 @@ __all__ = [
     "RankPolicy", "RunConfig", "RunStore", "StartEvent", "StepEvent", "SummaryEvent", "Variant", "__version__",
     "compare", "compress", "create_model", "dataset_info", "describe", "factorize", "format_report",
     "fuse_recompute", "hold", "list_datasets", "list_models", "load_data", "measure_activations", "parse_rank",
-    "preset", "record", "register_model", "run", "saved_activations", "seeded", "sweep", "to_dense",
+    "preset", "record", "register_model", "return_big_buffers", "run", "saved_activations", "seeded", "sweep", "to_dense",
     "train_step", "with_relu_masks",
 ]

@@ -64,6 +64,7 @@ class StepEvent:
     step_seconds: float
     lr: float
     cuda_allocated: int | None = None
+    process_peak: int | None = None  # resident bytes of the process at most during the step (CPU, Linux)
     type: str = "step"
 
 
@@ -112,6 +113,7 @@ class SummaryEvent:
     run_id: int | None = None
     tested_step: int | None = None  # the test point `accuracy` is from (the latest every variant reached)
     tested_epoch: int | None = None
+    process_peak: dict[str, int | None] = field(default_factory=dict)  # resident peak of a step, per variant (CPU)
     type: str = "summary"
 
 
@@ -158,6 +160,8 @@ class RunTracker:
         act = {v: max(s.act_bytes for s in self.steps[v]) for v in variants}
         peak = {v: max((s.peak_cuda for s in self.steps[v] if s.peak_cuda is not None), default=None)
                 for v in variants}
+        resident = {v: max((s.process_peak for s in self.steps[v] if s.process_peak is not None), default=None)
+                    for v in variants}
         secs = {v: statistics.median(s.step_seconds for s in self.steps[v][1:] or self.steps[v])
                 for v in variants}
         saving = delta = None
@@ -171,7 +175,8 @@ class RunTracker:
                             wall_seconds=time.perf_counter() - self.began, saving_pct=saving,
                             accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id,
                             tested_step=self.common_test_step(variants),
-                            tested_epoch=next(iter(tested.values())).epoch if tested else None)
+                            tested_epoch=next(iter(tested.values())).epoch if tested else None,
+                            process_peak=resident)
 
     def common_test_step(self, variants: list[str]) -> int | None:
         """The latest step after which every variant of `variants` still training was tested."""

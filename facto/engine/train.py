@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..method.factorize import describe
+from ..memory.process import ResidentPeak
 from ..method.layers import FactorizedLayer, replace_module
 from . import distributed
 from .build import Variant, dense_model, layer_bytes, run_variants
@@ -113,6 +114,7 @@ class StepResult:
     cuda_allocated: int | None
     seconds: float
     lr: float
+    process_peak: int | None = None  # resident bytes of the process at most during the step (CPU, Linux)
 
 
 @dataclass
@@ -131,8 +133,10 @@ class Trainer:
     cycle: list[str] = field(default_factory=list)
     step: int = 0
     failure: str | None = None
+    own_peak: bool = True  # reset the process's resident peak before each step: this trainer's own peak
 
     def __post_init__(self) -> None:
+        self.resident = ResidentPeak() if self.device.type == "cpu" else None
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         own_dropout(self.model, self.generator)
         self.scaler = (torch.amp.GradScaler(self.device.type)
@@ -150,7 +154,8 @@ class Trainer:
                    precision=variant.precision, seed=config.seed * 1009 + offset, cycle=list(variant.cycle))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        """One optimisation step (`facto.engine.step.train_step`), timed, with the allocator's peak on CUDA.
+        """One optimisation step (`facto.engine.step.train_step`), timed, with the allocator's peak on
+        CUDA and the process's resident peak on the CPU (what the machine gave the process).
 
         Raises NonFiniteError (the weights are left untouched) when the loss or a gradient
         is not finite.
@@ -159,6 +164,8 @@ class Trainer:
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        if self.resident is not None and self.own_peak:
+            self.resident.reset()
         start = time.perf_counter()
         try:
             out = train_step(self.model, x, y, bits=self.bits, block=self.block, precision=self.precision,
@@ -173,8 +180,10 @@ class Trainer:
             peak = torch.cuda.max_memory_allocated(self.device)
             allocated = torch.cuda.memory_allocated(self.device)
         self.step += 1
+        seconds = time.perf_counter() - start
         return StepResult(out.loss, 100.0 * out.correct / max(len(y), 1), out.meter.bytes, out.meter.raw_bytes,
-                          peak, allocated, time.perf_counter() - start, self.scheduler.get_last_lr()[0])
+                          peak, allocated, seconds, self.scheduler.get_last_lr()[0],
+                          self.resident.read() if self.resident is not None else None)
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:
@@ -311,6 +320,8 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     tracker.add(start)
     yield start
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]
+    if len(trainers) == 1:  # alone in its process: its peak is the process's (getrusage's ru_maxrss agrees)
+        trainers[0].own_peak = False
     for event in _train(trainers, schedule, train_loader, data.test_loader):
         tracker.add(event)
         yield event
@@ -344,7 +355,7 @@ def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loade
                     continue
                 loss, acc = distributed.reduce_mean(r.loss, r.accuracy, t.device)
                 yield StepEvent(t.name, step, epoch + 1, loss, acc, r.act_bytes, r.raw_bytes, r.peak_cuda,
-                                r.seconds, r.lr, r.cuda_allocated)
+                                r.seconds, r.lr, r.cuda_allocated, r.process_peak)
             if schedule.evaluates_after(step):
                 for t in trainers:
                     if not t.failure:
@@ -363,7 +374,7 @@ def _warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator
             check_stop()
             r = t.train_step(x.to(device), y.to(device))
             yield StepEvent("warmup", t.step - config.warm_start_steps, 0, r.loss, r.accuracy, r.act_bytes,
-                            r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated)
+                            r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated, r.process_peak)
 
 
 def run(config: RunConfig, variant: str = "facto") -> Iterator[Event]:
