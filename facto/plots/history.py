@@ -74,7 +74,7 @@ def history_chart(runs: Iterable[Mapping], metric: str = "accuracy", title: str 
         return empty_figure(title, "Nothing of this kind stored for the selected runs (yet)", 460)
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=HISTORY_AXES[metric], rangemode="tozero" if metric != "accuracy" else "normal")
-    return apply_style(fig, title, height=460)
+    return apply_style(fig, title, height=max(460, 400 + 20 * len(runs)))  # a legend row per run, about
 
 
 METHOD_COLORS = {"dense": BASELINE_COLOR, "checkpointing": "#54A24B", "compression only": "#B279A2",
