@@ -404,7 +404,9 @@ def cards(view: dict) -> None:
     when = tested_when(summary)
     acc = (summary.get("accuracy") or {}) if when else {}
     acc_delta = summary.get("accuracy_delta") if when else None
-    peak = summary.get("peak_cuda") or {}
+    peak, what = summary.get("peak_cuda") or {}, "CUDA"
+    if not any(v is not None for v in peak.values()):  # on a CPU: what the machine gave the process
+        peak, what = summary.get("process_peak") or {}, "process"
     show_peak = any(v is not None for v in peak.values())
     memory, accuracy = st.columns(4 if show_peak else 3), st.columns(4 if show_peak else 3)
     memory[0].metric("Baseline activations", _mb(base_b), **ui.CARD,
@@ -432,11 +434,14 @@ def cards(view: dict) -> None:
                             "same training. " + ("" if when else waiting))
     if show_peak:
         pb, pf = peak.get("baseline"), peak.get("facto")
-        memory[3].metric("Peak CUDA memory (Facto)", _mb(pf), **ui.CARD, delta_color="inverse",
-                         delta=None if pb is None or pf is None else f"{(pf - pb) / plots.MB:+,.1f} MB",
-                         help="torch.cuda.max_memory_allocated during a Facto step; the delta is against the "
-                              "baseline's peak. This is what the GPU must hold.")
-        accuracy[3].metric("Peak CUDA memory (baseline)", _mb(pb), **ui.CARD)
+        how = ("torch.cuda.max_memory_allocated during a Facto step; the delta is against the baseline's peak. "
+               "This is what the GPU must hold." if what == "CUDA" else
+               "The process's resident memory at its most during a Facto step (Linux VmHWM): weights, optimizer "
+               "state, the interpreter and the step's buffers; the delta is against the baseline's. This is "
+               "what the machine gave the training process.")
+        memory[3].metric(f"Peak {what} memory (Facto)", _mb(pf), **ui.CARD, delta_color="inverse",
+                         delta=None if pb is None or pf is None else f"{(pf - pb) / plots.MB:+,.1f} MB", help=how)
+        accuracy[3].metric(f"Peak {what} memory (baseline)", _mb(pb), **ui.CARD)
 
 
 def tradeoff_points() -> list[dict]:
@@ -472,7 +477,8 @@ def _field(row, name: str):
 
 
 def charts(view: dict) -> None:
-    """The run's four charts (five on CUDA). While it goes they are images drawn on the server
+    """The run's four charts, and a fifth of what the machine holds (the GPU's allocator on CUDA, the
+    process's resident peak on a CPU under Linux). While it goes they are images drawn on the server
     (`plots.figure_svg`), rebuilt at most once per CHART_REFRESH_S for every tab; when it ends,
     the interactive Plotly charts of the same figures."""
     cache, job_id, version = ui.figures(), view["job_id"] or -(view["run_id"] or 0), view["version"]
@@ -495,6 +501,8 @@ def charts(view: dict) -> None:
     draw(right, "memory", version, lambda: plots.memory_curves(view["steps"], empty_text=empty))
     if any(_field(s, "peak_cuda") is not None for s in view["steps"]):  # trained on CUDA
         draw(st, "cuda", version, lambda: plots.cuda_memory_curves(view["steps"]), 2 * ui.LIVE_CHART_WIDTH)
+    elif any(_field(s, "process_peak") is not None for s in view["steps"]):  # on a CPU: what the process got
+        draw(st, "process", version, lambda: plots.process_memory_curves(view["steps"]), 2 * ui.LIVE_CHART_WIDTH)
     left, right = st.columns(2)
     types = layer_types(cfg.get("model", RunConfig().model), cfg.get("dataset", RunConfig().dataset))
     draw(left, "layers", 1 if view["layer_bytes"] else 0, lambda: plots.layer_bytes_bars(view["layer_bytes"], types))

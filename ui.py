@@ -94,6 +94,7 @@ def page(tab_title: str) -> None:
     """Every page's start: the browser tab's title, the wide layout, the run history (opened once
     per server) and, at the top of the sidebar, the navigation to every page."""
     st.set_page_config(page_title=tab_title, page_icon=PAGE_ICON, layout="wide")
+    st.html(CARD_STYLE)
     history()
     st.query_params.pop("v", None)  # a visitor token of older links: identity is the browser's, not the URL's
     with st.sidebar:

@@ -34,24 +34,24 @@ def plain(error: Exception, label: str) -> str:
     return re.sub(r"^[\w-]+=", f"{label} ", str(error), count=1)
 
 
-def input_errors(s) -> dict[str, str]:
+def input_errors(state) -> dict[str, str]:
     """What is wrong with each input now (widget key -> plain words), checked before anything is planned."""
     errors = {}
     try:
-        check_model_name(s["fit_model"].strip(), torchvision_layout=True)
+        check_model_name(state["fit_model"].strip(), torchvision_layout=True)
     except ValueError as exc:
         errors["fit_model"] = plain(exc, "Model")
     try:
-        check_input_size(parse_input_shape(s["fit_input"].strip()), limits.max_input)
+        check_input_size(parse_input_shape(state["fit_input"].strip()), limits.max_input)
     except LimitError as exc:  # the server plans in its own process: `facto plan` on your machine takes more
         errors["fit_input"] = plain(exc, "Input shape") + ". `facto plan` on your own machine has no such limit."
     except ValueError as exc:
         errors["fit_input"] = plain(exc, "Input shape")
     try:
-        parse_budget(s["fit_budget"].strip())
+        parse_budget(state["fit_budget"].strip())
     except ValueError as exc:
         errors["fit_budget"] = plain(exc, "Memory budget")
-    if not s["fit_variants"]:
+    if not state["fit_variants"]:
         errors["fit_variants"] = "Choose at least one variant."
     return errors
 
@@ -67,7 +67,7 @@ for key, value in defaults.items():
     st.session_state.setdefault(key, value)
 s = st.session_state
 limits = ui.page_limits()
-errors = input_errors(s)
+errors = input_errors(st.session_state)
 with st.sidebar:
     st.header("Your training")
     st.text_input("Model", key="fit_model",

@@ -48,6 +48,7 @@ from .training import (  # noqa: F401
                        WAITING,
                        accuracy_curves,
                        cuda_memory_curves,
+                       process_memory_curves,
                        live_point,
                        memory_curves,
                        tradeoff_points,
@@ -60,5 +61,5 @@ __all__ = [
     "config_label", "accuracy_curves", "memory_curves", "live_point", "tradeoff_points", "tradeoff_scatter",
     "tradeoff_range", "layer_bytes_bars", "params_bars", "pareto_front", "sweep_figure", "accuracy_heatmap",
     "feature_map_images", "error_histogram", "bits_curves", "run_style", "history_chart", "methods_figure",
-    "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves", "figure_svg",
+    "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves", "process_memory_curves", "figure_svg",
 ]

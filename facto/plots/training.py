@@ -128,6 +128,27 @@ def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: st
     return apply_style(fig, title)
 
 
+def _machine_memory_curves(steps: list[dict], peak: str, held: str | None, what: str, title: str) -> go.Figure:
+    """Per variant: the step's peak (`peak`), what stays after it (`held`, when measured) and what
+    is stored for backward, in MB."""
+    fig = go.Figure()
+    for v in variant_order(r["variant"] for r in steps):
+        s = [r for r in steps if r["variant"] == v]
+        color, name, x = variant_color(v), variant_name(v), [r["step"] for r in s]
+        lines = [(peak, "step peak", dict(width=3), ".1f")]
+        if held is not None:
+            lines.append((held, "held after step", dict(width=2, dash="dot"), ".1f"))
+        lines.append(("act_bytes", "stored for backward", dict(width=1.5, dash="dash"), ".2f"))
+        for key, label, line, digits in lines:
+            fig.add_trace(go.Scatter(x=x, y=[to_mb(r.get(key)) for r in s], name=f"{name} · {label}", mode="lines",
+                                     line=dict(color=color, **line), legendgroup=v,
+                                     hovertemplate=f"{name} {label} ({what})<br>step %{{x}}<br>"
+                                                   f"%{{y:{digits}}} MB<extra></extra>"))
+    fig.update_yaxes(title_text="MB", rangemode="tozero")
+    fig.update_xaxes(title_text="training step")
+    return apply_style(fig, title, width=WIDE)
+
+
 def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
     """What the GPU holds per step (allocated after the step, and the step's peak) beside what is stored.
 
@@ -137,22 +158,20 @@ def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Fig
     steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
     if not any(r.get("peak_cuda") is not None for r in steps):
         return empty_figure(title, "Measured on CUDA only: this run is on another device", width=WIDE)
-    fig = go.Figure()
-    for v in variant_order(r["variant"] for r in steps):
-        s = [r for r in steps if r["variant"] == v]
-        color, name, x = variant_color(v), variant_name(v), [r["step"] for r in s]
-        fig.add_trace(go.Scatter(x=x, y=[to_mb(r.get("peak_cuda")) for r in s], name=f"{name} · step peak",
-                                 mode="lines", line=dict(color=color, width=3), legendgroup=v,
-                                 hovertemplate=f"{name} peak<br>step %{{x}}<br>%{{y:.1f}} MB<extra></extra>"))
-        fig.add_trace(go.Scatter(x=x, y=[to_mb(r.get("cuda_allocated")) for r in s], name=f"{name} · held after step",
-                                 mode="lines", line=dict(color=color, width=2, dash="dot"), legendgroup=v,
-                                 hovertemplate=f"{name} allocated<br>step %{{x}}<br>%{{y:.1f}} MB<extra></extra>"))
-        fig.add_trace(go.Scatter(x=x, y=[to_mb(r.get("act_bytes")) for r in s], name=f"{name} · stored for backward",
-                                 mode="lines", line=dict(color=color, width=1.5, dash="dash"), legendgroup=v,
-                                 hovertemplate=f"{name} stored<br>step %{{x}}<br>%{{y:.2f}} MB<extra></extra>"))
-    fig.update_yaxes(title_text="MB", rangemode="tozero")
-    fig.update_xaxes(title_text="training step")
-    return apply_style(fig, title, width=WIDE)
+    return _machine_memory_curves(steps, "peak_cuda", "cuda_allocated", "CUDA allocator", title)
+
+
+def process_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
+    """What the machine gave the training process per step on the CPU (its resident peak during
+    each variant's step, weights, optimizer state and the interpreter included) beside what is stored.
+
+    Only steps measured on a CPU under Linux carry `process_peak`; without them the figure says so.
+    """
+    title = title or "Process memory per step: stored vs what the machine gave the process (MB)"
+    steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
+    if not any(r.get("process_peak") is not None for r in steps):
+        return empty_figure(title, "Measured on a CPU under Linux only", width=WIDE)
+    return _machine_memory_curves(steps, "process_peak", None, "resident", title)
 
 
 def live_point(steps: Iterable[Any], evals: Iterable[Any] = (), config: Mapping | None = None,

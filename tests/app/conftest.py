@@ -16,3 +16,17 @@ def _scan_components_once():
     manifest_scanner.scan_component_manifests = lambda max_workers=None: list(cached())
     yield
     manifest_scanner.scan_component_manifests = scan
+
+
+@pytest.fixture()
+def browser():
+    """Headless Chromium (Debian's), closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -9,7 +9,6 @@ Skipped only when /usr/bin/chromium is missing.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -28,20 +27,6 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")]
-
-
-# Each time Streamlit marks an element stale (being redrawn): its opacity and transition then.
-# Streamlit's own rule fades a stale element to 0.33 after a 0.5 s delay (transition 1 s).
-RECORD_STALE_STYLE = """() => {
-  window.staleStyles = [];
-  new MutationObserver(records => {
-    for (const r of records) {
-      if (r.target.getAttribute("data-stale") !== "true") continue;
-      const style = getComputedStyle(r.target);
-      window.staleStyles.push(style.opacity + " " + style.transitionDuration);
-    }
-  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ["data-stale"]});
-}"""
 
 
 def free_port() -> int:
@@ -97,20 +82,6 @@ def server(tmp_path):
         yield url, tmp_path / "streamlit" / "home"
     finally:
         stop(proc)
-
-
-@pytest.fixture()
-def browser():
-    """Headless Chromium (Debian's), closed after the test."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def requests_elsewhere(page, url: str) -> list[str]:
@@ -237,7 +208,14 @@ def test_run_in_a_real_browser(server, browser, tmp_path):
     expect(saving).to_have_count(1, timeout=30_000)  # stale elements of the live view are gone
     value = saving.locator("[data-testid='stMetricValue']").inner_text()
     assert float(value.split()[0]) > 0
-    assert page.locator("[data-testid='stPlotlyChart']").count() == 4
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 5
+    # on a CPU under Linux, what the machine gave the process: each variant's step peak beside its stored bytes
+    process = page.locator("[data-testid='stPlotlyChart']", has_text="Process memory per step")
+    expect(process).to_have_count(1)
+    legend = process.locator(".legend").text_content()
+    assert "Baseline · step peak" in legend and "Facto · step peak" in legend, legend
+    peak = RunStore(home / "runs.db").list_runs()[0].summary["process_peak"]
+    assert peak["facto"] > 0 and peak["baseline"] > 0, peak
     expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
     page.screenshot(path=str(tmp_path / "main.png"), full_page=True)
     (run,) = RunStore(home / "runs.db").list_runs()
@@ -248,64 +226,6 @@ def test_run_in_a_real_browser(server, browser, tmp_path):
     problems = layout_problems(page, tmp_path / "projector", "main", charts)
     assert problems == [], "\n".join(problems)
     assert elsewhere == []
-
-
-def test_two_students_share_runs_reload_reattaches_and_stop_works_from_another_tab(server, browser, tmp_path):
-    """Two browser contexts (two students): A starts a run; B sees it in progress and watches it;
-    A reloads and is back on its run; B stops it; the run is stored as interrupted."""
-    from playwright.sync_api import expect
-
-    url, home = server
-    a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    a.goto(url)
-    a.wait_for_selector(IDLE, timeout=90_000)
-    a.get_by_text("Advanced: subset, blocks").click()
-    subset = a.get_by_role("spinbutton", name="Train images (0 = all)")
-    subset.fill("1280")  # 20 steps per epoch x 20 epochs: still going when B stops it
-    subset.press("Enter")
-    a.wait_for_selector(IDLE, timeout=30_000)
-    epochs = a.get_by_role("spinbutton", name="Epochs")
-    epochs.fill("20")
-    epochs.press("Enter")
-    a.wait_for_selector(IDLE, timeout=30_000)
-    a.get_by_role("button", name="Run", exact=True).click()
-    first_steps = re.compile(r"Step [1-9]\d* of")  # "Step 0 of" shows before any step is done
-    expect(a.get_by_text(first_steps).first).to_be_visible(timeout=90_000)
-
-    scripts = []  # what B's browser loads: while it watches, no chart library
-    b.on("request", lambda r: scripts.append(r.url) if r.url.endswith(".js") else None)
-    b.goto(url)
-    expect(b.get_by_text("Runs on this server")).to_be_visible(timeout=60_000)
-    expect(b.get_by_text("started by visitor")).to_be_visible()
-    # The list of the server's runs keeps its progress current without B touching anything
-    state = re.compile(r"· step (\d+) of \d+")
-    seen = int(state.search(b.get_by_text(state).first.inner_text()).group(1))
-    b.wait_for_function("seen => { const m = document.body.innerText.match(/· step (\\d+) of \\d+/);"
-                        " return m !== null && Number(m[1]) > seen; }", arg=seen, timeout=30_000)
-    b.get_by_role("button", name="Watch", exact=True).click()
-    expect(b.get_by_text("Watching run #1, started by visitor")).to_be_visible(timeout=30_000)
-    # The live charts are pictures drawn on the server: four of them, and no Plotly on the page
-    expect(b.locator("[data-testid='stMain'] img[src^='data:image/svg+xml']")).to_have_count(4, timeout=30_000)
-    assert b.locator("[data-testid='stPlotlyChart']").count() == 0
-    assert not [u for u in scripts if "Plotly" in u], scripts
-
-    a.reload()  # the URL keeps ?job=1: the reloaded tab is back on its run
-    expect(a.get_by_text(first_steps).first).to_be_visible(timeout=60_000)
-    assert "job=1" in a.url and not a.get_by_text("Watching run #1, started by visitor").is_visible()
-    # Live redraws do not fade what they redraw (Streamlit dims "stale" elements to 0.33)
-    a.evaluate(RECORD_STALE_STYLE)
-    a.wait_for_function("() => window.staleStyles.length >= 3", timeout=30_000)  # redraws every 2 s
-    styles = set(a.evaluate("() => window.staleStyles"))
-    assert styles == {"1 0s"}, styles  # full opacity, no transition
-
-    b.get_by_role("button", name="Stop", exact=True).click()
-    expect(b.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
-    expect(a.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
-    b.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)  # interactive once it ended
-    b.screenshot(path=str(tmp_path / "watcher.png"), full_page=True)
-    (run,) = RunStore(home / "runs.db").list_runs()
-    assert run.status == "interrupted" and run.summary["steps"]["baseline"] >= 1
 
 
 def _batches(page) -> dict[str, int]:
