@@ -146,7 +146,8 @@ def bench_table(rows, width: int | None = TABLE_WIDTH) -> str:
     """The methods benchmark's rows (`facto.engine.bench.Row`) as a text table in `width` columns."""
     table = [{"model": r.model, "method": r.method, "stored MB": f"{r.stored_mb:.2f}",
               "saving %": f"{r.saving_pct:.1f}", "peak CUDA MB": "n/a" if r.peak_cuda_mb is None else
-              f"{r.peak_cuda_mb:.1f}", "step time vs dense": f"{r.step_time_rel:.2f}x",
+              f"{r.peak_cuda_mb:.1f}", "process step MB": "n/a" if r.process_step_mb is None else
+              f"{r.process_step_mb:.1f}", "step time vs dense": f"{r.step_time_rel:.2f}x",
               "test acc % (mean ± sd)": None if r.accuracy_mean is None else
               f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"} for r in rows]
     return text_table(table, list(table[0]) if table else ["model", "method"], width=width,

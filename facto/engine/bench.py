@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..memory.meter import measure_activations
+from ..memory.process import ResidentPeak, resident_bytes
 from .build import Variant, dense_model
 from .data import load_data
 from .step import train_step
@@ -59,6 +60,7 @@ class Row:
     accuracy_mean: float | None
     accuracy_std: float | None
     accuracies: list[float]
+    process_step_mb: float | None = None  # CPU under Linux: resident memory one step added to the process
 
 
 def stored_bytes(model: nn.Module, x: torch.Tensor, bits: int | None) -> int:
@@ -76,6 +78,19 @@ def peak_cuda(model: nn.Module, x, y, bits) -> float | None:
     train_step(model, x, y, bits=bits)
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 1e6
+
+
+def process_step(model: nn.Module, x, y, bits) -> float | None:
+    """What the machine gave the process for one training step on the CPU (MB): its resident peak
+    during the step above its resident memory before it (None on a GPU, or without Linux's /proc)."""
+    peak = ResidentPeak()
+    if x.device.type != "cpu" or not peak.available:
+        return None
+    train_step(model, x, y, bits=bits)
+    before = resident_bytes()
+    peak.reset()
+    train_step(model, x, y, bits=bits)
+    return (peak.read() - before) / 1e6
 
 
 def step_times(models: Sequence[nn.Module], bits: Sequence, x, y, rounds: int = 7) -> list[float]:
@@ -123,6 +138,7 @@ def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, 
                 log(f"  {model_name} | {m.name} | seed {seed}: {accs[-1]:.2f} %")
         rows.append(Row(model=model_name, method=m.name, bits=m.bits, stored_mb=b / 1e6,
                         saving_pct=100 * (1 - b / mem[0]), peak_cuda_mb=peak_cuda(model, x, y, m.bits),
+                        process_step_mb=process_step(model, x, y, m.bits),
                         step_time_rel=t / times[0], step_seconds=t,
                         accuracy_mean=statistics.mean(accs) if accs else None,
                         accuracy_std=statistics.pstdev(accs) if accs else None, accuracies=accs))
@@ -130,12 +146,14 @@ def bench_model(model_name: str, seeds: Sequence[int], epochs: int, batch: int, 
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| model | method | stored MB | saving % | peak CUDA MB | step time vs dense | test acc % (mean ± sd) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | stored MB | saving % | peak CUDA MB | process step MB | step time vs dense "
+             "| test acc % (mean ± sd) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = "-" if r.accuracy_mean is None else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
         peak = "n/a" if r.peak_cuda_mb is None else f"{r.peak_cuda_mb:.1f}"
-        lines.append(f"| {r.model} | {r.method} | {r.stored_mb:.2f} | {r.saving_pct:.1f} | {peak} | "
+        process = "n/a" if r.process_step_mb is None else f"{r.process_step_mb:.1f}"
+        lines.append(f"| {r.model} | {r.method} | {r.stored_mb:.2f} | {r.saving_pct:.1f} | {peak} | {process} | "
                      f"{r.step_time_rel:.2f}x | {acc} |")
     return "\n".join(lines)
 

@@ -46,6 +46,7 @@ class StartEvent:
     report: list[dict]
     evals_planned: int = 0
     run_id: int | None = None
+    process_before_model: int | None = None  # resident bytes of the process with its data, before any model (CPU)
     type: str = "start"
 
 
@@ -114,6 +115,7 @@ class SummaryEvent:
     tested_step: int | None = None  # the test point `accuracy` is from (the latest every variant reached)
     tested_epoch: int | None = None
     process_peak: dict[str, int | None] = field(default_factory=dict)  # resident peak of a step, per variant (CPU)
+    process_before_model: int | None = None  # resident bytes with the data loaded, before any model (CPU)
     type: str = "summary"
 
 
@@ -176,7 +178,8 @@ class RunTracker:
                             accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id,
                             tested_step=self.common_test_step(variants),
                             tested_epoch=next(iter(tested.values())).epoch if tested else None,
-                            process_peak=resident)
+                            process_peak=resident,
+                            process_before_model=self.start.process_before_model if self.start else None)
 
     def common_test_step(self, variants: list[str]) -> int | None:
         """The latest step after which every variant of `variants` still training was tested."""

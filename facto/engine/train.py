@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..method.factorize import describe
-from ..memory.process import ResidentPeak
+from ..memory.process import ResidentPeak, resident_bytes
 from ..method.layers import FactorizedLayer, replace_module
 from . import distributed
 from .build import Variant, dense_model, layer_bytes, run_variants
@@ -296,6 +296,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         raise RunTooLongError(
             f"warm_start_steps={config.warm_start_steps} is not allowed with {schedule.total} training steps: "
             f"warm-up and training together take at most {MAX_RUN_STEPS} steps")
+    before_model = resident_bytes() if device.type == "cpu" else None
     dense = dense_model(config, data.info.num_classes, data.info.in_channels, device)
     if config.warm_start_steps:
         yield PhaseEvent("warm-up", config.to_dict(), names)
@@ -316,7 +317,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         layer_bytes={k: layer_bytes(m, probe, config.bits if k == "facto" else None, config.block)
                      for k, m in models.items()},
         report=[asdict(r) for r in describe(models["facto"])] if "facto" in models else [],
-        evals_planned=schedule.evals_planned())
+        evals_planned=schedule.evals_planned(), process_before_model=before_model)
     tracker.add(start)
     yield start
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]
