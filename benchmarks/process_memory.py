@@ -5,9 +5,9 @@ malloc as configured by default and with big buffers returned to the system.
     python benchmarks/process_memory.py [--steps 3]
 
 One fresh process per (case, variant, allocator): `facto train --variants V --max-steps N --json`.
-"returned" is the `facto` program itself (it calls facto.return_big_buffers at start); "default"
-runs the same command through `facto.cli.main` in a plain Python process, which leaves malloc as
-it is. Each row: the step peak above the process's resident memory with its data loaded and no
+"returned" is the `facto` program with FACTO_RETURN_MEMORY=1 (it calls facto.return_big_buffers at
+start), "default" the same program without it. Each process also times its steps (the median
+step_seconds of the JSON). Each row: the step peak above the process's resident memory with its data loaded and no
 model yet (the JSON's process_peak minus process_before_model; weights, gradients, optimizer
 state and the step's buffers), the stored bytes, and the outside check: the kernel's ru_maxrss
 of the process (a one-variant run never resets its peak) against the reported peak.
@@ -29,15 +29,16 @@ CASES = {  # name -> facto train flags (digits: offline, 1x32x32)
     "resnet20, 1x32x32, batch 512, Adam": ["--model", "resnet20", "--batch-size", "512", "--optimizer", "adam"],
 }
 VARIANTS = {"dense": ("baseline", []), "Facto + recompute 4-bit (balanced)": ("facto", ["--preset", "balanced"])}
-DEFAULT_MALLOC = "import sys; from facto.cli import main; raise SystemExit(main(sys.argv[1:]))"
 
 
 def run(flags: list[str], variant: str, returned: bool, steps: int) -> dict:
     """One `facto train` process: its summary and the kernel's ru_maxrss (bytes)."""
     args = ["train", "--variants", variant, "--epochs", "1", "--max-steps", str(steps), "--max-test", "64",
             "--no-store", "--json", "--quiet", *flags]
-    command = [sys.executable, "-m", "facto", *args] if returned else [sys.executable, "-c", DEFAULT_MALLOC, *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    command = [sys.executable, "-m", "facto", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "FACTO_RETURN"))}
+    if returned:
+        env["FACTO_RETURN_MEMORY"] = "1"
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}\n")
-    print("| case | allocator | variant | stored MB | step peak above data MB | below dense | "
+    print("| case | allocator | variant | stored MB | step peak above data MB | below dense | step s | "
           "reported peak MB | ru_maxrss MB | reported vs ru_maxrss |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for case, flags in CASES.items():
         for returned in (False, True):
             dense = None
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 dense = above if variant == "baseline" else dense
                 below = "" if variant == "baseline" else f"{100 * (1 - above / dense):.0f} %"
                 print(f"| {case} | {'big buffers returned' if returned else 'glibc default'} | {name} | "
-                      f"{s['act_bytes'][variant] / 1e6:,.0f} | {above / 1e6:,.0f} | {below} | {peak / 1e6:,.0f} | "
+                      f"{s['act_bytes'][variant] / 1e6:,.0f} | {above / 1e6:,.0f} | {below} | "
+                      f"{s['step_seconds'][variant]:.2f} | {peak / 1e6:,.0f} | "
                       f"{s['maxrss'] / 1e6:,.0f} | {100 * (peak / s['maxrss'] - 1):+.1f} % |", flush=True)
     return 0
 

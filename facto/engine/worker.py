@@ -46,9 +46,10 @@ def _send(out, item: Any) -> None:
 
 def main() -> int:
     """The child: read the job, run it, send its events."""
-    from ..memory.process import return_big_buffers
+    from ..memory.process import return_big_buffers, return_memory_wanted
 
-    return_big_buffers()  # a run's process: its resident memory follows what it holds
+    if return_memory_wanted():  # FACTO_RETURN_MEMORY=1: see facto.memory.process
+        return_big_buffers()
     out = os.fdopen(os.dup(1), "wb")  # the event channel; fd 1 (prints) now goes to stderr
     os.dup2(2, 1)
     # stdin is read by its file descriptor: exactly the job's bytes (a stop byte after them stays in

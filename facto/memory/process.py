@@ -7,8 +7,10 @@ process's resident memory stays near the most it ever held in short-lived buffer
 restore and recompute buffers, each freed a moment later, leave a process at twice what its
 step holds. `return_big_buffers` makes every buffer of 64 KiB or more come from the system and go
 back to it when freed (mallopt M_MMAP_THRESHOLD 64 KiB, M_TRIM_THRESHOLD 0: the settings of
-MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0), at the cost of page faults on each new
-buffer (the step time this costs is in docs/benchmarks.md).
+MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0), at the cost of page faults on every new
+buffer: 1.4x to 3.1x the step time of resnet18 and resnet20 on a 2-core machine
+(docs/benchmarks.md). So the `facto` program and the app's run processes return big buffers only
+when asked (`FACTO_RETURN_MEMORY=1`, `return_memory_wanted`).
 
 `ResidentPeak` reads the process's resident peak (VmHWM of /proc/self/status) since its last
 `reset` (Linux resets it through /proc/self/clear_refs): the peak of one step of one variant.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +48,12 @@ def return_big_buffers() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     _set = mallopt(M_MMAP_THRESHOLD, BIG_BUFFER) == 1 and mallopt(M_TRIM_THRESHOLD, 0) == 1
     return _set
+
+
+def return_memory_wanted() -> bool:
+    """Whether FACTO_RETURN_MEMORY asks the facto program and the app's runs to `return_big_buffers`
+    (1, true, yes or on)."""
+    return os.environ.get("FACTO_RETURN_MEMORY", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def big_buffers_returned() -> bool:
