@@ -524,8 +524,10 @@ def dense_step_seconds(model: str, dataset: str, batch_size: int, device: str) -
 
 
 def run_estimate(check: FormCheck) -> float | None:
-    """About how many seconds the form's comparison takes on this server (None when unknown)."""
-    if check.config is None or check.work is None or not check.work.steps:
+    """About how many seconds the form's comparison takes on this server (None when unknown, and in
+    room mode: its runs are bounded, and timing a step for every visitor's settings would take the
+    cores the room's runs train on)."""
+    if check.config is None or check.work is None or not check.work.steps or room().enabled:
         return None
     from facto.engine.estimate import estimate_seconds
 

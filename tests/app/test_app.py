@@ -655,8 +655,7 @@ def test_room_mode_runs_its_defaults_and_says_what_a_run_will_do(ui, monkeypatch
     st.cache_resource.clear()
     at = app(visitor="alice")
     assert at.number_input(key="max_train").value == 0 and not texts(at, "error")
-    assert any(re.fullmatch(r"88 steps \(22 per epoch\) on 1,400 images, 4 tests · about \d+ s", c)
-               for c in texts(at, "caption")), texts(at, "caption")
+    assert "88 steps (22 per epoch) on 1,400 images, 4 tests" in texts(at, "caption")  # no timing in a room
     at.button(key="run").click().run()
     job = watched(ui, at)
     assert job is not None and job.owner == "alice" and job.meta["config"]["max_train"] is None
