@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..memory.meter import measure_activations
-from ..memory.process import ResidentPeak, resident_bytes
+from ..memory.process import ResidentPeak, big_buffers_returned, resident_bytes
 from .build import Variant, dense_model
 from .data import load_data
 from .step import train_step
@@ -82,9 +82,11 @@ def peak_cuda(model: nn.Module, x, y, bits) -> float | None:
 
 def process_step(model: nn.Module, x, y, bits) -> float | None:
     """What the machine gave the process for one training step on the CPU (MB): its resident peak
-    during the step above its resident memory before it (None on a GPU, or without Linux's /proc)."""
+    during the step above its resident memory before it. None on a GPU, without Linux's /proc, and
+    unless big buffers are returned (FACTO_RETURN_MEMORY=1): otherwise the heap keeps what earlier
+    steps freed, the resident memory before the step already holds it, and the step reads as 0."""
     peak = ResidentPeak()
-    if x.device.type != "cpu" or not peak.available:
+    if x.device.type != "cpu" or not peak.available or not big_buffers_returned():
         return None
     train_step(model, x, y, bits=bits)
     before = resident_bytes()
