@@ -83,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if isinstance(event, SummaryEvent):
                 summary = event
         progress.close()
+        distributed.shutdown()  # every rank leaves the group together, before rank 0 writes its results
         if not main_process:
             return 0
         if args.json:
