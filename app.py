@@ -438,7 +438,9 @@ def cards(view: dict) -> None:
                "This is what the GPU must hold." if what == "CUDA" else
                "The process's resident memory at its most during a Facto step (Linux VmHWM): weights, optimizer "
                "state, the interpreter and the step's buffers; the delta is against the baseline's. This is "
-               "what the machine gave the training process.")
+               "what the machine gave the training process. Both variants train in one process, and glibc keeps "
+               "what one step freed for the next: the two read alike unless the app was started with "
+               "FACTO_RETURN_MEMORY=1.")
         memory[3].metric(f"Peak {what} memory (Facto)", _mb(pf), **ui.CARD, delta_color="inverse",
                          delta=None if pb is None or pf is None else f"{(pf - pb) / plots.MB:+,.1f} MB", help=how)
         accuracy[3].metric(f"Peak {what} memory (baseline)", _mb(pb), **ui.CARD)
