@@ -11,15 +11,15 @@ jobs, sweeps, benchmarks), `store` (the run history), `plots` (figures), `cli` (
 """
 from .cli.program import is_program as _is_program
 from .cli.program import quiet_start_up as _quiet_start_up
-from .memory.process import return_big_buffers
-from .memory.process import return_memory_wanted as _return_memory_wanted
 
 __version__ = "0.5.0"
 
-if _is_program() and _return_memory_wanted():  # FACTO_RETURN_MEMORY=1: see facto.memory.process
-    return_big_buffers()
-
 with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
+    from .memory.process import return_big_buffers
+    from .memory.process import return_memory_wanted as _return_memory_wanted
+
+    if _is_program() and _return_memory_wanted():  # FACTO_RETURN_MEMORY=1: see facto.memory.process
+        return_big_buffers()
     import torch as _torch  # noqa: F401
 
     from . import compress
