@@ -45,6 +45,8 @@ RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "act_bytes.facto": ("Facto: stored for backward", _mb),
     "peak_cuda.baseline": ("Baseline: peak CUDA memory", _mb),
     "peak_cuda.facto": ("Facto: peak CUDA memory", _mb),
+    "process_peak.baseline": ("Baseline: process peak (what the machine gave it)", _mb),
+    "process_peak.facto": ("Facto: process peak (what the machine gave it)", _mb),
     "step_seconds.baseline": ("Baseline: time per step", lambda v: f"{1000 * v:,.0f} ms"),
     "step_seconds.facto": ("Facto: time per step", lambda v: f"{1000 * v:,.0f} ms"),
     "steps.baseline": ("Baseline: steps trained", lambda v: f"{v:,}"),

@@ -141,7 +141,8 @@ def stored_run(store: RunStore, rank: float, status: str = "completed", delta: f
         "saving_pct": 80.0, "accuracy_delta": delta, "accuracy": {"baseline": baseline, "facto": baseline + delta},
         "act_bytes": {"baseline": 31_868_672, "facto": 1_781_760}, "steps": {"baseline": 5, "facto": 5},
         "peak_cuda": {"baseline": None, "facto": None}, "step_seconds": {"baseline": 0.05, "facto": 0.07},
-        "params": {"baseline": 72_666, "facto": 27_674}, "wall_seconds": 31.2})
+        "params": {"baseline": 72_666, "facto": 27_674}, "wall_seconds": 31.2,
+        "process_peak": {"baseline": 900_000_000, "facto": 500_000_000}})
     return run_id
 
 
@@ -521,6 +522,7 @@ def test_history_lists_compares_and_deletes(ui):
     assert list(table.columns) == ["#2", "#1"]
     assert {"Memory saving", "Facto: stored for backward", "Rank"} <= set(table.index)
     assert table.loc["Facto: stored for backward", "#2"] == "1.78 MB"
+    assert table.loc["Facto: process peak (what the machine gave it)", "#2"] == "500.00 MB"
     assert table.loc["Test accuracy change", "#1"] == "-1.00 points"
     assert not any(re.search(r"\bNone\b|\bnan\b|act_bytes|wall_seconds", v) for v in table.to_numpy().ravel())
     at.multiselect(key="hist_selected").set_value([2]).run()
