@@ -23,6 +23,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
+from facto.engine.estimate import TEST_BATCH_SHARE
 from facto.engine.events import RunTracker, StartEvent, steps_done
 from facto.engine.jobs import Job
 from facto.engine.train import compare_and_record, too_short_note
@@ -333,9 +334,9 @@ def time_left(view: dict, done: int) -> float | None:
     done_evals = len({e.step for e in evals})
     if evals:
         per_eval = sum(e.seconds for e in evals) / done_evals
-    else:  # a test is a forward pass over the test set: about a third of a training step per batch
+    else:  # a test is a forward pass over the test set: a share of a training step per batch
         batches = math.ceil((view["test_size"] or 0) / max(view["config"].get("batch_size", 64), 1))
-        per_eval = batches * per_step / 3
+        per_eval = batches * per_step * TEST_BATCH_SHARE
     return per_step * (total - done) + per_eval * max(view["evals_planned"] - done_evals, 0)
 
 

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from facto.config import RunConfig, count
+from facto.config import SETTINGS, RunConfig, count
 from facto.engine.estimate import RunWork
 from facto.memory.budget import square_shape
 
@@ -169,13 +169,10 @@ def room_problems(r: Room, config: RunConfig, params: int | None, work: RunWork)
     if not r.enabled:
         return {}
     problems = {}
-    if config.epochs > r.max_epochs:
-        problems["epochs"] = f"Epochs {config.epochs} is above this room's limit of {r.max_epochs}."
-    if config.warm_start_steps > r.max_warmup:
-        problems["warm_start_steps"] = (f"Warm-up steps {config.warm_start_steps:,} is above this room's limit "
-                                        f"of {r.max_warmup:,}.")
-    if config.batch_size > r.max_batch:
-        problems["batch_size"] = f"Batch size {config.batch_size} is above this room's limit of {r.max_batch}."
+    for name in ("epochs", "warm_start_steps", "batch_size"):  # the fields bounded by a limit of their own
+        value, limit = getattr(config, name), field_limit(r, name)
+        if value > limit:
+            problems[name] = f"{SETTINGS[name].label} {value:,} is above this room's limit of {limit:,}."
     if work.train_images is None:
         problems["max_train"] = (f"This dataset's size is not known here: set Train images "
                                  f"(at most {r.max_train:,}).")

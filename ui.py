@@ -33,7 +33,7 @@ import streamlit as st
 
 import room as _room
 from facto.config import SETTINGS, RunConfig, Setting, count
-from facto.engine.estimate import RunWork
+from facto.engine.estimate import RunWork, run_work
 from facto.engine.events import PhaseEvent, StartEvent
 from facto.engine.jobs import Job, JobRegistry, in_child
 from room import (PageLimits, Room, ascii_int, env_problems, jobs_mode, max_runs,  # noqa: F401 (the pages use ui.*)
@@ -491,8 +491,6 @@ def check_form(prefix: str, names: list[str], base: RunConfig | None = None) -> 
         except ValueError as exc:
             problems[""] = str(exc)
     if config is not None:
-        from facto.engine.estimate import run_work
-
         work = run_work(config)
         problems.update(room_problems(room(), config, model_params(config.model, config.dataset), work))
     return FormCheck(config, problems, work, room_job_problems())

@@ -143,15 +143,13 @@ def _ids(ids: Sequence[int]) -> str:
 def kept_message(store: NotedStore | None, no_store: bool = False, head: str = "interrupted") -> str:
     """The line a Ctrl-C ends with: `head`, then what the history holds of the command's runs,
     read back from the store (`store` None: nothing was stored; `no_store`: because of --no-store)."""
-    from ..store.files import StoreUnavailableError
-
     if store is None or not store.run_ids:
         return f"{head}: nothing was stored" + (" (--no-store)" if no_store else "")
     statuses: dict[str, list[int]] = {}
     for run_id in store.run_ids:
         try:
             status = store.get_run(run_id).status
-        except (ValueError, StoreUnavailableError):
+        except ValueError:  # a run gone, or the history unusable (StoreUnavailableError is one)
             status = "unreadable"
         statuses.setdefault(status, []).append(run_id)
     parts = []

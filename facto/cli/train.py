@@ -104,8 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             events.close()  # stores the run as interrupted with every step so far
         said = kept_message(store, args.no_store)
         if progress is not None:
-            progress.line(said)
-            progress.close()
+            progress.line(said)  # above the bars, which `finally` closes
         else:
             print(said, file=sys.stderr)
         return 130
@@ -191,8 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         done = f" after {len(tracker.points)} of {tracker.total} points" if tracker and tracker.total else ""
         said = kept_message(store, args.no_store, head="interrupted" + done)
         if progress is not None:
-            progress.line(said)
-            progress.close()
+            progress.line(said)  # above the bars, which `finally` closes
         else:
             print(said, file=sys.stderr)
         return 130

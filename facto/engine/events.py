@@ -156,14 +156,10 @@ class RunTracker:
     def summary(self, status: str = "completed") -> SummaryEvent:
         variants = [v for v in VARIANTS if v in self.steps] or [v for v in self.steps if v != "warmup"]
         tested = self.common_test(variants)
+        point = next(iter(tested.values()), None)  # one of the tests: its step and epoch
         acc = {v: (self.evals[v][-1].test_accuracy if self.evals.get(v) else None) for v in variants}
-        if tested is not None:
-            acc.update({v: e.test_accuracy for v, e in tested.items()})
+        acc.update({v: e.test_accuracy for v, e in tested.items()})
         act = {v: max(s.act_bytes for s in self.steps[v]) for v in variants}
-        peak = {v: max((s.peak_cuda for s in self.steps[v] if s.peak_cuda is not None), default=None)
-                for v in variants}
-        resident = {v: max((s.process_peak for s in self.steps[v] if s.process_peak is not None), default=None)
-                    for v in variants}
         secs = {v: statistics.median(s.step_seconds for s in self.steps[v][1:] or self.steps[v])
                 for v in variants}
         saving = delta = None
@@ -172,26 +168,26 @@ class RunTracker:
         if acc.get("baseline") is not None and acc.get("facto") is not None and not self.failures:
             delta = acc["facto"] - acc["baseline"]
         return SummaryEvent(status=status, steps={v: len(self.steps[v]) for v in variants},
-                            accuracy=acc, act_bytes=act, peak_cuda=peak, step_seconds=secs,
-                            params=self.start.params if self.start else {},
+                            accuracy=acc, act_bytes=act, peak_cuda=self._most(variants, "peak_cuda"),
+                            step_seconds=secs, params=self.start.params if self.start else {},
                             wall_seconds=time.perf_counter() - self.began, saving_pct=saving,
                             accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id,
-                            tested_step=self.common_test_step(variants),
-                            tested_epoch=next(iter(tested.values())).epoch if tested else None,
-                            process_peak=resident,
+                            tested_step=point.step if point else None, tested_epoch=point.epoch if point else None,
+                            process_peak=self._most(variants, "process_peak"),
                             process_before_model=self.start.process_before_model if self.start else None)
 
-    def common_test_step(self, variants: list[str]) -> int | None:
-        """The latest step after which every variant of `variants` still training was tested."""
+    def _most(self, variants: list[str], field: str) -> dict[str, int | None]:
+        """Per variant, the largest `field` of its steps (None where no step measured it)."""
+        return {v: max((getattr(s, field) for s in self.steps[v] if getattr(s, field) is not None), default=None)
+                for v in variants}
+
+    def common_test(self, variants: list[str]) -> dict[str, EvalEvent]:
+        """The tests of the variants still training at the latest step after which every one of them
+        was tested (empty before each has a test)."""
         live = [v for v in variants if v not in self.failures]
         steps = [{e.step for e in self.evals.get(v, [])} for v in live]
         common = set.intersection(*steps) if steps else set()
-        return max(common) if common else None
-
-    def common_test(self, variants: list[str]) -> dict[str, EvalEvent] | None:
-        """The training variants' tests at `common_test_step` (None before every one has a test)."""
-        step = self.common_test_step(variants)
-        if step is None:
-            return None
-        live = [v for v in variants if v not in self.failures]
+        if not common:
+            return {}
+        step = max(common)
         return {v: next(e for e in self.evals[v] if e.step == step) for v in live}
