@@ -9,11 +9,12 @@ rounding has error < scale and is unbiased.
 
 The reference is vectorised PyTorch and runs unchanged on CPU or CUDA; the one
 value it reads on the host (a sync on CUDA) is a flag saying whether any block is
-special. On CUDA, float32/float16/bfloat16 tensors with power-of-two blocks go
-through the Triton kernels of :mod:`facto.compress.kernels` instead (one launch to
-quantize and pack, one to unpack and dequantize, plus the special-block check over
-the metadata); both paths write the same format, and deterministic codes and
-metadata are bit-identical between them.
+special. Fused kernels serve instead where they can: on CUDA the Triton kernels of
+:mod:`facto.compress.kernels` (float32/float16/bfloat16, power-of-two blocks: one launch
+to quantize and pack, one to unpack and dequantize, plus the special-block check over
+the metadata), on the CPU the Numba kernels of :mod:`facto.compress.cpu_kernels`
+(float32, blocks that are multiples of 8: one pass each way). All paths write the same
+format, and deterministic codes and metadata are bit-identical between them.
 
 Every finite value keeps its bound: a block holding NaN or +-inf, or whose range
 overflows float arithmetic (a special block), is kept exactly, NaN as NaN and inf
@@ -21,7 +22,7 @@ with its sign, at block * itemsize extra bytes (see :mod:`facto.compress.format`
 
 Modules: `format` (constants and shared checks), `bits` (bit packing), `lossy` (b-bit and
 16-bit containers), `lossless` (masks, narrow integers), `relaid` (non-contiguous maps),
-`backend` and `kernels` (the Triton kernels where they serve).
+`backend` (which path serves a call), `kernels` (Triton) and `cpu_kernels` (Numba).
 """
 from __future__ import annotations
 

@@ -21,13 +21,12 @@ import functools
 import math
 import os
 import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
+from .backend import kernel_seed, reference_only, reference_only_now
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
 
 try:
@@ -54,9 +53,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton saw it when
 TILE = 2048  # values per program of the quantize / dequantize kernels
 MASK_GROUPS = 256  # groups of 8 values per program of the 1-bit mask kernels
 MAX_BLOCK = 8192
-_SEED_BITS = 62
 
-_reference_only: ContextVar[bool] = ContextVar("facto_reference_only", default=False)
+KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_clamp_mask_kernel",
+           "_masked_grad_kernel", "_pack_mask_kernel", "_unpack_mask_kernel")  # for tests
 _works: dict[str, bool] = {}
 
 
@@ -75,7 +74,7 @@ def available(device: torch.device | str) -> bool:
     the kernels were decorated under TRITON_INTERPRET=1 and it is still set (tests);
     the reference is faster there. Always False inside :func:`reference_only`.
     """
-    if triton is None or _reference_only.get():
+    if triton is None or reference_only_now():
         return False
     kind = torch.device(device).type
     if kind == "cpu":
@@ -127,54 +126,6 @@ def _guarded(launcher: _Launcher) -> _Launcher:
             raise KernelFailed(f"{launcher.__name__} failed on {kind}: {err!r}") from err
 
     return run  # type: ignore[return-value]
-
-
-@contextmanager
-def reference_only() -> Iterator[None]:
-    """Inside this block facto.compress uses its PyTorch reference (tests, benchmarks)."""
-    token = _reference_only.set(True)
-    try:
-        yield
-    finally:
-        _reference_only.reset(token)
-
-
-# ---------------------------------------------------------------- seeds
-
-
-def _mix64(v: int) -> int:
-    """splitmix64 finaliser: a well-spread 64-bit value from any int."""
-    v = (v + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return v ^ (v >> 31)
-
-
-def kernel_seed(seed: int | None, generator: torch.Generator | None = None) -> int:
-    """The Philox key for one tensor, on the host and without a device sync.
-
-    An explicit `seed` is used as is. Else a CPU `generator` (or torch's default CPU
-    generator) draws one, so torch.manual_seed makes runs repeat; a CUDA `generator`
-    is never drawn from (that would sync): its host-side seed and offset are mixed
-    and its offset advanced. Keys always lie in [2**62, 2**63), so Triton sees one
-    int64 argument type and never recompiles for a new seed.
-    """
-    if seed is None and generator is not None and generator.device.type != "cpu":
-        seed = _device_generator_seed(generator)
-    if seed is None:
-        cpu = generator if generator is not None and generator.device.type == "cpu" else None
-        seed = int(torch.randint(0, 2**_SEED_BITS, (), generator=cpu, device="cpu"))
-    return (seed & (2**_SEED_BITS - 1)) | 2**_SEED_BITS
-
-
-def _device_generator_seed(generator: torch.Generator) -> int | None:
-    """A key from a CUDA generator's host-side seed and Philox offset (advanced by 4), or None."""
-    try:
-        offset = generator.get_offset()
-        generator.set_offset(offset + 4)
-    except (RuntimeError, AttributeError):  # a generator without a Philox offset
-        return None
-    return _mix64(_mix64(generator.initial_seed()) ^ offset)
 
 
 # ---------------------------------------------------------------- kernels

@@ -336,11 +336,11 @@ def quantize(
     ``block * itemsize`` per special block. One value is read on the host (is any block
     special?: a sync on CUDA), and where some are, their positions.
 
-    Runs as one Triton kernel where :func:`facto.compress.kernels.available` (CUDA;
-    float32/float16/bfloat16; power-of-two blocks in [8, 8192]), else in PyTorch. Stochastic
-    noise: the kernel uses ``seed`` (drawn from ``generator`` on the host, or from
-    torch's default CPU generator, when None); PyTorch uses ``generator`` (or a
-    generator seeded with ``seed``).
+    Runs as one kernel where one serves (:func:`facto.compress.backend.kernels_for`: Triton on
+    CUDA for float32/float16/bfloat16 and power-of-two blocks in [8, 8192]; Numba on the CPU for
+    float32 and blocks that are multiples of 8), else in PyTorch. Stochastic noise: a kernel
+    uses ``seed`` (drawn from ``generator`` on the host, or from torch's default CPU generator,
+    when None); PyTorch uses ``generator`` (or a generator seeded with ``seed``).
     """
     check_pack_width(bits)
     validate_block(block)

@@ -1,10 +1,10 @@
-"""facto.compress.kernels (Triton) against the PyTorch reference of facto.compress.
+"""The fused kernels against the PyTorch reference of facto.compress: the tests marked `kernel` run
+against whichever kernels serve their device.
 
-CI has no GPU, so the kernels run on CPU under the Triton interpreter. TRITON_INTERPRET=1
-must be set before triton is imported (triton decides at decoration time, for tl.rand
-too), so a plain pytest run of this file runs it again in a child process with the
-variable set: the kernel checks are the tests marked `kernel`, which run in that child
-(or directly on a CUDA machine, against the real kernels).
+- In a plain pytest run on the CPU: the Numba kernels (facto.compress.cpu_kernels), float32.
+- In a child process with TRITON_INTERPRET=1 (which must be set before triton is imported: triton
+  decides at decoration time), spawned by the parent: the Triton kernels on the CPU, every dtype.
+- On a CUDA machine: the real Triton kernels.
 """
 
 from __future__ import annotations
@@ -25,24 +25,32 @@ from facto.compress.backend import kernels_for
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TRITON = INTERPRET or torch.cuda.is_available()
 ALL_BITS = list(range(1, 9))
 
-kernel = pytest.mark.skipif(DEVICE is None, reason="runs in the TRITON_INTERPRET=1 child (or on CUDA)")
+if TRITON:
+    from facto.compress import kernels as K
+
+    DEVICE = "cpu" if INTERPRET else "cuda"
+    DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+    # numpy (the interpreter) warns about the overflow/NaN its unused branches compute
+    pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+else:
+    from facto.compress import cpu_kernels as K
+
+    DEVICE = "cpu" if K.available() else None
+    DTYPES = [torch.float32]  # the Numba kernels serve float32; other dtypes take the reference
+
+kernel = pytest.mark.skipif(DEVICE is None, reason="numba is missing: no CPU kernels to check")
 parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
+numba_only = pytest.mark.skipif(TRITON or DEVICE is None, reason="checks the Numba kernels")
+triton_only = pytest.mark.skipif(not TRITON, reason="checks the Triton kernels (the child, or CUDA)")
 
 
 def cuda(test):
     """A test of the kernels on a real GPU (marked gpu; skips without CUDA)."""
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")(test))
 
-
-if DEVICE is not None:
-    from facto.compress import kernels as K
-
-    # numpy (the interpreter) warns about the overflow/NaN its unused branches compute
-    pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -94,11 +102,31 @@ def test_fallback_when_triton_cannot_be_imported(monkeypatch):
 
 
 @parent
-def test_cpu_uses_the_reference_by_default():
-    assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
-    from facto.compress import kernels
+def test_cpu_takes_the_numba_kernels_for_float32_only(monkeypatch):
+    from facto.compress import backend, cpu_kernels, kernels
 
-    assert not kernels.available("cpu")
+    assert not kernels.available("cpu")  # Triton on the CPU: only under its interpreter
+    assert kernels_for(torch.device("cpu"), torch.float32, 64) is (cpu_kernels if cpu_kernels.available() else None)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        assert kernels_for(torch.device("cpu"), dtype, 64) is None
+    assert kernels_for(torch.device("cpu"), torch.float32, 100) is None  # not a multiple of 8
+    with backend.reference_only():
+        assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
+    monkeypatch.setattr(backend, "CPU_KERNELS", False)  # FACTO_CPU_KERNELS=0
+    assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
+
+
+@parent
+def test_fallback_when_numba_cannot_be_imported(monkeypatch):
+    """Without numba the CPU runs the reference, silently."""
+    from facto.compress import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "numba", None)
+    monkeypatch.setattr(cpu_kernels, "_works", {})
+    assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
+    x = torch.randn(1001)
+    p = C.quantize(x, 3, 64, stochastic=False)
+    assert ((p.dequantize() - x).abs() <= p.scale.repeat_interleave(64)[:1001] / 2 * (1 + 1e-5)).all()
 
 
 # ---------------------------------------------------------------- helpers
@@ -153,8 +181,9 @@ def check_exact(x: torch.Tensor, bits: int, block: int) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_deterministic_bit_exact(dtype):
     x = hard_input(1001, dtype)  # 1001: not a multiple of the block nor of 8
+    blocks = [b for b in (8, 24, 64, 256) if K.supports_block(b)]  # Numba: 24 too
     for bits in ALL_BITS:
-        for block in (8, 64, 256):
+        for block in blocks:
             check_exact(x, bits, block)
 
 
@@ -248,7 +277,8 @@ def test_unsupported_cases_take_the_reference(monkeypatch):
 
     monkeypatch.setattr(K, "quantize_pack", boom)
     x = hard_input(300, torch.float32)
-    for block in (1, 4, 100, 2 * K.MAX_BLOCK):  # not a power of two >= 8, or too large
+    for block in (1, 4, 100, 16388):  # not a multiple of 8 (Triton: a power of two <= 8192)
+        assert not K.supports_block(block)
         C.quantize(x, 4, block, stochastic=False)
     C.quantize(x.double(), 4, 64)  # float64
     with K.reference_only():
@@ -389,27 +419,28 @@ def test_available_probe_failure_falls_back(monkeypatch):
         assert not K.available(DEVICE)
     x = hard_input(100, torch.float32)
     assert C.quantize(x, 4).dequantize().shape == x.shape  # the reference, silently
-    monkeypatch.setattr(K, "_works", {})
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert not K.available("cpu")
+    if TRITON:  # the interpreter's kernels serve the CPU only while TRITON_INTERPRET=1
+        monkeypatch.setattr(K, "_works", {})
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        assert not K.available("cpu")
 
 
 class _Unbuildable:
-    """Stands in for a Triton kernel whose first launch fails (as a compiler error would)."""
+    """Stands in for a kernel whose first launch fails (as a compiler error would): a Triton kernel
+    is launched as kernel[grid](...), a Numba one called."""
 
     def __init__(self, error: Exception):
         self.error = error
 
+    def __call__(self, *args, **kwargs):
+        raise self.error
+
     def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            raise self.error
-        return launch
+        return self
 
 
 @kernel
-@pytest.mark.parametrize("kernel_name", ["_quantize_pack_kernel", "_unpack_dequantize_kernel",
-                                         "_clamp_mask_kernel", "_masked_grad_kernel",
-                                         "_pack_mask_kernel", "_unpack_mask_kernel"])
+@pytest.mark.parametrize("kernel_name", K.KERNELS)
 def test_a_kernel_that_fails_later_hands_over_to_the_reference(monkeypatch, kernel_name):
     """The probe passed, then one kernel cannot be built: that call and every later one give the
     reference's result, with one warning, and the kernels stay off for the device."""
@@ -440,7 +471,7 @@ def test_out_of_memory_in_a_kernel_is_not_a_kernel_failure(monkeypatch):
     """Running out of memory propagates (the trainer reports it) and leaves the kernels on."""
     monkeypatch.setattr(K, "_works", {})
     assert K.available(DEVICE)
-    monkeypatch.setattr(K, "_quantize_pack_kernel", _Unbuildable(torch.OutOfMemoryError("out of memory")))
+    monkeypatch.setattr(K, K.KERNELS[0], _Unbuildable(torch.OutOfMemoryError("out of memory")))
     with pytest.raises(torch.OutOfMemoryError):
         C.quantize(hard_input(1000, torch.float32), 4, 64)
     assert K.available(DEVICE)
@@ -484,3 +515,68 @@ def test_cuda_one_launch_each_way_and_no_sync():
         C.narrow_int(torch.arange(300, device="cuda"), upper_bound=299).restore()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ---------------------------------------------------------------- Numba: conversions and noise
+
+
+def _numba_map(fn, values):
+    """fn applied to each value, compiled (the kernels' helpers are only callable from Numba code)."""
+    import numba
+    import numpy as np
+
+    @numba.njit
+    def run(vals, out):
+        for i in range(vals.shape[0]):
+            out[i] = fn(vals[i])
+
+    out = np.empty(values.shape[0], dtype=np.int64 if values.dtype == np.float32 else np.float32)
+    run(values, out)
+    return out
+
+
+@numba_only
+def test_numba_16_bit_casts_round_as_torch():
+    """The kernels' float32 -> float16/bfloat16 casts, bit for bit as torch's (round to nearest even),
+    on random bit patterns and every boundary: subnormals, ties, overflow to inf, NaN."""
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(-(2**31), 2**31 - 1, (200_000,), generator=g, dtype=torch.int64).to(torch.int32)
+    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26,
+                          2.0**-14, 2.0**-14 * (1 - 2.0**-11), 1 + 2.0**-11, 1 + 3 * 2.0**-11, 3.3e38,
+                          math.inf, -math.inf, math.nan])
+    values = torch.cat([bits.view(torch.float32), edges, torch.randn(50_000, generator=g) * 1e-5])
+    got16 = torch.from_numpy(_numba_map(K._f16_bits, values.numpy()))
+    want16 = values.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
+    finite = ~values.isnan()
+    assert torch.equal(got16[finite], want16[finite])
+    assert (got16[~finite] & 0x7C00 == 0x7C00).all() and (got16[~finite] & 0x3FF != 0).all()  # a NaN
+    gotb = torch.from_numpy(_numba_map(K._bf16_bits, values.numpy()))
+    wantb = values.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    assert torch.equal(gotb[finite], wantb[finite])
+
+
+@numba_only
+def test_numba_noise_is_uniform_and_independent():
+    """The counter-based noise: uniform on [-1/2, 1/2) in 2**-16 steps, neighbours uncorrelated, and a
+    different stream per key."""
+    import numba
+    import numpy as np
+
+    @numba.njit
+    def draw(n, key, out):
+        for i in range(n):
+            out[i] = K._noise(i, np.uint32(key))
+
+    n = 1 << 20
+    a, b = np.empty(n, np.float32), np.empty(n, np.float32)
+    draw(n, 12345, a)
+    draw(n, 12346, b)
+    assert a.min() >= -0.5 and a.max() < 0.5 and np.all((a + 0.5) * 65536 == np.round((a + 0.5) * 65536))
+    assert abs(a.mean()) < 5 * (1 / 12) ** 0.5 / n**0.5  # 5 sigma
+    assert abs(a.var() - 1 / 12) < 0.002
+    counts = np.histogram(a, bins=64, range=(-0.5, 0.5))[0]
+    expected = n / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 63 + 5 * (2 * 63) ** 0.5  # chi-square, 5 sigma
+    for lag in (1, 2, 8, 64):
+        assert abs(np.corrcoef(a[:-lag], a[lag:])[0, 1]) < 5 / n**0.5
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / n**0.5

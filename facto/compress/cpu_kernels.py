@@ -1,0 +1,467 @@
+"""CPU kernels for facto.compress, compiled by Numba: quantize+pack and unpack+dequantize of a map in
+one pass over its blocks, and the ReLU's clamp with its 1-bit mask (and that mask's backward).
+
+Same format and formulas as the PyTorch reference (and the Triton kernels): deterministic codes and
+metadata are bit-identical to the reference, every width 1..8, any block that is a multiple of 8.
+Stochastic rounding draws its noise from a counter-based hash of each value's position and a key
+per map (murmur3's 32-bit finaliser: 16 bits per value, no state, no generator pass), so the
+codes differ from the reference's and the Triton kernels' for the same seed, not in distribution.
+Bit planes are packed eight values at a time by a multiply that gathers one bit of each byte.
+
+Used for float32 maps on the CPU when numba imports and a first small call agrees with values known
+by hand (:func:`available`). The first call in a process compiles the kernels (a few seconds) or
+loads them from numba's on-disk cache. Where numba is missing or a kernel fails, facto.compress
+runs its PyTorch reference. The kernels run on the calling thread: a second thread of their own
+competes with PyTorch's OpenMP threads, which stay busy-waiting for a while after each operator,
+and measured no faster on 2 cores.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .backend import kernel_seed, reference_only, reference_only_now
+from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
+
+try:
+    import numba
+    from numba import njit
+except Exception:  # missing or broken: the reference takes over
+    numba = None
+
+__all__ = [
+    "KernelFailed",
+    "available",
+    "clamp_with_mask",
+    "kernel_seed",
+    "masked_grad",
+    "pack_mask",
+    "quantize_pack",
+    "reference_only",
+    "supports_block",
+    "unpack_dequantize",
+    "unpack_mask",
+]
+
+KERNELS = ("_quantize_blocks", "_dequantize_blocks", "_clamp_mask_groups", "_masked_grad_groups",
+           "_pack_mask_groups", "_unpack_mask_groups")  # the compiled functions, for tests
+_works: dict[str, bool] = {}
+
+
+class KernelFailed(RuntimeError):
+    """A Numba kernel could not be built or run; the CPU kernels are now off for this process."""
+
+
+def supports_block(block: int) -> bool:
+    """Whether the kernels take this block size: a multiple of 8 (blocks then hold whole bytes)."""
+    return block >= 8 and block % 8 == 0
+
+
+def available(device: torch.device | str = "cpu") -> bool:
+    """True for the CPU where numba imports and a first small quantize and mask agree with values
+    known by hand (checked once); False inside :func:`reference_only`."""
+    if numba is None or reference_only_now() or torch.device(device).type != "cpu":
+        return False
+    if "cpu" not in _works:
+        _works["cpu"] = _probe()
+    return _works["cpu"]
+
+
+def _probe() -> bool:
+    """Run a quantize and a mask once and compare them with values known by hand."""
+    try:
+        x = torch.tensor([-1.0] * 8 + [2.0] * 8)
+        y, mask = clamp_with_mask(x, None)
+        codes, meta = quantize_pack(torch.arange(16.0), 4, 16, False, 0)
+        want_mask = torch.tensor([0, 255], dtype=torch.uint8)
+        # 0..15 at lo 0, scale 1: code k is k; bit-plane j of values 0..7 and 8..15
+        want_codes = torch.tensor([0xAA, 0xCC, 0xF0, 0x00, 0xAA, 0xCC, 0xF0, 0xFF], dtype=torch.uint8)
+        return bool(torch.equal(y, x.clamp(min=0)) and torch.equal(mask, want_mask)
+                    and torch.equal(codes, want_codes) and meta[0, 0].item() == 0)
+    except Exception as err:  # a compiler problem: use the reference
+        warnings.warn(f"facto: CPU kernels disabled ({err!r})", stacklevel=3)
+        return False
+
+
+_Launcher = TypeVar("_Launcher", bound=Callable)
+
+
+def _guarded(launcher: _Launcher) -> _Launcher:
+    """`launcher`, turning any failure but running out of memory into KernelFailed after switching
+    the CPU kernels off (one warning)."""
+
+    @functools.wraps(launcher)
+    def run(*args, **kwargs):
+        try:
+            return launcher(*args, **kwargs)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            if _works.get("cpu"):  # the kernels were on (during the probe, the probe warns)
+                warnings.warn(f"facto: CPU kernels disabled ({launcher.__name__}: {err!r});"
+                              " the PyTorch reference takes over", stacklevel=4)
+            _works["cpu"] = False
+            raise KernelFailed(f"{launcher.__name__} failed: {err!r}") from err
+
+    return run  # type: ignore[return-value]
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """The numpy view of a CPU tensor (same memory)."""
+    return t.detach().numpy()
+
+
+# ---------------------------------------------------------------- kernels
+
+if numba is not None:
+    _jit = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
+    _ONES = np.uint64(0x0101010101010101)  # bit 0 of every byte
+    _GATHER = np.uint64(0x0102040810204080)  # (w & _ONES) * _GATHER >> 56: bit 0 of byte k -> bit k
+    _SPREAD = np.uint64(0x8040201008040201)  # (p * _ONES) & _SPREAD: bit k of p alone in byte k
+    _HIGH = np.uint64(0x7F7F7F7F7F7F7F7F)  # + _HIGH >> 7: a non-zero byte -> 1
+
+    @_jit
+    def _f16_bits(v):
+        """float16 bit pattern (0..65535) of float32 v, rounded to nearest even (as torch casts)."""
+        u = np.int64(np.float32(v).view(np.uint32))
+        sign = (u >> 16) & 0x8000
+        a = u & 0x7FFFFFFF
+        if a > 0x7F800000:  # NaN
+            return sign | 0x7E00
+        if a >= 0x477FF000:  # rounds to inf (65520 and above)
+            return sign | 0x7C00
+        if a < 0x38800000:  # below float16's smallest normal: subnormal or zero
+            if a < 0x33000000:  # below 2**-25 (2**-25 itself is a tie to 0)
+                return sign
+            e = a >> 23
+            m = (a & 0x7FFFFF) | 0x800000
+            shift = 126 - e
+            q = m >> shift
+            rem = m & ((1 << shift) - 1)
+            half = 1 << (shift - 1)
+            if rem > half or (rem == half and (q & 1) == 1):
+                q += 1
+            return sign | q
+        r = a + 0xFFF + ((a >> 13) & 1)
+        return sign | ((r - 0x38000000) >> 13)
+
+    @_jit
+    def _bf16_bits(v):
+        """bfloat16 bit pattern of float32 v, rounded to nearest even."""
+        u = np.int64(np.float32(v).view(np.uint32))
+        if (u & 0x7FFFFFFF) > 0x7F800000:
+            return ((u >> 16) & 0x8000) | 0x7FC0
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+
+    @_jit
+    def _value16(b, wide, f16):
+        """float32 value of the 16-bit pattern b (0..65535): bfloat16 where wide, else float16."""
+        if wide:
+            return np.uint32(b << 16).view(np.float32)
+        return f16[b]
+
+    @_jit
+    def _signed(b):
+        return b - 65536 if b >= 32768 else b
+
+    @_jit
+    def _floor16(v, wide, f16):
+        """Bits of the largest float16 (bfloat16 if wide) value <= v."""
+        b = _bf16_bits(v) if wide else _f16_bits(v)
+        if _value16(b, wide, f16) > v:
+            s = _signed(b)
+            s = s - 1 if s > 0 else (-32767 if s == 0 else s + 1)
+            b = s & 0xFFFF
+        return b
+
+    @_jit
+    def _ceil16(v, wide, f16):
+        """Bits of the smallest float16 (bfloat16 if wide) value >= v (v >= 0)."""
+        b = _bf16_bits(v) if wide else _f16_bits(v)
+        if _value16(b, wide, f16) < v:
+            b += 1
+        return b
+
+    @_jit
+    def _noise(index, key):
+        """Uniform [-1/2, 1/2) in steps of 2**-16 for value `index` of a map: the top 16 bits of
+        murmur3's 32-bit finaliser of index * golden ratio + key (a counter-based source)."""
+        h = np.uint32(np.uint32(np.uint32(index) * np.uint32(0x9E3779B1)) + key)
+        h = np.uint32(h ^ (h >> np.uint32(16)))
+        h = np.uint32(h * np.uint32(0x85EBCA6B))
+        h = np.uint32(h ^ (h >> np.uint32(13)))
+        h = np.uint32(h * np.uint32(0xC2B2AE35))
+        h = np.uint32(h ^ (h >> np.uint32(16)))
+        return np.float32(np.int32(h >> np.uint32(16))) * np.float32(1.0 / 65536.0) - np.float32(0.5)
+
+    @_jit
+    def _block_meta(lo, hi, levels, out_max, f16):
+        """(lo bits, scale bits, lo, 1/scale) of one block as stored (facto.compress.lossy._encode_meta;
+        a special block: NAN_BITS metadata, NaN lo and 1/scale)."""
+        flevels = np.float32(levels)
+        has_nan = lo != lo or hi != hi
+        if lo == 0:
+            lo = np.float32(0.0)
+        wide = not (abs(lo) <= FP16_META_LIMIT and (hi - lo) <= np.float32(FP16_META_LIMIT * levels))
+        lo_bits = _floor16(lo, wide, f16)
+        lo_m = _value16(lo_bits, wide, f16)
+        span = np.float32(hi - lo_m)
+        if not span > 0:
+            span = np.float32(0.0)
+        sc_bits = _ceil16(np.float32(span / flevels), wide, f16)
+        scale_m = _value16(sc_bits, wide, f16)
+        top = np.float32(np.float32(scale_m * flevels) + lo_m)
+        ok = (not has_nan and abs(span) < np.inf and abs(lo_m) < np.inf and abs(scale_m) < np.inf
+              and top <= out_max and lo_m >= -out_max)
+        if not ok:
+            return NAN_BITS, NAN_BITS | WIDE_FLAG, np.float32(np.nan), np.float32(np.nan)
+        inv = np.float32(np.float32(1.0) / scale_m) if scale_m > 0 else np.float32(0.0)
+        return _signed(lo_bits), (_signed(sc_bits) | WIDE_FLAG) if wide else _signed(sc_bits), lo_m, inv
+
+    @_jit
+    def _block_codes(xs, lo, inv, first, key, stochastic, levels, out):
+        """out[i] = the code of xs[i]: (xs[i] - lo) * inv + 1/2 (+ the noise of value first + i),
+        clamped to [0, levels], truncated (xs, lo and inv finite: a block that is not special)."""
+        half = np.float32(0.5)
+        zero = np.float32(0.0)
+        if stochastic:
+            k = np.uint32(key)
+            for i in range(xs.shape[0]):
+                v = np.float32(np.float32(np.float32(xs[i] - lo) * inv) + half) + _noise(first + i, k)
+                out[i] = np.uint8(np.int32(min(max(v, zero), levels)))
+        else:
+            for i in range(xs.shape[0]):
+                v = np.float32(np.float32(xs[i] - lo) * inv) + half
+                out[i] = np.uint8(np.int32(min(max(v, zero), levels)))
+
+    @_jit
+    def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16):
+        """Every block of x: its metadata into meta, its codes' bit planes into codes (lo_in, hi_in:
+        the whole blocks' minimum and maximum, NaN where a block holds one)."""
+        numel = x.shape[0]
+        levels = (1 << bits) - 1
+        flevels = np.float32(levels)
+        rows = block // 8
+        small = np.zeros(block, dtype=np.uint8)
+        words = small.view(np.uint64)
+        for b in range(meta.shape[0]):
+            first = b * block
+            n = min(block, numel - first)
+            if b < lo_in.shape[0]:
+                lo = lo_in[b]
+                hi = hi_in[b]
+            else:  # the short last block
+                lo = x[first]
+                hi = x[first]
+                for i in range(first, first + n):
+                    v = x[i]
+                    if v != v:
+                        lo = v
+                        hi = v
+                        break
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+            lo_bits, sc_bits, lo_m, inv = _block_meta(lo, hi, levels, out_max, f16)
+            meta[b, 0] = lo_bits
+            meta[b, 1] = sc_bits
+            if lo_m == lo_m:  # a special block's codes are 0 (its values are kept apart)
+                high = (key + (first >> 32) * 0x9E3779B9) & 0xFFFFFFFF  # maps beyond 2**32 values
+                _block_codes(x[first:first + n], lo_m, inv, first & 0xFFFFFFFF, high, stochastic, flevels,
+                             small)
+            else:
+                small[:n] = 0
+            for i in range(n, block):
+                small[i] = 0
+            for j in range(bits):  # plane j of group r: bit j of its 8 codes, gathered by a multiply
+                for r in range((n + 7) // 8):
+                    w = (words[r] >> np.uint64(j)) & _ONES
+                    codes[(b * rows + r) * bits + j] = np.uint8((w * _GATHER) >> np.uint64(56))
+
+    @_jit
+    def _dequantize_blocks(codes, meta, out, bits, block, f16):
+        """Every block's values, lo + code * scale, into out."""
+        numel = out.shape[0]
+        rows = block // 8
+        small = np.zeros(block, dtype=np.uint8)
+        words = small.view(np.uint64)
+        for b in range(meta.shape[0]):
+            sc = np.int64(meta[b, 1])
+            wide = sc < 0
+            lo = _value16(np.int64(meta[b, 0]) & 0xFFFF, wide, f16)
+            scale = _value16(sc & 0x7FFF, wide, f16)
+            first = b * block
+            n = min(block, numel - first)
+            for r in range((n + 7) // 8):
+                g = b * rows + r
+                w = np.uint64(0)
+                for j in range(bits):  # byte k of w: bit k of each plane, as code k's bits
+                    spread = (np.uint64(codes[g * bits + j]) * _ONES) & _SPREAD
+                    w |= (((spread + _HIGH) >> np.uint64(7)) & _ONES) << np.uint64(j)
+                words[r] = w
+            outs = out[first:first + n]
+            for i in range(n):
+                outs[i] = lo + np.float32(np.float32(small[i]) * scale)
+
+    CHUNK = 1024  # values the mask kernels treat at a time (whole groups)
+
+    @_jit
+    def _pack_chunk(keep, codes, first_group, n):
+        """codes[first_group + r] = the bits of keep[8r .. 8r + 7] (0/1 bytes), for n values."""
+        words = keep.view(np.uint64)
+        for i in range(n, (n + 7) // 8 * 8):
+            keep[i] = 0
+        for r in range((n + 7) // 8):
+            codes[first_group + r] = np.uint8(((words[r] & _ONES) * _GATHER) >> np.uint64(56))
+
+    @_jit
+    def _unpack_chunk(codes, first_group, n, bits):
+        """bits[8r + k] = bit k of codes[first_group + r] (0/1 bytes), for n values."""
+        words = bits.view(np.uint64)
+        for r in range((n + 7) // 8):
+            spread = (np.uint64(codes[first_group + r]) * _ONES) & _SPREAD
+            words[r] = ((spread + _HIGH) >> np.uint64(7)) & _ONES
+
+    @_jit
+    def _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x):
+        keep = np.zeros(CHUNK, dtype=np.uint8)
+        zero = np.float32(0.0)
+        for g0 in range(0, codes.shape[0], CHUNK // 8):
+            first = g0 * 8
+            n = min(CHUNK, numel - first)
+            xs = x[first:first + n]
+            ys = y[first:first + n]
+            if has_cap:  # NaN stays NaN in y (max and min keep a NaN first argument)
+                for i in range(n):
+                    v = xs[i]
+                    ys[i] = min(max(v, zero), cap)
+                    keep[i] = (v > zero) & (v < cap_x)
+            else:
+                for i in range(n):
+                    v = xs[i]
+                    ys[i] = max(v, zero)
+                    keep[i] = v > zero
+            _pack_chunk(keep, codes, g0, n)
+
+    @_jit
+    def _masked_grad_groups(g_in, codes, out, numel):
+        bits = np.zeros(CHUNK, dtype=np.uint8)
+        for g0 in range(0, codes.shape[0], CHUNK // 8):
+            first = g0 * 8
+            n = min(CHUNK, numel - first)
+            _unpack_chunk(codes, g0, n, bits)
+            gs = g_in[first:first + n]
+            outs = out[first:first + n]
+            for i in range(n):
+                outs[i] = gs[i] * np.float32(bits[i])
+
+    @_jit
+    def _pack_mask_groups(src, codes, numel):
+        keep = np.zeros(CHUNK, dtype=np.uint8)
+        for g0 in range(0, codes.shape[0], CHUNK // 8):
+            first = g0 * 8
+            n = min(CHUNK, numel - first)
+            for i in range(n):
+                keep[i] = src[first + i] != 0
+            _pack_chunk(keep, codes, g0, n)
+
+    @_jit
+    def _unpack_mask_groups(codes, dst, numel):
+        bits = np.zeros(CHUNK, dtype=np.uint8)
+        for g0 in range(0, codes.shape[0], CHUNK // 8):
+            first = g0 * 8
+            n = min(CHUNK, numel - first)
+            _unpack_chunk(codes, g0, n, bits)
+            for i in range(n):
+                dst[first + i] = bits[i]
+
+
+@functools.cache
+def _f16_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern, indexed by the pattern (0..65535)."""
+    return torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).float().numpy()
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _map_key(seed: int) -> int:
+    """The 32-bit key of one map's noise, from a kernel seed (all its bits mixed in)."""
+    v = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (v ^ (v >> 31)) & 0xFFFFFFFF
+
+
+@_guarded
+def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
+    """(codes, meta) of facto.compress.Packed for a float32 x (special blocks: NAN_BITS metadata;
+    facto.compress.lossy keeps their values apart); seed from :func:`kernel_seed`."""
+    flat = x.detach().contiguous().view(-1)
+    numel = flat.numel()
+    codes = torch.empty(math.ceil(numel / 8) * bits, dtype=torch.uint8)
+    meta = torch.empty((math.ceil(numel / block), 2), dtype=torch.int16)
+    if numel:
+        whole = flat[: numel // block * block].view(-1, block)
+        lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
+        _quantize_blocks(_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic),
+                         _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table())
+    return codes, meta
+
+
+@_guarded
+def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel: int,
+                      dtype: torch.dtype) -> Tensor:
+    """The flat dequantized float32 tensor of `numel` values from Packed's codes and meta."""
+    out = torch.empty(numel, dtype=dtype)
+    if numel:
+        _dequantize_blocks(_np(codes), _np(meta), _np(out), bits, block, _f16_table())
+    return out
+
+
+@_guarded
+def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
+    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a float32 x in one pass."""
+    flat = x.detach().contiguous().view(-1)
+    y = torch.empty_like(flat)
+    codes = torch.empty(math.ceil(flat.numel() / 8), dtype=torch.uint8)
+    if flat.numel():
+        has_cap, cap_f = cap is not None, 0.0 if cap is None else float(cap)
+        cap_x = float(torch.tensor(cap_f, dtype=x.dtype))  # as torch compares x < cap
+        _clamp_mask_groups(_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f),
+                           np.float32(cap_x))
+    return y.view(x.shape), codes
+
+
+@_guarded
+def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
+    """grad_out * mask (mask from :func:`clamp_with_mask`'s codes) in one pass."""
+    g = grad_out.detach().contiguous()
+    out = torch.empty_like(g)
+    if g.numel():
+        _masked_grad_groups(_np(g.view(-1)), _np(codes), _np(out.view(-1)), g.numel())
+    return out
+
+
+@_guarded
+def pack_mask(mask: Tensor) -> Tensor:
+    """pack_bits(mask, 1) of a bool tensor, in one pass."""
+    src = mask.contiguous().view(-1).view(torch.uint8)
+    codes = torch.empty(math.ceil(src.numel() / 8), dtype=torch.uint8)
+    if src.numel():
+        _pack_mask_groups(_np(src), _np(codes), src.numel())
+    return codes
+
+
+@_guarded
+def unpack_mask(codes: Tensor, numel: int) -> Tensor:
+    """The flat bool tensor of `numel` values packed by :func:`pack_mask`, in one pass."""
+    out = torch.empty(numel, dtype=torch.bool)
+    if numel:
+        _unpack_mask_groups(_np(codes), _np(out.view(torch.uint8)), numel)
+    return out
