@@ -240,6 +240,39 @@ if numba is not None:
                 v = np.float32(np.float32(xs[i] - lo) * inv) + half
                 out[i] = np.uint8(np.int32(min(max(v, zero), levels)))
 
+    TILE = 4096  # values the quantize kernel codes before it packs them (whole blocks)
+
+    @_jit
+    def _planes(w, bits):
+        """Byte j = bit plane j of the 8 codes in the bytes of w: bit k of byte j is bit j of byte k."""
+        out = np.uint64(0)
+        for j in range(bits):
+            out |= ((((w >> np.uint64(j)) & _ONES) * _GATHER) >> np.uint64(56)) << np.uint64(8 * j)
+        return out
+
+    @_jit
+    def _pack_planes(small, codes, first_group, groups, bits):
+        """The bit planes of groups * 8 codes (small) into codes, from group first_group on: one store
+        per group for 1, 2, 4 and 8 bits."""
+        words = small.view(np.uint64)
+        if bits == 8:
+            out8 = codes.view(np.uint64)
+            for r in range(groups):
+                out8[first_group + r] = _planes(words[r], 8)
+        elif bits == 4:
+            out4 = codes.view(np.uint32)
+            for r in range(groups):
+                out4[first_group + r] = np.uint32(_planes(words[r], 4))
+        elif bits == 2:
+            out2 = codes.view(np.uint16)
+            for r in range(groups):
+                out2[first_group + r] = np.uint16(_planes(words[r], 2))
+        else:
+            for r in range(groups):
+                p = _planes(words[r], bits)
+                for j in range(bits):
+                    codes[(first_group + r) * bits + j] = np.uint8((p >> np.uint64(8 * j)) & np.uint64(0xFF))
+
     @_jit
     def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16):
         """Every block of x: its metadata into meta, its codes' bit planes into codes (lo_in, hi_in:
@@ -247,66 +280,96 @@ if numba is not None:
         numel = x.shape[0]
         levels = (1 << bits) - 1
         flevels = np.float32(levels)
-        rows = block // 8
-        small = np.zeros(block, dtype=np.uint8)
+        per_tile = max(1, TILE // block)
+        small = np.zeros(per_tile * block, dtype=np.uint8)
+        for t0 in range(0, meta.shape[0], per_tile):
+            t1 = min(t0 + per_tile, meta.shape[0])
+            for b in range(t0, t1):
+                first = b * block
+                n = min(block, numel - first)
+                if b < lo_in.shape[0]:
+                    lo = lo_in[b]
+                    hi = hi_in[b]
+                else:  # the short last block
+                    lo = x[first]
+                    hi = x[first]
+                    for i in range(first, first + n):
+                        v = x[i]
+                        if v != v:
+                            lo = v
+                            hi = v
+                            break
+                        lo = min(lo, v)
+                        hi = max(hi, v)
+                lo_bits, sc_bits, lo_m, inv = _block_meta(lo, hi, levels, out_max, f16)
+                meta[b, 0] = lo_bits
+                meta[b, 1] = sc_bits
+                at = (b - t0) * block
+                if lo_m == lo_m:  # a special block's codes are 0 (its values are kept apart)
+                    high = (key + (first >> 32) * 0x9E3779B9) & 0xFFFFFFFF  # maps beyond 2**32 values
+                    _block_codes(x[first:first + n], lo_m, inv, first & 0xFFFFFFFF, high, stochastic, flevels,
+                                 small[at:at + n])
+                else:
+                    small[at:at + n] = 0
+            values = min(t1 * block, numel) - t0 * block
+            groups = (values + 7) // 8
+            small[values:groups * 8] = 0
+            _pack_planes(small, codes, t0 * block // 8, groups, bits)
+
+    @_jit
+    def _codes_of(p, bits):
+        """The 8 codes (one per byte) whose bit planes are the bytes of p (the inverse of _planes)."""
+        w = np.uint64(0)
+        for j in range(bits):
+            plane = (p >> np.uint64(8 * j)) & np.uint64(0xFF)
+            w |= (((((plane * _ONES) & _SPREAD) + _HIGH) >> np.uint64(7)) & _ONES) << np.uint64(j)
+        return w
+
+    @_jit
+    def _unpack_planes(codes, first_group, groups, bits, small):
+        """The codes of groups groups from first_group on into small (one byte each)."""
         words = small.view(np.uint64)
-        for b in range(meta.shape[0]):
-            first = b * block
-            n = min(block, numel - first)
-            if b < lo_in.shape[0]:
-                lo = lo_in[b]
-                hi = hi_in[b]
-            else:  # the short last block
-                lo = x[first]
-                hi = x[first]
-                for i in range(first, first + n):
-                    v = x[i]
-                    if v != v:
-                        lo = v
-                        hi = v
-                        break
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-            lo_bits, sc_bits, lo_m, inv = _block_meta(lo, hi, levels, out_max, f16)
-            meta[b, 0] = lo_bits
-            meta[b, 1] = sc_bits
-            if lo_m == lo_m:  # a special block's codes are 0 (its values are kept apart)
-                high = (key + (first >> 32) * 0x9E3779B9) & 0xFFFFFFFF  # maps beyond 2**32 values
-                _block_codes(x[first:first + n], lo_m, inv, first & 0xFFFFFFFF, high, stochastic, flevels,
-                             small)
-            else:
-                small[:n] = 0
-            for i in range(n, block):
-                small[i] = 0
-            for j in range(bits):  # plane j of group r: bit j of its 8 codes, gathered by a multiply
-                for r in range((n + 7) // 8):
-                    w = (words[r] >> np.uint64(j)) & _ONES
-                    codes[(b * rows + r) * bits + j] = np.uint8((w * _GATHER) >> np.uint64(56))
+        if bits == 8:
+            in8 = codes.view(np.uint64)
+            for r in range(groups):
+                words[r] = _codes_of(in8[first_group + r], 8)
+        elif bits == 4:
+            in4 = codes.view(np.uint32)
+            for r in range(groups):
+                words[r] = _codes_of(np.uint64(in4[first_group + r]), 4)
+        elif bits == 2:
+            in2 = codes.view(np.uint16)
+            for r in range(groups):
+                words[r] = _codes_of(np.uint64(in2[first_group + r]), 2)
+        else:
+            for r in range(groups):
+                p = np.uint64(0)
+                for j in range(bits):
+                    p |= np.uint64(codes[(first_group + r) * bits + j]) << np.uint64(8 * j)
+                words[r] = _codes_of(p, bits)
 
     @_jit
     def _dequantize_blocks(codes, meta, out, bits, block, f16):
         """Every block's values, lo + code * scale, into out."""
         numel = out.shape[0]
-        rows = block // 8
-        small = np.zeros(block, dtype=np.uint8)
-        words = small.view(np.uint64)
-        for b in range(meta.shape[0]):
-            sc = np.int64(meta[b, 1])
-            wide = sc < 0
-            lo = _value16(np.int64(meta[b, 0]) & 0xFFFF, wide, f16)
-            scale = _value16(sc & 0x7FFF, wide, f16)
-            first = b * block
-            n = min(block, numel - first)
-            for r in range((n + 7) // 8):
-                g = b * rows + r
-                w = np.uint64(0)
-                for j in range(bits):  # byte k of w: bit k of each plane, as code k's bits
-                    spread = (np.uint64(codes[g * bits + j]) * _ONES) & _SPREAD
-                    w |= (((spread + _HIGH) >> np.uint64(7)) & _ONES) << np.uint64(j)
-                words[r] = w
-            outs = out[first:first + n]
-            for i in range(n):
-                outs[i] = lo + np.float32(np.float32(small[i]) * scale)
+        per_tile = max(1, TILE // block)
+        small = np.zeros(per_tile * block, dtype=np.uint8)
+        for t0 in range(0, meta.shape[0], per_tile):
+            t1 = min(t0 + per_tile, meta.shape[0])
+            values = min(t1 * block, numel) - t0 * block
+            _unpack_planes(codes, t0 * block // 8, (values + 7) // 8, bits, small)
+            for b in range(t0, t1):
+                sc = np.int64(meta[b, 1])
+                wide = sc < 0
+                lo = _value16(np.int64(meta[b, 0]) & 0xFFFF, wide, f16)
+                scale = _value16(sc & 0x7FFF, wide, f16)
+                first = b * block
+                n = min(block, numel - first)
+                at = (b - t0) * block
+                codes_b = small[at:at + n]
+                outs = out[first:first + n]
+                for i in range(n):
+                    outs[i] = lo + np.float32(np.float32(codes_b[i]) * scale)
 
     CHUNK = 1024  # values the mask kernels treat at a time (whole groups)
 
