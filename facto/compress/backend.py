@@ -67,12 +67,14 @@ def kernels_for(device: torch.device, dtype: torch.dtype | None = None, block: i
     """The kernel module that serves this call, or None for the PyTorch reference.
 
     float64, and blocks the kernels do not take (Triton: powers of two in [8, 8192]; Numba:
-    multiples of 8), take the reference. On CPU the Triton kernels serve only under
-    TRITON_INTERPRET=1 (triton is not even imported otherwise).
+    multiples of 8), take the reference; so does code that torch.compile traces on the CPU. On CPU
+    the Triton kernels serve only under TRITON_INTERPRET=1 (triton is not even imported otherwise).
     """
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":
             return _triton_kernels(device, dtype, block)
+        if torch.compiler.is_compiling():  # inside torch.compile: the reference's ops compile, numba's do not
+            return None
         return _cpu_kernels(dtype, block)
     return _triton_kernels(device, dtype, block)
 

@@ -115,6 +115,7 @@ def _has_cpp_compiler() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.filterwarnings("error:facto. CPU kernels disabled")  # compiled code takes the reference quietly
 def test_torch_compile_trains_under_the_meter():
     """A torch.compile'd model inside saved_activations: its backward checks the strides of what it
     saved (a 1-bit mask column, stride 8) and gets them back; gradients equal eager's."""
