@@ -11,8 +11,8 @@ The reference is vectorised PyTorch and runs unchanged on CPU or CUDA; the one
 value it reads on the host (a sync on CUDA) is a flag saying whether any block is
 special. Fused kernels serve instead where they can: on CUDA the Triton kernels of
 :mod:`facto.compress.kernels` (float32/float16/bfloat16, power-of-two blocks: one launch
-to quantize and pack, one to unpack and dequantize, plus the special-block check over
-the metadata), on the CPU the Numba kernels of :mod:`facto.compress.cpu_kernels`
+to quantize and pack, which also raises the map's special-block flag, one to unpack and
+dequantize), on the CPU the Numba kernels of :mod:`facto.compress.cpu_kernels`
 (float32, blocks that are multiples of 8: one pass each way). All paths write the same
 format, and deterministic codes and metadata are bit-identical between them.
 

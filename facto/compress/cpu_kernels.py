@@ -78,12 +78,12 @@ def _probe() -> bool:
     try:
         x = torch.tensor([-1.0] * 8 + [2.0] * 8)
         y, mask = clamp_with_mask(x, None)
-        codes, meta = quantize_pack(torch.arange(16.0), 4, 16, False, 0)
+        codes, meta, special = quantize_pack(torch.arange(16.0), 4, 16, False, 0)
         want_mask = torch.tensor([0, 255], dtype=torch.uint8)
         # 0..15 at lo 0, scale 1: code k is k; bit-plane j of values 0..7 and 8..15
         want_codes = torch.tensor([0xAA, 0xCC, 0xF0, 0x00, 0xAA, 0xCC, 0xF0, 0xFF], dtype=torch.uint8)
         return bool(torch.equal(y, x.clamp(min=0)) and torch.equal(mask, want_mask)
-                    and torch.equal(codes, want_codes) and meta[0, 0].item() == 0)
+                    and torch.equal(codes, want_codes) and meta[0, 0].item() == 0 and special is False)
     except Exception as err:  # a compiler problem: use the reference
         warnings.warn(f"facto: CPU kernels disabled ({err!r})", stacklevel=3)
         return False
@@ -276,8 +276,10 @@ if numba is not None:
     @_jit
     def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16):
         """Every block of x: its metadata into meta, its codes' bit planes into codes (lo_in, hi_in:
-        the whole blocks' minimum and maximum, NaN where a block holds one)."""
+        the whole blocks' minimum and maximum, NaN where a block holds one). Returns how many blocks
+        are special."""
         numel = x.shape[0]
+        special = 0
         levels = (1 << bits) - 1
         flevels = np.float32(levels)
         per_tile = max(1, TILE // block)
@@ -311,10 +313,12 @@ if numba is not None:
                                  small[at:at + n])
                 else:
                     small[at:at + n] = 0
+                    special += 1
             values = min(t1 * block, numel) - t0 * block
             groups = (values + 7) // 8
             small[values:groups * 8] = 0
             _pack_planes(small, codes, t0 * block // 8, groups, bits)
+        return special
 
     @_jit
     def _codes_of(p, bits):
@@ -462,19 +466,21 @@ def _map_key(seed: int) -> int:
 
 
 @_guarded
-def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
-    """(codes, meta) of facto.compress.Packed for a float32 x (special blocks: NAN_BITS metadata;
-    facto.compress.lossy keeps their values apart); seed from :func:`kernel_seed`."""
+def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor, bool]:
+    """(codes, meta, special) of facto.compress.Packed for a float32 x (special blocks: NAN_BITS
+    metadata; facto.compress.lossy keeps their values apart; special: whether there is one); seed
+    from :func:`kernel_seed`."""
     flat = x.detach().contiguous().view(-1)
     numel = flat.numel()
     codes = torch.empty(math.ceil(numel / 8) * bits, dtype=torch.uint8)
     meta = torch.empty((math.ceil(numel / block), 2), dtype=torch.int16)
-    if numel:
-        whole = flat[: numel // block * block].view(-1, block)
-        lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
-        _quantize_blocks(_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic),
-                         _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table())
-    return codes, meta
+    if not numel:
+        return codes, meta, False
+    whole = flat[: numel // block * block].view(-1, block)
+    lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
+    special = _quantize_blocks(_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic),
+                               _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table())
+    return codes, meta, special > 0
 
 
 @_guarded

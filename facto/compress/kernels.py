@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import warnings
 from typing import Callable, TypeVar
 
@@ -222,7 +223,7 @@ if triton is not None:
         return half.to(tl.float32) * (1.0 / 65536.0) - 0.5
 
     @triton.jit(do_not_specialize=["numel", "nblocks", "ngroups", "seed"])
-    def _quantize_pack_kernel(x_ptr, codes_ptr, meta_ptr, numel, nblocks, ngroups, seed,
+    def _quantize_pack_kernel(x_ptr, codes_ptr, meta_ptr, flag_ptr, numel, nblocks, ngroups, seed,
                               BITS: tl.constexpr, BLOCK: tl.constexpr, G: tl.constexpr,
                               STOCHASTIC: tl.constexpr, OUT_MAX: tl.constexpr):
         LEVELS: tl.constexpr = 2**BITS - 1
@@ -249,6 +250,8 @@ if triton is not None:
         in_blocks = blk < nblocks
         tl.store(meta_ptr + blk * 2, lo_bits.to(tl.int16), mask=in_blocks)
         tl.store(meta_ptr + blk * 2 + 1, sc_bits.to(tl.int16), mask=in_blocks)
+        special = tl.max(((lo_bits == _NAN_BITS) & in_blocks).to(tl.int32), 0)
+        tl.atomic_max(flag_ptr, special)  # the map's flag: is any block special?
 
     @triton.jit(do_not_specialize=["numel", "nblocks", "ngroups"])
     def _unpack_dequantize_kernel(codes_ptr, meta_ptr, out_ptr, numel, nblocks, ngroups,
@@ -329,9 +332,11 @@ def _per_program(block: int) -> int:
 
 
 @_guarded
-def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor]:
-    """(codes, meta) of facto.compress.Packed for x, in one launch (special blocks: NAN_BITS
-    metadata; facto.compress.lossy keeps their values apart).
+def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool,
+                  seed: int) -> tuple[Tensor, Tensor, Tensor | bool]:
+    """(codes, meta, special) of facto.compress.Packed for x, in one launch (special blocks: NAN_BITS
+    metadata; facto.compress.lossy keeps their values apart). special: a 0-dim int32 tensor on x's
+    device, non-zero where any block is special (False for an empty x).
 
     x: float32/float16/bfloat16 (any shape; memory order of x.contiguous()); bits 1..8;
     block a power of two in [8, MAX_BLOCK]; seed from :func:`kernel_seed`.
@@ -341,13 +346,38 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
     nblocks, ngroups = math.ceil(numel / block), math.ceil(numel / 8)
     codes = torch.empty(ngroups * bits, dtype=torch.uint8, device=x.device)
     meta = torch.empty((nblocks, 2), dtype=torch.int16, device=x.device)
-    if numel:
-        g = _per_program(block)
-        _quantize_pack_kernel[(triton.cdiv(nblocks, g),)](
-            flat, codes, meta, numel, nblocks, ngroups, seed,
-            BITS=bits, BLOCK=block, G=g, STOCHASTIC=bool(stochastic),
-            OUT_MAX=torch.finfo(x.dtype).max, **_NO_FMA)
-    return codes, meta
+    if not numel:
+        return codes, meta, False
+    flag = _flag_slot(x.device)
+    g = _per_program(block)
+    _quantize_pack_kernel[(triton.cdiv(nblocks, g),)](
+        flat, codes, meta, flag, numel, nblocks, ngroups, seed,
+        BITS=bits, BLOCK=block, G=g, STOCHASTIC=bool(stochastic),
+        OUT_MAX=torch.finfo(x.dtype).max, **_NO_FMA)
+    return codes, meta, flag
+
+
+FLAG_SLOTS = 4096  # maps per zeroed buffer of special-block flags (one fill launch per this many)
+
+
+class _FlagBuffers(threading.local):
+    """Per thread and device: a zeroed int32 buffer whose slots the quantize kernel raises, and the
+    next free slot. A used slot is never written again; a new buffer follows the last slot."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.device, tuple[Tensor, int]] = {}
+
+
+_flag_buffers = _FlagBuffers()
+
+
+def _flag_slot(device: torch.device) -> Tensor:
+    """A fresh zero flag on `device` (a 0-dim view into a shared buffer: no launch of its own)."""
+    buffer, used = _flag_buffers.buffers.get(device, (None, FLAG_SLOTS))
+    if used == FLAG_SLOTS:
+        buffer, used = torch.zeros(FLAG_SLOTS, dtype=torch.int32, device=device), 0
+    _flag_buffers.buffers[device] = (buffer, used + 1)
+    return buffer[used]
 
 
 @_guarded

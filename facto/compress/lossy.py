@@ -131,9 +131,16 @@ def _special_positions(meta: Tensor, block: int, numel: int) -> Tensor:
     return positions[positions < numel]  # the last block may be short
 
 
-def _exact_values(x: Tensor, meta: Tensor, block: int) -> Tensor | None:
-    """The values of x's special blocks, exactly, in x's dtype; None where there is none."""
-    if meta.shape[0] == 0 or not _any(_special_blocks(meta)):
+def _exact_values(x: Tensor, meta: Tensor, block: int, special: Tensor | bool | None = None) -> Tensor | None:
+    """The values of x's special blocks, exactly, in x's dtype; None where there is none.
+
+    special: whether any block is special, as a kernel reported it (a bool, or a 0-dim tensor on
+    x's device whose one value is read: a sync on CUDA); None: read off the metadata."""
+    if meta.shape[0] == 0:
+        return None
+    if special is None:
+        special = _any(_special_blocks(meta))
+    if not bool(special):
         return None
     flat = x.contiguous().view(-1)
     return flat[_special_positions(meta, block, flat.numel())]
@@ -350,10 +357,11 @@ def quantize(
     done = fused(x.device, lambda k: k.quantize_pack(
         x, bits, block, stochastic, k.kernel_seed(seed, generator) if stochastic else 0), x.dtype, block)
     if done is not None:
-        codes, meta = done
+        codes, meta, special = done
     else:
         gen = _reference_generator(generator, seed, x.device) if stochastic else None
         codes, meta = _quantize_reference(x, bits, block, stochastic, gen)
+        special = None
     return Packed(
         codes=codes,
         meta=meta,
@@ -362,7 +370,7 @@ def quantize(
         shape=x.shape,
         dtype=x.dtype,
         numel=x.numel(),
-        exact=_exact_values(x, meta, block),
+        exact=_exact_values(x, meta, block, special),
     )
 
 
