@@ -36,6 +36,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--reserve", default=f"{DEFAULT_RESERVE // MiB}MiB",
                    help="fixed allocator/workspace reserve inside the budget" + DEFAULT)
     p.add_argument("--verify", action="store_true", help="also measure the real largest batch (needs a GPU)")
+    p.add_argument("--process", action="store_true",
+                   help="with --device cpu: also predict a CPU training process's resident peak (process MB), "
+                        "with big buffers returned (FACTO_RETURN_MEMORY=1)")
     p.add_argument("--json", action="store_true", help="print only a JSON document on stdout")
     add_wide_flag(p)
     p.set_defaults(func=cmd_plan)
@@ -56,7 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.verify:
             require_gpu()  # before minutes of probing
         result = plan(model or args.model_flag, args.input, args.classes, args.budget, args.optimizer,
-                      args.precision, args.variants, args.device, args.reserve, log=progress)
+                      args.precision, args.variants, args.device, args.reserve, log=progress,
+                      process=args.process)
         checks = verify(result, args.device, log=progress) if args.verify else []
     except (ValueError, GPURequiredError) as exc:
         raise as_usage_error(exc) from None

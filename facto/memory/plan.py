@@ -34,6 +34,7 @@ from ..engine.devices import resolve_device
 from ..engine.models import check_model_name
 from ..engine.optim import OPTIMIZER_SPECS
 from .budget import MB, LimitError, MiB, check_input_size, parse_budget, parse_input_shape
+from .process import process_setup_bytes
 from .step_peak import TOLERANCE, peak_candidates, trace_forward, trainable_bytes
 
 OPTIMIZER_SLOTS = {name: spec.state_per_weight for name, spec in OPTIMIZER_SPECS.items()}
@@ -232,11 +233,12 @@ class PlanRow:
     next_total: int  # predicted total at max_batch + 1 (over the budget unless capped)
     per_sample: int  # bytes one more sample costs there (stored + transient)
     capped: bool = False  # max_batch stopped at MAX_BATCH
+    process_peak: int | None = None  # a CPU training process's resident peak above its data (see plan)
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "label": self.label, "max_batch": self.max_batch,
                 "breakdown": self.breakdown.to_dict(), "next_total": self.next_total,
-                "per_sample": self.per_sample, "capped": self.capped}
+                "per_sample": self.per_sample, "capped": self.capped, "process_peak": self.process_peak}
 
 
 @dataclass
@@ -289,7 +291,7 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
          optimizer: str = "sgd", precision: str = "fp32", variants: str | Sequence[str] = DEFAULT_VARIANTS,
          device: str = "auto", reserve: str | int = DEFAULT_RESERVE, block: int = 64,
          log: Callable[[str], None] | None = None, max_input: int | None = None,
-         max_params: int | None = None) -> PlanResult:
+         max_params: int | None = None, process: bool = False) -> PlanResult:
     """The largest batch that trains under `budget` for each variant, with a breakdown in bytes.
 
     Stored activations are measured by the meter on `device` at batches 2 and 4; transients come
@@ -302,6 +304,12 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     what autocast really saves there (16-bit inputs of conv/linear, 16-bit weight copies);
     gradient maps take the dtype of their maps. On a CPU, autocast's op list is not CUDA's, and no 16-bit kernel
     workspace is seen: treat those rows as estimates, and --verify them on the GPU.
+
+    `process` (CPU): each row also predicts a training process's resident peak above its data
+    (`process_peak`, what `facto train --json` reports as process_peak minus process_before_model),
+    assuming big buffers returned to the system (FACTO_RETURN_MEMORY=1): the row's total without the
+    reserve, plus what a process sets up on its first steps whatever the batch, measured here in a
+    fresh process (`facto.memory.process.process_setup_bytes`, a few seconds per optimizer).
 
     `max_input` (values per image, C x H x W) and `max_params` bound the work (None: no bound), checked
     before any model is built or measured: LimitError (a ValueError) naming the value and the limit.
@@ -319,6 +327,9 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
     SETTINGS["precision"].validate("precision", precision)
     specs = [variant_spec(v) for v in parse_variants(variants)]
     dev = resolve_device(device)
+    if process and dev.type != "cpu":
+        raise ValueError(f"process=True predicts a CPU training process, not one on {dev.type}: "
+                         "plan on the CPU (device='cpu')")
     say = log or (lambda msg: None)
     if max_params is not None:
         check_params(key, num_classes, shape[0], max_params)
@@ -333,8 +344,31 @@ def plan(model: str, input_shape: str | Sequence[int], num_classes: int, budget:
                              f"({spec.name}): {str(exc).splitlines()[0]}") from exc
         rows.append(plan_row(profile, budget_bytes))
     notes = _notes(key, shape, precision, dev, specs) + _nothing_fits(rows, budget_bytes, reserve_bytes)
+    if process:
+        notes += _process_peaks(rows, specs, optimizer, say)
     return PlanResult(key, shape, num_classes, budget_bytes, optimizer, precision, str(dev), reserve_bytes,
                       PROBE_BATCHES, rows, notes)
+
+
+def _process_peaks(rows: Sequence[PlanRow], specs: Sequence[Variant], optimizer: str,
+                   say: Callable[[str], None]) -> list[str]:
+    """Fill each row's process_peak (CPU, big buffers returned); the note that says how."""
+    setups: dict[bool, int | None] = {}
+    for row, spec in zip(rows, specs):
+        compress = spec.bits is not None and spec.bits <= 8  # b-bit maps: the CPU kernels load
+        if compress not in setups:
+            say(f"measuring a training process's setup ({optimizer}{', CPU kernels' if compress else ''})")
+            setups[compress] = process_setup_bytes(optimizer, compress)
+        setup = setups[compress]
+        if setup is not None:
+            row.process_peak = row.breakdown.total - row.breakdown.reserve + setup
+    measured = ", ".join(f"{v / MB:.0f} MB{' with compression' if k else ''}" for k, v in setups.items()
+                         if v is not None)
+    if not measured:
+        return ["process MB: the process's setup could not be measured here (Linux only)"]
+    return [f"process MB: a CPU training process's resident peak above its data with big buffers returned "
+            f"(FACTO_RETURN_MEMORY=1; glibc's default keeps freed buffers and can hold much more): the "
+            f"total without the reserve, plus what a process sets up on its first steps ({measured})"]
 
 
 def check_params(key: str, num_classes: int, in_channels: int, max_params: int) -> None:
@@ -371,6 +405,8 @@ def table_rows(result: PlanResult) -> list[dict]:
         row = {"variant": r.label, "max batch": r.max_batch}
         row.update({f"{c.replace('_', ' ')} MB": round(getattr(b, c) / MB, 1) for c in COMPONENTS})
         row["total MB"] = round(b.total / MB, 1)
+        if any(other.process_peak is not None for other in result.rows):
+            row["process MB"] = None if r.process_peak is None else round(r.process_peak / MB, 1)
         row["per sample MB"] = round(r.per_sample / MB, 2)
         rows.append(row)
     return rows

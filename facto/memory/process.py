@@ -8,12 +8,14 @@ restore and recompute buffers, each freed a moment later, leave a process at twi
 step holds. `return_big_buffers` makes every buffer of 64 KiB or more come from the system and go
 back to it when freed (mallopt M_MMAP_THRESHOLD 64 KiB, M_TRIM_THRESHOLD 0: the settings of
 MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0), at the cost of page faults on every new
-buffer: 1.4x to 3.1x the step time of resnet18 and resnet20 on a 2-core machine
+buffer: Facto's steps of resnet18 and resnet20 took 1.6x and 2.5x as long on a 2-core machine
 (docs/benchmarks.md). So the `facto` program and the app's run processes return big buffers only
 when asked (`FACTO_RETURN_MEMORY=1`, `return_memory_wanted`).
 
 `ResidentPeak` reads the process's resident peak (VmHWM of /proc/self/status) since its last
 `reset` (Linux resets it through /proc/self/clear_refs): the peak of one step of one variant.
+`process_setup_bytes` measures what a training process sets up whatever its batch (the planner's
+CPU process peak adds it).
 """
 from __future__ import annotations
 
@@ -98,3 +100,41 @@ class ResidentPeak:
     def read(self) -> int | None:
         """Bytes: the most this process had resident since `reset` (None when not available)."""
         return resident_bytes("VmHWM") if self.available else None
+
+
+_SETUP_SCRIPT = """
+import sys, torch
+from facto.memory.process import ResidentPeak, resident_bytes, return_big_buffers
+from facto.engine.build import fresh_model
+from facto.engine.step import train_step
+return_big_buffers()
+torch.manual_seed(0)
+model = fresh_model("simple_cnn", 10, 1)
+x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 10, (2,))
+peak = ResidentPeak()
+before = resident_bytes()
+peak.reset()
+opt = getattr(torch.optim, sys.argv[1])(model.parameters(), lr=0.01)
+for _ in range(2):
+    train_step(model, x, y, bits=int(sys.argv[2]) or None, optimizer=opt)
+print(peak.read() - before if peak.available else -1)
+"""
+
+
+def process_setup_bytes(optimizer: str = "sgd", compress: bool = True) -> int | None:
+    """What a training process on this machine sets up on its first steps whatever the batch, in
+    bytes: its resident peak over two steps of a tiny model (2 images of simple_cnn) above its
+    resident memory before the model, measured in a fresh process with big buffers returned.
+    That is PyTorch's own setup (its optimizers import torch._dynamo) and, with `compress`, the
+    CPU kernels' (numba). None where it can't be measured (not Linux, or the child failed)."""
+    import subprocess
+
+    names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+    command = [sys.executable, "-c", _SETUP_SCRIPT, names.get(optimizer, "SGD"), "4" if compress else "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=True)
+        value = int(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return value if value >= 0 else None

@@ -84,3 +84,28 @@ def test_each_variants_process_peak_agrees_with_the_kernels_maxrss_of_a_run_of_i
     assert kept["process_peak"]["facto"] == pytest.approx(maxrss, rel=0.10)
     assert kept["process_peak"]["facto"] - kept["process_before_model"] > (
         compared["process_peak"]["facto"] - compared["process_before_model"])
+
+
+@pytest.mark.slow
+def test_the_planner_predicts_a_cpu_training_process_at_its_largest_batch(tmp_path):
+    """`facto plan --process` on the CPU: each variant's process MB at the largest batch it proposes,
+    against `facto train` at that batch (its reported peak above its data, checked against the
+    kernel's ru_maxrss by the test above), within 15 %."""
+    from facto.memory.plan import plan
+
+    result = plan("resnet20", "1x32x32", 10, "450MB", "adam", variants="dense,balanced", device="cpu",
+                  process=True)
+    assert any("FACTO_RETURN_MEMORY=1" in note for note in result.notes)
+    for row, variant in zip(result.rows, ("baseline", "facto")):
+        assert 16 <= row.max_batch <= 1400, row.max_batch  # a batch digits' 1,400 images can fill
+        summary, _ = _maxrss("--variants", variant, "--model", "resnet20", "--batch-size", str(row.max_batch),
+                             "--optimizer", "adam", "--preset", "balanced", tmp=tmp_path)
+        measured = summary["process_peak"][variant] - summary["process_before_model"]
+        assert abs(row.process_peak - measured) <= 0.15 * measured, (variant, row.max_batch, row.process_peak, measured)
+
+
+def test_the_process_peak_is_a_cpu_prediction():
+    from facto.memory.plan import plan
+
+    with pytest.raises(ValueError, match="process=True predicts a CPU training process"):
+        plan("resnet20", "1x32x32", 10, "450MB", device="meta", process=True)
