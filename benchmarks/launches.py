@@ -12,8 +12,9 @@ loads), so the same code path as on CUDA decides what runs. Counted, per step:
 - the host reads of a tensor value (`item`, `bool`: a sync on CUDA).
 
 Host-side work inside the Triton launchers (their output allocations, a seed drawn on the CPU, a
-cap rounded on the CPU) is not counted: on CUDA it launches nothing. On a GPU, `facto gpu-bench` counts the real launches with
-the profiler (cuDNN may launch more than one kernel for one convolution). Prints a markdown table.
+cap rounded on the CPU) is not counted: on CUDA it launches nothing. On a GPU, `facto gpu-bench`
+counts the real launches with the profiler (cuDNN may launch more than one kernel for one
+convolution). Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -63,28 +64,28 @@ class LaunchCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _Counted:
+    """A Triton kernel whose launches are counted; the launch runs outside the operator count."""
+
+    def __init__(self, jit, name: str, counter: Counter) -> None:
+        self.jit, self.name, self.counter = jit, name, counter
+
+    def __getitem__(self, grid):
+        launch = self.jit[grid]
+
+        def run(*args, **kwargs):
+            self.counter[self.name] += 1
+            with _disable_current_modes():
+                return launch(*args, **kwargs)
+        return run
+
+
 @contextlib.contextmanager
 def triton_launches(counter: Counter):
-    """Count each Triton kernel launch; the launchers' host-side tensor work runs outside the count."""
-    originals = {}
-    for name in kernels.KERNELS:
-        jit = getattr(kernels, name)
-        originals[name] = jit
-
-        class Counted:
-            def __init__(self, jit, name):
-                self.jit, self.name = jit, name
-
-            def __getitem__(self, grid):
-                launch = self.jit[grid]
-
-                def run(*args, **kwargs):
-                    counter[self.name] += 1
-                    with _disable_current_modes():
-                        return launch(*args, **kwargs)
-                return run
-
-        setattr(kernels, name, Counted(jit, name))
+    """Count each Triton kernel launch (facto.compress.kernels.KERNELS) while inside."""
+    originals = {name: getattr(kernels, name) for name in kernels.KERNELS}
+    for name, jit in originals.items():
+        setattr(kernels, name, _Counted(jit, name, counter))
     try:
         yield
     finally:

@@ -95,7 +95,7 @@ def fused(device: torch.device, call, dtype: torch.dtype | None = None, block: i
 # ---------------------------------------------------------------- seeds
 
 
-def _mix64(v: int) -> int:
+def mix64(v: int) -> int:
     """splitmix64 finaliser: a well-spread 64-bit value from any int."""
     v = (v + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
     v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
@@ -104,7 +104,8 @@ def _mix64(v: int) -> int:
 
 
 def kernel_seed(seed: int | None, generator: torch.Generator | None = None) -> int:
-    """The Philox key for one tensor, on the host and without a device sync.
+    """The key of one tensor's rounding noise (the Triton kernels' Philox key; the Numba kernels
+    mix it into theirs), on the host and without a device sync.
 
     An explicit `seed` is used as is. Else a CPU `generator` (or torch's default CPU
     generator) draws one, so torch.manual_seed makes runs repeat; a CUDA `generator`
@@ -127,4 +128,4 @@ def _device_generator_seed(generator: torch.Generator) -> int | None:
         generator.set_offset(offset + 4)
     except (RuntimeError, AttributeError):  # a generator without a Philox offset
         return None
-    return _mix64(_mix64(generator.initial_seed()) ^ offset)
+    return mix64(mix64(generator.initial_seed()) ^ offset)

@@ -9,9 +9,9 @@ codes differ from the reference's and the Triton kernels' for the same seed, not
 Bit planes are packed eight values at a time by a multiply that gathers one bit of each byte.
 
 Used for float32 maps on the CPU when numba imports and a first small call agrees with values known
-by hand (:func:`available`). The first call in a process compiles the kernels (a few seconds) or
-loads them from numba's on-disk cache. Where numba is missing or a kernel fails, facto.compress
-runs its PyTorch reference. The kernels run on the calling thread: a second thread of their own
+by hand (:func:`available`). The first call on a machine compiles the kernels (about 10 s on 2
+cores); later processes load them from numba's on-disk cache. Where numba is missing or a kernel
+fails, facto.compress runs its PyTorch reference. The kernels run on the calling thread: a second thread of their own
 competes with PyTorch's OpenMP threads, which stay busy-waiting for a while after each operator,
 and measured no faster on 2 cores.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backend import kernel_seed, reference_only, reference_only_now
+from .backend import mix64, kernel_seed, reference_only, reference_only_now
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
 
 try:
@@ -459,10 +459,7 @@ def _f16_table() -> np.ndarray:
 
 def _map_key(seed: int) -> int:
     """The 32-bit key of one map's noise, from a kernel seed (all its bits mixed in)."""
-    v = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (v ^ (v >> 31)) & 0xFFFFFFFF
+    return mix64(seed) & 0xFFFFFFFF
 
 
 @_guarded
