@@ -16,6 +16,9 @@ from typing import Iterator
 import torch
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNEL_INTERFACE = ("KernelFailed", "available", "clamp_with_mask", "kernel_seed", "masked_grad", "pack_mask",
+                    "quantize_pack", "reference_only", "supports_block", "unpack_dequantize",
+                    "unpack_mask")  # what each kernel module offers facto.compress
 CPU_KERNELS = os.environ.get("FACTO_CPU_KERNELS", "1") != "0"
 _SEED_BITS = 62
 

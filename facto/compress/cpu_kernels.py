@@ -47,7 +47,7 @@ __all__ = [
     "supports_block",
     "unpack_dequantize",
     "unpack_mask",
-]
+]  # backend.KERNEL_INTERFACE: both kernel modules offer it
 
 KERNELS = ("_quantize_blocks", "_dequantize_blocks", "_clamp_mask_groups", "_masked_grad_groups",
            "_pack_mask_groups", "_unpack_mask_groups")  # the compiled functions, for tests

@@ -48,7 +48,7 @@ __all__ = [
     "supports_block",
     "unpack_dequantize",
     "unpack_mask",
-]
+]  # backend.KERNEL_INTERFACE: both kernel modules offer it
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton saw it when decorating
 TILE = 2048  # values per program of the quantize / dequantize kernels

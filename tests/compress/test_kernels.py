@@ -643,3 +643,13 @@ def test_triton_kernels_build_for_a_real_gpu(name):
             pytest.skip(f"triton cannot build here: {err}")
         raise
     assert len(built.asm["cubin"]) > 1000
+
+
+@parent
+def test_both_kernel_modules_offer_the_same_interface():
+    from facto.compress import cpu_kernels, kernels
+    from facto.compress.backend import KERNEL_INTERFACE
+
+    for module in (kernels, cpu_kernels):
+        assert all(callable(getattr(module, name)) for name in KERNEL_INTERFACE), module.__name__
+        assert len(module.KERNELS) == 6
