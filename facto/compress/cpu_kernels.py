@@ -206,11 +206,13 @@ if numba is not None:
         a special block: NAN_BITS metadata, NaN lo and 1/scale)."""
         flevels = np.float32(levels)
         has_nan = lo != lo or hi != hi
-        if lo == 0:
-            lo = np.float32(0.0)
         wide = not (abs(lo) <= FP16_META_LIMIT and (hi - lo) <= np.float32(FP16_META_LIMIT * levels))
-        lo_bits = _floor16(lo, wide, f16)
-        lo_m = _value16(lo_bits, wide, f16)
+        if lo == 0:  # +-0 (a ReLU's output): +0 in either width
+            lo_bits = 0
+            lo_m = np.float32(0.0)
+        else:
+            lo_bits = _floor16(lo, wide, f16)
+            lo_m = _value16(lo_bits, wide, f16)
         span = np.float32(hi - lo_m)
         if not span > 0:
             span = np.float32(0.0)
