@@ -653,3 +653,19 @@ def test_both_kernel_modules_offer_the_same_interface():
     for module in (kernels, cpu_kernels):
         assert all(callable(getattr(module, name)) for name in KERNEL_INTERFACE), module.__name__
         assert len(module.KERNELS) == 6
+
+
+@numba_only
+def test_numba_kernels_from_several_threads_at_once():
+    """The app trains its runs in threads of one process: the kernels release the GIL and share no
+    state, so maps compressed from four threads at once come back as from one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    maps = [hard_input(100_000 + 8 * i, torch.float32, seed=i) for i in range(8)]
+    alone = [(C.quantize(x, 3, 64, stochastic=False), C.clamp_with_mask(x, 6.0)) for x in maps]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: (C.quantize(x, 3, 64, stochastic=False), C.clamp_with_mask(x, 6.0)),
+                                 maps))
+    for (p, (y, m)), (q, (y2, m2)) in zip(alone, together):
+        assert torch.equal(p.codes, q.codes) and torch.equal(p.meta, q.meta) and same(p.dequantize(), q.dequantize())
+        assert same(y, y2) and torch.equal(m, m2)  # y holds the NaN of hard_input
