@@ -3,8 +3,8 @@
 CUDA: the Triton kernels (:mod:`facto.compress.kernels`). CPU: the Numba kernels
 (:mod:`facto.compress.cpu_kernels`) for float32 maps, or the Triton kernels under
 TRITON_INTERPRET=1 (their tests). Both write the reference's format, and seed their stochastic
-rounding with :func:`kernel_seed`. ``FACTO_CPU_KERNELS=0`` (read once) or :func:`reference_only`
-makes the CPU run the reference.
+rounding with :func:`kernel_seed`. ``FACTO_CPU_KERNELS=0`` (or false, no, off; read once) or
+:func:`reference_only` makes the CPU run the reference.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KERNEL_INTERFACE = ("KernelFailed", "available", "clamp_with_mask", "kernel_seed", "masked_grad", "pack_mask",
                     "quantize_pack", "reference_only", "supports_block", "unpack_dequantize",
                     "unpack_mask")  # what each kernel module offers facto.compress
-CPU_KERNELS = os.environ.get("FACTO_CPU_KERNELS", "1") != "0"
+CPU_KERNELS = os.environ.get("FACTO_CPU_KERNELS", "").strip().lower() not in ("0", "false", "no", "off")
 _SEED_BITS = 62
 
 _reference_only: ContextVar[bool] = ContextVar("facto_reference_only", default=False)

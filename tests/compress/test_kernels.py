@@ -669,3 +669,12 @@ def test_numba_kernels_from_several_threads_at_once():
     for (p, (y, m)), (q, (y2, m2)) in zip(alone, together):
         assert torch.equal(p.codes, q.codes) and torch.equal(p.meta, q.meta) and same(p.dequantize(), q.dequantize())
         assert same(y, y2) and torch.equal(m, m2)  # y holds the NaN of hard_input
+
+
+@parent
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("No", False), ("1", True), ("", True)])
+def test_facto_cpu_kernels_switch(value, on):
+    code = "from facto.compress.backend import CPU_KERNELS; print(CPU_KERNELS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=_env(FACTO_CPU_KERNELS=value))
+    assert out.stdout.strip() == str(on), out.stderr
