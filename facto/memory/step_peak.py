@@ -250,12 +250,10 @@ def trace_forward(model: nn.Module, x: Tensor, bits: int | None, block: int = 64
 
 # ----------------------------------------------------------------------------- the transient model
 
-# Work buffers, in bytes per value, read off the code they model (facto.compress, facto.method.layers,
-# facto.method.recompute) and checked against the CPU profiler (tests/test_plan.py):
 @dataclass(frozen=True)
 class Work:
-    """Work buffers of compression, in bytes per value, read off the code they model and checked against
-    the CPU profiler (tests/memory/test_plan.py)."""
+    """Work buffers of compression, in bytes per value, read off the code they model (facto.compress,
+    facto.method.layers) and checked against the CPU profiler (tests/memory/test_plan.py)."""
 
     quantize: int  # b-bit quantization in forward
     restore: int  # restore in backward
