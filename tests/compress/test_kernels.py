@@ -45,13 +45,11 @@ else:
 kernel = pytest.mark.skipif(DEVICE is None, reason="numba is missing: no CPU kernels to check")
 parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
 numba_only = pytest.mark.skipif(TRITON or DEVICE is None, reason="checks the Numba kernels")
-triton_only = pytest.mark.skipif(not TRITON, reason="checks the Triton kernels (the child, or CUDA)")
 
 
 def cuda(test):
     """A test of the kernels on a real GPU (marked gpu; skips without CUDA)."""
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA")(test))
-
 
 
 def _env(**extra: str) -> dict[str, str]:
