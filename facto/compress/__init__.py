@@ -13,7 +13,7 @@ special. Fused kernels serve instead where they can: on CUDA the Triton kernels 
 :mod:`facto.compress.kernels` (float32/float16/bfloat16, power-of-two blocks: one launch
 to quantize and pack, which also raises the map's special-block flag, one to unpack and
 dequantize), on the CPU the Numba kernels of :mod:`facto.compress.cpu_kernels`
-(float32, blocks that are multiples of 8: one pass each way). All paths write the same
+(the same dtypes, blocks that are multiples of 8: one pass each way). All paths write the same
 format, and deterministic codes and metadata are bit-identical between them.
 
 Every finite value keeps its bound: a block holding NaN or +-inf, or whose range

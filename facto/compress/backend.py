@@ -1,7 +1,7 @@
 """Which implementation serves a call: fused kernels or the PyTorch reference.
 
 CUDA: the Triton kernels (:mod:`facto.compress.kernels`). CPU: the Numba kernels
-(:mod:`facto.compress.cpu_kernels`) for float32 maps, or the Triton kernels under
+(:mod:`facto.compress.cpu_kernels`), or the Triton kernels under
 TRITON_INTERPRET=1 (their tests). Both write the reference's format, and seed their stochastic
 rounding with :func:`kernel_seed`. ``FACTO_CPU_KERNELS=0`` (or false, no, off; read once) or
 :func:`reference_only` makes the CPU run the reference.
@@ -54,8 +54,8 @@ def _triton_kernels(device: torch.device, dtype: torch.dtype | None, block: int 
 
 
 def _cpu_kernels(dtype: torch.dtype | None, block: int | None):
-    """facto.compress.cpu_kernels where it serves this call (float32 or no floating data)."""
-    if not CPU_KERNELS or reference_only_now() or (dtype is not None and dtype != torch.float32):
+    """facto.compress.cpu_kernels where it serves this call (float32/float16/bfloat16 or no floating data)."""
+    if not CPU_KERNELS or reference_only_now() or (dtype is not None and dtype not in KERNEL_DTYPES):
         return None
     try:
         from . import cpu_kernels

@@ -8,7 +8,8 @@ per map (murmur3's 32-bit finaliser: 16 bits per value, no state, no generator p
 codes differ from the reference's and the Triton kernels' for the same seed, not in distribution.
 Bit planes are packed eight values at a time by a multiply that gathers one bit of each byte.
 
-Used for float32 maps on the CPU when numba imports and a first small call agrees with values known
+Used for float32, float16 and bfloat16 maps on the CPU (16-bit ones through a float32 copy, as the
+reference computes them) when numba imports and a first small call agrees with values known
 by hand (:func:`available`). The first call on a machine compiles the kernels (about 10 s on 2
 cores); later processes load them from numba's on-disk cache. Where numba is missing or a kernel
 fails, facto.compress runs its PyTorch reference. The kernels run on the calling thread: a second thread of their own
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
 from typing import Callable, TypeVar
 
@@ -110,6 +112,11 @@ def _guarded(launcher: _Launcher) -> _Launcher:
             raise KernelFailed(f"{launcher.__name__} failed: {err!r}") from err
 
     return run  # type: ignore[return-value]
+
+
+def _float32(x: Tensor) -> Tensor:
+    """x flat and contiguous in float32 (x itself where it is already)."""
+    return x.detach().contiguous().view(-1).float()
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -276,7 +283,7 @@ if numba is not None:
                     codes[(first_group + r) * bits + j] = np.uint8((p >> np.uint64(8 * j)) & np.uint64(0xFF))
 
     @_jit
-    def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16):
+    def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16, scratch):
         """Every block of x: its metadata into meta, its codes' bit planes into codes (lo_in, hi_in:
         the whole blocks' minimum and maximum, NaN where a block holds one). Returns how many blocks
         are special."""
@@ -285,7 +292,7 @@ if numba is not None:
         levels = (1 << bits) - 1
         flevels = np.float32(levels)
         per_tile = max(1, TILE // block)
-        small = np.zeros(per_tile * block, dtype=np.uint8)
+        small = scratch[:per_tile * block]
         for t0 in range(0, meta.shape[0], per_tile):
             t1 = min(t0 + per_tile, meta.shape[0])
             for b in range(t0, t1):
@@ -355,11 +362,11 @@ if numba is not None:
                 words[r] = _codes_of(p, bits)
 
     @_jit
-    def _dequantize_blocks(codes, meta, out, bits, block, f16):
+    def _dequantize_blocks(codes, meta, out, bits, block, f16, scratch):
         """Every block's values, lo + code * scale, into out."""
         numel = out.shape[0]
         per_tile = max(1, TILE // block)
-        small = np.zeros(per_tile * block, dtype=np.uint8)
+        small = scratch[:per_tile * block]
         for t0 in range(0, meta.shape[0], per_tile):
             t1 = min(t0 + per_tile, meta.shape[0])
             values = min(t1 * block, numel) - t0 * block
@@ -397,8 +404,8 @@ if numba is not None:
             words[r] = ((spread + _HIGH) >> np.uint64(7)) & _ONES
 
     @_jit
-    def _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x):
-        keep = np.zeros(CHUNK, dtype=np.uint8)
+    def _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch):
+        keep = scratch[:CHUNK]
         zero = np.float32(0.0)
         for g0 in range(0, codes.shape[0], CHUNK // 8):
             first = g0 * 8
@@ -418,8 +425,8 @@ if numba is not None:
             _pack_chunk(keep, codes, g0, n)
 
     @_jit
-    def _masked_grad_groups(g_in, codes, out, numel):
-        bits = np.zeros(CHUNK, dtype=np.uint8)
+    def _masked_grad_groups(g_in, codes, out, numel, scratch):
+        bits = scratch[:CHUNK]
         for g0 in range(0, codes.shape[0], CHUNK // 8):
             first = g0 * 8
             n = min(CHUNK, numel - first)
@@ -430,8 +437,8 @@ if numba is not None:
                 outs[i] = gs[i] * np.float32(bits[i])
 
     @_jit
-    def _pack_mask_groups(src, codes, numel):
-        keep = np.zeros(CHUNK, dtype=np.uint8)
+    def _pack_mask_groups(src, codes, numel, scratch):
+        keep = scratch[:CHUNK]
         for g0 in range(0, codes.shape[0], CHUNK // 8):
             first = g0 * 8
             n = min(CHUNK, numel - first)
@@ -440,14 +447,34 @@ if numba is not None:
             _pack_chunk(keep, codes, g0, n)
 
     @_jit
-    def _unpack_mask_groups(codes, dst, numel):
-        bits = np.zeros(CHUNK, dtype=np.uint8)
+    def _unpack_mask_groups(codes, dst, numel, scratch):
+        bits = scratch[:CHUNK]
         for g0 in range(0, codes.shape[0], CHUNK // 8):
             first = g0 * 8
             n = min(CHUNK, numel - first)
             _unpack_chunk(codes, g0, n, bits)
             for i in range(n):
                 dst[first + i] = bits[i]
+
+
+SCRATCH = 4096  # bytes of work space a kernel call needs (a tile of codes, a chunk of mask bits)
+
+
+class _Scratch(threading.local):
+    """One work buffer per thread, reused by every kernel call (grown for a block over 4,096)."""
+
+    buffer: np.ndarray = np.zeros(0, dtype=np.uint8)
+
+
+_scratch_buffers = _Scratch()
+
+
+def _scratch(block: int = 0) -> np.ndarray:
+    """This thread's work buffer, of at least SCRATCH and `block` bytes (its contents are overwritten)."""
+    size = max(SCRATCH, block)
+    if _scratch_buffers.buffer.shape[0] < size:
+        _scratch_buffers.buffer = np.zeros(size, dtype=np.uint8)
+    return _scratch_buffers.buffer
 
 
 @functools.cache
@@ -466,10 +493,11 @@ def _map_key(seed: int) -> int:
 
 @_guarded
 def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int) -> tuple[Tensor, Tensor, bool]:
-    """(codes, meta, special) of facto.compress.Packed for a float32 x (special blocks: NAN_BITS
-    metadata; facto.compress.lossy keeps their values apart; special: whether there is one); seed
-    from :func:`kernel_seed`."""
-    flat = x.detach().contiguous().view(-1)
+    """(codes, meta, special) of facto.compress.Packed for x (special blocks: NAN_BITS metadata;
+    facto.compress.lossy keeps their values apart; special: whether there is one); seed from
+    :func:`kernel_seed`. A float16/bfloat16 x is quantized from its float32 copy, as the reference
+    does."""
+    flat = _float32(x)
     numel = flat.numel()
     codes = torch.empty(math.ceil(numel / 8) * bits, dtype=torch.uint8)
     meta = torch.empty((math.ceil(numel / block), 2), dtype=torch.int16)
@@ -478,42 +506,45 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
     whole = flat[: numel // block * block].view(-1, block)
     lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
     special = _quantize_blocks(_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic),
-                               _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table())
+                               _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table(), _scratch(block))
     return codes, meta, special > 0
 
 
 @_guarded
 def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel: int,
                       dtype: torch.dtype) -> Tensor:
-    """The flat dequantized float32 tensor of `numel` values from Packed's codes and meta."""
-    out = torch.empty(numel, dtype=dtype)
+    """The flat dequantized tensor (numel values of `dtype`) from Packed's codes and meta: computed in
+    float32, then rounded to a 16-bit `dtype` as the reference rounds it."""
+    out = torch.empty(numel, dtype=torch.float32)
     if numel:
-        _dequantize_blocks(_np(codes), _np(meta), _np(out), bits, block, _f16_table())
-    return out
+        _dequantize_blocks(_np(codes), _np(meta), _np(out), bits, block, _f16_table(), _scratch(block))
+    return out.to(dtype)
 
 
 @_guarded
 def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
-    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a float32 x in one pass."""
-    flat = x.detach().contiguous().view(-1)
+    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of x in one pass (a 16-bit x through a float32 copy:
+    clamped there, compared with the cap rounded to x's dtype, as torch does)."""
+    flat = _float32(x)
     y = torch.empty_like(flat)
     codes = torch.empty(math.ceil(flat.numel() / 8), dtype=torch.uint8)
     if flat.numel():
         has_cap, cap_f = cap is not None, 0.0 if cap is None else float(cap)
         cap_x = float(torch.tensor(cap_f, dtype=x.dtype))  # as torch compares x < cap
         _clamp_mask_groups(_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f),
-                           np.float32(cap_x))
-    return y.view(x.shape), codes
+                           np.float32(cap_x), _scratch())
+    return y.to(x.dtype).view(x.shape), codes
 
 
 @_guarded
 def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
-    """grad_out * mask (mask from :func:`clamp_with_mask`'s codes) in one pass."""
-    g = grad_out.detach().contiguous()
+    """grad_out * mask (mask from :func:`clamp_with_mask`'s codes) in one pass (exact in any dtype:
+    a value or 0)."""
+    g = _float32(grad_out)
     out = torch.empty_like(g)
     if g.numel():
-        _masked_grad_groups(_np(g.view(-1)), _np(codes), _np(out.view(-1)), g.numel())
-    return out
+        _masked_grad_groups(_np(g), _np(codes), _np(out), g.numel(), _scratch())
+    return out.to(grad_out.dtype).view(grad_out.shape)
 
 
 @_guarded
@@ -522,7 +553,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     src = mask.contiguous().view(-1).view(torch.uint8)
     codes = torch.empty(math.ceil(src.numel() / 8), dtype=torch.uint8)
     if src.numel():
-        _pack_mask_groups(_np(src), _np(codes), src.numel())
+        _pack_mask_groups(_np(src), _np(codes), src.numel(), _scratch())
     return codes
 
 
@@ -531,5 +562,5 @@ def unpack_mask(codes: Tensor, numel: int) -> Tensor:
     """The flat bool tensor of `numel` values packed by :func:`pack_mask`, in one pass."""
     out = torch.empty(numel, dtype=torch.bool)
     if numel:
-        _unpack_mask_groups(_np(codes), _np(out.view(torch.uint8)), numel)
+        _unpack_mask_groups(_np(codes), _np(out.view(torch.uint8)), numel, _scratch())
     return out

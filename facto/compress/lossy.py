@@ -345,7 +345,7 @@ def quantize(
 
     Runs as one kernel where one serves (:func:`facto.compress.backend.kernels_for`: Triton on
     CUDA for float32/float16/bfloat16 and power-of-two blocks in [8, 8192]; Numba on the CPU for
-    float32 and blocks that are multiples of 8), else in PyTorch. Stochastic noise: a kernel
+    the same dtypes and blocks that are multiples of 8), else in PyTorch. Stochastic noise: a kernel
     uses ``seed`` (drawn from ``generator`` on the host, or from torch's default CPU generator,
     when None); PyTorch uses ``generator`` (or a generator seeded with ``seed``).
     """

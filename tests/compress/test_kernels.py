@@ -40,7 +40,7 @@ else:
     from facto.compress import cpu_kernels as K
 
     DEVICE = "cpu" if K.available() else None
-    DTYPES = [torch.float32]  # the Numba kernels serve float32; other dtypes take the reference
+    DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 kernel = pytest.mark.skipif(DEVICE is None, reason="numba is missing: no CPU kernels to check")
 parent = pytest.mark.skipif(INTERPRET, reason="runs in the parent process only")
@@ -101,13 +101,13 @@ def test_fallback_when_triton_cannot_be_imported(monkeypatch):
 
 
 @parent
-def test_cpu_takes_the_numba_kernels_for_float32_only(monkeypatch):
+def test_cpu_takes_the_numba_kernels_but_for_float64(monkeypatch):
     from facto.compress import backend, cpu_kernels, kernels
 
     assert not kernels.available("cpu")  # Triton on the CPU: only under its interpreter
-    assert kernels_for(torch.device("cpu"), torch.float32, 64) is (cpu_kernels if cpu_kernels.available() else None)
-    for dtype in (torch.float64, torch.float16, torch.bfloat16):
-        assert kernels_for(torch.device("cpu"), dtype, 64) is None
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert kernels_for(torch.device("cpu"), dtype, 64) is (cpu_kernels if cpu_kernels.available() else None)
+    assert kernels_for(torch.device("cpu"), torch.float64, 64) is None
     assert kernels_for(torch.device("cpu"), torch.float32, 100) is None  # not a multiple of 8
     with backend.reference_only():
         assert kernels_for(torch.device("cpu"), torch.float32, 64) is None
