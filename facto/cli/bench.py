@@ -106,14 +106,15 @@ def _checked_bench_args(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..compress.backend import path_name
     from ..config import count
     from ..engine.bench import bench_model, chart, markdown
     from ..engine.devices import machine
 
     models, seeds, device = _checked_bench_args(args)
     log = (lambda msg: None) if args.json else progress
-    log(f"machine: {machine()}; device {device}; digits, {count(args.epochs, 'epoch')}, seeds {seeds}, "
-        f"batch {args.batch}")
+    log(f"machine: {machine()}; device {device} (compression: {path_name(device)}); digits, "
+        f"{count(args.epochs, 'epoch')}, seeds {seeds}, batch {args.batch}")
     rows = []
     for name in models:
         rows += bench_model(name, seeds, args.epochs, args.batch, device, args.rank, not args.no_train, log)
@@ -123,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         capped = max_batch_table(args.max_batch_gb, log=log)
     if args.json:
-        document = {"machine": machine(), "rows": [asdict(r) for r in rows]}
+        document = {"machine": machine(), "compression": path_name(device), "rows": [asdict(r) for r in rows]}
         if args.max_batch_gb:
             document["max_batch"] = [asdict(r) for r in capped]
         print(json.dumps(document, indent=2))

@@ -82,6 +82,14 @@ def kernels_for(device: torch.device, dtype: torch.dtype | None = None, block: i
     return _triton_kernels(device, dtype, block)
 
 
+def path_name(device: torch.device) -> str:
+    """What compresses a float32 map on `device`: 'numba kernels', 'Triton kernels' or 'PyTorch reference'."""
+    kernels = kernels_for(device, torch.float32, 64)
+    if kernels is None:
+        return "PyTorch reference"
+    return "numba kernels" if kernels.__name__.endswith("cpu_kernels") else "Triton kernels"
+
+
 def fused(device: torch.device, call, dtype: torch.dtype | None = None, block: int | None = None):
     """`call(kernels)` where a kernel module serves this call (see :func:`kernels_for`), else
     None; None too when a kernel fails (it warned and turned its kernels off: the caller's

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from facto.cli import main
 
@@ -294,3 +295,16 @@ def test_runs_list_marks_each_sweep_point_with_its_sweep_and_epochs(capsys):
     for i, words in rows.items():  # id, date, time, status, the name, then sweep and epochs
         assert words[4 + name_words[i]:][:2] == (["1", "2"] if i < 4 else ["-", "3"]), words
     assert "bits=None" not in out and "rank" not in " ".join(rows[1])
+
+
+def test_bench_says_what_compressed_its_maps(capsys, monkeypatch):
+    """The machine line and the JSON name the compression path, which its step times depend on."""
+    from facto.compress import backend
+
+    fast_bench(monkeypatch)
+    argv = ["bench", "--models", "simple_cnn", "--seeds", "0", "--epochs", "1", "--batch", "8", "--no-train"]
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0 and json.loads(out)["compression"] == backend.path_name(torch.device("cpu"))
+    monkeypatch.setattr(backend, "CPU_KERNELS", False)
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "device cpu (compression: PyTorch reference)" in err
