@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backend import mix64, kernel_seed, reference_only, reference_only_now
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
+from .seeds import kernel_seed, mix64
+from .switches import reference_only, reference_only_now
 
 try:
     import numba

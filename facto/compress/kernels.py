@@ -27,8 +27,9 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
-from .backend import kernel_seed, reference_only, reference_only_now
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
+from .seeds import kernel_seed
+from .switches import reference_only, reference_only_now
 
 try:
     import triton
