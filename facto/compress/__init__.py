@@ -23,7 +23,8 @@ with its sign, at block * itemsize extra bytes (see :mod:`facto.compress.format`
 Modules: `format` (constants and shared checks), `bits` (bit packing), `lossy` (b-bit and
 16-bit containers), `lossless` (masks, narrow integers), `relaid` (non-contiguous maps),
 `backend` (which path serves a call), `kernels` (Triton), `cpu_kernels` (Numba), `seeds` (their
-noise keys) and `switches` (the reference-only switch they obey).
+noise keys), `switches` (the reference-only switch they obey) and `failures` (what a failing
+kernel does).
 """
 from __future__ import annotations
 

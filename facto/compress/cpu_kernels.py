@@ -22,12 +22,12 @@ import functools
 import math
 import threading
 import warnings
-from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .failures import KernelFailed, guarded
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
 from .seeds import kernel_seed, mix64
 from .switches import reference_only, reference_only_now
@@ -55,10 +55,6 @@ __all__ = [
 KERNELS = ("_quantize_blocks", "_dequantize_blocks", "_clamp_mask_groups", "_masked_grad_groups",
            "_pack_mask_groups", "_unpack_mask_groups")  # the compiled functions, for tests
 _works: dict[str, bool] = {}
-
-
-class KernelFailed(RuntimeError):
-    """A Numba kernel could not be built or run; the CPU kernels are now off for this process."""
 
 
 def supports_block(block: int) -> bool:
@@ -92,27 +88,7 @@ def _probe() -> bool:
         return False
 
 
-_Launcher = TypeVar("_Launcher", bound=Callable)
-
-
-def _guarded(launcher: _Launcher) -> _Launcher:
-    """`launcher`, turning any failure but running out of memory into KernelFailed after switching
-    the CPU kernels off (one warning)."""
-
-    @functools.wraps(launcher)
-    def run(*args, **kwargs):
-        try:
-            return launcher(*args, **kwargs)
-        except (MemoryError, torch.OutOfMemoryError):
-            raise
-        except Exception as err:
-            if _works.get("cpu"):  # the kernels were on (during the probe, the probe warns)
-                warnings.warn(f"facto: CPU kernels disabled ({launcher.__name__}: {err!r});"
-                              " the PyTorch reference takes over", stacklevel=4)
-            _works["cpu"] = False
-            raise KernelFailed(f"{launcher.__name__} failed: {err!r}") from err
-
-    return run  # type: ignore[return-value]
+_guarded = guarded(lambda: _works, "CPU kernels")
 
 
 def _float32(x: Tensor) -> Tensor:

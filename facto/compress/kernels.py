@@ -17,16 +17,15 @@ its reference; an out-of-memory error is not a kernel failure and propagates.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
 import warnings
-from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
+from .failures import KernelFailed, guarded
 from .format import FP16_META_LIMIT, NAN_BITS, WIDE_FLAG
 from .seeds import kernel_seed
 from .switches import reference_only, reference_only_now
@@ -102,32 +101,7 @@ def _probe(device: torch.device) -> bool:
         return False
 
 
-class KernelFailed(RuntimeError):
-    """A Triton kernel could not be built or launched; the kernels are now off for its device."""
-
-
-_Launcher = TypeVar("_Launcher", bound=Callable)
-
-
-def _guarded(launcher: _Launcher) -> _Launcher:
-    """`launcher`, turning any failure but running out of memory into KernelFailed, after
-    switching the kernels off for the device of its first argument (one warning)."""
-
-    @functools.wraps(launcher)
-    def run(first: Tensor, *args, **kwargs):
-        try:
-            return launcher(first, *args, **kwargs)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:
-            kind = first.device.type
-            if _works.get(kind):  # the kernels were on (during the probe, the probe warns)
-                warnings.warn(f"facto: Triton kernels disabled on {kind} ({launcher.__name__}: {err!r});"
-                              " the PyTorch reference takes over", stacklevel=4)
-            _works[kind] = False
-            raise KernelFailed(f"{launcher.__name__} failed on {kind}: {err!r}") from err
-
-    return run  # type: ignore[return-value]
+_guarded = guarded(lambda: _works, "Triton kernels")
 
 
 # ---------------------------------------------------------------- kernels
