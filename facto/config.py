@@ -148,6 +148,35 @@ CYCLE = "cycle"
 UPDATE_CHOICES = (*UPDATES, CYCLE)
 
 
+INIT_RANDOM, INIT_PRETRAINED, INIT_RUN = "random", "pretrained", "run:"
+INIT_HELP = ("random (fresh weights from the seed), run:ID (the baseline a stored run trained), the path of a "
+             "state-dict file (.pt, .pth) or pretrained (torchvision's published weights)")
+
+
+def parse_init(value: object, name: str = "init") -> str:
+    """Where a run's weights start, as text: 'random', 'pretrained', 'run:ID' (ID >= 1) or a file path.
+
+    Only the form is checked here; whether the run, the file or the weights exist is checked when a
+    run starts (`facto.engine.starting`). ValueError names the value and what is allowed.
+    """
+    bad = ValueError(f"{name}={value!r} is not allowed: use {INIT_HELP}")
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise bad
+    text = value.strip()
+    lowered = text.lower()
+    if lowered in (INIT_RANDOM, INIT_PRETRAINED):
+        return lowered
+    if lowered.startswith(INIT_RUN):
+        try:
+            run_id = parse_int(text[len(INIT_RUN):])
+        except ValueError:
+            raise bad from None
+        if run_id < 1:
+            raise bad
+        return f"{INIT_RUN}{run_id}"
+    return text
+
+
 def cycle_order() -> list[str]:
     """The factors `update='cycle'` trains in turn (never `first`: it stores the full input)."""
     return ["core", "last"]
@@ -183,7 +212,7 @@ def count(n: int, word: str) -> str:
 class Setting:
     """Metadata of one RunConfig field.
 
-    kind: choice | int | float | bool | text | rank | model | dataset | device.
+    kind: choice | int | float | bool | text | rank | model | dataset | device | init.
     choices: allowed values (or a function returning them) for choice-like kinds.
     optional: None is allowed (text 'none'; widget value 0 for numbers).
     """
@@ -212,6 +241,8 @@ class Setting:
         """What is allowed, in words (for error messages and help)."""
         if self.kind == "rank":
             return RANK_HELP
+        if self.kind == "init":
+            return INIT_HELP
         if self.kind == "model":
             return "one of " + ", ".join(self.allowed()) + " or any torchvision classification model name"
         if self.kind == "device":
@@ -242,6 +273,8 @@ class Setting:
         kind = self.kind
         if kind == "rank":
             return RankPolicy.parse(value, name)
+        if kind == "init":
+            return parse_init(value, name)
         if kind == "model":
             from .engine.models import check_model_name
 
@@ -430,9 +463,18 @@ class RunConfig:
     eval_every: int = setting(0, label="Test every N steps", kind="int", minimum=0, group="advanced",
                               help="More frequent tests give smoother accuracy curves but cost time "
                                    "(0: at the end of each epoch).")
+    init: str = setting(INIT_RANDOM, label="Start from", kind="init", group="training",
+                        help="The weights both variants start from: " + INIT_HELP + ". The first conv and "
+                             "the classifier adapt to the dataset; the run says which tensors were loaded.")
     warm_start_steps: int = setting(0, label="Warm-up steps", kind="int", minimum=0, group="training",
-                                    help="Train the dense model this many steps before factorizing it: "
-                                         "trained weights factorize with less error. Costs time, not memory.")
+                                    help="Train the dense model this many steps (from its starting weights) "
+                                         "before factorizing it: trained weights factorize with less error. "
+                                         "Costs time, not memory.")
+    warm_start_dataset: str | None = setting(None, label="Warm-up data", kind="dataset", choices=_datasets,
+                                             optional=True, group="training",
+                                             help="The dataset the warm-up trains on (none: the run's own). "
+                                                  "Another dataset makes the run a transfer: the dense model "
+                                                  "learns there, then both variants fine-tune on the run's.")
     cycle_every: int = setting(0, label="Cycle every N steps", kind="int", minimum=0, group="advanced",
                                help="With update=cycle: switch the trained factor every N steps "
                                     "(0: each epoch).")
@@ -443,6 +485,10 @@ class RunConfig:
     max_train: int | None = setting(None, label="Train images", kind="int", minimum=1, optional=True,
                                     group="data", unit="images",
                                     help="Train on a fixed random subset of this many images (0/none: all).")
+    keep_models: bool = setting(True, label="Keep trained models", kind="bool", group="advanced",
+                                help="Keep the trained baseline and Facto models (as plain state dicts of the "
+                                     "original architecture) with the run in the history, for History, "
+                                     "`facto runs export` and `--init run:ID`.")
     max_test: int | None = setting(None, label="Test images", kind="int", minimum=1, optional=True,
                                    group="data", unit="images",
                                    help="Test on a fixed random subset (0/none: all): faster, noisier accuracy.")

@@ -27,6 +27,8 @@ EXAMPLES = {
     "download": [False, True],
     "recompute": [False, True],
     "device": ["auto", "cpu", "cuda", "mps", "cuda:1"],
+    "init": ["random", "pretrained", "run:1", "run:12", "/tmp/some weights.pt", "model.pth"],
+    "keep_models": [False, True],
 }
 
 
@@ -43,7 +45,7 @@ CASES = [(name, value) for name in SETTINGS for value in values(name)]
 def test_every_field_has_a_setting_with_label_and_help():
     for name, s in SETTINGS.items():
         assert s.label and len(s.help) > 20, name
-        assert s.kind in ("choice", "int", "float", "bool", "text", "rank", "model", "dataset", "device", "bits")
+        assert s.kind in ("choice", "int", "float", "bool", "text", "rank", "model", "dataset", "device", "bits", "init")
     assert set(EXAMPLES) | {n for n, s in SETTINGS.items() if s.allowed()} >= set(SETTINGS)
 
 

@@ -342,6 +342,38 @@ def _build_digits(root: Path, download: bool, augment: bool) -> tuple[Dataset, D
     return train, TensorDataset(test_x, test_y)
 
 
+def _digit_classes(low: int, high: int) -> Builder:
+    """Builder of the digits `low`..`high` only, labelled 0..high-low (the same train/test split)."""
+
+    def build(root: Path, download: bool, augment: bool) -> tuple[Dataset, Dataset]:
+        train_x, train_y, test_x, test_y = _digits_tensors()
+        keep_train = (train_y >= low) & (train_y <= high)
+        keep_test = (test_y >= low) & (test_y <= high)
+        train: Dataset = TensorDataset(train_x[keep_train], train_y[keep_train] - low)
+        if augment:
+            train = _Augmented(train, _CropFlip(padding=2, fill=float(train_x.min())))
+        return train, TensorDataset(test_x[keep_test], test_y[keep_test] - low)
+
+    return build
+
+
+# a transfer task from the shipped data: learn digits 0-4, then fine-tune on 5-9 (sizes: the split's counts)
+for _low, _high, _train, _test in ((0, 4, 703, 198), (5, 9, 697, 199)):
+    register_dataset(
+        DatasetInfo(
+            name=f"digits_{_low}_{_high}",
+            num_classes=_high - _low + 1,
+            in_channels=1,
+            image_size=IMAGE_SIZE,
+            description=f"the digits {_low}-{_high} only, labelled 0-{_high - _low} ({_train} train / {_test} "
+            "test): half of a transfer task (learn 0-4, fine-tune on 5-9); offline",
+            needs_download=False,
+            train_size=_train,
+            test_size=_test,
+        )
+    )(_digit_classes(_low, _high))
+
+
 # --------------------------------------------------------------------------- torchvision datasets
 
 

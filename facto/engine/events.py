@@ -47,6 +47,8 @@ class StartEvent:
     evals_planned: int = 0
     run_id: int | None = None
     process_before_model: int | None = None  # resident bytes of the process with its data, before any model (CPU)
+    init: dict | None = None  # where the weights started: facto.engine.starting.InitReport as a dict, with its line
+    handover: dict | None = None  # a warm-up on another dataset: how its model was loaded into the run's
     type: str = "start"
 
 
@@ -93,6 +95,18 @@ class FailureEvent:
 
 
 @dataclass
+class ModelsEvent:
+    """Sent once the steps are done: each variant's final weights as a plain state dict of the
+    original architecture (the Facto model through `facto.to_dense`), on the CPU. The recorder keeps
+    them with the run and passes on only their sizes (`kept`: variant -> bytes of its file)."""
+
+    states: dict[str, dict]
+    kept: dict[str, int] = field(default_factory=dict)
+    run_id: int | None = None
+    type: str = "models"
+
+
+@dataclass
 class SummaryEvent:
     """The end of a run: both accuracies, the memory saving, timings, and any variant that failed.
 
@@ -126,7 +140,7 @@ def steps_done(steps: dict[str, int], failures: dict[str, str] | None = None) ->
     return min(live) if live else max(steps.values(), default=0)
 
 
-Event = Union[PhaseEvent, StartEvent, StepEvent, EvalEvent, FailureEvent, SummaryEvent]
+Event = Union[PhaseEvent, StartEvent, StepEvent, EvalEvent, FailureEvent, ModelsEvent, SummaryEvent]
 
 
 class RunTracker:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from ..store.files import StoreUnavailableError
 from . import distributed
-from .events import EvalEvent, Event, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .events import EvalEvent, Event, ModelsEvent, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
 from .stopping import RunStopped, stop_reason
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
                 pending.append(_row(event))
                 if isinstance(event, EvalEvent) or len(pending) >= FLUSH_EVERY:
                     _flush(store, run_id, pending)
+            elif isinstance(event, ModelsEvent):
+                event = _keep(store, run_id, event, tracker)
             elif isinstance(event, SummaryEvent):
                 event.run_id = run_id
                 status = event.status
@@ -81,6 +83,16 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
             if error is None and tracker.failures:
                 error = "; ".join(f"{v} failed: {why}" for v, why in tracker.failures.items())
             store.finish_run(run_id, status, asdict(summary) if summary else None, error)
+
+
+def _keep(store, run_id: int | None, event: ModelsEvent, tracker: RunTracker) -> ModelsEvent:
+    """Keep the trained models with the run (unless its config says not to); the event passed on
+    carries the files' sizes, not the weights."""
+    config = tracker.start.config if tracker.start else {}
+    kept = {}
+    if run_id is not None and event.states and config.get("keep_models", True) and distributed.is_main_process():
+        kept = {v: m.bytes for v, m in store.keep_models(run_id, event.states).items()}
+    return ModelsEvent({}, kept, run_id)
 
 
 def _kind(variants) -> str:

@@ -19,22 +19,25 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig
+from ..config import INIT_RANDOM, RunConfig
 from ..method.factorize import describe
 from ..memory.process import ResidentPeak, resident_bytes
 from ..method.layers import FactorizedLayer, replace_module
 from . import distributed
 from .build import Variant, dense_model, layer_bytes, run_variants
-from .data import DataBundle, load_data
+from .data import DataBundle, dataset_info, load_data
 from .devices import device_name, resolve_device
-from .events import EvalEvent, Event, FailureEvent, PhaseEvent, RunTracker, StartEvent, StepEvent, SummaryEvent
+from .events import (EvalEvent, Event, FailureEvent, ModelsEvent, PhaseEvent, RunTracker, StartEvent, StepEvent,
+                     SummaryEvent)
 from .optim import make_optimizer
+from .starting import InitReport, check_init, load_state, starting_model
 from .step import NonFiniteError, autocast, train_step
 from .stopping import check_stop
 
@@ -265,12 +268,18 @@ class Schedule:
 
 
 def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto"),
-            data: DataBundle | None = None) -> Iterator[Event]:
+            data: DataBundle | None = None, history: str | Path | None = None) -> Iterator[Event]:
     """Train baseline and Facto side by side from the same weights; yield events as they happen.
+
+    The starting weights (`config.init`) are checked before the first event, so a file or run that
+    does not fit raises `InitError` with nothing started. Trained from weights that have learned
+    (an init other than random, or a warm-up), both variants are tested once before their first
+    step (step 0). After the last step a `ModelsEvent` carries each variant's final weights.
 
     Args:
         variants: which of baseline / facto to train (`run` trains one).
         data: a loaded DataBundle to reuse (else loaded from the config).
+        history: the run history that `init='run:ID'` reads (None: the default one).
     """
     if not isinstance(config, RunConfig):
         raise ValueError(f"config={type(config).__name__} is not allowed: use a facto.RunConfig "
@@ -281,6 +290,9 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     tracker = RunTracker()
     chosen = run_variants(config, variants)
     names = [v.name for v in chosen]
+    warm_name = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
+    warm_info = dataset_info(warm_name)
+    check_init(config, warm_info.num_classes, warm_info.in_channels, history)  # InitError: nothing started
     distributed.init_from_env()
     device = distributed.device_for(resolve_device(config.device))
     yield PhaseEvent("loading", config.to_dict(), names)
@@ -296,11 +308,22 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         raise RunTooLongError(
             f"warm_start_steps={config.warm_start_steps} is not allowed with {schedule.total} training steps: "
             f"warm-up and training together take at most {MAX_RUN_STEPS} steps")
+    warm_loader = train_loader
+    if warm_name != config.dataset:
+        warm_data = load_data(warm_name, config.data_dir, config.batch_size, download=config.download,
+                              seed=config.seed, max_train=config.max_train, max_test=config.max_test)
+        warm_loader = distributed.shard_loader(warm_data.train_loader, config.seed)
+    check_stop()
     before_model = resident_bytes() if device.type == "cpu" else None
-    dense = dense_model(config, data.info.num_classes, data.info.in_channels, device)
+    dense, init_report = starting_model(config, warm_info.num_classes, warm_info.in_channels, device, history)
     if config.warm_start_steps:
         yield PhaseEvent("warm-up", config.to_dict(), names)
-        yield from _warm_start(dense, config, train_loader, device)
+        yield from _warm_start(dense, config, warm_loader, device)
+    handover = None
+    if warm_name != config.dataset:
+        target = dense_model(config, data.info.num_classes, data.info.in_channels, device)
+        handover = load_state(target, dense.state_dict(), f"the warm-up on {warm_name}", config.model)
+        dense = target
     yield PhaseEvent("factorizing", config.to_dict(), names)
     models = {}
     for v in chosen:
@@ -308,6 +331,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         models[v.name] = v.build(dense)
     check_stop()
     del dense
+    learned = int(learned_start(config))
     probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
     start = StartEvent(
         config=config.to_dict(), device=str(device), device_name=device_name(device),
@@ -317,16 +341,45 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         layer_bytes={k: layer_bytes(m, probe, config.bits if k == "facto" else None, config.block)
                      for k, m in models.items()},
         report=[asdict(r) for r in describe(models["facto"])] if "facto" in models else [],
-        evals_planned=schedule.evals_planned(), process_before_model=before_model)
+        evals_planned=schedule.evals_planned() + learned, process_before_model=before_model,
+        init=_report_dict(init_report), handover=_report_dict(handover) if handover else None)
     tracker.add(start)
     yield start
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]
     if len(trainers) == 1:  # alone in its process: its peak is the process's (getrusage's ru_maxrss agrees)
         trainers[0].own_peak = False
+    if learned:  # each variant's test accuracy as it starts: what factorizing trained weights costs
+        for t in trainers:
+            check_stop()
+            began = time.perf_counter()
+            loss, acc = t.evaluate(data.test_loader)
+            event = EvalEvent(t.name, 0, 0, loss, acc, time.perf_counter() - began)
+            tracker.add(event)
+            yield event
     for event in _train(trainers, schedule, train_loader, data.test_loader):
         tracker.add(event)
         yield event
+    yield ModelsEvent({t.name: trained_state(t.model) for t in trainers if not t.failure})
     yield tracker.summary("completed" if len(tracker.failures) < len(trainers) else "failed")
+
+
+def learned_start(config: RunConfig) -> bool:
+    """Whether a run starts from weights that have learned (an init other than random, or a warm-up):
+    such a run tests both variants before their first step."""
+    return config.init != INIT_RANDOM or config.warm_start_steps > 0
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A trained model's weights as a plain state dict of its original architecture, on the CPU
+    (a Facto model through `facto.to_dense`)."""
+    from ..method.dense import to_dense
+
+    plain = to_dense(getattr(model, "module", model))  # unwrapped from DistributedDataParallel
+    return {k: v.detach().to("cpu", copy=True) for k, v in plain.state_dict().items()}
+
+
+def _report_dict(report: InitReport) -> dict:
+    return {**asdict(report), "line": report.line()}
 
 
 def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loader) -> Iterator[Event]:
@@ -420,4 +473,4 @@ def compare_and_record(config: dict, store_path: str | None = None) -> Iterator[
     from .recorder import history_at, record
 
     with history_at(store_path) as store:
-        yield from record(compare(RunConfig.from_dict(config)), store)
+        yield from record(compare(RunConfig.from_dict(config), history=store_path), store)

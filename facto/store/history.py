@@ -48,6 +48,7 @@ from .files import (
     sqlite_code,
     sqlite_unavailable,
 )
+from . import kept
 from .owner import OWNER_COLUMNS, STALE_ERROR, owner_gone, this_process
 from .rows import (
     BASE_COLUMNS,
@@ -574,10 +575,25 @@ class RunStore:
                 raise RunNotFoundError(run_id)
 
     def delete_run(self, run_id: int) -> None:
-        """Delete a run with its metrics and layers (its id is never given out again)."""
+        """Delete a run with its metrics, layers and kept models (its id is never given out again)."""
         with self._write("delete a run") as conn:
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
                 raise RunNotFoundError(run_id)
+        kept.delete(self.path, run_id)
+
+    # ----------------------------------------------------------------- kept models
+
+    def keep_models(self, run_id: int, states: Mapping[str, Mapping]) -> dict[str, kept.KeptModel]:
+        """Keep run `run_id`'s trained models (variant -> state dict) in the history's `models` folder."""
+        self.get_run(run_id)
+        if not self.writable:
+            raise StoreUnavailableError(self.path, "cannot keep models: the history is read-only",
+                                        self._fix("a writable folder"))
+        return kept.keep(self.path, run_id, states)
+
+    def kept_models(self, run_id: int) -> dict[str, kept.KeptModel]:
+        """Run `run_id`'s kept model files by variant (baseline, facto); empty when none were kept."""
+        return kept.kept(self.path, run_id)
 
     @staticmethod
     def _touch(conn: sqlite3.Connection, run_id: int) -> None:

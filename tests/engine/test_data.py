@@ -39,7 +39,7 @@ RNG = np.random.default_rng(0)
 
 
 def test_list_datasets():
-    assert list_datasets() == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
+    assert list_datasets() == ["digits", "digits_0_4", "digits_5_9", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 
 
 @pytest.mark.parametrize("name", list_datasets())
@@ -48,8 +48,8 @@ def test_dataset_info(name):
     assert isinstance(info, DatasetInfo) and info.name == name
     assert info.image_size == 32 and info.description
     assert info.in_channels == (3 if name.startswith(("cifar", "svhn")) else 1)
-    assert info.num_classes == (100 if name == "cifar100" else 10)
-    assert info.needs_download == (name != "digits")
+    assert info.num_classes == (100 if name == "cifar100" else 5 if name.startswith("digits_") else 10)
+    assert info.needs_download == (not name.startswith("digits"))
 
 
 def test_unknown_dataset_raises_value_error():
