@@ -22,7 +22,7 @@ import streamlit as st
 
 import ui
 from facto import plots
-from facto.config import PRESET_FIELDS, PRESETS, RunConfig, matching_preset, preset_text
+from facto.config import PRESET_FIELDS, PRESETS, SCENARIO_FIELDS, RunConfig, matching_preset, preset_text
 from facto.engine.estimate import TEST_BATCH_SHARE
 from facto.engine.events import RunTracker, StartEvent, steps_done
 from facto.engine.jobs import Job
@@ -30,30 +30,44 @@ from facto.engine.train import compare_and_record, too_short_note
 
 P = ""  # widget keys are the RunConfig field names on this page
 METHOD = ["model", "dataset", "rank", "update", "bits", "recompute"]
-TRAINING = ["epochs", "seed", "batch_size", "lr", "device", "warm_start_steps"]
+TRAINING = ["epochs", "seed", "batch_size", "lr", "device", "init", "warm_start_steps", "warm_start_dataset"]
 ADVANCED = ["max_train", "max_test", "block", "eval_every", "optimizer", "schedule", "precision",
-            "data_dir", "download"]
+            "keep_models", "data_dir", "download"]
 FIELDS = METHOD + TRAINING + ADVANCED
 
 
 # ----------------------------------------------------------------------------- controls
 
 def apply_preset() -> None:
+    """Set the preset's fields; leaving a scenario (transfer) puts its dataset and warm-up back to the
+    defaults."""
     name = st.session_state["preset"]
-    if name in PRESETS:
-        ref = RunConfig(**PRESETS[name])
-        for field in PRESET_FIELDS:
-            st.session_state[P + field] = ui.SETTINGS[field].to_widget(getattr(ref, field))
+    if name not in PRESETS:
+        return
+    ref = RunConfig(**PRESETS[name])
+    fields = list(PRESET_FIELDS) + [f for f in SCENARIO_FIELDS if f in PRESETS[name]]
+    if st.session_state.pop("scenario_applied", None):
+        fields += [f for f in SCENARIO_FIELDS if f not in fields]
+    for field in fields:
+        st.session_state[P + field] = ui.SETTINGS[field].to_widget(getattr(ref, field))
+    if any(f in PRESETS[name] for f in SCENARIO_FIELDS):
+        st.session_state["scenario_applied"] = name
 
 
 def match_preset() -> None:
-    """After a hand edit of rank/update/bits/recompute: the preset they match, else custom."""
+    """After a hand edit of a preset's field: the preset the form matches, else custom."""
     try:
-        config = ui.config_from_widgets(P, PRESET_FIELDS)
+        config = ui.config_from_widgets(P, FIELDS)
     except ValueError:
-        st.session_state["preset"] = "custom"
-        return
+        try:
+            config = ui.config_from_widgets(P, list(PRESET_FIELDS))
+        except ValueError:
+            st.session_state["preset"] = "custom"
+            return
     st.session_state["preset"] = matching_preset(config) or "custom"
+
+
+MATCHED = (*PRESET_FIELDS, *SCENARIO_FIELDS)  # editing one of these can change the preset the form matches
 
 
 def init_state() -> None:
@@ -123,21 +137,21 @@ def sidebar(locked: bool) -> None:
             run_notes(check)
         st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, disabled=locked,
                  captions=[preset_text(p).split(": ", 1)[1] for p in PRESETS] + ["your own settings"],
-                 help="One click sets rank, trained factor, bits and recompute. Editing one of them by hand "
-                      "switches to custom.")
+                 help="One click sets rank, trained factor, bits and recompute (transfer also sets the data, "
+                      "a dense warm-up on the digits 0-4 and one epoch of fine-tuning on 5-9). Editing one of "
+                      "them by hand switches to custom.")
         for name in METHOD:
             options = ui.allowed_models() if name == "model" else None
             ui.setting_widget(name, P + name, disabled=locked, options=options, problem=problem(name),
-                              on_change=match_preset if name in PRESET_FIELDS else None)
+                              on_change=match_preset if name in MATCHED else None)
         a, b = st.columns(2)
-        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, problem=problem("epochs"))
+        ui.setting_widget("epochs", P + "epochs", a, disabled=locked, problem=problem("epochs"),
+                          on_change=match_preset)
         ui.setting_widget("seed", P + "seed", b, disabled=locked)
         ui.setting_widget("batch_size", P + "batch_size", disabled=locked, problem=problem("batch_size"))
         ui.setting_widget("lr", P + "lr", disabled=locked)
-        a, b = st.columns(2)
-        ui.setting_widget("device", P + "device", a, disabled=locked, options=available_devices())
-        ui.setting_widget("warm_start_steps", P + "warm_start_steps", b, disabled=locked,
-                          problem=problem("warm_start_steps"))
+        ui.setting_widget("device", P + "device", disabled=locked, options=available_devices())
+        starting_weights(locked, problem)
         advanced = [problem(name) for name in ADVANCED]
         with st.expander("Advanced: subset, blocks, testing, data", expanded=any(advanced)):
             a, b = st.columns(2)
@@ -151,9 +165,43 @@ def sidebar(locked: bool) -> None:
             ui.setting_widget("optimizer", P + "optimizer", a, disabled=locked)
             ui.setting_widget("schedule", P + "schedule", b, disabled=locked)
             ui.setting_widget("precision", P + "precision", disabled=locked)
+            ui.setting_widget("keep_models", P + "keep_models", disabled=locked)
             ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
             ui.setting_widget("download", P + "download", disabled=locked or r.enabled)
     ui.sidebar_footer(limits=False)
+
+
+def starting_weights(locked: bool, problem) -> None:
+    """Where the weights start (typed, or an uploaded file) and the dense warm-up before factorizing."""
+    ui.setting_widget("init", P + "init", disabled=locked, problem=problem("init"),
+                      help_extra="Upload a file below, or type run:ID (History lists the runs that kept models).")
+    limit = ui.upload_limit()
+    st.file_uploader("Upload a weights file", type=["pt", "pth", "bin"], key="init_upload", disabled=locked,
+                     on_change=use_upload, help="A state dict saved with torch.save(model.state_dict(), path)"
+                     + (f"; at most {limit / 2**20:,.1f} MB in this room." if limit else "."))
+    upload_error = st.session_state.get("init_upload_error")
+    if upload_error:
+        st.error(upload_error, icon=":material/error:")
+    a, b = st.columns(2)
+    ui.setting_widget("warm_start_steps", P + "warm_start_steps", a, disabled=locked,
+                      problem=problem("warm_start_steps"), on_change=match_preset)
+    ui.setting_widget("warm_start_dataset", P + "warm_start_dataset", b, disabled=locked,
+                      options=[None, *ui.SETTINGS["warm_start_dataset"].allowed()],
+                      problem=problem("warm_start_dataset"), on_change=match_preset)
+
+
+def use_upload() -> None:
+    """An uploaded weights file becomes the run's starting point (its path in Start from)."""
+    upload = st.session_state.get("init_upload")
+    st.session_state.pop("init_upload_error", None)
+    if upload is None:
+        return
+    try:
+        path = ui.save_upload(upload.name, upload.getvalue())
+    except (ValueError, OSError) as exc:
+        st.session_state["init_upload_error"] = f"Upload refused: {exc}"
+        return
+    st.session_state[P + "init"] = str(path)
 
 
 def stop_help(job: Job | None, can_stop: bool) -> str:
@@ -237,6 +285,8 @@ def header(view: dict | None) -> None:
         size = f"{sizes[0]:,} train / {sizes[1]:,} test images" if isinstance(sizes, tuple) else "not on disk"
     st.markdown(f":material/developer_board: **Device** {device} &nbsp;·&nbsp; :material/neurology: **Model** "
                 f"{model} &nbsp;·&nbsp; :material/photo_library: **Data** {dataset}, {size}")
+    for line in (view or {}).get("starts") or []:  # where the weights came from, and what was loaded
+        st.caption(":material/history: " + line[0].upper() + line[1:] + ".")
 
 
 # ----------------------------------------------------------------------------- what is shown
@@ -272,7 +322,8 @@ def job_view(job: Job) -> dict:
         evals_planned=start.evals_planned if start else 0, device=start.device_name if start else None,
         params=start.params if start else {}, trainable=start.trainable_params if start else {},
         train_size=start.train_size if start else None, test_size=start.test_size if start else None,
-        queue_position=ui.registry().queue_position(job), owner=ui.owner_label(job))
+        queue_position=ui.registry().queue_position(job), owner=ui.owner_label(job),
+        starts=[r["line"] for r in (start.init, start.handover) if start and r and r.get("loaded")])
 
 
 def stored_summary(run_id: int | None) -> dict | None:
@@ -294,7 +345,8 @@ def stored_view(run) -> dict:
         error=run.error, stopping=False, failures=(run.summary or {}).get("failures") or {},
         layer_bytes=store.layer_bytes(run.id), report=[], total_steps=None, steps_per_epoch=None,
         evals_planned=0, device=None, params=(run.summary or {}).get("params", {}), trainable={},
-        train_size=None, test_size=None, queue_position=None, owner=None)
+        train_size=None, test_size=None, queue_position=None, owner=None,
+        starts=[f"started from {run.config['init']}"] if run.config.get("init", "random") != "random" else [])
 
 
 def latest_stored_view() -> dict | None:

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -428,7 +430,7 @@ def setting_widget(name: str, key: str, container=None, disabled: bool = False,
         box.selectbox(text, choices, format_func=s.format, **common)
     elif s.kind == "bool":
         box.checkbox(text, **common)
-    elif s.kind in ("rank", "text"):
+    elif s.kind in ("rank", "text", "init"):
         box.text_input(text, **common)
     elif s.steps:
         values = sorted({*s.steps, st.session_state.get(key, getattr(RunConfig(), name))})
@@ -493,7 +495,125 @@ def check_form(prefix: str, names: list[str], base: RunConfig | None = None) -> 
     if config is not None:
         work = run_work(config)
         problems.update(room_problems(room(), config, model_params(config.model, config.dataset), work))
+        if "init" in names and "init" not in problems and (problem := init_problem(config)):
+            problems["init"] = problem
     return FormCheck(config, problems, work, room_job_problems())
+
+
+# ----------------------------------------------------------------------------- starting weights
+
+UPLOADS = "uploads"  # uploaded weights files, in a folder beside the run history
+
+
+def uploads_folder() -> Path:
+    """Where uploaded weights files are kept (beside the run history's database)."""
+    from facto.store.history import default_db_path
+
+    return default_db_path().parent / UPLOADS
+
+
+def upload_limit() -> int | None:
+    """The largest weights file a visitor may upload, in bytes (room mode: a float32 state dict of the
+    largest model the room allows, plus 1 MB; None: Streamlit's own limit)."""
+    r = room()
+    return 4 * r.max_params + 2**20 if r.enabled else None
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Keep an uploaded weights file under a name made of its content's hash; ValueError when it is
+    larger than this server allows."""
+    limit = upload_limit()
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"{name} is {len(data) / 2**20:,.1f} MB: this room takes weights files of at most "
+                         f"{limit / 2**20:,.1f} MB")
+    folder = uploads_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".pt", ".pth", ".bin") else ".pt"
+    path = folder / (hashlib.sha256(data).hexdigest()[:20] + suffix)
+    if not path.exists():
+        temp = path.with_name(path.name + ".part")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    return path
+
+
+def _room_init_problem(config: RunConfig) -> str | None:
+    """What room mode forbids in `config.init`: another visitor's run, a path on the server (upload the
+    file instead), published weights the server would have to download without the room allowing it."""
+    r = room()
+    if not r.enabled or config.init == "random":
+        return None
+    if config.init == "pretrained":
+        from facto.engine.starting import InitError, pretrained_file
+
+        try:
+            present = pretrained_file(config.model)[0].is_file()
+        except InitError as exc:
+            return str(exc)
+        return None if present or r.download else (
+            f"torchvision's {config.model} weights are not on this server and this room does not download")
+    if config.init.startswith("run:"):
+        run_id = int(config.init[4:])
+        return None if run_id in runs_started_by() else (
+            f"run {run_id} is not one of your runs: in room mode you start from your own runs or an upload")
+    if not _inside(Path(config.init).expanduser(), uploads_folder()):
+        return "in room mode, upload a weights file instead of naming a path on the server"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except OSError:
+        return False
+
+
+def _init_stamp(config: RunConfig) -> tuple:
+    """What a cached check of `config.init` depends on besides its text: the file's size and time."""
+    from facto.engine.starting import pretrained_file
+
+    if config.init == "random":
+        return ()
+    try:
+        if config.init == "pretrained":
+            path = pretrained_file(config.model)[0]
+        elif config.init.startswith("run:"):
+            store = history()
+            kept = store.kept_models(int(config.init[4:])) if store is not None else {}
+            path = kept["baseline"].path if "baseline" in kept else None
+        else:
+            path = Path(config.init).expanduser()
+        st_ = path.stat() if path is not None else None
+        return (str(path), st_.st_size, st_.st_mtime_ns) if st_ else (str(path),)
+    except (OSError, ValueError):
+        return ("missing",)
+
+
+@st.cache_data(show_spinner="Checking the starting weights…", max_entries=32)
+def _checked_init(init: str, model: str, dataset: str, history_path: str | None, stamp: tuple) -> str | None:
+    from facto.engine.data import dataset_info
+    from facto.engine.starting import InitError, check_init
+
+    info = dataset_info(dataset)
+    try:
+        check_init(RunConfig(model=model, init=init), info.num_classes, info.in_channels, history_path)
+    except InitError as exc:
+        return str(exc)
+    return None
+
+
+def init_problem(config: RunConfig) -> str | None:
+    """Why `config`'s starting weights can't be used here (None: they can): the room's rules, then the
+    check a run makes before it starts (cached per file version)."""
+    if config.init == "random":
+        return None
+    problem = _room_init_problem(config)
+    if problem:
+        return problem
+    dataset = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
+    store = history()
+    return _checked_init(config.init, config.model, dataset, str(store.path) if store is not None else None,
+                         _init_stamp(config))
 
 
 def run_problems(check: FormCheck, shown: list[str]) -> None:

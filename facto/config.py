@@ -538,9 +538,13 @@ PRESETS: dict[str, dict] = {
     "balanced": dict(rank=0.5, update="core", bits=4, recompute=True),
     # every trick: recompute BN inputs, 2-bit maps
     "max-saving": dict(rank=0.5, update="core", bits=2, recompute=True),
+    # fine-tuning offline: the dense model learns the digits 0-4, then both variants fine-tune on 5-9
+    "transfer": dict(rank=0.5, update="core", bits=4, recompute=True, dataset="digits_5_9",
+                     warm_start_dataset="digits_0_4", warm_start_steps=100, epochs=1),
 }
 PRESET_TAGLINES = {"paper": "the paper's recipe", "balanced": "the measured default",
-                   "max-saving": "least memory"}
+                   "max-saving": "least memory", "transfer": "fine-tune trained weights, offline"}
+SCENARIO_FIELDS = tuple(dict.fromkeys(k for values in PRESETS.values() for k in values if k not in PRESET_FIELDS))
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
@@ -551,10 +555,13 @@ def preset(name: str, **overrides: Any) -> RunConfig:
 
 
 def matching_preset(config: RunConfig) -> str | None:
-    """The preset whose rank/update/bits/recompute `config` has, else None."""
-    for name, values in PRESETS.items():
+    """The preset whose settings `config` has (the one setting most of them when several do), else None.
+
+    A preset of rank/update/bits/recompute alone matches whatever the other fields are; one that also
+    sets a scenario (dataset, warm-up: SCENARIO_FIELDS) matches only with it."""
+    for name, values in sorted(PRESETS.items(), key=lambda item: -len(item[1])):
         ref = RunConfig(**values)
-        if all(getattr(ref, k) == getattr(config, k) for k in PRESET_FIELDS):
+        if all(getattr(ref, k) == getattr(config, k) for k in values):
             return name
     return None
 
@@ -563,5 +570,8 @@ def preset_text(name: str) -> str:
     """'balanced: rank 0.5, train core, 4 bits, recompute BN (the measured default)'."""
     ref = preset(name)
     text = f"rank {ref.rank}, train {ref.update}, {bits_label(ref.bits)}" + (", recompute BN" if ref.recompute else "")
+    if ref.warm_start_dataset:
+        text = (f"{ref.warm_start_steps} dense steps on {ref.warm_start_dataset}, then {count(ref.epochs, 'epoch')} "
+                f"on {ref.dataset}; " + text)
     tag = PRESET_TAGLINES.get(name)
     return f"{name}: {text}" + (f" ({tag})" if tag else "")

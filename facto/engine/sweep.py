@@ -80,12 +80,14 @@ def sweep(base: RunConfig, ranks: Sequence, bits: Sequence, updates: Sequence[st
                                              "bits": _values(bits), "updates": _values(updates)})
     yield SweepStart(total, [c.to_dict() for c in configs], sweep_id)
     runs = _SweepRuns(store, sweep_id)
-    baseline = yield from _one(record(run(base, "baseline"), runs.point(0, baseline_name(base)), kind="sweep"))
+    history = getattr(store, "path", None)  # where init='run:ID' is read
+    baseline = yield from _one(record(run(base, "baseline", history), runs.point(0, baseline_name(base)),
+                                      kind="sweep"))
     b_acc = baseline.accuracy.get("baseline")
     b_bytes = baseline.act_bytes.get("baseline", 0)
     yield _point(0, total, "baseline", base, baseline, b_acc, b_bytes)
     for i, config in enumerate(configs, start=1):
-        summary = yield from _one(record(run(config, "facto"), runs.point(i), kind="sweep"))
+        summary = yield from _one(record(run(config, "facto", history), runs.point(i), kind="sweep"))
         yield _point(i, total, "facto", config, summary, b_acc, b_bytes)
 
 

@@ -431,11 +431,11 @@ def _warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator
                             r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated, r.process_peak)
 
 
-def run(config: RunConfig, variant: str = "facto") -> Iterator[Event]:
+def run(config: RunConfig, variant: str = "facto", history: str | Path | None = None) -> Iterator[Event]:
     """Train one variant alone ('baseline' or 'facto'); same events as `compare`."""
     if variant not in ("baseline", "facto"):
         raise ValueError(f"variant={variant!r} is not allowed: use baseline or facto")
-    return compare(config, variants=(variant,))
+    return compare(config, variants=(variant,), history=history)
 
 
 def train_model(model: nn.Module, variant: Variant, config: RunConfig, data: DataBundle,

@@ -1,0 +1,121 @@
+"""The main page's starting weights: typed (run:ID, a file), uploaded, checked before Run, the room's
+rules for them, and the transfer preset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+from facto.config import RunConfig
+from facto.engine.build import dense_model
+from facto.store.history import RunStore
+
+from .apptest import app_test
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 120
+
+
+@pytest.fixture()
+def ui(tmp_path, monkeypatch):
+    """The app's `ui` module with a fresh server state and an empty FACTO_HOME."""
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FACTO_ROOM", raising=False)
+    monkeypatch.setenv("FACTO_JOBS", "thread")
+    monkeypatch.syspath_prepend(str(ROOT))
+    import ui as module
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield module
+    for job in module.registry().jobs(active_only=True):
+        job.stop(wait_s=60)
+    st.cache_resource.clear()
+
+
+def app(visitor: str | None = None) -> AppTest:
+    at = app_test("app.py", TIMEOUT)
+    if visitor is not None:
+        at.session_state["visitor"] = visitor
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def state_file(path: Path, model: str = "simple_cnn", classes: int = 10) -> Path:
+    torch.save(dense_model(RunConfig(model=model), classes, 1).state_dict(), path)
+    return path
+
+
+def test_a_file_of_another_architecture_is_named_under_the_input_and_nothing_runs(ui, tmp_path):
+    at = app()
+    at.text_input(key="init").input(str(state_file(tmp_path / "cnn.pt"))).run()
+    assert errors(at) == []  # simple_cnn's own weights fit
+    at.selectbox(key="model").set_value("resnet20").run()
+    shown = errors(at)
+    assert shown[0] == "Can't run yet: fix Start from (marked below)."
+    assert "does not fit resnet20" in shown[1] and "'bn1.weight'" in shown[1]
+    at.button(key="run").click().run()
+    assert not ui.registry().jobs() and not RunStore().list_runs()
+
+
+@pytest.mark.parametrize("init, says", [("run:999", "run 999"), ("/no/such/file.pt", "does not exist")])
+def test_missing_runs_and_files_are_errors_before_run(ui, init, says):
+    at = app()
+    at.text_input(key="init").input(init).run()
+    assert any(says in e for e in errors(at)), errors(at)
+
+
+def test_an_upload_is_kept_by_its_content_and_a_truncated_file_is_refused(ui, tmp_path):
+    good = state_file(tmp_path / "w.pt").read_bytes()
+    path = ui.save_upload("w.pt", good)  # what the uploader's callback does with the file it is given
+    assert path.parent == ui.uploads_folder() and path.read_bytes() == good
+    assert ui.save_upload("again.pt", good) == path  # the same content, the same file
+    at = app()
+    at.text_input(key="init").input(str(path)).run()
+    assert errors(at) == []
+    at.text_input(key="init").input(str(_truncated(tmp_path / "w.pt"))).run()
+    assert any("cannot be read as a PyTorch state dict" in e for e in errors(at)), errors(at)
+
+
+def test_room_mode_takes_only_uploads_and_the_visitors_own_runs(ui, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTO_ROOM", "1")
+    st.cache_resource.clear()
+    at = app(visitor="a")
+    at.text_input(key="init").input(str(state_file(tmp_path / "cnn.pt"))).run()
+    assert any("upload a weights file instead" in e for e in errors(at)), errors(at)
+    store = RunStore()
+    other = store.start_run(RunConfig().to_dict(), kind="compare")
+    at.text_input(key="init").input(f"run:{other}").run()
+    assert any(f"run {other} is not one of your runs" in e for e in errors(at)), errors(at)
+    assert ui.upload_limit() == 4 * ui.room().max_params + 2**20
+    with pytest.raises(ValueError, match="at most"):
+        ui.save_upload("big.pt", b"0" * (ui.upload_limit() + 1))
+
+
+def test_the_transfer_preset_sets_the_scenario_and_leaving_it_puts_the_defaults_back(ui):
+    at = app()
+    at.radio(key="preset").set_value("transfer").run()
+    assert at.selectbox(key="dataset").value == "digits_5_9"
+    assert at.selectbox(key="warm_start_dataset").value == "digits_0_4"
+    assert at.number_input(key="warm_start_steps").value > 0 and errors(at) == []
+    at.radio(key="preset").set_value("balanced").run()
+    assert at.selectbox(key="dataset").value == RunConfig().dataset
+    assert at.selectbox(key="warm_start_dataset").value is None
+    assert at.number_input(key="warm_start_steps").value == 0
+    at.radio(key="preset").set_value("transfer").run()
+    at.number_input(key="warm_start_steps").set_value(7).run()  # no longer the scenario: its method stays
+    assert at.radio(key="preset").value == "balanced"
+
+
+def _truncated(path: Path) -> Path:
+    cut = path.with_name("cut.pt")
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
