@@ -12,7 +12,7 @@ jobs, sweeps, benchmarks), `store` (the run history), `plots` (figures), `cli` (
 from .cli.program import is_program as _is_program
 from .cli.program import quiet_start_up as _quiet_start_up
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
     from .memory.process import return_big_buffers
@@ -26,11 +26,12 @@ with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest lo
     from .config import PRESETS, SETTINGS, RankPolicy, RunConfig, parse_rank, preset
     from .engine.build import Variant, seeded
     from .engine.data import DataNotFoundError, dataset_info, list_datasets, load_data
-    from .engine.events import EvalEvent, FailureEvent, StartEvent, StepEvent, SummaryEvent
+    from .engine.events import EvalEvent, FailureEvent, ModelsEvent, StartEvent, StepEvent, SummaryEvent
     from .engine.jobs import Job, JobRegistry
     from .engine.models import create_model, list_models, register_model
     from .engine.recorder import record
     from .engine.step import train_step
+    from .engine.starting import InitError, InitReport, load_state, read_state_file
     from .engine.sweep import sweep
     from .engine.train import compare, run
     from .memory.meter import ActivationMeter, hold, measure_activations, saved_activations
@@ -42,10 +43,12 @@ with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest lo
 
 __all__ = [
     "PRESETS", "SETTINGS", "ActivationMeter", "DataNotFoundError", "EvalEvent", "FactoConv2d", "FactoConvBN",
-    "FactoLinear", "FailureEvent", "IndexMaxPool2d", "Job", "JobRegistry", "LayerReport", "MaskReLU",
+    "FactoLinear", "FailureEvent", "IndexMaxPool2d", "InitError", "InitReport", "Job", "JobRegistry", "LayerReport",
+    "MaskReLU", "ModelsEvent",
     "RankPolicy", "RunConfig", "RunStore", "StartEvent", "StepEvent", "SummaryEvent", "Variant", "__version__",
     "compare", "compress", "create_model", "dataset_info", "describe", "factorize", "format_report",
-    "fuse_recompute", "hold", "list_datasets", "list_models", "load_data", "measure_activations", "parse_rank",
+    "fuse_recompute", "hold", "list_datasets", "list_models", "load_data", "load_state", "measure_activations",
+    "parse_rank", "read_state_file",
     "preset", "record", "register_model", "return_big_buffers", "run", "saved_activations", "seeded", "sweep", "to_dense",
     "train_step", "with_relu_masks",
 ]
