@@ -103,6 +103,7 @@ class ModelsEvent:
     states: dict[str, dict]
     kept: dict[str, int] = field(default_factory=dict)
     run_id: int | None = None
+    error: str | None = None  # why they could not be kept (a full disk, a read-only folder); the run is not failed
     type: str = "models"
 
 

@@ -89,9 +89,12 @@ def _keep(store, run_id: int | None, event: ModelsEvent, tracker: RunTracker) ->
     """Keep the trained models with the run (unless its config says not to); the event passed on
     carries the files' sizes, not the weights."""
     config = tracker.start.config if tracker.start else {}
-    kept = {}
-    if run_id is not None and event.states and config.get("keep_models", True) and distributed.is_main_process():
+    if run_id is None or not event.states or not config.get("keep_models", True) or not distributed.is_main_process():
+        return ModelsEvent({}, {}, run_id)
+    try:
         kept = {v: m.bytes for v, m in store.keep_models(run_id, event.states).items()}
+    except (ValueError, OSError) as exc:  # the run itself is done and stored: only its models are lost
+        return ModelsEvent({}, {}, run_id, f"the trained models could not be kept: {exc}")
     return ModelsEvent({}, kept, run_id)
 
 
