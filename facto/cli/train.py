@@ -6,8 +6,8 @@ import dataclasses
 import json
 import sys
 
-from .args import (TABLE_WIDTH, add_config_flags, add_wide_flag, check_output, config_from_args, open_history,
-                   setting_list, table_width, text_table, write_output)
+from .args import (TABLE_WIDTH, UsageError, add_config_flags, add_wide_flag, check_output, config_from_args,
+                   open_history, setting_list, table_width, text_table, write_output)
 from .program import check_ctrl_c, ctrl_c_closes, from_ctrl_c
 from .progress import NotedStore, RunProgress, kept_message
 
@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     store: NotedStore | None = None
     events = None
     try:
-        from ..engine.events import StartEvent, SummaryEvent
+        from ..engine.events import ModelsEvent, StartEvent, SummaryEvent
         from ..engine.recorder import record
         from ..engine.train import compare, too_short_note
 
@@ -68,17 +68,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = open_history(args.no_store or not main_process)
         store = NotedStore(history) if history is not None else None
         progress = RunProgress(quiet=args.quiet or not main_process)
-        summary = None
+        summary = start = None
+        kept: dict[str, int] = {}
         total_steps = 0
         events = record(compare(config, variants=tuple(args.variants.split(","))), store)
-        for event in events:
+        for event in started(events):
             check_ctrl_c()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
             if isinstance(event, StartEvent):
-                total_steps = event.total_steps
+                start, total_steps = event, event.total_steps
                 where = f" | stored as run #{event.run_id}" if event.run_id is not None else ""
                 progress.say(f"device: {event.device_name} | {config.model} on {config.dataset} "
                              f"({event.train_size} train / {event.test_size} test) | {event.total_steps} steps"
                              + where)
+                for line in init_lines(event):
+                    progress.say(line)
+            elif isinstance(event, ModelsEvent):
+                kept = dict(event.kept)
             progress.add(event)
             if isinstance(event, SummaryEvent):
                 summary = event
@@ -87,9 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not main_process:
             return 0
         if args.json:
-            print(json.dumps(dataclasses.asdict(summary), indent=2))
+            print(json.dumps({**dataclasses.asdict(summary), "init": start.init if start else None,
+                              "handover": start.handover if start else None, "kept_models": kept}, indent=2))
         else:
             print(format_summary(summary, table_width(args)))
+            if kept:
+                print(kept_line(kept, summary.run_id))
         limit = config.max_steps if config.max_steps == total_steps else None  # the limit, not the epochs, stopped it
         note = too_short_note(summary.accuracy.get("baseline"), limit) if "facto" in summary.accuracy else None
         if note:  # a comparison too short to compare
@@ -112,6 +120,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
         distributed.shutdown()
+
+
+def started(events):
+    """`events`, with a start that does not fit (InitError: a missing, unreadable or mismatched
+    `--init`) turned into the command line's one-line error; it comes before anything is stored."""
+    from ..engine.starting import InitError
+
+    try:
+        yield from events
+    except InitError as error:
+        raise init_usage_error(error) from None
+
+
+def init_usage_error(error: ValueError) -> UsageError:
+    """An InitError as the command line's error, naming the flag."""
+    text = str(error)
+    return UsageError(text if text.startswith("init=") else f"--init: {text}")
+
+
+def check_start(config) -> None:
+    """UsageError when the config's starting weights (`--init`) cannot be used, as a run checks them."""
+    from ..engine.data import dataset_info
+    from ..engine.starting import InitError, check_init
+
+    warm = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
+    info = dataset_info(warm)
+    try:
+        check_init(config, info.num_classes, info.in_channels)
+    except InitError as error:
+        raise init_usage_error(error) from None
+
+
+def init_lines(start) -> list[str]:
+    """What a run started from (unless random weights), and how a warm-up on another dataset was
+    handed over: 'started from run 12 (baseline): 8 tensors loaded'."""
+    lines = []
+    if start.init and (start.init.get("loaded") or start.init.get("adapted")):
+        lines.append(start.init["line"])
+    if start.handover:
+        lines.append(start.handover["line"])
+    return lines
+
+
+def kept_line(kept: dict[str, int], run_id: int | None) -> str:
+    """'models kept with run 3: baseline 0.30 MB, facto 0.30 MB (facto runs export 3 --model FILE)'."""
+    sizes = ", ".join(f"{v} {b / MB:.2f} MB" for v, b in kept.items())
+    return f"models kept with run {run_id}: {sizes} (facto runs export {run_id} --model FILE)"
 
 
 def format_summary(s, width: int | None = TABLE_WIDTH) -> str:
@@ -142,6 +197,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from ..engine.sweep import SweepPoint, SweepStart, SweepTracker, points_table, sweep
 
         base = config_from_args(args)
+        check_start(base)  # a start that does not fit is said before the sweep is stored
         ranks = setting_list(args.ranks, "rank")
         bits, updates = setting_list(args.bits_list, "bits"), setting_list(args.updates, "update")
         if args.html:
