@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress = RunProgress(quiet=args.quiet or not main_process)
         summary = start = None
         kept: dict[str, int] = {}
+        kept_error: str | None = None
         total_steps = 0
         events = record(compare(config, variants=tuple(args.variants.split(","))), store)
         for event in started(events):
@@ -83,7 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for line in init_lines(event):
                     progress.say(line)
             elif isinstance(event, ModelsEvent):
-                kept = dict(event.kept)
+                kept, kept_error = dict(event.kept), event.error
+                if kept_error:  # the run is stored; only its models are lost
+                    progress.line(f"note: {kept_error}")
             progress.add(event)
             if isinstance(event, SummaryEvent):
                 summary = event
@@ -93,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
         if args.json:
             print(json.dumps({**dataclasses.asdict(summary), "init": start.init if start else None,
-                              "handover": start.handover if start else None, "kept_models": kept}, indent=2))
+                              "handover": start.handover if start else None, "kept_models": kept,
+                              "kept_models_error": kept_error}, indent=2))
         else:
             print(format_summary(summary, table_width(args)))
             if kept:

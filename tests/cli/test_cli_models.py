@@ -239,3 +239,21 @@ def test_an_interrupted_run_kept_no_model_and_the_history_says_so(capsys, tmp_pa
     assert "interrupted" in capsys.readouterr().out
     assert main(["runs", "export", str(run.id), "--model", str(tmp_path / "x.pt")]) == 2
     assert "stopped before its end" in one_error(capsys) and not (tmp_path / "x.pt").exists()
+
+
+def test_train_says_where_its_models_are_kept_or_why_they_are_lost(capsys, tmp_path, monkeypatch):
+    assert main(["train", *TINY, "--variants", "baseline", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    with RunStore() as store:
+        (kept,) = store.kept_models(1).values()
+    assert f"models kept with run 1: baseline {kept.bytes / 1e6:.2f} MB" in out and "runs export 1 --model" in out
+    home = tmp_path / "other"
+    home.mkdir()
+    (home / "models").write_text("a file where the models folder goes")
+    monkeypatch.setenv("FACTO_HOME", str(home))
+    assert main(["train", *TINY, "--variants", "baseline", "--quiet", "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["status"] == "completed" and document["kept_models"] == {}
+    assert "could not be kept" in document["kept_models_error"]
+    assert f"note: {document['kept_models_error']}" in captured.err
