@@ -1,4 +1,5 @@
-"""History: every stored run (app, sweeps, CLI): filter, compare on one chart, export, delete.
+"""History: every stored run (app, sweeps, CLI): filter, compare on one chart, export, download the
+trained models kept with a run, delete.
 
 Layout only: runs come from facto.store.history (through `ui.history()`), figures from facto.plots,
 setting labels and formats from facto.config's settings. In room mode a visitor sees (and
@@ -17,6 +18,7 @@ import ui
 from facto import plots
 from facto.config import SETTINGS
 from facto.engine.train import too_short_to_compare
+from facto.store.kept import models_folder
 
 ui.page("Facto · history")
 
@@ -102,7 +104,7 @@ def delete_selected() -> None:
     s = st.session_state
     store = ui.history()
     ids = s.get(P + "selected", [])
-    done, refused = [], []
+    done, refused, freed = [], [], 0
     for run_id in ids:
         try:
             run = store.get_run(run_id)
@@ -110,13 +112,67 @@ def delete_selected() -> None:
             continue
         why = deletable(run)
         if why is None:
-            store.delete_run(run_id)
+            size = kept_bytes(store, run_id)
+            store.delete_run(run_id)  # its kept model files too
             done.append(run_id)
+            freed += size
         else:
             refused.append(f"#{run_id}: {why}")
     s[P + "selected"] = [i for i in ids if i not in done]
     s[P + "confirm"] = False
-    s[P + "deleted"] = (done, refused)
+    s[P + "deleted"] = (done, refused, freed)
+
+
+# ----------------------------------------------------------------------------- kept models
+
+def kept_models(store, run_id: int) -> dict:
+    """Run `run_id`'s kept model files by variant (none when the history cannot list them)."""
+    try:
+        return store.kept_models(run_id)
+    except (AttributeError, OSError, ValueError):
+        return {}
+
+
+def kept_bytes(store, run_id: int) -> int:
+    return sum(m.bytes for m in kept_models(store, run_id).values())
+
+
+def none_kept(run) -> str:
+    """Why `run` kept no trained model."""
+    if not run.config.get("keep_models", True):
+        return "“Keep trained models” was off for it"
+    if run.status == "running":
+        return "it is still running: its models are kept when it ends"
+    if run.status == "interrupted":
+        return "it was stopped before its end, and models are kept only when a run ends"
+    if run.status == "failed":
+        return "it failed, so it ended with no trained model"
+    return "no model file of it is in the history's models folder"
+
+
+def _reader(path) -> Callable[[], bytes]:
+    """The file's bytes, read when its download is asked for (not on every redraw)."""
+    return lambda: path.read_bytes()
+
+
+def kept_section(store, runs: list) -> None:
+    """The selected runs' kept models: a download per file, or why a run kept none."""
+    st.subheader("Trained models")
+    st.caption("Each file is a plain PyTorch state dict of the run's original architecture (Facto's model as "
+               "`facto.to_dense` gives it): `model.load_state_dict(torch.load(file))` reads it into "
+               "`facto.engine.models.create_model(model, classes, channels)`. `--init run:ID` starts a run from a "
+               "kept baseline.")
+    for run in runs:
+        kept = kept_models(store, run.id)
+        if not kept:
+            st.caption(f"#{run.id}: no trained model kept: {none_kept(run)}.")
+            continue
+        columns = st.columns(len(VARIANT_WORDS))
+        for column, (variant, model) in zip(columns, kept.items()):
+            column.download_button(f"#{run.id} · {VARIANT_WORDS.get(variant, variant)} model ({_mb(model.bytes)})",
+                                   _reader(model.path), file_name=f"facto-run-{run.id}-{variant}.pt",
+                                   mime="application/octet-stream", key=f"{P}model_{run.id}_{variant}",
+                                   icon=":material/download:", width="stretch", on_click="ignore")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -132,7 +188,8 @@ def _accuracy(run) -> str | None:
     return " → ".join(values) if values else None
 
 
-def runs_frame(runs: list) -> pd.DataFrame:
+def runs_frame(runs: list, kept: dict[int, int]) -> pd.DataFrame:
+    """The runs table; `kept`: run id -> bytes of its kept models."""
     return pd.DataFrame({
         "#": [r.id for r in runs],
         "run": [short_settings(r.config) for r in runs],
@@ -143,6 +200,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
         "saving": [_summary_value(r.summary, "saving_pct") for r in runs],
         "change": [_summary_value(r.summary, "accuracy_delta") for r in runs],
         "accuracy": [_accuracy(r) for r in runs],
+        "models": [(kept[r.id] / plots.MB) if kept.get(r.id) else None for r in runs],
     })
 
 
@@ -150,7 +208,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
 # settings text is cut first (hover shows it, and the selection below shows it whole).
 RUNS_COLUMNS = {
     "#": st.column_config.NumberColumn("#", width=40, format="%d"),
-    "run": st.column_config.TextColumn("settings", width=230),
+    "run": st.column_config.TextColumn("settings", width=190),
     "kind": st.column_config.TextColumn(width=100),
     "status": st.column_config.TextColumn(width=95),
     "started": st.column_config.DatetimeColumn(format="MMM D, HH:mm", width=95),
@@ -160,6 +218,9 @@ RUNS_COLUMNS = {
                                             help="Facto minus baseline test accuracy, in points."),
     "accuracy": st.column_config.TextColumn("test acc. %", width=95,
                                             help="Test accuracy: baseline → Facto (one value: the variant trained)."),
+    "models": st.column_config.NumberColumn("models MB", format="%.1f", width=70,
+                                            help="Disk used by the trained models kept with the run (none: "
+                                                 "switched off, or the run did not end)."),
 }
 
 
@@ -266,9 +327,10 @@ if room.enabled:
     st.caption("Room mode: only the runs you started on this server are listed.")
 deleted = st.session_state.pop(P + "deleted", None)
 if deleted:
-    done, refused = deleted
+    done, refused, freed = deleted
     if done:
-        st.toast(f"Deleted {ui.count(len(done), 'run')}.", icon=":material/delete:")
+        st.toast(f"Deleted {ui.count(len(done), 'run')}" + (f" and freed {_mb(freed)} of kept models." if freed
+                                                              else "."), icon=":material/delete:")
     for why in refused:
         st.error(f"Not deleted: {why}.", icon=":material/block:")
 if not all_runs:
@@ -282,8 +344,14 @@ if not all_runs:
 shown = filters(all_runs)
 ui.sidebar_footer()
 st.subheader(f"{len(shown)} of {ui.count(len(all_runs), 'run')}")
-st.dataframe(runs_frame(shown), hide_index=True, width="stretch", placeholder="—",
+kept_sizes = {r.id: kept_bytes(store, r.id) for r in shown}
+st.dataframe(runs_frame(shown, kept_sizes), hide_index=True, width="stretch", placeholder="—",
              height=min(420, 38 + 35 * max(len(shown), 1)), column_config=RUNS_COLUMNS)
+with_models = [i for i, b in kept_sizes.items() if b]
+if with_models:
+    where = "" if room.enabled else f" in `{models_folder(store.path)}`"
+    st.caption(f"Trained models kept with the {ui.count(len(shown), 'listed run')}: {_mb(sum(kept_sizes.values()))} "
+               f"({ui.count(len(with_models), 'run')} kept some){where}.")
 
 by_id = {r.id: r for r in all_runs}
 s = st.session_state
@@ -324,6 +392,7 @@ if selected:
     table = side_by_side(selected, every)
     st.dataframe(table, width="stretch", height=min(720, 38 + 35 * len(table)),
                  column_config={"_index": st.column_config.TextColumn("", width="medium")})
+    kept_section(store, selected)
     runs_csv, metrics_csv = exports(store, [r.id for r in selected])
     a, b, c = st.columns(3)
     a.download_button("Summary CSV (selected runs)", runs_csv, file_name="facto_runs.csv", mime="text/csv",
@@ -336,7 +405,10 @@ if selected:
         reasons = sorted({deletable(r) for r in selected} - {None})
         why = ("Not possible for " + ", ".join(f"#{r.id}" for r in selected if r not in may) + ": "
                + "; ".join(reasons) + ".") if reasons else None
+        freeing = sum(kept_bytes(store, r.id) for r in may)
         st.checkbox(f"Yes, delete {ui.count(len(may), 'run')}", key=P + "confirm", disabled=not may, help=why)
+        if freeing:
+            st.caption(f"Deleting also removes their kept models: {_mb(freeing)} freed.")
         st.button("Delete selected runs", key="hist_delete", on_click=delete_selected, type="primary",
                   disabled=not may or not s.get(P + "confirm"), icon=":material/delete:", width="stretch",
                   help=why)
