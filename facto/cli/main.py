@@ -24,12 +24,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix (mapped to one line + exit 2)."""
     from ..engine.data import DataNotFoundError
     from ..engine.models import ModelInputError
+    from ..engine.starting import InitError
     from ..engine.train import RunTooLongError
     from ..store import RunNotFoundError, StoreUnavailableError
     from ..store.files import FilePathError
 
     return (UsageError, DataNotFoundError, ModelInputError, RunNotFoundError, StoreUnavailableError, FilePathError,
-            RunTooLongError)
+            RunTooLongError, InitError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import urllib.error
 import zipfile
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ def read_state_file(path: str | Path, what: str | None = None) -> dict[str, torc
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = _first_sentence(exc)
         raise InitError(f"{what} cannot be read as a PyTorch state dict (truncated or not one: {reason})") from None
     for key in NESTED_KEYS:
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
@@ -84,6 +85,12 @@ def read_state_file(path: str | Path, what: str | None = None) -> dict[str, torc
                 key = str(key)[len(prefix):]
         state[str(key)] = value
     return state
+
+
+def _first_sentence(exc: object, limit: int = 160) -> str:
+    """The first sentence of an error's first line (torch's reading errors go on with advice)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.split(r"(?<=\.)\s", line)[0][:limit]
 
 
 def pretrained_file(model: str) -> tuple[Path, str, str]:
@@ -116,7 +123,7 @@ def _pretrained_state(model: str) -> tuple[dict[str, torch.Tensor], str]:
         try:
             _download(url, path)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            reason = (str(getattr(exc, "reason", exc)).strip().splitlines() or [type(exc).__name__])[0][:120]
+            reason = _first_sentence(getattr(exc, "reason", exc), 120)  # URLError: its reason
             raise InitError(f"init='pretrained': torchvision's {name} weights are not on this machine and could "
                             f"not be downloaded ({reason}); offline, copy {os.path.basename(url)} from {url} "
                             f"to {path}") from None
@@ -210,7 +217,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
             if at_end or key.endswith("num_batches_tracked"):
                 report.new.append(key)
                 continue
-            raise InitError(f"{source} does not fit {model_name}: it has no tensor {key!r} ({_shape(target)}); "
+            raise InitError(f"{source} does not fit {model_name}: it has no tensor {key!r} (shape {_shape(target)}); "
                             "it holds another architecture's weights")
         if value.shape == target.shape:
             updates[key] = value
