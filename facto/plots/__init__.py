@@ -19,6 +19,7 @@ from .compression import bits_curves, error_histogram, feature_map_images
 from .history import HISTORY_AXES, HISTORY_METRICS, METHOD_COLORS, history_chart, methods_figure, run_style  # noqa: F401
 from .layers import layer_bytes_bars, params_bars
 from .snapshot import figure_svg
+from .spectrum import FRESH_SPECTRUM_COLOR, spectrum_figure  # noqa: F401
 from .style import (  # noqa: F401
                        BASELINE_COLOR,
                        COLORS,
@@ -62,4 +63,5 @@ __all__ = [
     "tradeoff_range", "layer_bytes_bars", "params_bars", "pareto_front", "sweep_figure", "accuracy_heatmap",
     "feature_map_images", "error_histogram", "bits_curves", "run_style", "history_chart", "methods_figure",
     "layer_stages_figure", "kept_bytes_bars", "rank_curve_figure", "plan_bars", "cuda_memory_curves", "process_memory_curves", "figure_svg",
+    "spectrum_figure",
 ]
