@@ -43,9 +43,15 @@ def add_parsers(sub) -> None:
     add_wide_flag(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("inspect", help="factorization report and per-layer activation bytes",
-                       description="What the config's Facto model is and stores for one batch, without training.")
+    p = sub.add_parser("inspect", help="factorization report, spectra, accuracy before training, activation bytes",
+                       description="What the config's Facto model is and stores for one batch, without training; "
+                                   "each layer's spectrum and energy kept and the test accuracy before training for "
+                                   "the chosen weights (--init; default: the latest completed run of the model on "
+                                   "the dataset, else fresh weights).")
     add_config_flags(p)
+    p.add_argument("--refit", action="store_true", help="also refit each factorized layer's last factor by least "
+                                                        "squares on training batches before testing (slower)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy before training (no data loaded)")
     p.add_argument("--json", action="store_true", help="print the report and bytes as JSON (only that on stdout)")
     add_wide_flag(p)
     p.set_defaults(func=cmd_inspect)
@@ -271,22 +277,46 @@ def point_line(point) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import textwrap
 
+    from ..engine.inspect_weights import FRESH_NOTE, inspect_weights
+    from ..engine.starting import InitError
     from ..memory.analysis import analyse_layers
+    from .args import UsageError
 
     config = config_from_args(args)
     result = analyse_layers(config)
-    weights = (f"weights freshly initialised from seed {config.seed}: the error is large on such noise-like "
-               "weights; --warm-start-steps N trains the dense model first, then factorizes it")
+    try:
+        weights = inspect_weights(config, accuracy=not args.no_accuracy, refit=args.refit)
+    except InitError as exc:
+        raise UsageError(str(exc)) from None
+    fresh_words = f"fresh weights from seed {config.seed}"
+    report_note = (f"the report's error column: {fresh_words}; the spectra below: {weights.weights.source}"
+                   if weights.weights.trained else
+                   f"{fresh_words}: the error is large on such noise-like weights; --init run:ID (or a finished run "
+                   "of this model on this dataset in the history) inspects trained ones")
     if args.json:
-        document = {"config": config.to_dict(), "weights": weights, "report": result.report_rows(),
+        document = {"config": config.to_dict(), "weights": report_note, "report": result.report_rows(),
                     "layers": [{"layer": n, "dense_bytes": d, "facto_bytes": f} for n, d, f in result.rows()],
                     "dense_bytes": result.dense_total, "facto_bytes": result.facto_total,
-                    "saving_pct": result.saving_pct}
+                    "saving_pct": result.saving_pct, "spectrum": weights.to_dict()}
         print(json.dumps(document, indent=2))
         return 0
     width = table_width(args)
+
+    def say(text: str) -> None:
+        print("\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) if width else text)
+
     print(report_table(result.report, width))
-    print("\n".join(textwrap.wrap(f"({weights})", width, break_on_hyphens=False)) if width else f"({weights})")
+    say(f"({report_note})")
+    print()
+    say(f"energy kept per factorized layer (share of squared singular values; out/in: one unfolding, both: the "
+        f"factorized weight) for {weights.weights.source}" + ("" if weights.weights.trained else ":"))
+    print(energy_table(weights, width))
+    if not args.no_accuracy:
+        print()
+        say(accuracy_line(weights))
+        print(text_table(accuracy_rows(weights), ["model", "test accuracy %"], width=width, left=("model",)))
+    if not weights.weights.trained:
+        say(f"note: {FRESH_NOTE}")
     rows = [{"layer": n, "dense MB": d / MB, "facto MB": f / MB} for n, d, f in result.rows()]
     rows.append({"layer": "TOTAL", "dense MB": result.dense_total / MB, "facto MB": result.facto_total / MB})
     print(f"\nstored activation bytes for one batch of {config.batch_size} "
@@ -294,6 +324,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(text_table(rows, ["layer", "dense MB", "facto MB"], width=width, left=("layer",), wrap=("layer",)))
     print(f"saving: {result.saving_pct:.1f} %")
     return 0
+
+
+def energy_table(inspection, width: int | None = TABLE_WIDTH) -> str:
+    """Per factorized layer: ranks and energy kept (%), the chosen weights' and fresh ones'."""
+    trained = inspection.weights.trained
+    rows = [{"layer": r["layer"], "shape": r["shape"], "ranks": r["ranks"], "out %": 100 * r["energy_out"],
+             "in %": 100 * r["energy_in"], "both %": 100 * r["energy"],
+             "fresh both %": None if r["fresh_energy"] is None else 100 * r["fresh_energy"]}
+            for r in inspection.energy_rows()]
+    columns = ["layer", "shape", "ranks", "out %", "in %", "both %"] + (["fresh both %"] if trained else [])
+    if not rows:
+        return "no layer is factorized"
+    return text_table(rows, columns, width=width, digits=1, left=("layer", "shape", "ranks"), wrap=("layer",))
+
+
+def accuracy_line(inspection) -> str:
+    """What the accuracy table measures."""
+    return (f"test accuracy before any training ({inspection.test_size} test images, {inspection.config.dataset}); "
+            f"BatchNorm statistics re-estimated on {inspection.calibration_batches} training batches, weights "
+            "unchanged:")
+
+
+def accuracy_rows(inspection) -> list[dict]:
+    """Dense, factorized as is, after BatchNorm re-estimation (and after the refit) as table rows."""
+    names = {"dense": "dense", "factorized": "factorized, as is", "bn": "factorized, BN re-estimated",
+             "refit": "factorized, last factors refitted + BN"}
+    return [{"model": names[k], "test accuracy %": v} for k, v in inspection.accuracy.items()]
 
 
 def report_table(report, width: int | None = TABLE_WIDTH) -> str:
