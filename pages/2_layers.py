@@ -12,6 +12,8 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import RunConfig
+from facto.engine.inspect_weights import (FRESH_NOTE, ChosenWeights, WeightsInspection, choose_weights,
+                                         inspect_weights)
 from facto.memory.analysis import LayerAnalysis, analyse_layers
 
 ui.page("Facto · layers")
@@ -23,6 +25,14 @@ FIELDS = ["model", "dataset", "rank", "update", "bits", "block", "recompute", "b
 @st.cache_data(show_spinner="Building, factorizing and measuring one batch…", max_entries=24)
 def analyse(config: dict, max_batch: int) -> LayerAnalysis:
     return analyse_layers(RunConfig.from_dict(config), max_batch=max_batch)
+
+
+@st.cache_data(show_spinner="Loading the weights, factorizing them and testing both models…", max_entries=12)
+def spectra(config: dict, init: str) -> WeightsInspection:
+    config = RunConfig.from_dict(config)
+    weights = (ChosenWeights("random", f"fresh weights (seed {config.seed})", False) if init == "random"
+               else choose_weights(config.replace(init=init)))
+    return inspect_weights(config, weights=weights)
 
 
 def sidebar() -> None:
@@ -107,3 +117,53 @@ st.subheader("Factorization report")
 ui.factorization_table(analysis.report_rows())
 st.caption("The reconstruction error is large on freshly initialised weights (they are noise-like); a warm start "
            "(main page) trains the dense model first, then factorizes it.")
+
+
+def weights_section(config: RunConfig) -> None:
+    """The chosen weights' spectra, energy kept per layer and the accuracy before any training."""
+    st.subheader("Spectrum and accuracy before training")
+    latest = choose_weights(config.replace(init="random"))
+    options = {"fresh weights": "random"}
+    if latest.trained:
+        options = {f"run {latest.run_id} (latest finished {config.model} on {config.dataset})": latest.init,
+                   **options}
+    choice = st.radio("Weights", list(options), key=P + "weights", horizontal=True,
+                      help="The baseline a finished run trained and kept (the latest of this model on this "
+                           "dataset), or fresh weights drawn from the seed.")
+    try:
+        w = spectra(config.to_dict(), options[choice])
+    except ValueError as exc:  # missing data, weights that no longer load
+        st.error(f"Can't test these weights: {exc}", icon=":material/error:")
+        return
+    acc = w.accuracy
+    c = st.columns(3)
+    c[0].metric("Dense model", f"{acc['dense']:.1f} %", **ui.CARD,
+                help=f"Test accuracy on {w.test_size} test images of {config.dataset}.")
+    c[1].metric("Factorized, before training", f"{acc['factorized']:.1f} %", **ui.CARD,
+                delta=f"{acc['factorized'] - acc['dense']:+.1f} points", delta_arrow="off",
+                help="The Facto model as factorize builds it, weights and BatchNorm statistics unchanged.")
+    if "bn" in acc:
+        c[2].metric("With BatchNorm re-estimated", f"{acc['bn']:.1f} %", **ui.CARD,
+                    delta=f"{acc['bn'] - acc['dense']:+.1f} points", delta_arrow="off",
+                    help=f"BatchNorm's running statistics measured again on {w.calibration_batches} training "
+                         "batches; no weight changes.")
+    if not w.weights.trained:
+        st.info(FRESH_NOTE, icon=":material/info:")
+    st.caption(f"Weights: {w.weights.source}. Energy kept: the share of squared singular values a rank keeps "
+               "(per unfolding; 'both' for the factorized weight).")
+    st.plotly_chart(plots.spectrum_figure(w.spectra, w.fresh_spectra if w.weights.trained else (),
+                                          label="trained" if w.weights.trained else "fresh"),
+                    key="layers_spectrum_chart", **ui.CHART)
+    rows = w.energy_rows()
+    frame = pd.DataFrame({"layer": [r["layer"] for r in rows], "ranks": [r["ranks"] for r in rows],
+                          "out": [100 * r["energy_out"] for r in rows], "in": [100 * r["energy_in"] for r in rows],
+                          "both": [100 * r["energy"] for r in rows],
+                          "fresh": [100 * r["fresh_energy"] for r in rows]})
+    if not w.weights.trained:
+        frame = frame.drop(columns="fresh")
+    st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
+                 column_config={name: st.column_config.NumberColumn(f"energy kept, {name} (%)", format="%.1f")
+                                for name in ("out", "in", "both", "fresh")})
+
+
+weights_section(ui.config_from_widgets(P, FIELDS))

@@ -10,6 +10,7 @@ import streamlit as st
 import ui
 from facto import plots
 from facto.config import SETTINGS, RunConfig, count
+from facto.engine.inspect_weights import FRESH_NOTE, ChosenWeights, WeightsInspection, choose_weights, inspect_weights
 from facto.memory.explain import GLOSSARY, PAPER, conv_layers, explain_layer, layer_input, rank_curve
 
 ui.page("Facto · how it works")
@@ -58,6 +59,59 @@ def feature_map(config: RunConfig, layer: str, real_data: bool):
         g = torch.Generator().manual_seed(config.seed)
         x = torch.randn(config.batch_size, info.in_channels, info.image_size, info.image_size, generator=g)
     return layer_input(dense_model(config, info.num_classes, info.in_channels), layer, x)
+
+
+@st.cache_data(show_spinner="Loading the weights, factorizing them and testing both models…", max_entries=12)
+def spectra(config: RunConfig, init: str) -> WeightsInspection:
+    weights = (ChosenWeights("random", f"fresh weights (seed {config.seed})", False) if init == "random"
+               else choose_weights(config.replace(init=init)))
+    return inspect_weights(config, weights=weights)
+
+
+def spectrum_section(config: RunConfig, layer: str) -> None:
+    """The layer's spectrum for the chosen weights, the energy its rank keeps, and the model's accuracy
+    before training, dense vs factorized."""
+    st.subheader("Why a rank loses little on trained weights")
+    latest = choose_weights(config.replace(init="random"))
+    options = {"fresh weights": "random"}
+    if latest.trained:
+        options = {f"run {latest.run_id} (latest finished {config.model})": latest.init, **options}
+    choice = st.radio("Weights", list(options), key=P + "weights", horizontal=True,
+                      help="The baseline the latest finished run of this model on digits trained and kept, or "
+                           "fresh weights drawn from the seed.")
+    try:
+        w = spectra(config, options[choice])
+    except ValueError as exc:
+        st.error(f"Can't test these weights: {exc}", icon=":material/error:")
+        return
+    chosen = [x for x in w.spectra if x.name == layer]
+    fresh = [x for x in w.fresh_spectra if x.name == layer] if w.weights.trained else []
+    acc = w.accuracy
+    c = st.columns(4)
+    if chosen:
+        c[0].metric("Energy kept by this layer", f"{100 * chosen[0].energy_kept:.1f} %", **ui.CARD,
+                    help=f"Share of the squared singular values the ranks {chosen[0].ranks} keep "
+                         f"(output channels {100 * chosen[0].out.energy_kept:.1f} %, input channels "
+                         f"{100 * chosen[0].inp.energy_kept:.1f} %)."
+                         + (f" Fresh weights: {100 * fresh[0].energy_kept:.1f} %." if fresh else ""))
+    c[1].metric("Dense model", f"{acc['dense']:.1f} %", **ui.CARD,
+                help=f"Test accuracy on {w.test_size} test images of {config.dataset}.")
+    c[2].metric("Factorized, before training", f"{acc['factorized']:.1f} %", **ui.CARD,
+                delta=f"{acc['factorized'] - acc['dense']:+.1f} points", delta_arrow="off",
+                help="Every factorizable layer at this rank, weights and BatchNorm statistics unchanged.")
+    if "bn" in acc:
+        c[3].metric("With BatchNorm re-estimated", f"{acc['bn']:.1f} %", **ui.CARD,
+                    delta=f"{acc['bn'] - acc['dense']:+.1f} points", delta_arrow="off",
+                    help=f"BatchNorm's running statistics measured again on {w.calibration_batches} training "
+                         "batches; no weight changes.")
+    if not w.weights.trained:
+        st.info(FRESH_NOTE, icon=":material/info:")
+    if chosen:
+        st.plotly_chart(plots.spectrum_figure(chosen, fresh, columns=1,
+                                              label="trained" if w.weights.trained else "fresh",
+                                              title=f"{layer}: singular values of both unfoldings, rank marked"),
+                        key="how_spectrum_chart", **ui.CHART)
+    st.caption(f"Weights: {w.weights.source}. Layers page: every layer's spectrum.")
 
 
 ui.init_widgets(P, ["model", "update", "bits", "recompute", "block"])
@@ -125,6 +179,8 @@ left, right = st.columns(2)
 left.plotly_chart(plots.kept_bytes_bars(result), key="how_kept_chart", **ui.CHART)
 right.plotly_chart(plots.rank_curve_figure(curve(config, layer, real, max_batch), selected=s[P + "rank"]),
                    key="how_rank_chart", **ui.CHART)
+
+spectrum_section(config, layer)
 
 st.subheader("The compressed map, next to the original")
 trained_input = next((k for k in result.kept if k.source == "facto" and k.what.startswith("input of")), None)
