@@ -323,7 +323,7 @@ def job_view(job: Job) -> dict:
         params=start.params if start else {}, trainable=start.trainable_params if start else {},
         train_size=start.train_size if start else None, test_size=start.test_size if start else None,
         queue_position=ui.registry().queue_position(job), owner=ui.owner_label(job),
-        starts=[r["line"] for r in (start.init, start.handover) if start and r and r.get("loaded")])
+        starts=[r["line"] for r in ((start.init, start.handover) if start else ()) if r and r.get("loaded")])
 
 
 def stored_summary(run_id: int | None) -> dict | None:

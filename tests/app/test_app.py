@@ -481,7 +481,7 @@ def test_layers_page_reports_measures_and_explains(ui):
     d = RunConfig()
     assert at.checkbox(key="layers_recompute").value is d.recompute  # the main page's defaults
     assert at.text_input(key="layers_rank").value == str(d.rank) and at.selectbox(key="layers_bits").value == d.bits
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3  # stored bytes per layer, their types, the weights' spectrum
     assert number(metric(at, "Memory saving")) > 0
     at.checkbox(key="layers_recompute").uncheck().run()
     explained = [i.value for i in at.info if "more in Facto than in the baseline" in i.value]

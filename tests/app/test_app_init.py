@@ -119,3 +119,33 @@ def _truncated(path: Path) -> Path:
     data = path.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     return cut
+
+
+def test_a_run_from_a_kept_baseline_says_what_it_loaded_and_tests_before_its_first_step(ui):
+    import time
+
+    from facto.engine.recorder import record
+    from facto.engine.train import compare
+
+    tiny = dict(epochs=1, max_train=128, max_test=64)
+    with RunStore() as store:
+        list(record(compare(RunConfig(**tiny), history=store.path), store))
+    at = app()
+    for key, value in tiny.items():
+        at.number_input(key=key).set_value(value)
+    at.text_input(key="init").input("run:1").run()
+    assert errors(at) == []
+    at.button(key="run").click().run()
+    job = ui.registry().get(at.session_state["watch"])
+    deadline = time.monotonic() + 240
+    while not job.finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        at.run()
+    at.run()
+    assert job.status == "completed", job.error
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith(":material/history: Started from run 1 (baseline): ") and "tensors loaded" in c
+               for c in captions), captions
+    tests = [e for e in RunStore().metrics(2, kind="eval") if e["step"] == 0]
+    assert sorted(e["variant"] for e in tests) == ["baseline", "facto"]
