@@ -32,7 +32,7 @@ P = ""  # widget keys are the RunConfig field names on this page
 METHOD = ["model", "dataset", "rank", "update", "bits", "recompute"]
 TRAINING = ["epochs", "seed", "batch_size", "lr", "device", "init", "warm_start_steps", "warm_start_dataset"]
 ADVANCED = ["max_train", "max_test", "block", "eval_every", "optimizer", "schedule", "precision",
-            "keep_models", "data_dir", "download"]
+            "refit", "keep_models", "data_dir", "download"]
 FIELDS = METHOD + TRAINING + ADVANCED
 
 
@@ -165,6 +165,7 @@ def sidebar(locked: bool) -> None:
             ui.setting_widget("optimizer", P + "optimizer", a, disabled=locked)
             ui.setting_widget("schedule", P + "schedule", b, disabled=locked)
             ui.setting_widget("precision", P + "precision", disabled=locked)
+            ui.setting_widget("refit", P + "refit", disabled=locked)
             ui.setting_widget("keep_models", P + "keep_models", disabled=locked)
             ui.setting_widget("data_dir", P + "data_dir", disabled=locked or r.enabled)
             ui.setting_widget("download", P + "download", disabled=locked or r.enabled)
@@ -323,7 +324,8 @@ def job_view(job: Job) -> dict:
         params=start.params if start else {}, trainable=start.trainable_params if start else {},
         train_size=start.train_size if start else None, test_size=start.test_size if start else None,
         queue_position=ui.registry().queue_position(job), owner=ui.owner_label(job),
-        starts=[r["line"] for r in ((start.init, start.handover) if start else ()) if r and r.get("loaded")])
+        starts=[r["line"] for r in ((start.init, start.handover, start.calibration) if start else ())
+                if r and (r.get("loaded") or r.get("refitted"))])
 
 
 def stored_summary(run_id: int | None) -> dict | None:

@@ -466,6 +466,12 @@ class RunConfig:
     init: str = setting(INIT_RANDOM, label="Start from", kind="init", group="training",
                         help="The weights both variants start from: " + INIT_HELP + ". The first conv and "
                              "the classifier adapt to the dataset; the run says which tensors were loaded.")
+    refit: bool = setting(True, label="Refit factors to trained weights", kind="bool", group="advanced",
+                          help="From weights that have learned (a start other than random, or a warm-up): refit "
+                               "each factorized layer's last factor by least squares so that its outputs match "
+                               "the dense layer's on two training batches, then re-estimate BatchNorm statistics "
+                               "(no labels, no gradient). The factorized model then starts near the dense model's "
+                               "accuracy instead of near chance.")
     warm_start_steps: int = setting(0, label="Warm-up steps", kind="int", minimum=0, group="training",
                                     help="Train the dense model this many steps (from its starting weights) "
                                          "before factorizing it: trained weights factorize with less error. "
@@ -540,7 +546,7 @@ PRESETS: dict[str, dict] = {
     "max-saving": dict(rank=0.5, update="core", bits=2, recompute=True),
     # fine-tuning offline: the dense model learns the digits 0-4, then both variants fine-tune on 5-9
     "transfer": dict(rank=0.5, update="core", bits=4, recompute=True, dataset="digits_5_9",
-                     warm_start_dataset="digits_0_4", warm_start_steps=100, epochs=1),
+                     warm_start_dataset="digits_0_4", warm_start_steps=60, epochs=3),
 }
 PRESET_TAGLINES = {"paper": "the paper's recipe", "balanced": "the measured default",
                    "max-saving": "least memory", "transfer": "fine-tune trained weights, offline"}

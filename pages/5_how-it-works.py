@@ -87,7 +87,7 @@ def spectrum_section(config: RunConfig, layer: str) -> None:
     chosen = [x for x in w.spectra if x.name == layer]
     fresh = [x for x in w.fresh_spectra if x.name == layer] if w.weights.trained else []
     acc = w.accuracy
-    c = st.columns(4)
+    c = st.columns(5)
     if chosen:
         c[0].metric("Energy kept by this layer", f"{100 * chosen[0].energy_kept:.1f} %", **ui.CARD,
                     help=f"Share of the squared singular values the ranks {chosen[0].ranks} keep "
@@ -104,6 +104,12 @@ def spectrum_section(config: RunConfig, layer: str) -> None:
                     delta=f"{acc['bn'] - acc['dense']:+.1f} points", delta_arrow="off",
                     help=f"BatchNorm's running statistics measured again on {w.calibration_batches} training "
                          "batches; no weight changes.")
+    if "refit" in acc:
+        c[4].metric("Fitted as a run fits it", f"{acc['refit']:.1f} %", **ui.CARD,
+                    delta=f"{acc['refit'] - acc['dense']:+.1f} points", delta_arrow="off",
+                    help="What a run from these weights starts Facto with: each layer's last factor refitted by "
+                         "least squares to the dense layer's outputs on two training batches, then BatchNorm "
+                         "re-estimated (no labels, no gradient; 'Refit factors to trained weights').")
     if not w.weights.trained:
         st.info(FRESH_NOTE, icon=":material/info:")
     if chosen:

@@ -29,6 +29,7 @@ EXAMPLES = {
     "device": ["auto", "cpu", "cuda", "mps", "cuda:1"],
     "init": ["random", "pretrained", "run:1", "run:12", "/tmp/some weights.pt", "model.pth"],
     "keep_models": [False, True],
+    "refit": [False, True],
 }
 
 

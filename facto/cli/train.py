@@ -49,8 +49,6 @@ def add_parsers(sub) -> None:
                                    "the chosen weights (--init; default: the latest completed run of the model on "
                                    "the dataset, else fresh weights).")
     add_config_flags(p)
-    p.add_argument("--refit", action="store_true", help="also refit each factorized layer's last factor by least "
-                                                        "squares on training batches before testing (slower)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy before training (no data loaded)")
     p.add_argument("--json", action="store_true", help="print the report and bytes as JSON (only that on stdout)")
     add_wide_flag(p)
@@ -163,13 +161,15 @@ def check_start(config) -> None:
 
 
 def init_lines(start) -> list[str]:
-    """What a run started from (unless random weights), and how a warm-up on another dataset was
-    handed over: 'started from run 12 (baseline): 8 tensors loaded'."""
+    """What a run started from (unless random weights), how a warm-up on another dataset was handed
+    over, and how Facto was fitted to those weights: 'started from run 12 (baseline): 8 tensors loaded'."""
     lines = []
     if start.init and (start.init.get("loaded") or start.init.get("adapted")):
         lines.append(start.init["line"])
     if start.handover:
         lines.append(start.handover["line"])
+    if start.calibration:
+        lines.append(start.calibration["line"])
     return lines
 
 
@@ -285,7 +285,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = analyse_layers(config)
     try:
-        weights = inspect_weights(config, accuracy=not args.no_accuracy, refit=args.refit)
+        weights = inspect_weights(config, accuracy=not args.no_accuracy)
     except InitError as exc:
         raise UsageError(str(exc)) from None
     fresh_words = f"fresh weights from seed {config.seed}"

@@ -49,6 +49,7 @@ class StartEvent:
     process_before_model: int | None = None  # resident bytes of the process with its data, before any model (CPU)
     init: dict | None = None  # where the weights started: facto.engine.starting.InitReport as a dict, with its line
     handover: dict | None = None  # a warm-up on another dataset: how its model was loaded into the run's
+    calibration: dict | None = None  # Facto's factors refitted and BatchNorm re-estimated (facto.engine.train.calibrate)
     type: str = "start"
 
 

@@ -17,15 +17,13 @@ from pathlib import Path
 import torch
 
 from ..config import INIT_RANDOM, INIT_RUN, RunConfig
-from ..method.calibrate import recalibrate_batchnorm, refit_last_factors
+from ..method.calibrate import BATCHNORM_BATCHES, calibrate
 from ..method.spectrum import LayerSpectrum, layer_spectra
 from .build import dense_model, facto_model
 from .starting import initial_state, load_state
 
 __all__ = ["ChosenWeights", "WeightsInspection", "choose_weights", "inspect_weights", "FRESH_NOTE"]
 
-CALIBRATION_BATCHES = 20  # training batches BatchNorm statistics are re-estimated on
-REFIT_BATCHES = 8  # training batches the last factors are refitted on
 FRESH_NOTE = ("Fresh weights are noise-like: their singular values fall off slowly (a flat spectrum), so a rank "
               "of half the channels keeps only a little over half of each unfolding's energy and under half of "
               "the weight's, and the factorized model starts far from the dense one. Trained filters concentrate "
@@ -126,11 +124,11 @@ def _source_words(config: RunConfig, history: str | Path | None) -> str:
 
 
 def inspect_weights(config: RunConfig, history: str | Path | None = None, weights: ChosenWeights | None = None,
-                    accuracy: bool = True, refit: bool = False,
-                    calibration_batches: int = CALIBRATION_BATCHES) -> WeightsInspection:
+                    accuracy: bool = True, calibration_batches: int = BATCHNORM_BATCHES) -> WeightsInspection:
     """Spectra of the chosen weights (and of fresh ones) and, with `accuracy`, the test accuracy of the
-    dense model and of the config's Facto model before any training (as factorized, after BatchNorm
-    re-estimation, and with `refit` after refitting the last factors, then BatchNorm re-estimation).
+    dense model and of the config's Facto model before any training: as factorized, after BatchNorm
+    re-estimation, and with `config.refit` fitted as a run fits it (last factors refitted, then
+    BatchNorm re-estimated: `facto.method.calibrate.calibrate`).
 
     The data are the config's dataset (max_train / max_test subsets, batch size, seed); the test split
     gives the accuracies, the training split the calibration batches. Raises InitError (a ValueError)
@@ -150,7 +148,7 @@ def inspect_weights(config: RunConfig, history: str | Path | None = None, weight
     result = WeightsInspection(config, weights, layer_spectra(dense, factorized=factorized),
                                layer_spectra(fresh, factorized=facto_model(config, fresh)), loaded=loaded)
     if accuracy:
-        _accuracies(result, config, dense, factorized, refit, calibration_batches)
+        _accuracies(result, config, dense, factorized, config.refit, calibration_batches)
     return result
 
 
@@ -166,12 +164,12 @@ def _accuracies(result: WeightsInspection, config: RunConfig, dense: torch.nn.Mo
     acc["dense"] = evaluate(dense, data.test_loader, cpu)[1]
     acc["factorized"] = evaluate(factorized, data.test_loader, cpu)[1]
     calibrated = copy.deepcopy(factorized)
-    result.calibration_batches = recalibrate_batchnorm(calibrated, data.train_loader, batches)
+    result.calibration_batches = calibrate(calibrated, dense, data.train_loader, refit=False,
+                                           batchnorm_batches=batches)["batchnorm_batches"]
     if result.calibration_batches:
         acc["bn"] = evaluate(calibrated, data.test_loader, cpu)[1]
     if refit:
         refitted = copy.deepcopy(factorized)
-        refit_last_factors(refitted, dense, data.train_loader, min(batches, REFIT_BATCHES))
-        recalibrate_batchnorm(refitted, data.train_loader, batches)
+        calibrate(refitted, dense, data.train_loader, batchnorm_batches=batches)
         acc["refit"] = evaluate(refitted, data.test_loader, cpu)[1]
     result.test_size = data.test_size

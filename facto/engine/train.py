@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import INIT_RANDOM, RunConfig
+from ..method.calibrate import calibrate
 from ..method.factorize import describe
 from ..memory.process import ResidentPeak, resident_bytes
 from ..method.layers import FactorizedLayer, replace_module
@@ -330,6 +331,9 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         check_stop()
         models[v.name] = v.build(dense)
     check_stop()
+    calibration = None
+    if "facto" in models and config.refit and learned_start(config):
+        calibration = calibrate(models["facto"], dense, data.train_loader)  # no labels, no gradient
     del dense
     learned = int(learned_start(config))
     probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
@@ -342,7 +346,8 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
                      for k, m in models.items()},
         report=[asdict(r) for r in describe(models["facto"])] if "facto" in models else [],
         evals_planned=schedule.evals_planned() + learned, process_before_model=before_model,
-        init=_report_dict(init_report), handover=_report_dict(handover) if handover else None)
+        init=_report_dict(init_report), handover=_report_dict(handover) if handover else None,
+        calibration=calibration)
     tracker.add(start)
     yield start
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]

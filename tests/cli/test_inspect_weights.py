@@ -57,7 +57,7 @@ def test_inspection_loads_the_runs_weights_and_tests_both_models(home):
     fresh = dense_model(RunConfig(), 10, 1).get_submodule(name).weight.detach().double()
     assert result.fresh_spectra[0].out.singular_values[0] == pytest.approx(
         float(torch.linalg.svdvals(fresh.reshape(fresh.shape[0], -1))[0]))
-    assert set(result.accuracy) == {"dense", "factorized", "bn"} and result.test_size == 64
+    assert set(result.accuracy) == {"dense", "factorized", "bn", "refit"} and result.test_size == 64
     assert all(0 <= a <= 100 for a in result.accuracy.values()) and result.calibration_batches == 2
 
 
@@ -72,9 +72,11 @@ def test_inspect_prints_energy_and_accuracy_in_100_columns(home, capsys):
 
 
 def test_inspect_on_fresh_weights_says_why_the_numbers_are_low_and_json_carries_it(home, capsys):
-    assert main(["inspect", *TINY, "--init", "random", "--refit"]) == 0
+    assert main(["inspect", *TINY, "--init", "random"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Fresh weights are noise-like" in out and "last factors refitted + BN" in out
+    assert main(["inspect", *TINY, "--init", "random", "--no-refit"]) == 0
+    assert "last factors refitted" not in " ".join(capsys.readouterr().out.split())
     assert main(["inspect", *TINY, "--no-accuracy", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["spectrum"]["accuracy"] == {} and document["spectrum"]["layers"][0]["ranks"]

@@ -154,3 +154,33 @@ def test_a_run_that_cannot_start_stores_nothing(tmp_path):
         with pytest.raises(InitError, match="does not fit simple_cnn"):
             next(events)
         assert store.list_runs() == []
+
+
+def test_from_trained_weights_facto_is_refitted_and_tested_before_its_first_step(tmp_path):
+    from facto.engine.events import EvalEvent, StartEvent
+
+    db = tmp_path / "runs.db"
+    data = dict(max_test=200)
+    with RunStore(db) as store:
+        list(record(compare(RunConfig(epochs=2, **data), variants=("baseline",), history=db), store))
+    first = {}
+    for refit in (True, False):
+        events = list(compare(RunConfig(init="run:1", epochs=1, max_steps=1, refit=refit, **data), history=db))
+        start = next(e for e in events if isinstance(e, StartEvent))
+        first[refit] = {e.variant: e.test_accuracy for e in events if isinstance(e, EvalEvent) and e.step == 0}
+        if refit:
+            factorized = [r["name"] for r in start.report if r["kind"] == "factorized"]
+            assert start.calibration["refitted"] == factorized and start.calibration["batchnorm_batches"] == 10
+        else:
+            assert start.calibration is None
+    assert first[True]["baseline"] == first[False]["baseline"] > 60  # the kept baseline, tested as it was left
+    assert first[False]["facto"] < first[True]["baseline"] - 20  # factorizing trained weights costs accuracy
+    assert first[True]["facto"] > first[True]["baseline"] - 15  # the refit wins most of it back
+
+
+def test_random_weights_are_neither_refitted_nor_tested_at_step_0():
+    from facto.engine.events import EvalEvent, StartEvent
+
+    events = list(compare(RunConfig(epochs=1, max_steps=1, max_train=64, max_test=32)))
+    assert next(e for e in events if isinstance(e, StartEvent)).calibration is None
+    assert all(e.step > 0 for e in events if isinstance(e, EvalEvent))
