@@ -184,3 +184,16 @@ def test_random_weights_are_neither_refitted_nor_tested_at_step_0():
     events = list(compare(RunConfig(epochs=1, max_steps=1, max_train=64, max_test=32)))
     assert next(e for e in events if isinstance(e, StartEvent)).calibration is None
     assert all(e.step > 0 for e in events if isinstance(e, EvalEvent))
+
+
+def test_fitting_facto_leaves_the_baselines_batches_alone(tmp_path):
+    from facto.engine.events import StepEvent
+
+    path = tmp_path / "w.pt"
+    torch.save(cnn(seed=3).state_dict(), path)
+    losses = {}
+    for refit in (True, False):
+        events = compare(RunConfig(init=str(path), epochs=1, max_steps=3, max_train=256, max_test=32, refit=refit),
+                         variants=("baseline", "facto"))
+        losses[refit] = [e.loss for e in events if isinstance(e, StepEvent) and e.variant == "baseline"]
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
