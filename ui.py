@@ -502,6 +502,25 @@ def check_form(prefix: str, names: list[str], base: RunConfig | None = None) -> 
 
 # ----------------------------------------------------------------------------- starting weights
 
+def accuracy_cards(columns: list, inspection, dataset: str) -> None:
+    """The test accuracies before training of an inspection (`facto.engine.inspect_weights`), one card
+    per column: dense, factorized as is, BatchNorm re-estimated, fitted as a run fits it."""
+    acc = inspection.accuracy
+    cards = [("dense", "Dense model", f"Test accuracy on {inspection.test_size} test images of {dataset}."),
+             ("factorized", "Factorized, before training",
+              "The Facto model as factorize builds it, weights and BatchNorm statistics unchanged."),
+             ("bn", "With BatchNorm re-estimated",
+              f"BatchNorm's running statistics measured again on {inspection.calibration_batches} training "
+              "batches; no weight changes."),
+             ("refit", "Fitted as a run fits it",
+              "What a run from these weights starts Facto with: each layer's last factor refitted by least "
+              "squares to the dense layer's outputs on two training batches, then BatchNorm re-estimated "
+              "(no labels, no gradient; 'Refit factors to trained weights').")]
+    for column, (key, label, help_text) in zip(columns, [c for c in cards if c[0] in acc]):
+        delta = None if key == "dense" else f"{acc[key] - acc['dense']:+.1f} points"
+        column.metric(label, f"{acc[key]:.1f} %", **CARD, delta=delta, delta_arrow="off", help=help_text)
+
+
 UPLOADS = "uploads"  # uploaded weights files, in a folder beside the run history
 
 

@@ -135,24 +135,7 @@ def weights_section(config: RunConfig) -> None:
     except ValueError as exc:  # missing data, weights that no longer load
         st.error(f"Can't test these weights: {exc}", icon=":material/error:")
         return
-    acc = w.accuracy
-    c = st.columns(4)
-    c[0].metric("Dense model", f"{acc['dense']:.1f} %", **ui.CARD,
-                help=f"Test accuracy on {w.test_size} test images of {config.dataset}.")
-    c[1].metric("Factorized, before training", f"{acc['factorized']:.1f} %", **ui.CARD,
-                delta=f"{acc['factorized'] - acc['dense']:+.1f} points", delta_arrow="off",
-                help="The Facto model as factorize builds it, weights and BatchNorm statistics unchanged.")
-    if "bn" in acc:
-        c[2].metric("With BatchNorm re-estimated", f"{acc['bn']:.1f} %", **ui.CARD,
-                    delta=f"{acc['bn'] - acc['dense']:+.1f} points", delta_arrow="off",
-                    help=f"BatchNorm's running statistics measured again on {w.calibration_batches} training "
-                         "batches; no weight changes.")
-    if "refit" in acc:
-        c[3].metric("Fitted as a run fits it", f"{acc['refit']:.1f} %", **ui.CARD,
-                    delta=f"{acc['refit'] - acc['dense']:+.1f} points", delta_arrow="off",
-                    help="What a run from these weights starts Facto with: each layer's last factor refitted by "
-                         "least squares to the dense layer's outputs on two training batches, then BatchNorm "
-                         "re-estimated (no labels, no gradient; 'Refit factors to trained weights').")
+    ui.accuracy_cards(st.columns(4), w, config.dataset)
     if not w.weights.trained:
         st.info(FRESH_NOTE, icon=":material/info:")
     st.caption(f"Weights: {w.weights.source}. Energy kept: the share of squared singular values a rank keeps "

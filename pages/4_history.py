@@ -18,7 +18,7 @@ import ui
 from facto import plots
 from facto.config import SETTINGS
 from facto.engine.train import too_short_to_compare
-from facto.store.kept import models_folder
+from facto.store.kept import models_folder, why_none_kept
 
 ui.page("Facto · history")
 
@@ -139,15 +139,7 @@ def kept_bytes(store, run_id: int) -> int:
 
 def none_kept(run) -> str:
     """Why `run` kept no trained model."""
-    if not run.config.get("keep_models", True):
-        return "“Keep trained models” was off for it"
-    if run.status == "running":
-        return "it is still running: its models are kept when it ends"
-    if run.status == "interrupted":
-        return "it was stopped before its end, and models are kept only when a run ends"
-    if run.status == "failed":
-        return "it failed, so it ended with no trained model"
-    return "no model file of it is in the history's models folder"
+    return why_none_kept(run.status, run.config.get("keep_models", True))
 
 
 def _reader(path) -> Callable[[], bytes]:

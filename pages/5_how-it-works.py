@@ -86,7 +86,6 @@ def spectrum_section(config: RunConfig, layer: str) -> None:
         return
     chosen = [x for x in w.spectra if x.name == layer]
     fresh = [x for x in w.fresh_spectra if x.name == layer] if w.weights.trained else []
-    acc = w.accuracy
     c = st.columns(5)
     if chosen:
         c[0].metric("Energy kept by this layer", f"{100 * chosen[0].energy_kept:.1f} %", **ui.CARD,
@@ -94,22 +93,7 @@ def spectrum_section(config: RunConfig, layer: str) -> None:
                          f"(output channels {100 * chosen[0].out.energy_kept:.1f} %, input channels "
                          f"{100 * chosen[0].inp.energy_kept:.1f} %)."
                          + (f" Fresh weights: {100 * fresh[0].energy_kept:.1f} %." if fresh else ""))
-    c[1].metric("Dense model", f"{acc['dense']:.1f} %", **ui.CARD,
-                help=f"Test accuracy on {w.test_size} test images of {config.dataset}.")
-    c[2].metric("Factorized, before training", f"{acc['factorized']:.1f} %", **ui.CARD,
-                delta=f"{acc['factorized'] - acc['dense']:+.1f} points", delta_arrow="off",
-                help="Every factorizable layer at this rank, weights and BatchNorm statistics unchanged.")
-    if "bn" in acc:
-        c[3].metric("With BatchNorm re-estimated", f"{acc['bn']:.1f} %", **ui.CARD,
-                    delta=f"{acc['bn'] - acc['dense']:+.1f} points", delta_arrow="off",
-                    help=f"BatchNorm's running statistics measured again on {w.calibration_batches} training "
-                         "batches; no weight changes.")
-    if "refit" in acc:
-        c[4].metric("Fitted as a run fits it", f"{acc['refit']:.1f} %", **ui.CARD,
-                    delta=f"{acc['refit'] - acc['dense']:+.1f} points", delta_arrow="off",
-                    help="What a run from these weights starts Facto with: each layer's last factor refitted by "
-                         "least squares to the dense layer's outputs on two training batches, then BatchNorm "
-                         "re-estimated (no labels, no gradient; 'Refit factors to trained weights').")
+    ui.accuracy_cards(c[1:], w, config.dataset)
     if not w.weights.trained:
         st.info(FRESH_NOTE, icon=":material/info:")
     if chosen:

@@ -105,16 +105,10 @@ MB = 1e6
 
 
 def none_kept(run) -> str:
-    """Why run `run` kept no trained model, in a few words."""
-    if not run.config.get("keep_models", True):
-        return "no models kept: keep_models was off for this run"
-    if run.status == "running":
-        return "no models kept yet: the run is still running (models are kept when a run ends)"
-    if run.status == "interrupted":
-        return "no models kept: the run was stopped before its end (models are kept only when a run ends)"
-    if run.status == "failed":
-        return "no models kept: the run failed, so it ended with no trained model"
-    return "no models kept: no model file of this run is in the history's models folder"
+    """'no models kept: ...' with why (facto.store.kept.why_none_kept)."""
+    from ..store.kept import why_none_kept
+
+    return "no models kept: " + why_none_kept(run.status, run.config.get("keep_models", True))
 
 
 def _chosen_model(run, kept: dict, variant: str | None):

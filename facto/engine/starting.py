@@ -146,9 +146,10 @@ def _run_state(run_id: int, model: str, history: str | Path | None) -> tuple[dic
             raise InitError(f"init='run:{run_id}': run {run_id} trained {trained}, not {model}")
         kept = store.kept_models(run_id)
     if "baseline" not in kept:
-        why = ("it kept no models (keep_models was off)" if not run.config.get("keep_models", True)
-               else f"it kept no baseline (status {run.status}: models are kept when a run ends)")
-        raise InitError(f"init='run:{run_id}': {why}")
+        from ..store.kept import why_none_kept
+
+        why = why_none_kept(run.status, run.config.get("keep_models", True))
+        raise InitError(f"init='run:{run_id}': run {run_id} kept no baseline model: {why}")
     return read_state_file(kept["baseline"].path, f"run {run_id}'s model file"), f"run {run_id} (baseline)"
 
 

@@ -76,6 +76,19 @@ def kept(db_path: str | Path, run_id: int) -> dict[str, KeptModel]:
     return found
 
 
+def why_none_kept(status: str, keep_models: bool) -> str:
+    """Why a run with this status and `keep_models` setting has no kept model file, in words."""
+    if not keep_models:
+        return "keep_models was off for it (Keep trained models, in the app)"
+    if status == "running":
+        return "it is still running: its models are kept when it ends"
+    if status == "interrupted":
+        return "it was stopped before its end, and models are kept only when a run ends"
+    if status == "failed":
+        return "it failed, so it ended with no trained model"
+    return "no model file of it is in the history's models folder"
+
+
 def delete(db_path: str | Path, run_id: int) -> int:
     """Delete run `run_id`'s kept model files; the bytes freed."""
     freed = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,22 @@ def _scan_components_once():
     manifest_scanner.scan_component_manifests = lambda max_workers=None: list(cached())
     yield
     manifest_scanner.scan_component_manifests = scan
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty FACTO_HOME (its path), no room mode, the app's modules importable from the repository
+    root, and fresh server caches (the history, the registry and cached results are Streamlit caches)."""
+    import streamlit as st
+
+    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FACTO_ROOM", raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path / "home"
+    st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 @pytest.fixture()

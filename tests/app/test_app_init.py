@@ -15,24 +15,17 @@ from facto.store.history import RunStore
 
 from .apptest import app_test
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 
 
 @pytest.fixture()
-def ui(tmp_path, monkeypatch):
-    """The app's `ui` module with a fresh server state and an empty FACTO_HOME."""
-    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FACTO_ROOM", raising=False)
+def ui(home, monkeypatch):
+    """The app's `ui` module, runs training in threads, and what is still going stopped afterwards."""
     monkeypatch.setenv("FACTO_JOBS", "thread")
-    monkeypatch.syspath_prepend(str(ROOT))
     import ui as module
-    st.cache_resource.clear()
-    st.cache_data.clear()
     yield module
     for job in module.registry().jobs(active_only=True):
         job.stop(wait_s=60)
-    st.cache_resource.clear()
 
 
 def app(visitor: str | None = None) -> AppTest:

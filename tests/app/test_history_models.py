@@ -3,7 +3,6 @@ why a run kept none, the disk they take, and what deleting a run frees."""
 from __future__ import annotations
 
 import pytest
-import streamlit as st
 import streamlit.testing.v1.app_test as app_test_module
 import torch
 from streamlit.runtime.media_file_manager import MediaFileManager
@@ -13,20 +12,9 @@ from facto.config import RunConfig
 from facto.engine.models import create_model
 from facto.store.history import RunStore
 
-from .apptest import ROOT, app_test
+from .apptest import app_test
 
 TIMEOUT = 120  # seconds per script run: the first one imports torch
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    """An empty FACTO_HOME and a fresh server state (the history is an st.cache_resource)."""
-    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FACTO_ROOM", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT))
-    st.cache_resource.clear()
-    yield tmp_path / "home"
-    st.cache_resource.clear()
 
 
 @pytest.fixture()
@@ -103,7 +91,7 @@ def test_the_page_says_why_a_run_kept_no_model_and_totals_the_listed_runs(home):
     stopped = stored(store, status="interrupted", keep=())
     at = opened(selected=[kept_one, off, stopped])
     notes = [c.value for c in at.caption]
-    assert any(n.startswith(f"#{off}: no trained model kept") and "“Keep trained models” was off" in n
+    assert any(n.startswith(f"#{off}: no trained model kept") and "keep_models was off" in n
                for n in notes), notes
     assert any(n.startswith(f"#{stopped}: no trained model kept") and "stopped before its end" in n
                for n in notes), notes

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import streamlit as st
 
 from facto.config import RunConfig
 from facto.engine.build import dense_model
@@ -14,20 +12,7 @@ from facto.store.history import RunStore
 
 from .apptest import app_test
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180  # the first run imports torch, factorizes and tests two models on a busy 2-core machine
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACTO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FACTO_ROOM", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield tmp_path / "home"
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def kept_run(home: Path) -> int:
