@@ -18,3 +18,13 @@ def app_test(page: str = "app.py", timeout: float = 120) -> AppTest:
     """An AppTest that runs `page` ("app.py" or "pages/..."), not run yet."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
     return at if page == "app.py" else at.switch_page(page)
+
+
+def opened(page: str = "app.py", timeout: float = 120, **session) -> AppTest:
+    """`page` run once with `session` in its session state (e.g. visitor="a"), no exception raised."""
+    at = app_test(page, timeout)
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -13,7 +13,7 @@ from facto.config import RunConfig
 from facto.engine.build import dense_model
 from facto.store.history import RunStore
 
-from .apptest import app_test
+from .apptest import opened
 
 TIMEOUT = 120
 
@@ -29,12 +29,7 @@ def ui(home, monkeypatch):
 
 
 def app(visitor: str | None = None) -> AppTest:
-    at = app_test("app.py", TIMEOUT)
-    if visitor is not None:
-        at.session_state["visitor"] = visitor
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return opened("app.py", TIMEOUT, **({"visitor": visitor} if visitor is not None else {}))
 
 
 def errors(at: AppTest) -> list[str]:

@@ -12,7 +12,7 @@ from facto.config import RunConfig
 from facto.engine.models import create_model
 from facto.store.history import RunStore
 
-from .apptest import app_test
+from .apptest import opened
 
 TIMEOUT = 120  # seconds per script run: the first one imports torch
 
@@ -45,13 +45,8 @@ def stored(store: RunStore, status: str = "completed", keep: tuple[str, ...] = (
     return run_id
 
 
-def opened(selected: list[int] | None = None) -> AppTest:
-    at = app_test("pages/4_history.py", TIMEOUT)
-    if selected is not None:
-        at.session_state["hist_selected"] = selected
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+def history_page(selected: list[int] | None = None) -> AppTest:
+    return opened("pages/4_history.py", TIMEOUT, **({"hist_selected": selected} if selected is not None else {}))
 
 
 def downloads(at: AppTest) -> dict[str, object]:
@@ -69,7 +64,7 @@ def test_a_run_s_kept_models_are_listed_with_their_sizes_and_download_whole(home
     store = RunStore()
     run_id = stored(store)
     kept = store.kept_models(run_id)
-    at = opened()
+    at = history_page()
     buttons = downloads(at)
     assert set(buttons) == {f"hist_model_{run_id}_baseline", f"hist_model_{run_id}_facto"}
     for variant, model in kept.items():
@@ -89,7 +84,7 @@ def test_the_page_says_why_a_run_kept_no_model_and_totals_the_listed_runs(home):
     kept_one = stored(store)
     off = stored(store, keep=(), keep_models=False)
     stopped = stored(store, status="interrupted", keep=())
-    at = opened(selected=[kept_one, off, stopped])
+    at = history_page(selected=[kept_one, off, stopped])
     notes = [c.value for c in at.caption]
     assert any(n.startswith(f"#{off}: no trained model kept") and "keep_models was off" in n
                for n in notes), notes
@@ -110,7 +105,7 @@ def test_deleting_a_run_deletes_its_model_files_and_says_what_it_frees(home):
     gone = stored(store)
     files = store.kept_models(gone)
     freed = sum(m.bytes for m in files.values())
-    at = opened(selected=[gone])
+    at = history_page(selected=[gone])
     assert f"Deleting also removes their kept models: {freed / 1e6:,.2f} MB freed." in [c.value for c in at.caption]
     at.checkbox(key="hist_confirm").check().run()
     at.button(key="hist_delete").click().run()
