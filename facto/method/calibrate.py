@@ -147,6 +147,20 @@ def _dense_output(module: nn.Module, x: Tensor) -> Tensor:
     return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
 
 
+def _set_last(layer: FactorizedLayer, last: Tensor) -> None:
+    """Give `layer` the last factor `last` (out, r) as an orthonormal factor times the stage before it:
+    last = Q R, Q becomes the last factor and R moves into the core (or the first factor of a
+    two-stage layer). The layer computes the same; a frozen factor stays orthonormal, as the HOSVD
+    made it, so the trained one keeps the well-conditioned gradients it had."""
+    q, r = torch.linalg.qr(last)
+    signs = torch.sign(torch.diagonal(r)).clamp_min(0) * 2 - 1  # positive diagonal: the unique QR
+    q, r = q * signs, r * signs[:, None]
+    inner = layer.first if getattr(layer, "core", None) is None else layer.core
+    before = inner.detach().double().reshape(inner.shape[0], -1)
+    inner.copy_((r @ before).reshape(inner.shape).to(inner.dtype))
+    layer.last.copy_(q.reshape(layer.last.shape).to(layer.last.dtype))
+
+
 @torch.no_grad()
 def refit_last_factors(factorized: nn.Module, dense: nn.Module, loader: Iterable, batches: int = 8,
                        ridge: float = 1e-4) -> list[str]:
@@ -156,7 +170,8 @@ def refit_last_factors(factorized: nn.Module, dense: nn.Module, loader: Iterable
     (with the layers before it refitted already) and the dense model's (`dense`, the model
     `factorized` was made from; not modified). The last factor L minimises
     ||Z L^T + b - Y||^2 + ridge * mean(diag(Z^T Z)) * ||L||^2, where Z is what the last factor
-    receives and Y the dense layer's output. Both models run in eval mode (their modes are put
+    receives and Y the dense layer's output; L is kept as an orthonormal last factor times a matrix
+    folded into the stage before it (the core, or the first factor of a two-stage layer). Both models run in eval mode (their modes are put
     back). Returns the names of the layers refitted.
     """
     _check_batches(batches)
@@ -192,8 +207,7 @@ def refit_last_factors(factorized: nn.Module, dense: nn.Module, loader: Iterable
             reg = torch.zeros_like(gram)
             reg[range(r), range(r)] = penalty
             solution = torch.linalg.solve(gram + reg, rhs)  # (r [+1], out)
-            last = solution[:r].t()
-            layer.last.copy_(last.reshape(layer.last.shape).to(layer.last.dtype))
+            _set_last(layer, solution[:r].t())
             if layer.bias is not None:
                 layer.bias.copy_(solution[r].to(layer.bias.dtype))
             done.append(name)

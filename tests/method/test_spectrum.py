@@ -147,8 +147,14 @@ def test_refit_solves_the_least_squares_problem_of_the_last_factor():
     design = np.hstack([z, np.ones((z.shape[0], 1))])
     expected = np.linalg.lstsq(design, y, rcond=None)[0]
     before = np.linalg.norm(z @ layer.last[:, :, 0, 0].detach().double().numpy().T + layer.bias.detach().double().numpy() - y)
+    core_before = layer.core.detach().clone()
     assert refit_last_factors(built, dense, data, batches=2, ridge=0) == ["1"]
-    assert np.allclose(layer.last[:, :, 0, 0].detach().double().numpy(), expected[:-1].T, atol=1e-4)
+    q = layer.last[:, :, 0, 0].detach().double()
+    assert torch.allclose(q.t() @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-5)  # kept orthonormal
+    r = torch.linalg.lstsq(q, torch.as_tensor(expected[:-1].T)).solution  # what moved into the core
+    assert np.allclose((q @ r).numpy(), expected[:-1].T, atol=1e-4)  # the last factor times it: the fit
+    moved = torch.einsum("ij,jshw->ishw", r, core_before.double())
+    assert torch.allclose(layer.core.detach().double(), moved, atol=1e-4)
     assert np.allclose(layer.bias.detach().double().numpy(), expected[-1], atol=1e-4)
     after = np.linalg.norm(design @ expected - y)
     assert after < before
