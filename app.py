@@ -163,7 +163,7 @@ def sidebar(locked: bool) -> None:
                 ui.setting_widget(name, P + name, disabled=locked, problem=problem(name))
             a, b = st.columns(2)
             ui.setting_widget("optimizer", P + "optimizer", a, disabled=locked)
-            ui.setting_widget("schedule", P + "schedule", b, disabled=locked)
+            ui.setting_widget("schedule", P + "schedule", b, disabled=locked, on_change=match_preset)
             ui.setting_widget("precision", P + "precision", disabled=locked)
             ui.setting_widget("refit", P + "refit", disabled=locked)
             ui.setting_widget("keep_models", P + "keep_models", disabled=locked)

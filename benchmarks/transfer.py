@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from facto.config import RunConfig  # noqa: E402
+from facto.config import PRESETS, RunConfig  # noqa: E402
 from facto.engine import distributed  # noqa: E402
 from facto.engine.data import load_data  # noqa: E402
 from facto.engine.devices import machine, resolve_device  # noqa: E402
@@ -41,8 +41,7 @@ from facto.engine.starting import starting_model  # noqa: E402
 from facto.engine.train import _warm_start, compare, evaluate  # noqa: E402
 
 # The scenario: what a run of the transfer task sets (the rest are RunConfig's defaults).
-SCENARIO = dict(dataset="digits_5_9", warm_start_dataset="digits_0_4", warm_start_steps=60, epochs=3,
-                lr=1e-2, schedule="onecycle", rank=0.5, bits=4, recompute=True, update="core")
+SCENARIO = {"lr": RunConfig().lr, **PRESETS["transfer"]}
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,9 @@ def test_the_transfer_preset_sets_the_scenario_and_leaving_it_puts_the_defaults_
     assert at.selectbox(key="dataset").value == "digits_5_9"
     assert at.selectbox(key="warm_start_dataset").value == "digits_0_4"
     assert at.number_input(key="warm_start_steps").value > 0 and errors(at) == []
+    assert at.selectbox(key="schedule").value == "cosine"
     at.radio(key="preset").set_value("balanced").run()
+    assert at.selectbox(key="schedule").value == RunConfig().schedule
     assert at.selectbox(key="dataset").value == RunConfig().dataset
     assert at.selectbox(key="warm_start_dataset").value is None
     assert at.number_input(key="warm_start_steps").value == 0
