@@ -1,4 +1,4 @@
-"""Remake the README's screenshots (docs/screenshots/*.png) from the app as it is now.
+"""Remake the README's screenshots (docs/screenshots/*.png) from the app.
 
     python docs/screenshots.py            # ~2 minutes on 2 CPU cores: a default run and a default sweep
 
