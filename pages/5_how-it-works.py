@@ -48,8 +48,8 @@ def curve(config: RunConfig, layer: str, real_data: bool, max_batch: int):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def feature_map(config: RunConfig, layer: str, real_data: bool):
-    from facto.engine.build import dense_model
     from facto.engine.data import dataset_info
+    from facto.engine.starting import starting_model
 
     info = dataset_info(config.dataset)
     x = batch(config, real_data)
@@ -58,7 +58,7 @@ def feature_map(config: RunConfig, layer: str, real_data: bool):
 
         g = torch.Generator().manual_seed(config.seed)
         x = torch.randn(config.batch_size, info.in_channels, info.image_size, info.image_size, generator=g)
-    return layer_input(dense_model(config, info.num_classes, info.in_channels), layer, x)
+    return layer_input(starting_model(config, info.num_classes, info.in_channels)[0], layer, x)
 
 
 @st.cache_data(show_spinner="Loading the weights, factorizing them and testing both models…", max_entries=12)
@@ -68,19 +68,27 @@ def spectra(config: RunConfig, init: str) -> WeightsInspection:
     return inspect_weights(config, weights=weights)
 
 
-def spectrum_section(config: RunConfig, layer: str) -> None:
-    """The layer's spectrum for the chosen weights, the energy its rank keeps, and the model's accuracy
-    before training, dense vs factorized."""
-    st.subheader("Why a rank loses little on trained weights")
-    latest = choose_weights(config.replace(init="random"))
+def weights_choice(model: str) -> str:
+    """The sidebar's Weights: the latest finished run of `model` (first, when there is one) or fresh
+    weights; the chosen `init`."""
+    latest = choose_weights(RunConfig(model=model))
     options = {"fresh weights": "random"}
     if latest.trained:
-        options = {f"run {latest.run_id} (latest finished {config.model})": latest.init, **options}
-    choice = st.radio("Weights", list(options), key=P + "weights", horizontal=True,
+        options = {f"run {latest.run_id} (latest finished {model})": latest.init, **options}
+    if st.session_state.get(P + "weights") not in options:
+        st.session_state.pop(P + "weights", None)
+    choice = st.radio("Weights", list(options), key=P + "weights",
                       help="The baseline the latest finished run of this model on digits trained and kept, or "
-                           "fresh weights drawn from the seed.")
+                           "fresh weights drawn from the seed. Everything on this page uses them.")
+    return options[choice]
+
+
+def spectrum_section(config: RunConfig, layer: str) -> None:
+    """The layer's spectrum for the chosen weights (`config.init`), the energy its rank keeps, and the
+    model's accuracy before training, dense vs factorized."""
+    st.subheader("Why a rank loses little on trained weights")
     try:
-        w = spectra(config, options[choice])
+        w = spectra(config.replace(init="random"), config.init)
     except ValueError as exc:
         st.error(f"Can't test these weights: {exc}", icon=":material/error:")
         return
@@ -111,6 +119,7 @@ st.session_state.setdefault(P + "data", "digits images")
 with st.sidebar:
     st.header("One layer")
     ui.setting_widget("model", P + "model")
+    init = weights_choice(st.session_state[P + "model"])
     options = layers_of(st.session_state[P + "model"])
     names = [n for n, _ in options]
     labels = dict(options)
@@ -131,11 +140,12 @@ with st.sidebar:
 
 s = st.session_state
 st.title("How it works")
-st.caption("Facto inside one conv layer of a freshly initialised model: the dense conv and its three factors, "
-           "which factor trains, and what each keeps for backward, measured on one batch. Nothing is trained.")
+st.caption("Facto inside one conv layer of the chosen weights (a finished run's trained ones, or fresh): the "
+           "dense conv and its three factors, which factor trains, and what each keeps for backward, measured "
+           "on one batch. Nothing is trained.")
 try:
     config = ui.config_from_widgets(P, ["model", "update", "bits", "recompute", "block"]).replace(
-        rank=s[P + "rank"], batch_size=int(s[P + "batch_size"]))
+        rank=s[P + "rank"], batch_size=int(s[P + "batch_size"]), init=init)
 except ValueError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -162,7 +172,7 @@ c[2].metric("Recompute removes", f"{result.removed_by_recompute / plots.MB:,.3f}
 c[3].metric("Weights", f"{result.params_facto:,}", **ui.CARD,
             delta=f"{result.params_facto - result.params_dense:+,} vs dense", delta_color="inverse",
             help=f"Reconstruction error of the factorized weight: {result.rel_error:.3f} "
-                 "(large on fresh, noise-like weights; trained weights factorize better).")
+                 "(large on fresh, noise-like weights; trained weights keep more of their energy at a rank).")
 
 st.plotly_chart(plots.layer_stages_figure(result), key="how_stages_chart", **ui.CHART)
 left, right = st.columns(2)

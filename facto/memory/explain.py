@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..config import RankPolicy, RunConfig
-from ..engine.build import dense_model
 from ..engine.data import dataset_info
+from ..engine.starting import starting_model
 from ..method.decompose import rel_error
 from ..method.layers import FactoConv2d, MaskReLU
 from ..method.recompute import fuse_recompute
@@ -138,14 +138,15 @@ def explain_layer(config: RunConfig, layer: str, x: torch.Tensor | None = None,
     """Dense vs Facto for one conv layer of the config's model, measured on a batch.
 
     Args:
-        config: model, dataset, rank, update, bits, block, recompute, batch_size, seed.
+        config: model, dataset, rank, update, bits, block, recompute, batch_size, seed, and init: the
+            weights (fresh from the seed, or trained ones: `facto.engine.starting`).
         layer: a name from `conv_layers`.
         x: the model input batch (default: N(0, 1) noise of the dataset's shape).
         max_batch: the most images a batch may have (None: no bound): LimitError before any work.
     """
     check_batch(config.batch_size if x is None else int(x.shape[0]), max_batch)
     info = dataset_info(config.dataset)
-    dense = dense_model(config, info.num_classes, info.in_channels)
+    dense = starting_model(config, info.num_classes, info.in_channels)[0]  # config.init: fresh or trained
     names = [n for n, _ in conv_layers(dense)]
     if layer not in names:
         raise ValueError(f"layer={layer!r} is not allowed: use one of {', '.join(names) or '(none in this model)'}")

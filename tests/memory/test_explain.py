@@ -59,3 +59,22 @@ def test_a_real_feature_map_reaches_the_layer():
 def test_bad_layer_names_the_allowed_ones():
     with pytest.raises(ValueError, match="layer='fc'.*layer1.0.conv1"):
         explain_layer(CONFIG, "fc")
+
+
+def test_the_layer_is_explained_on_the_weights_the_config_starts_from(tmp_path):
+    config = RunConfig(rank=0.5, batch_size=4)
+    model = dense_model(config, 10, 1)
+    layer = conv_layers(model)[1][0]
+    conv = model.get_submodule(layer)
+    out_ch, in_ch = conv.weight.shape[:2]
+    g = torch.Generator().manual_seed(1)
+    core = torch.randn(out_ch // 2, in_ch // 2, 3, 3, generator=g)  # a weight of Tucker ranks (half, half)
+    u_out = torch.linalg.qr(torch.randn(out_ch, out_ch // 2, generator=g))[0]
+    u_in = torch.linalg.qr(torch.randn(in_ch, in_ch // 2, generator=g))[0]
+    state = model.state_dict()
+    state[layer + ".weight"] = torch.einsum("or,rshw,is->oihw", u_out, core, u_in)
+    path = tmp_path / "low_rank.pt"
+    torch.save(state, path)
+    fresh = explain_layer(config, layer)
+    chosen = explain_layer(config.replace(init=str(path)), layer)
+    assert fresh.rel_error > 0.3 and chosen.rel_error < 1e-5  # rank 0.5 holds that weight exactly
