@@ -207,9 +207,9 @@ def test_layer_pages_offer_no_batch_above_the_rooms_limit(home, monkeypatch, pag
     monkeypatch.setenv("FACTO_ROOM", "1")
     monkeypatch.setenv("FACTO_ROOM_MAX_BATCH", "16")
     measured = []
-    for module in (analysis, explain):
-        real = module.dense_model
-        monkeypatch.setattr(module, "dense_model", lambda *a, _real=real, **k: measured.append(1) or _real(*a, **k))
+    for module, builder in ((analysis, "dense_model"), (explain, "starting_model")):
+        real = getattr(module, builder)
+        monkeypatch.setattr(module, builder, lambda *a, _real=real, **k: measured.append(1) or _real(*a, **k))
     prefix = "layers_" if "layers" in page else "how_"
     at = app_test(page, 300)
     at.session_state[prefix + "batch_size"] = 32

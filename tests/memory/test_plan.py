@@ -201,7 +201,7 @@ def test_layer_pages_refuse_a_batch_above_the_limit_before_any_work(monkeypatch)
     from facto.memory import analysis, explain
 
     monkeypatch.setattr(analysis, "dense_model", lambda *a, **k: pytest.fail("built although too large"))
-    monkeypatch.setattr(explain, "dense_model", lambda *a, **k: pytest.fail("built although too large"))
+    monkeypatch.setattr(explain, "starting_model", lambda *a, **k: pytest.fail("built although too large"))
     config = facto.RunConfig(batch_size=5000)
     message = "batch_size=5,000 is above the limit of 1,024 images per batch here"
     with pytest.raises(fb.LimitError, match=message):
