@@ -147,6 +147,14 @@ def _reader(path) -> Callable[[], bytes]:
     return lambda: path.read_bytes()
 
 
+def start_from(run) -> None:
+    """Train & compare, set to start from `run`'s kept baseline (its model and dataset, init run:ID)."""
+    st.session_state["model"] = run.config.get("model", st.session_state.get("model"))
+    st.session_state["dataset"] = run.config.get("dataset", st.session_state.get("dataset"))
+    st.session_state["init"] = f"run:{run.id}"
+    st.session_state["history_start_from"] = run.id
+
+
 def kept_section(store, runs: list) -> None:
     """The selected runs' kept models: a download per file, or why a run kept none."""
     st.subheader("Trained models")
@@ -159,7 +167,11 @@ def kept_section(store, runs: list) -> None:
         if not kept:
             st.caption(f"#{run.id}: no trained model kept: {none_kept(run)}.")
             continue
-        columns = st.columns(len(VARIANT_WORDS))
+        columns = st.columns(len(VARIANT_WORDS) + 1)
+        if "baseline" in kept:
+            columns[-1].button(f"Train from #{run.id}'s baseline", key=f"{P}start_from_{run.id}",
+                               on_click=start_from, args=(run,), icon=":material/play_arrow:", width="stretch",
+                               help="Open Train & compare with this model, its dataset and Start from run:ID.")
         for column, (variant, model) in zip(columns, kept.items()):
             column.download_button(f"#{run.id} · {VARIANT_WORDS.get(variant, variant)} model ({_mb(model.bytes)})",
                                    _reader(model.path), file_name=f"facto-run-{run.id}-{variant}.pt",
@@ -303,6 +315,8 @@ st.title("History")
 st.caption("Every stored run, newest first: from the main page, the Sweep page and the command line "
            "(`python -m facto`). Baseline: blue; Facto: orange.")
 ui.history_notice()
+if st.session_state.pop("history_start_from", None) is not None:  # "Train from #N's baseline" was pressed
+    st.switch_page("app.py")
 store = ui.history()
 room = ui.room()
 if store is None:

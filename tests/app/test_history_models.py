@@ -114,3 +114,13 @@ def test_deleting_a_run_deletes_its_model_files_and_says_what_it_frees(home):
     assert not any(m.path.exists() for m in files.values())
     assert all(m.path.exists() for m in store.kept_models(keep).values()) and store.kept_models(keep)
     assert any(f"freed {freed / 1e6:,.2f} MB of kept models" in t.value for t in at.toast)
+
+
+def test_train_from_a_kept_baseline_opens_the_main_page_set_to_start_from_it(home):
+    with RunStore(home / "runs.db") as store:
+        run_id = stored(store)
+    at = history_page(selected=[run_id])
+    at.button(key=f"hist_start_from_{run_id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="init").value == f"run:{run_id}"
+    assert not [e.value for e in at.error]  # the kept baseline fits: no problem under Start from
