@@ -571,10 +571,9 @@ def _room_init_problem(config: RunConfig) -> str | None:
             return str(exc)
         return None if present or r.download else (
             f"torchvision's {config.model} weights are not on this server and this room does not download")
-    if config.init.startswith("run:"):
-        run_id = int(config.init[4:])
-        return None if run_id in runs_started_by() else (
-            f"run {run_id} is not one of your runs: in room mode you start from your own runs or an upload")
+    if config.init_run is not None:
+        return None if config.init_run in runs_started_by() else (
+            f"run {config.init_run} is not one of your runs: in room mode you start from your own runs or an upload")
     if not _inside(Path(config.init).expanduser(), uploads_folder()):
         return "in room mode, upload a weights file instead of naming a path on the server"
     return None
@@ -596,9 +595,9 @@ def _init_stamp(config: RunConfig) -> tuple:
     try:
         if config.init == "pretrained":
             path = pretrained_file(config.model)[0]
-        elif config.init.startswith("run:"):
+        elif config.init_run is not None:
             store = history()
-            kept = store.kept_models(int(config.init[4:])) if store is not None else {}
+            kept = store.kept_models(config.init_run) if store is not None else {}
             path = kept["baseline"].path if "baseline" in kept else None
         else:
             path = Path(config.init).expanduser()
@@ -629,9 +628,8 @@ def init_problem(config: RunConfig) -> str | None:
     problem = _room_init_problem(config)
     if problem:
         return problem
-    dataset = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
     store = history()
-    return _checked_init(config.init, config.model, dataset, str(store.path) if store is not None else None,
+    return _checked_init(config.init, config.model, config.start_dataset, str(store.path) if store is not None else None,
                          _init_stamp(config))
 
 

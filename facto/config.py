@@ -505,6 +505,17 @@ class RunConfig:
             object.__setattr__(self, f.name, value)
 
     @property
+    def init_run(self) -> int | None:
+        """The run id of `init='run:ID'` (None for any other start)."""
+        return int(self.init[len(INIT_RUN):]) if self.init.startswith(INIT_RUN) else None
+
+    @property
+    def start_dataset(self) -> str:
+        """The dataset the dense model starts on: the warm-up's (`warm_start_dataset`) when there is a
+        warm-up on another dataset, else the run's own."""
+        return (self.warm_start_dataset or self.dataset) if self.warm_start_steps else self.dataset
+
+    @property
     def facto_update(self) -> str:
         """The factor trained first (the first of the cycle for update='cycle')."""
         return cycle_order()[0] if self.update == CYCLE else self.update

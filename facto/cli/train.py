@@ -152,8 +152,7 @@ def check_start(config) -> None:
     from ..engine.data import dataset_info
     from ..engine.starting import InitError, check_init
 
-    warm = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
-    info = dataset_info(warm)
+    info = dataset_info(config.start_dataset)
     try:
         check_init(config, info.num_classes, info.in_channels)
     except InitError as error:

@@ -108,7 +108,7 @@ def choose_weights(config: RunConfig, history: str | Path | None = None) -> Chos
     """The weights to inspect: the config's `init` if not random, else the latest completed run of the
     model on the dataset that kept a baseline, else fresh weights from the seed."""
     if config.init != INIT_RANDOM:
-        run_id = int(config.init[len(INIT_RUN):]) if config.init.startswith(INIT_RUN) else None
+        run_id = config.init_run
         return ChosenWeights(config.init, _source_words(config, history), True, run_id)
     run_id = latest_trained_run(config.model, config.dataset, history)
     if run_id is not None:
@@ -118,8 +118,8 @@ def choose_weights(config: RunConfig, history: str | Path | None = None) -> Chos
 
 
 def _source_words(config: RunConfig, history: str | Path | None) -> str:
-    if config.init.startswith(INIT_RUN):
-        return f"run {config.init[len(INIT_RUN):]} (baseline)"
+    if config.init_run is not None:
+        return f"run {config.init_run} (baseline)"
     return "torchvision's pretrained weights" if config.init == "pretrained" else f"file {config.init}"
 
 

@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..config import INIT_PRETRAINED, INIT_RANDOM, INIT_RUN, RunConfig
+from ..config import INIT_PRETRAINED, INIT_RANDOM, RunConfig
 
 __all__ = ["InitError", "InitReport", "initial_state", "load_state", "read_state_file", "pretrained_file"]
 
@@ -164,8 +164,8 @@ def initial_state(config: RunConfig, history: str | Path | None = None) -> tuple
         return None, "random weights (seed %d)" % config.seed
     if init == INIT_PRETRAINED:
         return _pretrained_state(config.model)
-    if init.startswith(INIT_RUN):
-        return _run_state(int(init[len(INIT_RUN):]), config.model, history)
+    if config.init_run is not None:
+        return _run_state(config.init_run, config.model, history)
     return read_state_file(init), f"file {init}"
 
 
@@ -247,13 +247,9 @@ def check_init(config: RunConfig, num_classes: int, in_channels: int,
                history: str | Path | None = None) -> InitReport:
     """The report of loading the config's starting weights into a fresh model, or InitError: what a
     run checks before it starts (nothing is stored, no data is loaded)."""
-    from .build import dense_model
-
-    state, source = initial_state(config, history)
-    if state is None:
-        return InitReport(source)
-    return load_state(dense_model(config, num_classes, in_channels), state, source, config.model,
-                      allow_extra=config.init == INIT_PRETRAINED)
+    if config.init == INIT_RANDOM:  # nothing to read or to fit: no model is built
+        return InitReport(initial_state(config, history)[1])
+    return starting_model(config, num_classes, in_channels, history=history)[1]
 
 
 def starting_model(config: RunConfig, num_classes: int, in_channels: int, device: torch.device | str = "cpu",
@@ -266,10 +262,4 @@ def starting_model(config: RunConfig, num_classes: int, in_channels: int, device
     report = InitReport(source) if state is None else load_state(
         model, state, source, config.model, allow_extra=config.init == INIT_PRETRAINED)
     return model.to(device), report
-
-
-def transfer(source: nn.Module, target: nn.Module, what: str, model_name: str) -> InitReport:
-    """Load `source`'s weights into `target` (same architecture, perhaps another dataset's classes or
-    channels): the warm-up on another dataset hands its model over this way."""
-    return load_state(target, {k: v.detach() for k, v in source.state_dict().items()}, what, model_name)
 

@@ -291,7 +291,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     tracker = RunTracker()
     chosen = run_variants(config, variants)
     names = [v.name for v in chosen]
-    warm_name = (config.warm_start_dataset or config.dataset) if config.warm_start_steps else config.dataset
+    warm_name = config.start_dataset
     warm_info = dataset_info(warm_name)
     check_init(config, warm_info.num_classes, warm_info.in_channels, history)  # InitError: nothing started
     distributed.init_from_env()
