@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import threading
 import time
@@ -545,14 +544,14 @@ def save_upload(name: str, data: bytes) -> Path:
     if limit is not None and len(data) > limit:
         raise ValueError(f"{name} is {len(data) / 2**20:,.1f} MB: this room takes weights files of at most "
                          f"{limit / 2**20:,.1f} MB")
+    from facto.store.files import write_output_file
+
     folder = uploads_folder()
     folder.mkdir(parents=True, exist_ok=True)
     suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".pt", ".pth", ".bin") else ".pt"
     path = folder / (hashlib.sha256(data).hexdigest()[:20] + suffix)
     if not path.exists():
-        temp = path.with_name(path.name + ".part")
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        write_output_file(path, lambda fh: fh.write(data), "the uploaded file", binary=True)
     return path
 
 
@@ -574,16 +573,11 @@ def _room_init_problem(config: RunConfig) -> str | None:
     if config.init_run is not None:
         return None if config.init_run in runs_started_by() else (
             f"run {config.init_run} is not one of your runs: in room mode you start from your own runs or an upload")
-    if not _inside(Path(config.init).expanduser(), uploads_folder()):
+    from facto.store.files import inside_folder
+
+    if not inside_folder(Path(config.init).expanduser(), uploads_folder()):
         return "in room mode, upload a weights file instead of naming a path on the server"
     return None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-    except OSError:
-        return False
 
 
 def _init_stamp(config: RunConfig) -> tuple:

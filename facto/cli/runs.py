@@ -130,8 +130,9 @@ def _chosen_model(run, kept: dict, variant: str | None):
 
 def _refuse_kept_file(path: str, folder) -> None:
     """UsageError when `path` lies in the history's models folder (a kept file must not be replaced)."""
-    real, top = os.path.realpath(os.path.expanduser(path)), os.path.realpath(folder)
-    if os.path.commonpath([real, top]) == top:
+    from ..store.files import inside_folder
+
+    if inside_folder(os.path.expanduser(path), folder):
         raise UsageError(f"--model {path} is not allowed: it is inside the run history's models folder {folder}; "
                          "name a file elsewhere")
 

@@ -247,7 +247,8 @@ def _same_file(a: str, b: Path) -> bool:
         return False
 
 
-def _inside(path: str, folder: Path) -> bool:
+def inside_folder(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` (links followed) lies in ``folder`` or is it."""
     real, top = os.path.realpath(path), os.path.realpath(folder)
     try:
         return os.path.commonpath([real, top]) == top
@@ -273,7 +274,7 @@ def check_output_file(path: str | Path, what: str, protected_files: Iterable[str
                                   "name another file")
     for folder in protected_folders:
         folder = Path(folder).expanduser()
-        if _inside(str(target), folder):
+        if inside_folder(str(target), folder):
             raise FilePathError(f"{what} {shown} is not allowed: it is inside the data folder {folder}; "
                                   "name a file elsewhere")
     try:
