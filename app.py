@@ -138,7 +138,7 @@ def sidebar(locked: bool) -> None:
         st.radio("Preset", [*PRESETS, "custom"], key="preset", on_change=apply_preset, disabled=locked,
                  captions=[preset_text(p).split(": ", 1)[1] for p in PRESETS] + ["your own settings"],
                  help="One click sets rank, trained factor, bits and recompute (transfer also sets the data, "
-                      "a dense warm-up on the digits 0-4 and one epoch of fine-tuning on 5-9). Editing one of "
+                      "a dense warm-up on the digits 0-4, fine-tuning on 5-9 and its schedule). Editing one of "
                       "them by hand switches to custom.")
         for name in METHOD:
             options = ui.allowed_models() if name == "model" else None

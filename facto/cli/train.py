@@ -277,16 +277,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import textwrap
 
     from ..engine.inspect_weights import FRESH_NOTE, inspect_weights
-    from ..engine.starting import InitError
     from ..memory.analysis import analyse_layers
-    from .args import UsageError
 
     config = config_from_args(args)
     result = analyse_layers(config)
-    try:
-        weights = inspect_weights(config, accuracy=not args.no_accuracy)
-    except InitError as exc:
-        raise UsageError(str(exc)) from None
+    weights = inspect_weights(config, accuracy=not args.no_accuracy)  # an InitError: one line (facto.cli.main)
     fresh_words = f"fresh weights from seed {config.seed}"
     report_note = (f"the report's error column: {fresh_words}; the spectra below: {weights.weights.source}"
                    if weights.weights.trained else
