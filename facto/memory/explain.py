@@ -21,6 +21,7 @@ from torch import nn
 from ..config import RankPolicy, RunConfig
 from ..engine.data import dataset_info
 from ..engine.starting import starting_model
+from ..method.calibrate import input_of
 from ..method.decompose import rel_error
 from ..method.layers import FactoConv2d, MaskReLU
 from ..method.recompute import fuse_recompute
@@ -88,19 +89,14 @@ def conv_layers(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def layer_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-    """The feature map that reaches layer `name` when `x` goes through the model (eval mode)."""
-    seen: dict[str, torch.Tensor] = {}
-    module = model.get_submodule(name)
-    handle = module.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach().clone()))
+    """The feature map that reaches layer `name` when `x` goes through the model (eval mode, a copy)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            return input_of(model, name, x).clone()
     finally:
-        handle.remove()
         model.train(was_training)
-    return seen["x"]
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from .layers import FactoConv2d, FactoLinear, FactorizedLayer
 
-__all__ = ["BATCHNORM_BATCHES", "REFIT_BATCHES", "batchnorm_layers", "calibrate", "recalibrate_batchnorm",
-           "refit_last_factors"]
+__all__ = ["BATCHNORM_BATCHES", "REFIT_BATCHES", "batchnorm_layers", "calibrate", "input_of",
+           "recalibrate_batchnorm", "refit_last_factors"]
 
 REFIT_BATCHES = 2  # training batches the last factors are refitted on (resnet20: one gave the same accuracy)
 BATCHNORM_BATCHES = 10  # training batches BatchNorm statistics are re-estimated on
@@ -88,8 +88,9 @@ class _Captured(Exception):
     """Stops a forward once the wanted layer's input is captured."""
 
 
-def _input_of(model: nn.Module, name: str, x: Tensor) -> Tensor:
-    """The input that module `name` of `model` receives for `x` (the forward stops there)."""
+def input_of(model: nn.Module, name: str, x: Tensor) -> Tensor:
+    """The input that module `name` of `model` receives for `x`, detached (the forward stops there;
+    the caller sets the mode and the grad state). ValueError when the forward never reaches it."""
     found: list[Tensor] = []
 
     def hook(_module, args):
@@ -196,7 +197,7 @@ def refit_last_factors(factorized: nn.Module, dense: nn.Module, loader: Iterable
         for name, layer in layers:
             gram = rhs = None
             for x, dense_x in zip(data, targets[name]):
-                z = _before_last(layer, _input_of(factorized, name, x)).double()
+                z = _before_last(layer, input_of(factorized, name, x)).double()
                 y = _dense_output(originals[name], dense_x).double()
                 ones = torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)
                 za = torch.cat([z, ones], 1) if layer.bias is not None else z
