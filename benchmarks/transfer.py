@@ -1,13 +1,13 @@
 """Fine-tuning from trained weights: learn the digits 0-4, then fine-tune on the digits 5-9 (offline).
 
-    python benchmarks/transfer.py [--models simple_cnn,resnet20] [--seeds 0,1,2] [--markdown | --json]
+    python benchmarks/transfer.py [--models simple_cnn,resnet20] [--seeds 0,1,2] [--rank 1.0] [--markdown | --json]
 
 Per model and seed the dense model warms up once on `digits_0_4` (`warm_start_steps` steps, as a run
 with `warm_start_dataset` does it) and its weights go to a temporary state-dict file; every method
 then starts from that file (`init=<file>`) and fine-tunes the same steps on `digits_5_9`: dense
-fine-tuning (the baseline), Facto training the last factor, the core or all factors (rank 0.5,
-4-bit, recompute), and Facto core from random weights (no warm-up) as the reference a warm-up must
-beat. A run of the scenario (`facto train` with the same settings) takes the warm-up plus the
+fine-tuning (the baseline), Facto training the last factor, the core or all factors (the preset's
+rank unless --rank, 4-bit, recompute), and Facto core from random weights (no warm-up) as the
+reference a warm-up must beat. A run of the scenario (`facto train` with the same settings) takes the warm-up plus the
 dense + Facto core fine-tuning: the `run s` column of the Facto core row.
 
 Columns: test accuracy after fine-tuning (mean ± sd over the seeds), the test accuracy at step 0
@@ -209,6 +209,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: %(default)s)")
     p.add_argument("--warm-start-steps", type=int, default=SCENARIO["warm_start_steps"],
                    help="warm-up steps on digits_0_4 (default: %(default)s)")
+    p.add_argument("--rank", default=str(SCENARIO["rank"]),
+                   help="Facto's rank: a fraction of full rank, an integer, or energy:F (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=SCENARIO["epochs"], help="fine-tuning epochs (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="fine-tuning step limit (default: none)")
     p.add_argument("--lr", type=float, default=SCENARIO["lr"], help="learning rate (default: %(default)s)")
@@ -227,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    overrides = dict(warm_start_steps=args.warm_start_steps, epochs=args.epochs, max_steps=args.max_steps,
+    overrides = dict(rank=args.rank, warm_start_steps=args.warm_start_steps, epochs=args.epochs, max_steps=args.max_steps,
                      lr=args.lr, schedule=args.schedule, max_train=args.max_train, max_test=args.max_test,
                      device=args.device)
     for model in models:

@@ -494,7 +494,7 @@ class RunConfig:
     keep_models: bool = setting(True, label="Keep trained models", kind="bool", group="advanced",
                                 help="Keep the trained baseline and Facto models (as plain state dicts of the "
                                      "original architecture) with the run in the history, for History, "
-                                     "`facto runs export` and `--init run:ID`.")
+                                     "`facto runs export` and `--init run:ID` (a stopped run: as it stopped).")
     max_test: int | None = setting(None, label="Test images", kind="int", minimum=1, optional=True,
                                    group="data", unit="images",
                                    help="Test on a fixed random subset (0/none: all): faster, noisier accuracy.")
@@ -556,8 +556,9 @@ PRESETS: dict[str, dict] = {
     # every trick: recompute BN inputs, 2-bit maps
     "max-saving": dict(rank=0.5, update="core", bits=2, recompute=True),
     # fine-tuning offline: the dense model learns the digits 0-4, then both variants fine-tune on 5-9;
-    # cosine starts fine-tuning at the full rate (one-cycle's warm-up wastes a short budget)
-    "transfer": dict(rank=0.5, update="core", bits=4, recompute=True, dataset="digits_5_9",
+    # full rank keeps every direction of the trained filters (rank 0.5 keeps half their energy and
+    # trails dense fine-tuning); cosine starts at the full rate (one-cycle's warm-up wastes a short budget)
+    "transfer": dict(rank=1.0, update="core", bits=4, recompute=True, dataset="digits_5_9",
                      warm_start_dataset="digits_0_4", warm_start_steps=60, epochs=3, schedule="cosine"),
 }
 PRESET_TAGLINES = {"paper": "the paper's recipe", "balanced": "the measured default",
@@ -577,9 +578,12 @@ def matching_preset(config: RunConfig) -> str | None:
 
     A preset of rank/update/bits/recompute alone matches whatever the other fields are; one that also
     sets a scenario (dataset, warm-up: SCENARIO_FIELDS) matches only with it."""
+    def same(field: str, a: Any, b: Any) -> bool:  # rank 1.0 (full) is not rank 1 (one channel)
+        return str(parse_rank(a)) == str(parse_rank(b)) if field == "rank" else a == b
+
     for name, values in sorted(PRESETS.items(), key=lambda item: -len(item[1])):
         ref = RunConfig(**values)
-        if all(getattr(ref, k) == getattr(config, k) for k in values):
+        if all(same(k, getattr(ref, k), getattr(config, k)) for k in values):
             return name
     return None
 

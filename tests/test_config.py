@@ -95,6 +95,12 @@ def test_defaults_come_from_the_settings_and_presets_are_valid():
     assert matching_preset(RunConfig()) == "balanced"
 
 
+def test_a_preset_at_full_rank_is_not_matched_by_rank_one():
+    full = preset("transfer")
+    assert str(full.rank) == "1.0" and matching_preset(full.replace(rank="1.0")) == "transfer"
+    assert matching_preset(full.replace(rank=1)) is None  # one channel per mode, not full rank
+
+
 def test_rank_text_is_canonical():
     assert str(RankPolicy.parse("0.50")) == "0.5" and str(RankPolicy.parse(1.0)) == "1.0"
     assert str(RankPolicy.parse("1")) == "1" and str(RankPolicy.parse(" ENERGY:0.9 ")) == "energy:0.9"

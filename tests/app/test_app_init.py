@@ -101,7 +101,7 @@ def test_the_transfer_preset_sets_the_scenario_and_leaving_it_puts_the_defaults_
     assert at.number_input(key="warm_start_steps").value == 0
     at.radio(key="preset").set_value("transfer").run()
     at.number_input(key="warm_start_steps").set_value(7).run()  # no longer the scenario: its method stays
-    assert at.radio(key="preset").value == "balanced"
+    assert at.radio(key="preset").value == "custom" and at.text_input(key="rank").value == "1.0"
 
 
 def _truncated(path: Path) -> Path:
