@@ -33,10 +33,6 @@ def _mb(v: float) -> str:
     return f"{v / plots.MB:,.2f} MB"
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
 # Results side by side: summary field (dotted for nested values) -> label, format of the value.
 RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "saving_pct": ("Memory saving", lambda v: f"{v:.1f} %"),
@@ -55,7 +51,7 @@ RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "steps.facto": ("Facto: steps trained", lambda v: f"{v:,}"),
     "params.baseline": ("Baseline: parameters", lambda v: f"{v:,}"),
     "params.facto": ("Facto: parameters", lambda v: f"{v:,}"),
-    "wall_seconds": ("Wall time (data and model set-up included)", _duration),
+    "wall_seconds": ("Wall time (data and model set-up included)", ui.duration),
 }
 
 
@@ -172,8 +168,9 @@ def kept_section(store, runs: list) -> None:
             columns[-1].button(f"Train from #{run.id}'s baseline", key=f"{P}start_from_{run.id}",
                                on_click=start_from, args=(run,), icon=":material/play_arrow:", width="stretch",
                                help="Open Train & compare with this model, its dataset and Start from run:ID.")
+        when = ", as stopped" if run.status == "interrupted" else ""  # the weights it had reached
         for column, (variant, model) in zip(columns, kept.items()):
-            column.download_button(f"#{run.id} · {VARIANT_WORDS.get(variant, variant)} model ({_mb(model.bytes)})",
+            column.download_button(f"#{run.id} · {VARIANT_WORDS.get(variant, variant)} model{when} ({_mb(model.bytes)})",
                                    _reader(model.path), file_name=f"facto-run-{run.id}-{variant}.pt",
                                    mime="application/octet-stream", key=f"{P}model_{run.id}_{variant}",
                                    icon=":material/download:", width="stretch", on_click="ignore")
@@ -236,7 +233,7 @@ def side_by_side(runs: list, every_setting: bool) -> pd.DataFrame:
         ("Status", [STATUS_WORDS.get(r.status, r.status) for r in runs]),
         ("Trained", [trained(r) for r in runs]),
         ("Started", [datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M") for r in runs]),
-        ("Duration (as stored)", [_duration(r.duration_s) if r.duration_s is not None else "—" for r in runs]),
+        ("Duration (as stored)", [ui.duration(r.duration_s) if r.duration_s is not None else "—" for r in runs]),
     ]
     for field, (label, fmt) in RESULT_FIELDS.items():
         values = [_summary_value(r.summary, field) for r in runs]

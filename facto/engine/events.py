@@ -97,9 +97,9 @@ class FailureEvent:
 
 @dataclass
 class ModelsEvent:
-    """Sent once the steps are done: each variant's final weights as a plain state dict of the
-    original architecture (the Facto model through `facto.to_dense`), on the CPU. The recorder keeps
-    them with the run and passes on only their sizes (`kept`: variant -> bytes of its file)."""
+    """Sent once the steps are done, or stopped: each variant's last weights as a plain state dict of
+    the original architecture (the Facto model through `facto.to_dense`), on the CPU. The recorder
+    keeps them with the run and passes on only their sizes (`kept`: variant -> bytes of its file)."""
 
     states: dict[str, dict]
     kept: dict[str, int] = field(default_factory=dict)

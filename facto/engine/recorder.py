@@ -4,7 +4,9 @@
 history (`facto.store.history.RunStore`) and fills `run_id` into the start and summary events.
 The run is stored from its first event on (a `PhaseEvent` as it loads its data). Closing the
 stream early (Stop, Ctrl-C) or a stop request inside a phase (`facto.engine.stopping.RunStopped`)
-stores the run as 'interrupted' with every step so far;
+stores the run as 'interrupted' with every step so far, and keeps the models trained so far (the
+`ModelsEvent` a stopped `compare` sends; on a closed stream it is asked for by throwing RunStopped
+into the source);
 an exception stores it as 'failed' with the error, then propagates.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ def record(events: Iterator[Event], store, kind: str | None = None) -> Iterator[
             status = "completed" if tracker.steps else "failed"
     except GeneratorExit:
         status, error = "interrupted", stop_reason()  # closed for a stop request, or by its reader
+        if run_id is not None and not store_failed:
+            _keep_on_close(events, store, run_id, tracker, error)
         events.close()
         raise
     except RunStopped as stop:  # a stop request reached the run inside a phase
@@ -96,6 +100,22 @@ def _keep(store, run_id: int | None, event: ModelsEvent, tracker: RunTracker) ->
     except (ValueError, OSError) as exc:  # the run itself is done and stored: only its models are lost
         return ModelsEvent({}, {}, run_id, f"the trained models could not be kept: {exc}")
     return ModelsEvent({}, kept, run_id)
+
+
+def _keep_on_close(events: Iterator[Event], store, run_id: int, tracker: RunTracker, reason: str | None) -> None:
+    """Ask a source that is being closed for the weights it trained so far (RunStopped thrown into it:
+    `compare` answers with a ModelsEvent while it is in its steps) and keep them."""
+    throw = getattr(events, "throw", None)
+    if throw is None:
+        return
+    try:
+        event = throw(RunStopped(reason or "the run's reader closed it"))
+    except (RunStopped, StopIteration):  # not in its steps: nothing trained to keep
+        return
+    except Exception:  # the run is stored as interrupted all the same; only its models are lost
+        return
+    if isinstance(event, ModelsEvent):
+        _keep(store, run_id, event, tracker)
 
 
 def _kind(variants) -> str:

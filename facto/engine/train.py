@@ -40,7 +40,7 @@ from .events import (EvalEvent, Event, FailureEvent, ModelsEvent, PhaseEvent, Ru
 from .optim import make_optimizer
 from .starting import InitReport, check_init, load_state, starting_model
 from .step import NonFiniteError, autocast, train_step
-from .stopping import check_stop
+from .stopping import RunStopped, check_stop
 
 
 class RunTooLongError(ValueError):
@@ -275,7 +275,9 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     The starting weights (`config.init`) are checked before the first event, so a file or run that
     does not fit raises `InitError` with nothing started. Trained from weights that have learned
     (an init other than random, or a warm-up), both variants are tested once before their first
-    step (step 0). After the last step a `ModelsEvent` carries each variant's final weights.
+    step (step 0). After the last step a `ModelsEvent` carries each variant's final weights; a stop
+    request or Ctrl-C that reaches the steps sends one with the weights trained so far, then goes on
+    (RunStopped, KeyboardInterrupt).
 
     Args:
         variants: which of baseline / facto to train (`run` trains one).
@@ -355,18 +357,23 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     trainers = [Trainer.create(v, models[v.name], config, schedule.total, device) for v in chosen]
     if len(trainers) == 1:  # alone in its process: its peak is the process's (getrusage's ru_maxrss agrees)
         trainers[0].own_peak = False
-    if learned:  # each variant's test accuracy as it starts: what factorizing trained weights costs
-        for t in trainers:
-            check_stop()
-            began = time.perf_counter()
-            loss, acc = t.evaluate(data.test_loader)
-            event = EvalEvent(t.name, 0, 0, loss, acc, time.perf_counter() - began)
+    try:
+        if learned:  # each variant's test accuracy as it starts: what factorizing trained weights costs
+            for t in trainers:
+                check_stop()
+                began = time.perf_counter()
+                loss, acc = t.evaluate(data.test_loader)
+                event = EvalEvent(t.name, 0, 0, loss, acc, time.perf_counter() - began)
+                tracker.add(event)
+                yield event
+        for event in _train(trainers, schedule, train_loader, data.test_loader):
             tracker.add(event)
             yield event
-    for event in _train(trainers, schedule, train_loader, data.test_loader):
-        tracker.add(event)
-        yield event
-    yield ModelsEvent({t.name: trained_state(t.model) for t in trainers if not t.failure})
+    except (RunStopped, KeyboardInterrupt):  # Stop or Ctrl-C: the weights trained so far go first
+        if any(t.step for t in trainers):
+            yield ModelsEvent(trained_states(trainers))
+        raise
+    yield ModelsEvent(trained_states(trainers))
     yield tracker.summary("completed" if len(tracker.failures) < len(trainers) else "failed")
 
 
@@ -374,6 +381,11 @@ def learned_start(config: RunConfig) -> bool:
     """Whether a run starts from weights that have learned (an init other than random, or a warm-up):
     such a run tests both variants before their first step."""
     return config.init != INIT_RANDOM or config.warm_start_steps > 0
+
+
+def trained_states(trainers: list[Trainer]) -> dict[str, dict[str, torch.Tensor]]:
+    """Each variant's weights as `trained_state` gives them, for the variants that did not fail."""
+    return {t.name: trained_state(t.model) for t in trainers if not t.failure}
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:

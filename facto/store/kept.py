@@ -83,7 +83,7 @@ def why_none_kept(status: str, keep_models: bool) -> str:
     if status == "running":
         return "it is still running: its models are kept when it ends"
     if status == "interrupted":
-        return "it was stopped before its end, and models are kept only when a run ends"
+        return "it was stopped before its first training step, so there was nothing to keep"
     if status == "failed":
         return "it failed, so it ended with no trained model"
     return "no model file of it is in the history's models folder"

@@ -88,7 +88,7 @@ def test_the_page_says_why_a_run_kept_no_model_and_totals_the_listed_runs(home):
     notes = [c.value for c in at.caption]
     assert any(n.startswith(f"#{off}: no trained model kept") and "keep_models was off" in n
                for n in notes), notes
-    assert any(n.startswith(f"#{stopped}: no trained model kept") and "stopped before its end" in n
+    assert any(n.startswith(f"#{stopped}: no trained model kept") and "before its first training step" in n
                for n in notes), notes
     assert set(downloads(at)) == {f"hist_model_{kept_one}_baseline", f"hist_model_{kept_one}_facto"}
     total = sum(m.bytes for m in store.kept_models(kept_one).values()) / 1e6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -223,22 +224,73 @@ def test_a_run_without_kept_models_says_why(capsys, tmp_path, monkeypatch):
     assert len(stored_runs(capsys)) == 1
 
 
-def test_an_interrupted_run_kept_no_model_and_the_history_says_so(capsys, tmp_path):
+def _kept_weights_trained(store: RunStore, run_id: int) -> dict[str, dict]:
+    """The run's kept state dicts, each checked to load into the plain architecture (strict)."""
+    states = {}
+    for variant, model in store.kept_models(run_id).items():
+        state = torch.load(model.path, weights_only=True)
+        create_model("simple_cnn", 10, 1).load_state_dict(state)
+        states[variant] = state
+    return states
+
+
+@pytest.mark.parametrize("how", ["closed", "stop request", "ctrl-c"])
+def test_a_run_stopped_in_its_steps_keeps_the_models_trained_so_far(capsys, tmp_path, monkeypatch, how):
+    """Stop in the app (a stop request inside compare), Ctrl-C inside the steps, or the reader
+    closing the stream: the run is stored as interrupted with its steps and both models as they
+    were, trained (not the starting weights), and the history hands them out."""
+    from facto.engine.build import dense_model
+    from facto.engine.stopping import RunStopped, stop_requests
+
+    config = RunConfig(**{**CONFIG, "max_steps": 6})
+    seen: list[StepEvent] = []
+    if how == "ctrl-c":
+        from facto.engine.train import Trainer
+
+        real_step = Trainer.train_step
+
+        def step_then_ctrl_c(self, x, y):
+            if len(seen) >= 3:
+                raise KeyboardInterrupt
+            return real_step(self, x, y)
+
+        monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    asked = how == "stop request"
+    with RunStore() as store, stop_requests(lambda: "stopped by the user" if asked and len(seen) >= 3 else None):
+        events = record(compare(config), store)
+        with pytest.raises((RunStopped, KeyboardInterrupt)) if how != "closed" else nullcontext():
+            for event in events:
+                if isinstance(event, StepEvent):
+                    seen.append(event)
+                    if how == "closed" and len(seen) == 3:
+                        events.close()  # as the CLI closes it after a Ctrl-C outside the steps
+                        break
+        (run,) = store.list_runs()
+        assert run.status == "interrupted"
+        kept = _kept_weights_trained(store, run.id)
+    assert set(kept) == {"baseline", "facto"} and 3 <= len(seen) < 6  # stopped mid-run
+    start = dense_model(config, 10, 1).state_dict()
+    assert not torch.equal(kept["baseline"]["features.0.weight"], start["features.0.weight"])  # trained
+    assert main(["runs", "show", str(run.id)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert set(shown["kept_models"]) == {"baseline", "facto"} and not shown.get("kept_models_note")
+    assert main(["runs", "export", str(run.id), "--model", str(tmp_path / "x.pt")]) == 0
+    assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True)["features.0.weight"],
+                       kept["facto"]["features.0.weight"])
+
+
+def test_a_run_stopped_before_its_first_step_keeps_no_model_and_the_history_says_so(capsys, tmp_path):
     with RunStore() as store:
         events = record(compare(RunConfig(**CONFIG)), store)
-        for event in events:
-            if isinstance(event, StepEvent):
-                break
+        next(events)  # the run is stored as it loads its data
         events.close()  # as a Ctrl-C closes it
         (run,) = store.list_runs()
     assert run.status == "interrupted"
     assert main(["runs", "show", str(run.id)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["kept_models"] == {} and "stopped before its end" in shown["kept_models_note"]
-    assert main(["runs", "list"]) == 0
-    assert "interrupted" in capsys.readouterr().out
+    assert shown["kept_models"] == {} and "before its first training step" in shown["kept_models_note"]
     assert main(["runs", "export", str(run.id), "--model", str(tmp_path / "x.pt")]) == 2
-    assert "stopped before its end" in one_error(capsys) and not (tmp_path / "x.pt").exists()
+    assert "before its first training step" in one_error(capsys) and not (tmp_path / "x.pt").exists()
 
 
 def test_train_says_where_its_models_are_kept_or_why_they_are_lost(capsys, tmp_path, monkeypatch):

@@ -206,10 +206,12 @@ def test_ctrl_c_in_training_says_which_run_is_stored(capsys, monkeypatch):
     ctrl_c_after(monkeypatch, 6)  # loading, factorizing, start, then steps
     code, out, err = run(capsys, "train", *TINY, "--max-steps", "20")
     assert code == 130 and out == ""
-    assert err.splitlines()[-1] == "interrupted: the partial run is stored as run 1, marked interrupted"
+    assert err.splitlines()[-1] == ("interrupted: the partial run is stored as run 1, marked interrupted, with the "
+                                    "models trained so far (facto runs export 1 --model FILE)")
     with RunStore() as store:
         (stored,) = store.list_runs()
-    assert stored.id == 1 and stored.status == "interrupted"
+        kept = store.kept_models(1)
+    assert stored.id == 1 and stored.status == "interrupted" and set(kept) == {"baseline", "facto"}
 
 
 @pytest.mark.parametrize("argv, events", [
