@@ -286,7 +286,7 @@ DEEP_LINKS = {"sweep": ("Sweep", "Facto · sweep"), "layers": ("Layers", "Facto 
               "compression": ("Compression", "Facto · compression"), "history": ("History", "Facto · history"),
               "how-it-works": ("How it works", "Facto · how it works"),
               "fit-my-gpu": ("Fit my GPU", "Facto · fit my GPU")}
-CHARTS = {"layers": 2, "compression": 3, "how-it-works": 4, "fit-my-gpu": 1}  # each page's Plotly charts (else 0)
+CHARTS = {"layers": 3, "compression": 3, "how-it-works": 5, "fit-my-gpu": 1}  # each page's Plotly charts (else 0)
 NAVIGATION = ["Train & compare", "Sweep", "Layers", "Compression", "History", "How it works", "Fit my GPU"]
 
 
