@@ -38,7 +38,7 @@ from facto.engine.devices import machine, resolve_device  # noqa: E402
 from facto.engine.events import EvalEvent, StartEvent, SummaryEvent  # noqa: E402
 from facto.engine.gpu_bench import markdown  # noqa: E402
 from facto.engine.starting import starting_model  # noqa: E402
-from facto.engine.train import _warm_start, compare, evaluate  # noqa: E402
+from facto.engine.train import compare, evaluate, warm_start  # noqa: E402
 
 # The scenario: what a run of the transfer task sets (the rest are RunConfig's defaults).
 SCENARIO = {"lr": RunConfig().lr, **PRESETS["transfer"]}
@@ -106,7 +106,7 @@ def warm_up(config: RunConfig, path: Path) -> tuple[float, float]:
     data = load_data(config.warm_start_dataset, config.data_dir, config.batch_size, download=config.download,
                      seed=config.seed, max_train=config.max_train, max_test=config.max_test)
     model, _ = starting_model(config, data.info.num_classes, data.info.in_channels, device)
-    for _ in _warm_start(model, config, distributed.shard_loader(data.train_loader, config.seed), device):
+    for _ in warm_start(model, config, distributed.shard_loader(data.train_loader, config.seed), device):
         pass
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     seconds = time.perf_counter() - began

@@ -321,7 +321,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
     dense, init_report = starting_model(config, warm_info.num_classes, warm_info.in_channels, device, history)
     if config.warm_start_steps:
         yield PhaseEvent("warm-up", config.to_dict(), names)
-        yield from _warm_start(dense, config, warm_loader, device)
+        yield from warm_start(dense, config, warm_loader, device)
     handover = None
     if warm_name != config.dataset:
         target = dense_model(config, data.info.num_classes, data.info.in_channels, device)
@@ -437,7 +437,7 @@ def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loade
                         yield EvalEvent(t.name, step, epoch + 1, loss, acc, time.perf_counter() - began)
 
 
-def _warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator[StepEvent]:
+def warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator[StepEvent]:
     """Train the dense model `warm_start_steps` steps before it is copied and factorized."""
     t = Trainer.create(Variant("warmup", "dense", config), model, config, config.warm_start_steps, device)
     while t.step < config.warm_start_steps:
