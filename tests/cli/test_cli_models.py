@@ -242,11 +242,15 @@ def test_a_run_stopped_in_its_steps_keeps_the_models_trained_so_far(capsys, tmp_
     from facto.engine.build import dense_model
     from facto.engine.stopping import RunStopped, stop_requests
 
+    from facto.engine.train import Trainer, trained_state
+
     config = RunConfig(**{**CONFIG, "max_steps": 6})
     seen: list[StepEvent] = []
+    trainers: list[Trainer] = []  # the live ones, to compare the kept files with
+    create = Trainer.create.__func__
+    monkeypatch.setattr(Trainer, "create", classmethod(lambda cls, *a, **k: trainers.append(create(cls, *a, **k))
+                                                       or trainers[-1]))
     if how == "ctrl-c":
-        from facto.engine.train import Trainer
-
         real_step = Trainer.train_step
 
         def step_then_ctrl_c(self, x, y):
@@ -271,6 +275,10 @@ def test_a_run_stopped_in_its_steps_keeps_the_models_trained_so_far(capsys, tmp_
     assert set(kept) == {"baseline", "facto"} and 3 <= len(seen) < 6  # stopped mid-run
     start = dense_model(config, 10, 1).state_dict()
     assert not torch.equal(kept["baseline"]["features.0.weight"], start["features.0.weight"])  # trained
+    assert sorted(t.name for t in trainers) == ["baseline", "facto"]
+    for t in trainers:  # each file holds the weights its model had when the run stopped
+        live = trained_state(t.model)
+        assert all(torch.equal(live[k], kept[t.name][k]) for k in live), t.name
     assert main(["runs", "show", str(run.id)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert set(shown["kept_models"]) == {"baseline", "facto"} and not shown.get("kept_models_note")
