@@ -489,8 +489,11 @@ def cards(view: dict) -> None:
                             "same training. " + ("" if when else waiting))
     if show_peak:
         pb, pf = peak.get("baseline"), peak.get("facto")
+        reserved = (summary.get("peak_reserved") or {}).get("facto")
         how = ("torch.cuda.max_memory_allocated during a Facto step; the delta is against the baseline's peak. "
-               "This is what the GPU must hold." if what == "CUDA" else
+               "This is what the GPU must hold" + (f"; the caching allocator reserved up to {_mb(reserved)} from "
+                                                   "the driver (freed blocks it keeps for reuse)." if reserved
+                                                   else ".") if what == "CUDA" else
                "The process's resident memory at its most during a Facto step (Linux VmHWM): weights, optimizer "
                "state, the interpreter and the step's buffers; the delta is against the baseline's. This is "
                "what the machine gave the training process. Both variants train in one process, and glibc keeps "

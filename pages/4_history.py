@@ -43,6 +43,8 @@ RESULT_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "act_bytes.facto": ("Facto: stored for backward", _mb),
     "peak_cuda.baseline": ("Baseline: peak CUDA memory", _mb),
     "peak_cuda.facto": ("Facto: peak CUDA memory", _mb),
+    "peak_reserved.baseline": ("Baseline: CUDA memory reserved by the allocator", _mb),
+    "peak_reserved.facto": ("Facto: CUDA memory reserved by the allocator", _mb),
     "process_peak.baseline": ("Baseline: process peak (what the machine gave it)", _mb),
     "process_peak.facto": ("Facto: process peak (what the machine gave it)", _mb),
     "step_seconds.baseline": ("Baseline: time per step", lambda v: f"{1000 * v:,.0f} ms"),

@@ -69,6 +69,7 @@ class StepEvent:
     lr: float
     cuda_allocated: int | None = None
     process_peak: int | None = None  # resident bytes of the process at most during the step (CPU, Linux)
+    cuda_reserved: int | None = None  # what the CUDA allocator held from the driver at most during the step
     type: str = "step"
 
 
@@ -132,6 +133,7 @@ class SummaryEvent:
     tested_epoch: int | None = None
     process_peak: dict[str, int | None] = field(default_factory=dict)  # resident peak of a step, per variant (CPU)
     process_before_model: int | None = None  # resident bytes with the data loaded, before any model (CPU)
+    peak_reserved: dict[str, int | None] = field(default_factory=dict)  # CUDA allocator's reserved peak, per variant
     type: str = "summary"
 
 
@@ -190,6 +192,7 @@ class RunTracker:
                             accuracy_delta=delta, failures=dict(self.failures), run_id=self.run_id,
                             tested_step=point.step if point else None, tested_epoch=point.epoch if point else None,
                             process_peak=self._most(variants, "process_peak"),
+                            peak_reserved=self._most(variants, "cuda_reserved"),
                             process_before_model=self.start.process_before_model if self.start else None)
 
     def _most(self, variants: list[str], field: str) -> dict[str, int | None]:

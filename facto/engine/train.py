@@ -119,6 +119,7 @@ class StepResult:
     seconds: float
     lr: float
     process_peak: int | None = None  # resident bytes of the process at most during the step (CPU, Linux)
+    cuda_reserved: int | None = None  # bytes the CUDA allocator held from the driver at most during the step
 
 
 @dataclass
@@ -178,16 +179,17 @@ class Trainer:
         except NonFiniteError as error:
             raise NonFiniteError(f"{error} at step {self.step + 1}") from None
         self.scheduler.step()
-        peak = allocated = None
+        peak = allocated = reserved = None
         if cuda:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
             allocated = torch.cuda.memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)  # cached blocks too: what the GPU gave
         self.step += 1
         seconds = time.perf_counter() - start
         return StepResult(out.loss, 100.0 * out.correct / max(len(y), 1), out.meter.bytes, out.meter.raw_bytes,
                           peak, allocated, seconds, self.scheduler.get_last_lr()[0],
-                          self.resident.read() if self.resident is not None else None)
+                          self.resident.read() if self.resident is not None else None, reserved)
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:
@@ -428,7 +430,7 @@ def _train(trainers: list[Trainer], schedule: Schedule, train_loader, test_loade
                     continue
                 loss, acc = distributed.reduce_mean(r.loss, r.accuracy, t.device)
                 yield StepEvent(t.name, step, epoch + 1, loss, acc, r.act_bytes, r.raw_bytes, r.peak_cuda,
-                                r.seconds, r.lr, r.cuda_allocated, r.process_peak)
+                                r.seconds, r.lr, r.cuda_allocated, r.process_peak, r.cuda_reserved)
             if schedule.evaluates_after(step):
                 for t in trainers:
                     if not t.failure:
@@ -447,7 +449,8 @@ def warm_start(model: nn.Module, config: RunConfig, loader, device) -> Iterator[
             check_stop()
             r = t.train_step(x.to(device), y.to(device))
             yield StepEvent("warmup", t.step - config.warm_start_steps, 0, r.loss, r.accuracy, r.act_bytes,
-                            r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated, r.process_peak)
+                            r.raw_bytes, r.peak_cuda, r.seconds, r.lr, r.cuda_allocated, r.process_peak,
+                            r.cuda_reserved)
 
 
 def run(config: RunConfig, variant: str = "facto", history: str | Path | None = None) -> Iterator[Event]:

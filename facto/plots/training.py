@@ -128,14 +128,17 @@ def memory_curves(steps: Iterable[Any], title: str | None = None, empty_text: st
     return apply_style(fig, title)
 
 
-def _machine_memory_curves(steps: list[dict], peak: str, held: str | None, what: str, title: str) -> go.Figure:
-    """Per variant: the step's peak (`peak`), what stays after it (`held`, when measured) and what
-    is stored for backward, in MB."""
+def _machine_memory_curves(steps: list[dict], peak: str, held: str | None, what: str, title: str,
+                           reserved: str | None = None) -> go.Figure:
+    """Per variant: the step's peak (`peak`), what the allocator reserved at most (`reserved`, when
+    measured), what stays after the step (`held`, when measured) and what is stored for backward, in MB."""
     fig = go.Figure()
     for v in variant_order(r["variant"] for r in steps):
         s = [r for r in steps if r["variant"] == v]
         color, name, x = variant_color(v), variant_name(v), [r["step"] for r in s]
         lines = [(peak, "step peak", dict(width=3), ".1f")]
+        if reserved is not None and any(r.get(reserved) is not None for r in s):
+            lines.append((reserved, "reserved by the allocator", dict(width=2, dash="dashdot"), ".1f"))
         if held is not None:
             lines.append((held, "held after step", dict(width=2, dash="dot"), ".1f"))
         lines.append(("act_bytes", "stored for backward", dict(width=1.5, dash="dash"), ".2f"))
@@ -150,15 +153,17 @@ def _machine_memory_curves(steps: list[dict], peak: str, held: str | None, what:
 
 
 def cuda_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:
-    """What the GPU holds per step (allocated after the step, and the step's peak) beside what is stored.
+    """What the GPU holds per step (the step's allocated peak, what the caching allocator reserved from
+    the driver at most, allocated after the step) beside what is stored.
 
-    Only steps measured on CUDA carry `cuda_allocated` / `peak_cuda`; without them the figure says so.
+    Only steps measured on CUDA carry `peak_cuda` / `cuda_reserved` / `cuda_allocated`; without them the
+    figure says so.
     """
     title = title or "GPU memory per step: stored vs what the allocator holds (MB)"
     steps = [r for r in as_rows(steps) if r.get("variant") != "warmup"]
     if not any(r.get("peak_cuda") is not None for r in steps):
         return empty_figure(title, "Measured on CUDA only: this run is on another device", width=WIDE)
-    return _machine_memory_curves(steps, "peak_cuda", "cuda_allocated", "CUDA allocator", title)
+    return _machine_memory_curves(steps, "peak_cuda", "cuda_allocated", "CUDA allocator", title, "cuda_reserved")
 
 
 def process_memory_curves(steps: Iterable[Any], title: str | None = None) -> go.Figure:

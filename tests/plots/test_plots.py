@@ -87,6 +87,31 @@ def test_memory_curves_in_mb_with_raw_and_peak():
     assert plots.memory_curves(_steps(plots.MARKED_POINTS + 1)).data[0].mode == "lines"  # a long one: a line
 
 
+def test_cuda_memory_curves_draw_what_the_allocator_reserved_where_it_was_measured():
+    """On CUDA each variant's step peak, the allocator's reserved peak and what it holds after the
+    step stand beside the stored bytes; a run measured without the reserved bytes draws no such line;
+    a run tracker's summary keeps each variant's largest reserved peak."""
+    from facto.engine.events import RunTracker
+
+    steps = _steps(3)
+    for s in steps:
+        s.peak_cuda, s.cuda_allocated = 80_000_000 + s.step, 20_000_000
+    assert not any("reserved" in n for n in _names(plots.cuda_memory_curves(steps)))
+    for s in steps:
+        s.cuda_reserved = 100_000_000 + 1_000_000 * s.step
+    fig = plots.cuda_memory_curves(steps)
+    _check(fig)
+    assert [n for n in _names(fig) if n.startswith("Facto")] == [
+        "Facto · step peak", "Facto · reserved by the allocator", "Facto · held after step", "Facto · stored for backward"]
+    reserved = next(t for t in fig.data if t.name.replace("<br>", " ") == "Baseline · reserved by the allocator")
+    assert list(reserved.y) == pytest.approx([101.0, 102.0, 103.0])
+    tracker = RunTracker()
+    for s in steps:
+        tracker.add(s)
+    assert tracker.summary().peak_reserved == {"baseline": 103_000_000, "facto": 103_000_000}
+    assert RunTracker().summary().peak_reserved == {}
+
+
 def test_layer_bytes_bars_groups_the_union_of_layers_in_model_order():
     lb = {"baseline": {"f.0": 2_000_000, "f.1": 4_000_000, "f.10": 1_000_000, "head": 10_000},
           "facto": {"f.0": 500_000, "f.1": 250_000, "f.3": 100_000, "f.10": 50_000, "head": 1_000}}
