@@ -135,11 +135,6 @@ def kept_bytes(store, run_id: int) -> int:
     return sum(m.bytes for m in kept_models(store, run_id).values())
 
 
-def none_kept(run) -> str:
-    """Why `run` kept no trained model."""
-    return why_none_kept(run.status, run.config.get("keep_models", True))
-
-
 def _reader(path) -> Callable[[], bytes]:
     """The file's bytes, read when its download is asked for (not on every redraw)."""
     return lambda: path.read_bytes()
@@ -163,7 +158,7 @@ def kept_section(store, runs: list) -> None:
     for run in runs:
         kept = kept_models(store, run.id)
         if not kept:
-            st.caption(f"#{run.id}: no trained model kept: {none_kept(run)}.")
+            st.caption(f"#{run.id}: no trained model kept: {why_none_kept(run)}.")
             continue
         columns = st.columns(len(VARIANT_WORDS) + 1)
         if "baseline" in kept:

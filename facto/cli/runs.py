@@ -108,7 +108,7 @@ def none_kept(run) -> str:
     """'no models kept: ...' with why (facto.store.kept.why_none_kept)."""
     from ..store.kept import why_none_kept
 
-    return "no models kept: " + why_none_kept(run.status, run.config.get("keep_models", True))
+    return "no models kept: " + why_none_kept(run)
 
 
 def _chosen_model(run, kept: dict, variant: str | None):

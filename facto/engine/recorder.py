@@ -110,9 +110,7 @@ def _keep_on_close(events: Iterator[Event], store, run_id: int, tracker: RunTrac
         return
     try:
         event = throw(RunStopped(reason or "the run's reader closed it"))
-    except (RunStopped, StopIteration):  # not in its steps: nothing trained to keep
-        return
-    except Exception:  # the run is stored as interrupted all the same; only its models are lost
+    except (RunStopped, Exception):  # not in its steps (nothing trained), or an error: only the models are lost
         return
     if isinstance(event, ModelsEvent):
         _keep(store, run_id, event, tracker)

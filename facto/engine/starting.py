@@ -148,7 +148,7 @@ def _run_state(run_id: int, model: str, history: str | Path | None) -> tuple[dic
     if "baseline" not in kept:
         from ..store.kept import why_none_kept
 
-        why = why_none_kept(run.status, run.config.get("keep_models", True))
+        why = why_none_kept(run)
         raise InitError(f"init='run:{run_id}': run {run_id} kept no baseline model: {why}")
     return read_state_file(kept["baseline"].path, f"run {run_id}'s model file"), f"run {run_id} (baseline)"
 

@@ -335,13 +335,13 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
         check_stop()
         models[v.name] = v.build(dense)
     check_stop()
+    learned = int(learned_start(config))
     calibration = None
-    if "facto" in models and config.refit and learned_start(config):
+    if "facto" in models and config.refit and learned:
         order = data.train_loader.generator.get_state()  # the batches drawn here leave the run's order alone
         calibration = calibrate(models["facto"], dense, data.train_loader)  # no labels, no gradient
         data.train_loader.generator.set_state(order)
     del dense
-    learned = int(learned_start(config))
     probe = next(iter(data.train_loader))[0][: config.batch_size].to(device)
     start = StartEvent(
         config=config.to_dict(), device=str(device), device_name=device_name(device),

@@ -76,15 +76,19 @@ def kept(db_path: str | Path, run_id: int) -> dict[str, KeptModel]:
     return found
 
 
-def why_none_kept(status: str, keep_models: bool) -> str:
-    """Why a run with this status and `keep_models` setting has no kept model file, in words."""
-    if not keep_models:
+def why_none_kept(run) -> str:
+    """Why `run` (a stored run: status, config, summary) has no kept model file, in words."""
+    if not run.config.get("keep_models", True):
         return "keep_models was off for it (Keep trained models, in the app)"
-    if status == "running":
+    if run.status == "running":
         return "it is still running: its models are kept when it ends"
-    if status == "interrupted":
-        return "it was stopped before its first training step, so there was nothing to keep"
-    if status == "failed":
+    if run.status == "interrupted":
+        if any(((run.summary or {}).get("steps") or {}).values()):  # it trained, then stopped
+            return ("it was stopped after it trained, but its models could not be kept then (the models "
+                    "folder could not be written, or its process was killed)")
+        return ("it was stopped before its first training step (or its process was killed), so no model "
+                "was kept")
+    if run.status == "failed":
         return "it failed, so it ended with no trained model"
     return "no model file of it is in the history's models folder"
 

@@ -88,8 +88,8 @@ def test_the_page_says_why_a_run_kept_no_model_and_totals_the_listed_runs(home):
     notes = [c.value for c in at.caption]
     assert any(n.startswith(f"#{off}: no trained model kept") and "keep_models was off" in n
                for n in notes), notes
-    assert any(n.startswith(f"#{stopped}: no trained model kept") and "before its first training step" in n
-               for n in notes), notes
+    assert any(n.startswith(f"#{stopped}: no trained model kept")  # it had trained 2 steps per variant
+               and "stopped after it trained, but its models could not be kept" in n for n in notes), notes
     assert set(downloads(at)) == {f"hist_model_{kept_one}_baseline", f"hist_model_{kept_one}_facto"}
     total = sum(m.bytes for m in store.kept_models(kept_one).values()) / 1e6
     assert any(f"with the 3 listed runs: {total:,.2f} MB (1 run kept some)" in n and str(home / "models") in n
