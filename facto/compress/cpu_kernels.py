@@ -12,14 +12,19 @@ Used for float32, float16 and bfloat16 maps on the CPU (16-bit ones through a fl
 reference computes them) when numba imports and a first small call agrees with values known
 by hand (:func:`available`). The first call on a machine compiles the kernels (about 10 s on 2
 cores); later processes load them from numba's on-disk cache. Where numba is missing or a kernel
-fails, facto.compress runs its PyTorch reference. The kernels run on the calling thread: a second thread of their own
-competes with PyTorch's OpenMP threads, which stay busy-waiting for a while after each operator,
-and measured no faster on 2 cores.
+fails, facto.compress runs its PyTorch reference.
+
+A call over a large map is split into equal ranges run at once by numba's thread pool, as many as
+PyTorch's intra-op threads (`torch.set_num_threads` limits both), with the same results as one thread:
+quantize, restore, the ReLU's clamp and mask, and its gradient. Smaller maps, a pool that is not safe
+to call from several threads (numba's 'workqueue' layer) and a process forked after the pool started
+run on the calling thread.
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 import warnings
 
@@ -260,18 +265,18 @@ if numba is not None:
                     codes[(first_group + r) * bits + j] = np.uint8((p >> np.uint64(8 * j)) & np.uint64(0xFF))
 
     @_jit
-    def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16, scratch):
-        """Every block of x: its metadata into meta, its codes' bit planes into codes (lo_in, hi_in:
-        the whole blocks' minimum and maximum, NaN where a block holds one). Returns how many blocks
-        are special."""
+    def _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16, scratch, b0, b1):
+        """Blocks b0..b1-1 of x: their metadata into meta, their codes' bit planes into codes (lo_in,
+        hi_in: the whole blocks' minimum and maximum, NaN where a block holds one). Returns how many of
+        them are special."""
         numel = x.shape[0]
         special = 0
         levels = (1 << bits) - 1
         flevels = np.float32(levels)
         per_tile = max(1, TILE // block)
         small = scratch[:per_tile * block]
-        for t0 in range(0, meta.shape[0], per_tile):
-            t1 = min(t0 + per_tile, meta.shape[0])
+        for t0 in range(b0, b1, per_tile):
+            t1 = min(t0 + per_tile, b1)
             for b in range(t0, t1):
                 first = b * block
                 n = min(block, numel - first)
@@ -339,13 +344,13 @@ if numba is not None:
                 words[r] = _codes_of(p, bits)
 
     @_jit
-    def _dequantize_blocks(codes, meta, out, bits, block, f16, scratch):
-        """Every block's values, lo + code * scale, into out."""
+    def _dequantize_blocks(codes, meta, out, bits, block, f16, scratch, b0, b1):
+        """The values of blocks b0..b1-1, lo + code * scale, into out."""
         numel = out.shape[0]
         per_tile = max(1, TILE // block)
         small = scratch[:per_tile * block]
-        for t0 in range(0, meta.shape[0], per_tile):
-            t1 = min(t0 + per_tile, meta.shape[0])
+        for t0 in range(b0, b1, per_tile):
+            t1 = min(t0 + per_tile, b1)
             values = min(t1 * block, numel) - t0 * block
             _unpack_planes(codes, t0 * block // 8, (values + 7) // 8, bits, small)
             for b in range(t0, t1):
@@ -381,12 +386,13 @@ if numba is not None:
             words[r] = ((spread + _HIGH) >> np.uint64(7)) & _ONES
 
     @_jit
-    def _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch):
+    def _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch, g_start, g_stop):
+        """y = x clamped, and the mask's bits into codes, for the groups of 8 values g_start..g_stop-1."""
         keep = scratch[:CHUNK]
         zero = np.float32(0.0)
-        for g0 in range(0, codes.shape[0], CHUNK // 8):
+        for g0 in range(g_start, g_stop, CHUNK // 8):
             first = g0 * 8
-            n = min(CHUNK, numel - first)
+            n = min(CHUNK, numel - first, (g_stop - g0) * 8)
             xs = x[first:first + n]
             ys = y[first:first + n]
             if has_cap:  # NaN stays NaN in y (max and min keep a NaN first argument)
@@ -402,11 +408,12 @@ if numba is not None:
             _pack_chunk(keep, codes, g0, n)
 
     @_jit
-    def _masked_grad_groups(g_in, codes, out, numel, scratch):
+    def _masked_grad_groups(g_in, codes, out, numel, scratch, g_start, g_stop):
+        """out = g_in where the mask's bit is set, else 0, for the groups of 8 values g_start..g_stop-1."""
         bits = scratch[:CHUNK]
-        for g0 in range(0, codes.shape[0], CHUNK // 8):
+        for g0 in range(g_start, g_stop, CHUNK // 8):
             first = g0 * 8
-            n = min(CHUNK, numel - first)
+            n = min(CHUNK, numel - first, (g_stop - g0) * 8)
             _unpack_chunk(codes, g0, n, bits)
             gs = g_in[first:first + n]
             outs = out[first:first + n]
@@ -433,25 +440,103 @@ if numba is not None:
             for i in range(n):
                 dst[first + i] = bits[i]
 
+    # The same kernels over `parts` equal ranges at once, one per thread of numba's pool (each range
+    # with its own row of scratch). The ranges split the blocks or groups a one-thread call walks, so
+    # the results are bit-identical to it, stochastic codes included (their noise hashes positions).
+    _split = functools.partial(njit, cache=True, nogil=True, error_model="numpy", parallel=True)
+
+    @_split
+    def _quantize_split(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16, scratch, parts):
+        n = meta.shape[0]
+        per = (n + parts - 1) // parts
+        special = np.zeros(parts, dtype=np.int64)
+        for p in numba.prange(parts):
+            special[p] = _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max,
+                                          f16, scratch[p], min(n, p * per), min(n, (p + 1) * per))
+        return special.sum()
+
+    @_split
+    def _dequantize_split(codes, meta, out, bits, block, f16, scratch, parts):
+        n = meta.shape[0]
+        per = (n + parts - 1) // parts
+        for p in numba.prange(parts):
+            _dequantize_blocks(codes, meta, out, bits, block, f16, scratch[p], min(n, p * per),
+                               min(n, (p + 1) * per))
+
+    @_split
+    def _clamp_mask_split(x, y, codes, numel, has_cap, cap, cap_x, scratch, parts):
+        n = codes.shape[0]
+        per = (n + parts - 1) // parts
+        for p in numba.prange(parts):
+            _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch[p], min(n, p * per),
+                               min(n, (p + 1) * per))
+
+    @_split
+    def _masked_grad_split(g_in, codes, out, numel, scratch, parts):
+        n = codes.shape[0]
+        per = (n + parts - 1) // parts
+        for p in numba.prange(parts):
+            _masked_grad_groups(g_in, codes, out, numel, scratch[p], min(n, p * per), min(n, (p + 1) * per))
+
 
 SCRATCH = 4096  # bytes of work space a kernel call needs (a tile of codes, a chunk of mask bits)
+PART = 32768  # values per thread below which splitting a call costs more than it saves (a launch: ~5-10 us)
 
 
 class _Scratch(threading.local):
-    """One work buffer per thread, reused by every kernel call (grown for a block over 4,096)."""
+    """One work buffer per calling thread, reused by every kernel call: a row per part (grown for more
+    parts, or for a block over 4,096 bytes)."""
 
-    buffer: np.ndarray = np.zeros(0, dtype=np.uint8)
+    buffer: np.ndarray = np.zeros((0, 0), dtype=np.uint8)
 
 
 _scratch_buffers = _Scratch()
 
 
-def _scratch(block: int = 0) -> np.ndarray:
-    """This thread's work buffer, of at least SCRATCH and `block` bytes (its contents are overwritten)."""
+def _scratch(block: int = 0, parts: int = 1) -> np.ndarray:
+    """This thread's work buffer, `parts` rows of at least SCRATCH and `block` bytes (contents overwritten)."""
     size = max(SCRATCH, block)
-    if _scratch_buffers.buffer.shape[0] < size:
-        _scratch_buffers.buffer = np.zeros(size, dtype=np.uint8)
-    return _scratch_buffers.buffer
+    rows, width = _scratch_buffers.buffer.shape
+    if rows < parts or width < size:
+        _scratch_buffers.buffer = np.zeros((max(rows, parts), max(width, size)), dtype=np.uint8)
+    return _scratch_buffers.buffer[:parts]
+
+
+_pool: dict[str, int] = {}  # "threads": numba's pool serves split calls (0: it does not); "pid": where it was checked
+_pool_lock = threading.Lock()
+
+
+def _safe_pool() -> bool:
+    """Whether numba's thread pool may take calls from several threads at once: its OpenMP or TBB layer
+    (its 'workqueue' layer aborts the process on concurrent calls). Launches one split call to see
+    which layer numba picks, under a lock (the first launch chooses it for the process)."""
+    if str(numba.config.THREADING_LAYER).lower() == "workqueue":
+        return False
+    try:
+        _clamp_mask_split(np.zeros(16, np.float32), np.zeros(16, np.float32), np.zeros(2, np.uint8), 16,
+                          False, np.float32(0), np.float32(0), _scratch(0, 2), 2)
+        return numba.threading_layer() in ("omp", "tbb")
+    except Exception as err:  # no thread pool loads: one thread per call
+        warnings.warn(f"facto: CPU kernels run on one thread ({err!r})", stacklevel=3)
+        return False
+
+
+def _parts(numel: int) -> int:
+    """How many threads of numba's pool one call over `numel` values takes: up to PyTorch's intra-op
+    threads (torch.set_num_threads limits both), one per PART values at least; 1 where the pool is not
+    safe to share, and in a process forked from the one that started it (GNU OpenMP does not survive a
+    fork)."""
+    if numel < 2 * PART:
+        return 1
+    if _pool.get("pid") != os.getpid():
+        with _pool_lock:
+            if _pool.get("pid") != os.getpid():
+                started = "pid" in _pool
+                _pool["threads"] = 0 if started or not _safe_pool() else 1
+                _pool["pid"] = os.getpid()
+    if not _pool["threads"]:
+        return 1
+    return max(1, min(numel // PART, torch.get_num_threads(), numba.get_num_threads()))
 
 
 @functools.cache
@@ -482,8 +567,13 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
         return codes, meta, False
     whole = flat[: numel // block * block].view(-1, block)
     lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
-    special = _quantize_blocks(_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic),
-                               _map_key(seed), float(torch.finfo(x.dtype).max), _f16_table(), _scratch(block))
+    args = (_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic), _map_key(seed),
+            float(torch.finfo(x.dtype).max), _f16_table())
+    parts = _parts(numel)
+    if parts > 1:
+        special = _quantize_split(*args, _scratch(block, parts), parts)
+    else:
+        special = _quantize_blocks(*args, _scratch(block)[0], 0, meta.shape[0])
     return codes, meta, special > 0
 
 
@@ -494,7 +584,12 @@ def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel:
     float32, then rounded to a 16-bit `dtype` as the reference rounds it."""
     out = torch.empty(numel, dtype=torch.float32)
     if numel:
-        _dequantize_blocks(_np(codes), _np(meta), _np(out), bits, block, _f16_table(), _scratch(block))
+        args = (_np(codes), _np(meta), _np(out), bits, block, _f16_table())
+        parts = _parts(numel)
+        if parts > 1:
+            _dequantize_split(*args, _scratch(block, parts), parts)
+        else:
+            _dequantize_blocks(*args, _scratch(block)[0], 0, meta.shape[0])
     return out.to(dtype)
 
 
@@ -508,8 +603,12 @@ def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
     if flat.numel():
         has_cap, cap_f = cap is not None, 0.0 if cap is None else float(cap)
         cap_x = float(torch.tensor(cap_f, dtype=x.dtype))  # as torch compares x < cap
-        _clamp_mask_groups(_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f),
-                           np.float32(cap_x), _scratch())
+        args = (_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f), np.float32(cap_x))
+        parts = _parts(flat.numel())
+        if parts > 1:
+            _clamp_mask_split(*args, _scratch(0, parts), parts)
+        else:
+            _clamp_mask_groups(*args, _scratch()[0], 0, codes.shape[0])
     return y.to(x.dtype).view(x.shape), codes
 
 
@@ -520,7 +619,12 @@ def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     g = _float32(grad_out)
     out = torch.empty_like(g)
     if g.numel():
-        _masked_grad_groups(_np(g), _np(codes), _np(out), g.numel(), _scratch())
+        args = (_np(g), _np(codes), _np(out), g.numel())
+        parts = _parts(g.numel())
+        if parts > 1:
+            _masked_grad_split(*args, _scratch(0, parts), parts)
+        else:
+            _masked_grad_groups(*args, _scratch()[0], 0, codes.shape[0])
     return out.to(grad_out.dtype).view(grad_out.shape)
 
 
@@ -530,7 +634,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     src = mask.contiguous().view(-1).view(torch.uint8)
     codes = torch.empty(math.ceil(src.numel() / 8), dtype=torch.uint8)
     if src.numel():
-        _pack_mask_groups(_np(src), _np(codes), src.numel(), _scratch())
+        _pack_mask_groups(_np(src), _np(codes), src.numel(), _scratch()[0])
     return codes
 
 
@@ -539,5 +643,5 @@ def unpack_mask(codes: Tensor, numel: int) -> Tensor:
     """The flat bool tensor of `numel` values packed by :func:`pack_mask`, in one pass."""
     out = torch.empty(numel, dtype=torch.bool)
     if numel:
-        _unpack_mask_groups(_np(codes), _np(out.view(torch.uint8)), numel, _scratch())
+        _unpack_mask_groups(_np(codes), _np(out.view(torch.uint8)), numel, _scratch()[0])
     return out

@@ -676,3 +676,57 @@ def test_facto_cpu_kernels_switch(value, on):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=_env(FACTO_CPU_KERNELS=value))
     assert out.stdout.strip() == str(on), out.stderr
+
+
+@numba_only
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_numba_kernels_split_over_threads_give_one_threads_results(monkeypatch, parts, stochastic):
+    """A large map's call split into ranges run by numba's pool writes exactly what one thread writes:
+    codes (stochastic ones too: their noise hashes positions), metadata, special blocks, restored
+    values, the clamp, its mask and its gradient; uneven ranges and a short last block included."""
+    x = hard_input(200_003, torch.float32, seed=3)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+
+    def run():
+        packed = C.quantize(x, 3, 64, stochastic=stochastic, seed=11)
+        y, mask = C.clamp_with_mask(x, 6.0)
+        return packed, packed.dequantize(), y, mask, C.masked_grad(grad, mask)
+
+    monkeypatch.setattr(K, "_parts", lambda numel: 1)
+    alone = run()
+    calls = []
+    monkeypatch.setattr(K, "_parts", lambda numel: calls.append(numel) or parts)
+    split = run()
+    assert len(calls) == 4  # quantize, restore, clamp with mask, masked gradient
+    assert torch.equal(alone[0].codes, split[0].codes) and torch.equal(alone[0].meta, split[0].meta)
+    assert alone[0].exact is not None and same(alone[0].exact, split[0].exact)
+    for a, b in zip(alone[1:], split[1:]):
+        assert same(a, b)
+
+
+@numba_only
+def test_numba_kernels_take_a_thread_per_part_up_to_torchs_threads(monkeypatch):
+    """Small maps stay on the calling thread; a large one takes up to torch's intra-op threads; none
+    is split where numba's pool is its 'workqueue' layer (it aborts on calls from several threads)
+    or in a process forked after the pool started."""
+    import numba
+
+    monkeypatch.setattr(K, "_pool", {})
+    assert K._parts(K.PART) == 1
+    big = 64 * K.PART
+    parts = K._parts(big)
+    assert K._pool["threads"] == (numba.threading_layer() in ("omp", "tbb"))  # the layer numba picked
+    assert parts == (min(torch.get_num_threads(), numba.get_num_threads()) if K._pool["threads"] else 1)
+    assert K._parts(2 * K.PART) == min(parts, 2)  # one part per PART values at least
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert K._parts(big) == 1
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(K, "_pool", {"pid": -1, "threads": 1})  # started by another process
+    assert K._parts(big) == 1 and K._pool["threads"] == 0
+    monkeypatch.setattr(K, "_pool", {})
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
+    assert K._parts(big) == 1 and K._pool["threads"] == 0
