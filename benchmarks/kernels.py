@@ -11,7 +11,9 @@ What is measured, per map size and bit width: the median wall time of `facto.com
 (quantize + pack) and of `.restore()` (unpack + dequantize) over `--repeats` runs after
 one warm-up (CUDA: CUDA events around each call; CPU: `time.perf_counter`), shown as ms
 and as GB/s of fp32 input (map bytes / time). Rows: the PyTorch reference path and, on
-CUDA, the Triton path, plus a `clone` of the map as a memory-bandwidth yardstick. On CUDA
+CUDA, the Triton path; on the CPU the numba kernels on one thread and on PyTorch's intra-op
+threads (a large map's call is split between them); plus a `clone` of the map as a
+memory-bandwidth yardstick. On CUDA
 also the CUDA operations (kernels, memcpy, memset) one call launches, counted with
 torch.profiler, and the host syncs it makes (torch.cuda sync debug mode). Maps are
 (n, 64, 112, 112) fp32 N(0, 1) tensors, n from --mb (206 MB: n = 64).
@@ -32,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from facto import compress as C  # noqa: E402
+from facto.compress.backend import path_name  # noqa: E402
 from facto.engine.devices import machine  # noqa: E402
 
 MAP = (64, 112, 112)  # channels, height, width of one image's map
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from facto.compress import kernels
 
     triton_ok = cuda and kernels.available(device)
+    threads = torch.get_num_threads()
+    numba_ok = not cuda and path_name(device) == "numba kernels"
     print(machine())
     rounding = "deterministic" if args.deterministic else "stochastic"
     why_not = "no CUDA" if not cuda else "triton unavailable"
@@ -164,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             if triton_ok:
                 print(fmt_row("triton", real_mb, bits, measure(x, bits, args, repeats, cuda), fp32_bytes),
                       flush=True)
+            for n_threads in sorted({1, threads}) if numba_ok else ():
+                torch.set_num_threads(n_threads)  # the kernels split a call over at most this many threads
+                try:
+                    row = measure(x, bits, args, repeats, cuda)
+                finally:
+                    torch.set_num_threads(threads)
+                label = f"numba kernels, {n_threads} thread{'s' if n_threads > 1 else ''}"
+                print(fmt_row(label, real_mb, bits, row, fp32_bytes), flush=True)
         del x
     return 0
 

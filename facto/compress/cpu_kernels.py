@@ -10,7 +10,7 @@ Bit planes are packed eight values at a time by a multiply that gathers one bit 
 
 Used for float32, float16 and bfloat16 maps on the CPU (16-bit ones through a float32 copy, as the
 reference computes them) when numba imports and a first small call agrees with values known
-by hand (:func:`available`). The first call on a machine compiles the kernels (about 10 s on 2
+by hand (:func:`available`). The first call on a machine compiles the kernels (about 15 s on 2
 cores); later processes load them from numba's on-disk cache. Where numba is missing or a kernel
 fails, facto.compress runs its PyTorch reference.
 
