@@ -1,9 +1,7 @@
 """The offline transfer task (learn the digits 0-4, fine-tune on 5-9) run tiny, and its benchmark script."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +12,8 @@ from facto.config import RunConfig
 from facto.engine.build import dense_model
 from facto.engine.events import StartEvent, SummaryEvent
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..scripts import load_benchmark
+
 TINY = dict(model="simple_cnn", max_train=96, max_test=64, batch_size=32, max_steps=2, device="cpu")
 TRANSFER = dict(dataset="digits_5_9", warm_start_dataset="digits_0_4", rank=0.5, bits=4, recompute=True,
                 update="core")
@@ -24,22 +23,13 @@ CHANCE_PCT = 20.0  # 5 classes
 def events_of(config: RunConfig) -> tuple[StartEvent, dict[str, float], SummaryEvent]:
     """A comparison's StartEvent, its step-0 test accuracies per variant and its summary (the
     benchmark's own reader of a run)."""
-    start, step0, summary, _ = load_benchmark().fine_tune(config, ("baseline", "facto"))
+    start, step0, summary, _ = load_benchmark("transfer").fine_tune(config, ("baseline", "facto"))
     return start, step0, summary
 
 
 def classifier(model: nn.Module) -> str:
     """The module name of a model's last Linear layer."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-
-
-def load_benchmark():
-    """benchmarks/transfer.py as a module."""
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -77,7 +67,7 @@ def test_a_trained_warm_up_reaches_the_facto_model():
 def test_the_benchmark_fine_tunes_from_the_same_weights_as_a_transfer_run():
     """The benchmark's warm-up saved to a file and loaded by init=<file> starts both variants where a run
     with warm_start_dataset does: the same step-0 and final accuracies."""
-    bench = load_benchmark()
+    bench = load_benchmark("transfer")
     config = RunConfig(**TRANSFER, **TINY, warm_start_steps=3)
     _, step0, summary = events_of(config)
     with tempfile.TemporaryDirectory() as folder:
@@ -94,7 +84,7 @@ def test_the_benchmark_fine_tunes_from_the_same_weights_as_a_transfer_run():
 
 @pytest.mark.slow
 def test_the_benchmark_script_prints_a_row_per_method(capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("transfer")
     tiny = ["--models", "simple_cnn", "--seeds", "0", "--warm-start-steps", "2", "--max-steps", "1",
             "--max-train", "32", "--max-test", "32"]
     assert bench.main([*tiny, "--markdown"]) == 0

@@ -2,10 +2,6 @@
 facto.memory.step_peak measures for the same step from the profiler's own running count."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,20 +9,12 @@ from facto.config import RunConfig
 from facto.engine.build import dense_model
 from facto.memory.step_peak import measure_step_peak_cpu
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("step_peak_parts", ROOT / "benchmarks" / "step_peak_parts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from ..scripts import load_benchmark
 
 
 @pytest.mark.parametrize("name", ["dense", "facto"])
 def test_buffers_at_the_peak_make_the_measured_rise(name):
-    bench = load_benchmark()
+    bench = load_benchmark("step_peak_parts")
     variant = bench.VARIANTS[name]
     dense = dense_model(RunConfig(model="simple_cnn", seed=0), 10, 1, torch.device("cpu"))
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
