@@ -53,8 +53,9 @@ def trace_events(model, variant: Variant, x, y) -> list[dict]:
 
 
 def peak_buffers(events: list[dict]) -> tuple[int, int, list[tuple[int, float, int]]]:
-    """(rise at the peak, bytes, [(size, time, thread)] of the buffers allocated in the step and alive
-    at its peak)."""
+    """(the step's peak above its start, the bytes and [(size, time, thread)] of the buffers allocated in
+    the step and alive at that peak). The buffers can hold more than the rise: frees of blocks from
+    before the step lower the rise and name no buffer of the step."""
     memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
     alive: dict[int, tuple[int, float, int]] = {}
     level = rise = 0
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         groups: dict[str, list[int]] = collections.defaultdict(list)
         for size, ts, tid in buffers:
             groups[allocated_by(events, ts, tid)].append(size)
-        print(f"\n{variant.name}: rise at the step's peak {rise / 1e6:.1f} MB, of it {held / 1e6:.1f} MB in buffers"
-              " allocated in the step")
+        why = " (blocks from before the step were freed)" if held > rise else ""
+        print(f"\n{variant.name}: rise at the step's peak {rise / 1e6:.1f} MB; buffers allocated in the step and"
+              f" alive at it {held / 1e6:.1f} MB{why}")
         print("| allocated by (node / operator) | buffers | MB | largest MB |")
         print("|---|---|---|---|")
         for label, sizes in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:args.rows]:

@@ -58,7 +58,8 @@ def test_a_trained_warm_up_reaches_the_facto_model():
                         warm_start_steps=40)
     _, step0, _ = events_of(trained)
     assert step0["baseline"] > 3 * CHANCE_PCT  # the warm-up learned (about 90 % here)
-    assert step0["facto"] == pytest.approx(step0["baseline"], abs=2.0)
+    # the same weights up to float rounding: a few near-tie images of the 96 may flip (2 on 2 threads)
+    assert step0["facto"] == pytest.approx(step0["baseline"], abs=3 * 100 / 96 + 1e-9)
     _, step0, _ = events_of(trained.replace(warm_start_steps=0))
     assert step0 == {}
 
