@@ -445,38 +445,38 @@ if numba is not None:
     # the results are bit-identical to it, stochastic codes included (their noise hashes positions).
     _split = functools.partial(njit, cache=True, nogil=True, error_model="numpy", parallel=True)
 
+    @_jit
+    def _part(n, parts, p):
+        """(start, stop) of range p when n blocks or groups are split into `parts` equal ranges."""
+        per = (n + parts - 1) // parts
+        return min(n, p * per), min(n, (p + 1) * per)
+
     @_split
     def _quantize_split(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max, f16, scratch, parts):
-        n = meta.shape[0]
-        per = (n + parts - 1) // parts
         special = np.zeros(parts, dtype=np.int64)
         for p in numba.prange(parts):
+            b0, b1 = _part(meta.shape[0], parts, p)
             special[p] = _quantize_blocks(x, codes, meta, lo_in, hi_in, bits, block, stochastic, key, out_max,
-                                          f16, scratch[p], min(n, p * per), min(n, (p + 1) * per))
+                                          f16, scratch[p], b0, b1)
         return special.sum()
 
     @_split
     def _dequantize_split(codes, meta, out, bits, block, f16, scratch, parts):
-        n = meta.shape[0]
-        per = (n + parts - 1) // parts
         for p in numba.prange(parts):
-            _dequantize_blocks(codes, meta, out, bits, block, f16, scratch[p], min(n, p * per),
-                               min(n, (p + 1) * per))
+            b0, b1 = _part(meta.shape[0], parts, p)
+            _dequantize_blocks(codes, meta, out, bits, block, f16, scratch[p], b0, b1)
 
     @_split
     def _clamp_mask_split(x, y, codes, numel, has_cap, cap, cap_x, scratch, parts):
-        n = codes.shape[0]
-        per = (n + parts - 1) // parts
         for p in numba.prange(parts):
-            _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch[p], min(n, p * per),
-                               min(n, (p + 1) * per))
+            g0, g1 = _part(codes.shape[0], parts, p)
+            _clamp_mask_groups(x, y, codes, numel, has_cap, cap, cap_x, scratch[p], g0, g1)
 
     @_split
     def _masked_grad_split(g_in, codes, out, numel, scratch, parts):
-        n = codes.shape[0]
-        per = (n + parts - 1) // parts
         for p in numba.prange(parts):
-            _masked_grad_groups(g_in, codes, out, numel, scratch[p], min(n, p * per), min(n, (p + 1) * per))
+            g0, g1 = _part(codes.shape[0], parts, p)
+            _masked_grad_groups(g_in, codes, out, numel, scratch[p], g0, g1)
 
 
 SCRATCH = 4096  # bytes of work space a kernel call needs (a tile of codes, a chunk of mask bits)
@@ -539,6 +539,16 @@ def _parts(numel: int) -> int:
     return max(1, min(numel // PART, torch.get_num_threads(), numba.get_num_threads()))
 
 
+def _launch(one, split, args: tuple, numel: int, ranges: int, block: int = 0):
+    """`one(*args, scratch, 0, ranges)` on the calling thread, or `split(*args, scratches, parts)` over
+    numba's pool where :func:`_parts` splits a call over `numel` values (`ranges`: the blocks or
+    groups of 8 values the call walks)."""
+    parts = _parts(numel)
+    if parts > 1:
+        return split(*args, _scratch(block, parts), parts)
+    return one(*args, _scratch(block)[0], 0, ranges)
+
+
 @functools.cache
 def _f16_table() -> np.ndarray:
     """float32 value of every float16 bit pattern, indexed by the pattern (0..65535)."""
@@ -569,11 +579,7 @@ def quantize_pack(x: Tensor, bits: int, block: int, stochastic: bool, seed: int)
     lo, hi = whole.amin(dim=1), whole.amax(dim=1)  # NaN where a block holds one
     args = (_np(flat), _np(codes), _np(meta), _np(lo), _np(hi), bits, block, bool(stochastic), _map_key(seed),
             float(torch.finfo(x.dtype).max), _f16_table())
-    parts = _parts(numel)
-    if parts > 1:
-        special = _quantize_split(*args, _scratch(block, parts), parts)
-    else:
-        special = _quantize_blocks(*args, _scratch(block)[0], 0, meta.shape[0])
+    special = _launch(_quantize_blocks, _quantize_split, args, numel, meta.shape[0], block)
     return codes, meta, special > 0
 
 
@@ -585,11 +591,7 @@ def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel:
     out = torch.empty(numel, dtype=torch.float32)
     if numel:
         args = (_np(codes), _np(meta), _np(out), bits, block, _f16_table())
-        parts = _parts(numel)
-        if parts > 1:
-            _dequantize_split(*args, _scratch(block, parts), parts)
-        else:
-            _dequantize_blocks(*args, _scratch(block)[0], 0, meta.shape[0])
+        _launch(_dequantize_blocks, _dequantize_split, args, numel, meta.shape[0], block)
     return out.to(dtype)
 
 
@@ -604,11 +606,7 @@ def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
         has_cap, cap_f = cap is not None, 0.0 if cap is None else float(cap)
         cap_x = float(torch.tensor(cap_f, dtype=x.dtype))  # as torch compares x < cap
         args = (_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f), np.float32(cap_x))
-        parts = _parts(flat.numel())
-        if parts > 1:
-            _clamp_mask_split(*args, _scratch(0, parts), parts)
-        else:
-            _clamp_mask_groups(*args, _scratch()[0], 0, codes.shape[0])
+        _launch(_clamp_mask_groups, _clamp_mask_split, args, flat.numel(), codes.shape[0])
     return y.to(x.dtype).view(x.shape), codes
 
 
@@ -620,11 +618,7 @@ def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:
     out = torch.empty_like(g)
     if g.numel():
         args = (_np(g), _np(codes), _np(out), g.numel())
-        parts = _parts(g.numel())
-        if parts > 1:
-            _masked_grad_split(*args, _scratch(0, parts), parts)
-        else:
-            _masked_grad_groups(*args, _scratch()[0], 0, codes.shape[0])
+        _launch(_masked_grad_groups, _masked_grad_split, args, g.numel(), codes.shape[0])
     return out.to(grad_out.dtype).view(grad_out.shape)
 
 
