@@ -140,13 +140,6 @@ def _ids(ids: Sequence[int]) -> str:
     return f"run{'s' if len(ids) > 1 else ''} {listed}"
 
 
-def _has_models(store: NotedStore, run_id: int) -> bool:
-    try:
-        return bool(store.kept_models(run_id))
-    except (ValueError, OSError):
-        return False
-
-
 def kept_message(store: NotedStore | None, no_store: bool = False, head: str = "interrupted") -> str:
     """The line a Ctrl-C ends with: `head`, then what the history holds of the command's runs,
     read back from the store (`store` None: nothing was stored; `no_store`: because of --no-store)."""
@@ -164,7 +157,7 @@ def kept_message(store: NotedStore | None, no_store: bool = False, head: str = "
         if status == "interrupted":
             which = "the partial run is" if len(ids) == 1 else "the partial runs are"
             parts.append(f"{which} stored as {_ids(ids)}, marked interrupted")
-            with_models = [i for i in ids if _has_models(store, i)]
+            with_models = [i for i in ids if store.kept_models(i)]  # a file it cannot stat counts as none
             if with_models:
                 parts[-1] += (f", with the models trained so far (facto runs export {with_models[0]} "
                               "--model FILE)")
