@@ -596,17 +596,22 @@ def unpack_dequantize(codes: Tensor, meta: Tensor, bits: int, block: int, numel:
 
 
 @_guarded
-def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
+def clamp_with_mask(x: Tensor, cap: float | None, inplace: bool = False) -> tuple[Tensor, Tensor]:
     """(x.clamp(0[, cap]), pack_bits(mask, 1)) of x in one pass (a 16-bit x through a float32 copy:
-    clamped there, compared with the cap rounded to x's dtype, as torch does)."""
+    clamped there, compared with the cap rounded to x's dtype, as torch does); `inplace`: the clamp
+    is written over x (a contiguous x), which is returned."""
     flat = _float32(x)
-    y = torch.empty_like(flat)
+    y = flat if inplace else torch.empty_like(flat)
     codes = torch.empty(math.ceil(flat.numel() / 8), dtype=torch.uint8)
     if flat.numel():
         has_cap, cap_f = cap is not None, 0.0 if cap is None else float(cap)
         cap_x = float(torch.tensor(cap_f, dtype=x.dtype))  # as torch compares x < cap
         args = (_np(flat), _np(y), _np(codes), flat.numel(), has_cap, np.float32(cap_f), np.float32(cap_x))
         _launch(_clamp_mask_groups, _clamp_mask_split, args, flat.numel(), codes.shape[0])
+    if inplace:
+        if y.data_ptr() != x.data_ptr():  # a 16-bit x: its float32 copy was clamped
+            x.copy_(y.view(x.shape))
+        return x, codes
     return y.to(x.dtype).view(x.shape), codes
 
 

@@ -373,10 +373,11 @@ def _mask_grid(numel: int) -> tuple[int]:
 
 
 @_guarded
-def clamp_with_mask(x: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
-    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a contiguous x in one launch."""
+def clamp_with_mask(x: Tensor, cap: float | None, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """(x.clamp(0[, cap]), pack_bits(mask, 1)) of a contiguous x in one launch (`inplace`: written over x,
+    each value loaded before its place is stored)."""
     numel = x.numel()
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
     codes = torch.empty(math.ceil(numel / 8), dtype=torch.uint8, device=x.device)
     if numel:
         has_cap, cap = cap is not None, 0.0 if cap is None else float(cap)

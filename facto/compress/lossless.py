@@ -77,20 +77,23 @@ def _check_clamp_input(x: Tensor) -> None:
         raise ValueError(f"x={getattr(x, 'dtype', type(x).__name__)} is not allowed: use a floating tensor")
 
 
-def clamp_with_mask(x: Tensor, cap: float | None = None) -> tuple[Tensor, Tensor]:
+def clamp_with_mask(x: Tensor, cap: float | None = None, inplace: bool = False) -> tuple[Tensor, Tensor]:
     """ReLU (ReLU6-like with ``cap``) output and its 1-bit gradient mask, packed.
 
-    Returns ``(y, codes)``: y = x.clamp(0) or x.clamp(0, cap); codes =
-    pack_bits((x > 0) [& (x < cap)], 1) in x's memory order. One fused kernel on CUDA
-    for contiguous float32/float16/bfloat16 x; :func:`masked_grad` is its backward.
+    Returns ``(y, codes)``: y = x.clamp(0) or x.clamp(0, cap) (x itself, clamped in place, with
+    ``inplace``); codes = pack_bits((x > 0) [& (x < cap)], 1) in x's memory order. One fused kernel
+    for contiguous float32/float16/bfloat16 x (numba on the CPU, Triton on CUDA);
+    :func:`masked_grad` is its backward.
     """
     _check_clamp_input(x)
-    done = fused(x.device, lambda k: k.clamp_with_mask(x, cap), x.dtype) if x.is_contiguous() else None
+    done = fused(x.device, lambda k: k.clamp_with_mask(x, cap, inplace), x.dtype) if x.is_contiguous() else None
     if done is not None:
         return done
-    y = x.clamp(min=0) if cap is None else x.clamp(0, cap)
     mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
-    return y, pack_bits(mask.reshape(-1).to(torch.uint8), 1)
+    codes = pack_bits(mask.reshape(-1).to(torch.uint8), 1)
+    if inplace:
+        return (x.clamp_(min=0) if cap is None else x.clamp_(0, cap)), codes
+    return (x.clamp(min=0) if cap is None else x.clamp(0, cap)), codes
 
 
 def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:

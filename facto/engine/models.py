@@ -159,11 +159,12 @@ def model_info(name: str) -> str:
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    """3x3 Conv (no bias) -> BatchNorm2d -> ReLU, as a list of modules."""
+    """3x3 Conv (no bias) -> BatchNorm2d -> ReLU (over BatchNorm's output: nothing else reads it), as a
+    list of modules."""
     return [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
     ]
 
 
@@ -259,10 +260,10 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -273,7 +274,8 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        out += self.shortcut(x)  # over BatchNorm's output, as torchvision's blocks add: one map fewer
+        return self.relu2(out)
 
 
 class CifarResNet(nn.Module):
@@ -283,7 +285,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._stage(16, 16, blocks, stride=1)
         self.layer2 = self._stage(16, 32, blocks, stride=2)
         self.layer3 = self._stage(32, 64, blocks, stride=2)

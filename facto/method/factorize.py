@@ -46,8 +46,9 @@ def _replace_relus(model: nn.Module) -> int:
     """Swap every nn.ReLU / nn.ReLU6 for a MaskReLU in place; returns how many."""
     names = [n for n, m in model.named_modules() if type(m) in MASKABLE]
     for name in names:
-        cap = 6.0 if isinstance(model.get_submodule(name), nn.ReLU6) else None
-        replace_module(model, name, MaskReLU(cap))
+        relu = model.get_submodule(name)
+        cap = 6.0 if isinstance(relu, nn.ReLU6) else None
+        replace_module(model, name, MaskReLU(cap, relu.inplace))
     return len(names)
 
 

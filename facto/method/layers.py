@@ -302,38 +302,49 @@ class FactoLinear(FactorizedLayer):
 
 
 class _MaskedClamp(torch.autograd.Function):
-    """ReLU / ReLU6 that keeps a 1-bit packed mask instead of its output.
+    """ReLU / ReLU6 that keeps a 1-bit packed mask instead of its output (over its input with `inplace`).
 
     The packed mask goes through `save_for_backward`, so `saved_activations` counts it.
-    On CUDA each direction is one fused kernel (output + mask, gradient from the mask).
+    Each direction is one fused kernel where kernels serve (output + mask, gradient from the mask).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, cap: float | None) -> Tensor:
-        y, codes = clamp_with_mask(x, cap)
+    def forward(ctx, x: Tensor, cap: float | None, inplace: bool = False) -> Tensor:
+        inplace = inplace and x.is_contiguous()  # the kernels write a contiguous map
+        y, codes = clamp_with_mask(x, cap, inplace)
+        if inplace:
+            ctx.mark_dirty(x)
         ctx.save_for_backward(codes)
         return y
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (codes,) = ctx.saved_tensors
-        return masked_grad(grad_out, codes), None
+        return masked_grad(grad_out, codes), None, None
 
 
 class MaskReLU(nn.Module):
-    """ReLU (or ReLU6 with `cap=6`) whose backward keeps a 1-bit mask, not the output."""
+    """ReLU (or ReLU6 with `cap=6`) whose backward keeps a 1-bit mask, not the output.
 
-    def __init__(self, cap: float | None = None):
+    `inplace` (nn.ReLU's flag, kept by factorize): the output is written over the input, as
+    nn.ReLU(inplace=True) does, so a forward holds one map fewer at that point; the model's author
+    vouches that nothing reads the input afterwards (autograd raises where a backward would)."""
+
+    def __init__(self, cap: float | None = None, inplace: bool = False):
         super().__init__()
         self.cap = cap
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            return _MaskedClamp.apply(x, self.cap)
+            return _MaskedClamp.apply(x, self.cap, self.inplace)
+        if self.inplace:
+            return x.clamp_(min=0) if self.cap is None else x.clamp_(0, self.cap)
         return x.clamp(min=0) if self.cap is None else x.clamp(0, self.cap)
 
     def extra_repr(self) -> str:
-        return "" if self.cap is None else f"cap={self.cap}"
+        parts = ([] if self.cap is None else [f"cap={self.cap}"]) + (["inplace=True"] if self.inplace else [])
+        return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- max-pool

@@ -389,6 +389,9 @@ def test_fused_relu_mask_matches_relu_exactly(dtype, cap):
     y, codes = C.clamp_with_mask(x.detach(), cap)
     y_ref, codes_ref = reference(C.clamp_with_mask, x.detach(), cap)
     assert torch.equal(codes, codes_ref) and torch.equal(y, y_ref)
+    over = x.detach().clone()
+    y_over, codes_over = C.clamp_with_mask(over, cap, inplace=True)  # written over its input
+    assert y_over.data_ptr() == over.data_ptr() and torch.equal(y_over, y_ref) and torch.equal(codes_over, codes_ref)
     from facto.method.layers import MaskReLU
 
     out = MaskReLU(cap)(x)
@@ -703,6 +706,8 @@ def test_numba_kernels_split_over_threads_give_one_threads_results(monkeypatch, 
     assert alone[0].exact is not None and same(alone[0].exact, split[0].exact)
     for a, b in zip(alone[1:], split[1:]):
         assert same(a, b)
+    over, over_mask = C.clamp_with_mask(x.clone(), 6.0, inplace=True)  # split ranges written over the input
+    assert len(calls) == 5 and same(over, alone[2]) and same(over_mask, alone[3])
 
 
 @numba_only

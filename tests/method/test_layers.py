@@ -1,4 +1,5 @@
 """Factorized layers: exactness at full rank, gradients per update, frozen stages store nothing."""
+import contextlib
 import copy
 import math
 
@@ -117,16 +118,31 @@ def test_frozen_stage_saves_nothing_but_pytorch_frozen_conv_saves_its_input():
     assert rel(g, g_ref) < 1e-6
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("kernels", [True, False])
 @pytest.mark.parametrize("cap", [None, 6.0])
-def test_mask_relu_matches_relu_and_keeps_one_bit(cap):
-    x = (torch.randn(3, 5, 7, 9) * 5).requires_grad_()
-    ref = F.relu(x) if cap is None else F.relu6(x)
-    with facto.saved_activations() as meter:
-        y = MaskReLU(cap)(x)
+def test_mask_relu_matches_relu_and_keeps_one_bit(cap, kernels, inplace):
+    """Through the CPU kernels and the PyTorch reference; `inplace` writes over its input, as
+    nn.ReLU(inplace=True) does, with the same output, gradient and 1-bit mask."""
+    from facto.compress.switches import reference_only
+
+    leaf = (torch.randn(3, 5, 7, 9) * 5).requires_grad_()
+    x = leaf * 1.0  # not a leaf: a ReLU may write over it
+    ref = F.relu(leaf) if cap is None else F.relu6(leaf)
+    with facto.saved_activations() as meter, (contextlib.nullcontext() if kernels else reference_only()):
+        y = MaskReLU(cap, inplace)(x)
     assert torch.equal(y, ref)
+    assert (y.data_ptr() == x.data_ptr()) is inplace
     g = torch.randn_like(y)
-    assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    assert torch.equal(torch.autograd.grad(y, leaf, g)[0], torch.autograd.grad(ref, leaf, g)[0])
     assert meter.bytes == math.ceil(x.numel() / 8)
+
+
+def test_factorize_keeps_each_relus_inplace_flag():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8), nn.ReLU6())
+    relus = [m for m in facto.factorize(model, rank=0.5).modules() if isinstance(m, MaskReLU)]
+    assert [(r.cap, r.inplace) for r in relus] == [(None, True), (6.0, False)]
 
 
 def test_set_update_rejects_unknown_value():
