@@ -229,6 +229,8 @@ class Trace:
     stored: int  # the meter's bytes
     input_live: int  # the model's input batch when autograd does not keep it as is (alive all step)
     fused: bool = False  # facto.compress's kernels served its maps (no work buffers; see Work)
+    bn_forward_over_input: bool = False  # fused conv+BN units normalize over their input (CPU, float32)
+    bn_backward_over_input: bool = False  # ... and run BatchNorm's backward over it (CPU)
 
 
 def trace_forward(model: nn.Module, x: Tensor, bits: int | None, block: int = 64,
@@ -244,8 +246,10 @@ def trace_forward(model: nn.Module, x: Tensor, bits: int | None, block: int = 64
         out = model(x)
         del out  # the graph goes with the output
     input_live = 0 if _ptr(x) in collector.saved_as_is else _nbytes(x)
-    fused = kernels_for(x.device, PRECISION_DTYPES[precision] or x.dtype, block) is not None
-    return Trace(collector.units, meter.bytes, input_live, fused)
+    compute = PRECISION_DTYPES[precision] or x.dtype
+    fused = kernels_for(x.device, compute, block) is not None
+    cpu = x.device.type == "cpu"
+    return Trace(collector.units, meter.bytes, input_live, fused, cpu and compute == torch.float32, cpu)
 
 
 # ----------------------------------------------------------------------------- the transient model
@@ -269,36 +273,48 @@ REFERENCE_WORK = Work(quantize=6, restore=5, widen=4, mask=5)
 # within 2 % on simple_cnn and resnet20, every variant)
 FUSED_WORK = Work(quantize=0, restore=4, widen=4, mask=0)
 CONV_WORK = 1  # conv backward work buffer (output-sized) seen on the CPU (oneDNN); cuDNN workspace: reserve
-RECOMPUTE_FORWARD = 1  # fused conv+BN forward: BN's input exists until BN has run (output-sized)
-# fused backward, output-sized (calibrated against the CPU profiler): the recomputed BN input is freed once
-# BN's backward has used it, so beside the incoming gradient about one more map (ConvBN: two) is alive
+# A fused conv+BN runs BatchNorm over its recomputed input on the CPU (facto.method.recompute:
+# bn_forward_over_input for float32 maps, bn_backward_over_input for any), out of place elsewhere.
+RECOMPUTE_FORWARD = 1  # out of place: BN's input exists until BN has run (output-sized); over it: none
+# fused backward, output-sized, beside the incoming gradient. Out of place (as calibrated against the CPU
+# profiler before BN ran over its input): the recomputed BN input is freed once BN's backward has used
+# it, about one more map (ConvBN: two). Over its input (fitted to the CPU profiler: within 1.2 % on
+# simple_cnn and resnet20, batches 8 to 128): ConvBN one more map, FactoConvBN none, and its inner
+# stages three maps sized like the stored input (BN's float32 work slices are too small to count).
 RECOMPUTE_MAPS = {ConvBN.__name__: 2, FactoConvBN.__name__: 1}
 RECOMPUTE_INNER = 2  # FactoConvBN: the recomputed inner stage and its gradient (sized like the stored input)
+OVER_INPUT_MAPS = {ConvBN.__name__: 1, FactoConvBN.__name__: 0}
+OVER_INPUT_INNER = 3
 
 
-def forward_live(u: Unit, work: Work = REFERENCE_WORK) -> int:
-    """Bytes alive during unit u's forward beyond what is stored: live maps, compression work."""
+def forward_live(u: Unit, work: Work = REFERENCE_WORK, bn_over_input: bool = False) -> int:
+    """Bytes alive during unit u's forward beyond what is stored: live maps, compression work
+    (`bn_over_input`: a fused unit's BatchNorm writes over its input)."""
     mask = work.mask * u.mask_values
-    fused = RECOMPUTE_FORWARD * u.out_bytes if u.kind in FUSED_KINDS else 0
+    fused = RECOMPUTE_FORWARD * u.out_bytes if u.kind in FUSED_KINDS and not bn_over_input else 0
     quantize = work.quantize * u.quantized_values + work.widen * u.widened_values
     # the im2col buffer is freed when the conv returns, before autograd saves (and quantizes) its input
     return u.live + u.inner_bytes + max(quantize, u.columns) + mask + fused
 
 
-def backward_live(u: Unit, work: Work = REFERENCE_WORK) -> int:
+def backward_live(u: Unit, work: Work = REFERENCE_WORK, bn_over_input: bool = False) -> int:
     """Bytes alive during unit u's backward beyond what is stored: gradient maps, restored/recomputed maps.
 
     A fused conv+BN restores its stored input first and frees the restore's work buffers before it
     recomputes and runs its convs' backward (two moments, the larger counts); for the other units the
-    restore's work is counted with the compute, as calibrated.
+    restore's work is counted with the compute, as calibrated. `bn_over_input`: its BatchNorm's
+    backward writes over the recomputed input (the CPU).
     """
     grads = u.out_bytes + (u.in_bytes if u.in_grad else 0) + u.held_grad
     restore_work = work.restore * u.quantized_values + work.widen * u.widened_values
     mask = work.mask * u.mask_values
     if u.kind in FUSED_KINDS:
-        recompute = RECOMPUTE_MAPS[u.kind] * u.out_bytes
+        if bn_over_input:
+            recompute, inner = OVER_INPUT_MAPS[u.kind] * u.out_bytes, OVER_INPUT_INNER
+        else:
+            recompute, inner = RECOMPUTE_MAPS[u.kind] * u.out_bytes, RECOMPUTE_INNER
         if u.kind == FactoConvBN.__name__:
-            recompute += RECOMPUTE_INNER * u.restored_bytes
+            recompute += inner * u.restored_bytes
         restoring = u.out_bytes + u.held_grad + u.restored_bytes + restore_work
         return max(restoring, grads + u.restored_bytes + mask + recompute)
     recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
@@ -318,8 +334,8 @@ def peak_candidates(trace: Trace) -> list[int]:
     work = FUSED_WORK if trace.fused else REFERENCE_WORK
     for u in trace.units:
         stored += u.stored
-        values.append(stored + forward_live(u, work))
-        values.append(stored + trace.input_live + backward_live(u, work))
+        values.append(stored + forward_live(u, work, trace.bn_forward_over_input))
+        values.append(stored + trace.input_live + backward_live(u, work, trace.bn_backward_over_input))
     values.append(stored + trace.input_live)
     return values
 

@@ -30,6 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .layers import (
     FactoConv2d,
@@ -108,10 +109,102 @@ def run_stage(z: Tensor, w: Tensor, conf: StageConf) -> Tensor:
     return F.conv2d(z, w, None, conf.stride, padding, conf.dilation, conf.groups)
 
 
-def _run_stages(z: Tensor, weights, confs) -> Tensor:
+def _run_stages(z: Tensor, weights, confs) -> list[Tensor]:
+    """Each stage's output, in order (the last is the layer's conv output)."""
+    outs = []
     for w, conf in zip(weights, confs):
         z = run_stage(z, w, conf)
-    return z
+        outs.append(z)
+    return outs
+
+
+BN_SLICE = 1 << 17  # values of y per slice in `bn_backward_over_input` (a float32 work buffer of 512 KB)
+
+
+def bn_forward_over_input(y: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                          running_var: Tensor | None, momentum: float, eps: float) -> tuple[Tensor, Tensor]:
+    """Training-mode BatchNorm written over `y` (a float32 CPU map nothing else reads): y becomes
+    native_batch_norm's output, bit for bit, without a second map of its size. Returns (mean,
+    invstd), what native_batch_norm saves for its backward; the running statistics move as it
+    moves them. native_batch_norm's CPU kernel takes the batch's statistics in a first pass and
+    then normalizes value by value, so its output can be its input."""
+    mean = y.new_empty(y.shape[1])
+    invstd = y.new_empty(y.shape[1])
+    torch.ops.aten.native_batch_norm.out(y, weight, bias, running_mean, running_var, True, momentum, eps,
+                                         out=y, save_mean=mean, save_invstd=invstd)
+    return mean, invstd
+
+
+def bn_backward_over_input(grad_out: Tensor, y: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
+                           need_input: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Training-mode BatchNorm's backward, as native_batch_norm_backward computes it, with the input
+    gradient written over `y` (BN's recomputed input, not read again): (y as the input gradient, or
+    None without `need_input`; weight gradient; bias gradient). It never holds a second map of y's
+    size beside y and grad_out: it works through slices of the batch of about BN_SLICE values, in
+    float32 (16-bit maps through a float32 copy of a slice).
+
+    With means over every dimension but the channels', d_input = (grad_out - mean(grad_out) - (y - mean)
+    * invstd^2 * mean(grad_out * (y - mean))) * invstd * weight, computed as y * a + b + grad_out * s."""
+    channels = y.shape[1]
+    count = y.numel() // channels
+    view = (1, channels) + (1,) * (y.dim() - 2)
+    dims = (0,) + tuple(range(2, y.dim()))
+    per = max(1, BN_SLICE // max(1, y[0].numel()))
+    slices = list(zip(grad_out.split(per), y.split(per)))
+    m = mean.float().view(view)
+    sum_dy = torch.zeros(channels, dtype=torch.float32, device=y.device)
+    dot = torch.zeros_like(sum_dy)
+    for g, x in slices:
+        g = g.float()
+        sum_dy += g.sum(dims)
+        dot += (x.float() - m).mul_(g).sum(dims)  # one slice-sized work buffer
+    istd = invstd.float()
+    grad_weight, grad_bias = dot * istd, sum_dy
+    if weight is not None:
+        grad_weight, grad_bias = grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
+    if not need_input:
+        return None, grad_weight, grad_bias
+    s = istd if weight is None else istd * weight.float()
+    k = dot * istd * istd / count
+    a, b = (-k * s).view(view), ((mean.float() * k - sum_dy / count) * s).view(view)
+    s = s.view(view)
+    for g, x in slices:
+        t = x.float()  # x itself in float32: the gradient is written in place
+        t.mul_(a).add_(b).addcmul_(g.float(), s)
+        if t.data_ptr() != x.data_ptr():
+            x.copy_(t)
+    return y, grad_weight, grad_bias
+
+
+def _nested_grad(output: Tensor | GradientEdge, inputs: list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
+    """torch.autograd.grad(output, inputs, grad) through the engine call it makes, without its Python
+    check that grad's shape is output's: that check imports sympy (about 35 MB resident for the rest of
+    the process) and the shapes agree here by construction. torch.autograd.grad itself where this
+    PyTorch has no such call."""
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    if run is None:
+        return torch.autograd.grad(output, inputs, grad)
+    return run((output,), (grad,), False, False, tuple(inputs), False, accumulate_grad=False)
+
+
+def _stages_backward(end: GradientEdge, before: Tensor | None, leaves: list[Tensor], wanted: list[int],
+                     grad: Tensor) -> list[Tensor]:
+    """Gradients of `leaves[i]` for i in `wanted` (leaves: the first stage's input, then each stage's
+    weight) from `grad` of the last stage's output (`end`: its gradient edge, taken before the output
+    was written over; `before`: the previous stage's output, None for one stage). The last stage's
+    backward runs first and `grad` (full width: the caller's own buffer) is freed before the earlier,
+    rank-width stages' backward."""
+    last_weight = len(leaves) - 1
+    if before is None or not before.requires_grad:
+        return list(_nested_grad(end, [leaves[i] for i in wanted], grad))
+    found = _nested_grad(end, [before] + ([leaves[last_weight]] if last_weight in wanted else []), grad)
+    _free(grad)
+    del grad
+    earlier = [i for i in wanted if i != last_weight]
+    got = dict(zip(earlier, _nested_grad(before, [leaves[i] for i in earlier], found[0])))
+    if last_weight in wanted:
+        got[last_weight] = found[1]
+    return [got[i] for i in wanted]
 
 
 def _fusable_call(bn: nn.BatchNorm2d, x: Tensor) -> bool:
@@ -148,11 +241,15 @@ class _RecomputeBN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
                 confs, recomputed_stats, *weights):
-        y = _run_stages(s, weights, confs)  # under autocast: in 16 bits, as nn.Conv2d would be
+        y = _run_stages(s, weights, confs)[-1]  # under autocast: in 16 bits, as nn.Conv2d would be
         if bias is not None:
             y = y + bias.to(y.dtype).view(1, -1, 1, 1)
-        out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
-                                                    running_var, True, momentum, eps)
+        if y.device.type == "cpu" and y.dtype == torch.float32:  # normalized over y: one map fewer
+            mean, invstd = bn_forward_over_input(y, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+            out = y.detach()  # not a view (y can be one): code after the layer may change it in place
+        else:
+            out, mean, invstd = torch.native_batch_norm(y, bn_weight, bn_bias, running_mean,
+                                                        running_var, True, momentum, eps)
         ctx.conf = (confs, eps, recomputed_stats, bias is not None)
         ctx.autocast = autocast_state(s.device.type)
         ctx.save_for_backward(s, bias, bn_weight, mean, invstd, *weights)
@@ -173,26 +270,34 @@ class _RecomputeBN(torch.autograd.Function):
                 replay_autocast(ctx.autocast):
             s_ = s.detach().requires_grad_(need_s)
             ws = [w.detach().requires_grad_(n) for w, n in zip(weights, need_w)]
-            z = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
-        y = z.detach()  # the last stage (conv/bmm) does not save its output: y may be changed in place
+            outs = _run_stages(s_, ws, confs)  # builds a graph only where grads are wanted
+        wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
+        # The graph's end, taken before y (the same memory) is written over: read after, autograd would
+        # rebuild it as an as_strided backward that allocates a second full-width map.
+        end = get_gradient_edge(outs[-1]) if wanted else None
+        before = outs[-2] if len(outs) > 1 else None
+        y = outs[-1].detach()  # the last stage (conv/bmm) does not save its output: y may be changed in place
+        del outs
         if has_bias:
             y.add_(bias.to(y.dtype).view(1, -1, 1, 1))
         if recomputed_stats:
             var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
             invstd = torch.rsqrt(var + eps)
-        grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_out.contiguous().to(y.dtype), y, bn_weight, None, None, mean, invstd, True, eps,
-            [want_graph or need_bias, need_gamma, need_beta])
-        _free(y)  # the recomputed full-width map is used: free it before the stages' backward
+        need_input = want_graph or need_bias
+        if y.device.type == "cpu":  # the input gradient over y: one full-width map fewer at this point
+            grad_y, g_gamma, g_beta = bn_backward_over_input(grad_out, y, bn_weight, mean, invstd, need_input)
+        else:  # one kernel launch (the slices' ops take about ten)
+            grad_y, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+                grad_out.contiguous().to(y.dtype), y, bn_weight, None, None, mean, invstd, True, eps,
+                [need_input, need_gamma, need_beta])
+            _free(y)  # the recomputed full-width map is used: free it before the stages' backward
         del y
         g_bias = grad_y.sum((0, 2, 3)).to(bias.dtype) if need_bias else None
         grads = [None] * (1 + len(weights))
-        wanted = [i for i, n in enumerate((need_s, *need_w)) if n]
         if wanted:
-            leaves = [s_, *ws]
-            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_y)
-            for i, g in zip(wanted, found):
+            for i, g in zip(wanted, _stages_backward(end, before, [s_, *ws], wanted, grad_y)):
                 grads[i] = g
+        del grad_y, before
         return (grads[0], g_bias, g_gamma if need_gamma else None, g_beta if need_beta else None,
                 None, None, None, None, None, None, *grads[1:])
 

@@ -285,8 +285,10 @@ def test_fused_dense_conv_frozen_weight_and_input_without_grad():
         model(x).square().sum().backward()
         grads.append([p.grad for p in model.parameters() if p.requires_grad])
     assert fused[0].weight.grad is None
+    total = float(torch.cat([g.flatten() for g in grads[0]]).norm())
     for a, b in zip(*grads):
-        assert float((b - a).norm()) <= 1e-5 * float(a.norm()) + 1e-7
+        # the conv's bias, right before BatchNorm, has gradient 0 up to rounding: hence the floor
+        assert float((b - a).norm()) <= 1e-5 * (float(a.norm()) + 0.01 * total)
 
 
 def test_fused_stem_stores_exactly_its_input_and_bn_stats():
@@ -546,3 +548,71 @@ def test_fusing_in_one_thread_while_another_trains():
             t.join()
     assert errors == []
     assert all(r.fused == solo.fused and r.not_fused == solo.not_fused for r in reports)
+
+
+# ----------------------------------------------------------------------------- BatchNorm over its input
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_written_over_its_input_is_native_batch_norm(layout, affine):
+    """Output, saved statistics and running statistics bit for bit, in the input's own memory."""
+    from facto.method.recompute import bn_forward_over_input
+
+    torch.manual_seed(0)
+    y = (torch.randn(6, 5, 7, 9) * 3 + 1).contiguous(memory_format=layout)
+    w, b = (torch.randn(5), torch.randn(5)) if affine else (None, None)
+    stats = [torch.randn(5), torch.rand(5) + 0.5]
+    mine = [s.clone() for s in stats]
+    out, mean, invstd = torch.native_batch_norm(y, w, b, *stats, True, 0.1, 1e-5)
+    over = y.clone(memory_format=layout)
+    got_mean, got_invstd = bn_forward_over_input(over, w, b, *mine, 0.1, 1e-5)
+    assert torch.equal(over, out) and torch.equal(got_mean, mean) and torch.equal(got_invstd, invstd)
+    assert all(torch.equal(a, c) for a, c in zip(mine, stats))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_written_over_its_input_agrees_with_native(monkeypatch, dtype, affine):
+    """Through slices of the batch (several here), the input gradient written over the input: the
+    gradients native_batch_norm_backward gives, to float32 rounding (bfloat16 maps: to one unit in
+    the last place of a few values)."""
+    from facto.method import recompute
+
+    monkeypatch.setattr(recompute, "BN_SLICE", 700)  # 6 images of 315 values: 2 per slice
+    torch.manual_seed(0)
+    y = (torch.randn(6, 5, 7, 9) * 3 + 1).to(dtype)
+    g = torch.randn(6, 5, 7, 9).to(dtype)
+    w = torch.randn(5) if affine else None
+    _, mean, invstd = torch.native_batch_norm(y, w, None, None, None, True, 0.1, 1e-5)
+    want = torch.ops.aten.native_batch_norm_backward(g, y, w, None, None, mean, invstd, True, 1e-5,
+                                                     [True, affine, affine])
+    over = y.clone()
+    got = recompute.bn_backward_over_input(g, over, w, mean, invstd, need_input=True)
+    assert got[0] is over and got[0].dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-4
+    assert rel(got[0].float(), want[0].float()) < tol
+    if affine:
+        assert rel(got[1], want[1]) < 1e-6 and rel(got[2], want[2]) < 1e-6
+    untouched = y.clone()
+    none, *weights = recompute.bn_backward_over_input(g, untouched, w, mean, invstd, need_input=False)
+    assert none is None and torch.equal(untouched, y)
+    assert all(torch.equal(a, c) for a, c in zip(weights, got[1:]))
+
+
+@pytest.mark.parametrize("update", ["first", "core", "last"])
+def test_a_fused_layer_holds_fewer_full_width_maps_in_a_step(update):
+    """Measured by the CPU profiler over a real step (conv+BN+ReLU(inplace), 16 channels, rank 1/4):
+    BatchNorm written over its recomputed input, in forward and backward, and the last stage's gradient
+    freed before the rank-width stages' backward. Forward rises by at most 1.5 full-width maps (2.0-2.3
+    with BatchNorm out of place and the ReLU writing a new map), backward by at most 3 (4.25)."""
+    from facto.memory.step_peak import measure_step_peak_cpu
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    model = facto.factorize(dense, rank=0.25, update=update, skip_first_conv=False, recompute=True)
+    x, y = torch.randn(64, 16, 16, 16), torch.randint(0, 10, (64,))
+    peak = measure_step_peak_cpu(model, x, y, None)
+    full = x.numel() * 4
+    assert peak.forward_rise <= 1.55 * full and peak.backward_rise <= 3.05 * full, (peak, full)
