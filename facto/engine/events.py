@@ -46,7 +46,7 @@ class StartEvent:
     report: list[dict]
     evals_planned: int = 0
     run_id: int | None = None
-    process_before_model: int | None = None  # resident bytes of the process with its data, before any model (CPU)
+    process_before_model: int | None = None  # resident bytes with the data and kernels loaded, before any model (CPU)
     init: dict | None = None  # where the weights started: facto.engine.starting.InitReport as a dict, with its line
     handover: dict | None = None  # a warm-up on another dataset: how its model was loaded into the run's
     calibration: dict | None = None  # Facto's factors refitted and BatchNorm re-estimated (facto.engine.train.calibrate)
@@ -132,7 +132,7 @@ class SummaryEvent:
     tested_step: int | None = None  # the test point `accuracy` is from (the latest every variant reached)
     tested_epoch: int | None = None
     process_peak: dict[str, int | None] = field(default_factory=dict)  # resident peak of a step, per variant (CPU)
-    process_before_model: int | None = None  # resident bytes with the data loaded, before any model (CPU)
+    process_before_model: int | None = None  # resident bytes with the data and kernels loaded, before any model (CPU)
     peak_reserved: dict[str, int | None] = field(default_factory=dict)  # CUDA allocator's reserved peak, per variant
     type: str = "summary"
 

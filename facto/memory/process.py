@@ -105,16 +105,20 @@ class ResidentPeak:
 _SETUP_SCRIPT = """
 import sys, torch
 from facto.memory.process import ResidentPeak, resident_bytes, return_big_buffers
+from facto.compress.backend import path_name
 from facto.engine.build import fresh_model
+from facto.engine.optim import OPTIMIZER_SPECS
 from facto.engine.step import train_step
 return_big_buffers()
 torch.manual_seed(0)
 model = fresh_model("simple_cnn", 10, 1)
 x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 10, (2,))
+if int(sys.argv[2]):
+    path_name(torch.device("cpu"))  # the kernels load before the model, as facto.engine.train loads them
 peak = ResidentPeak()
 before = resident_bytes()
 peak.reset()
-opt = getattr(torch.optim, sys.argv[1])(model.parameters(), lr=0.01)
+opt = OPTIMIZER_SPECS[sys.argv[1]].make(list(model.parameters()), 0.01, 0.0)
 for _ in range(2):
     train_step(model, x, y, bits=int(sys.argv[2]) or None, optimizer=opt)
 print(peak.read() - before if peak.available else -1)
@@ -123,14 +127,15 @@ print(peak.read() - before if peak.available else -1)
 
 def process_setup_bytes(optimizer: str = "sgd", compress: bool = True) -> int | None:
     """What a training process on this machine sets up on its first steps whatever the batch, in
-    bytes: its resident peak over two steps of a tiny model (2 images of simple_cnn) above its
-    resident memory before the model, measured in a fresh process with big buffers returned.
-    That is PyTorch's own setup (its optimizers import torch._dynamo) and, with `compress`, the
-    CPU kernels' (numba). None where it can't be measured (not Linux, or the child failed)."""
+    bytes: its resident peak over two steps of a tiny model (2 images of simple_cnn) with the run's
+    optimizer (a name of facto.config's OPTIMIZERS) above its resident memory before the model,
+    measured in a fresh process with big buffers returned. That is PyTorch's own setup and, with
+    `compress`, the CPU kernels' (numba). None where it can't be measured (not Linux, or the child
+    failed). The kernels load before that reading, as a training run loads them (their memory is in
+    its process_before_model)."""
     import subprocess
 
-    names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-    command = [sys.executable, "-c", _SETUP_SCRIPT, names.get(optimizer, "SGD"), "4" if compress else "0"]
+    command = [sys.executable, "-c", _SETUP_SCRIPT, optimizer, "4" if compress else "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=True)
