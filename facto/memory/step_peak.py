@@ -35,7 +35,7 @@ from ..engine.build import probing
 from ..compress.backend import kernels_for
 from ..engine.step import BACKWARD_MARK, PRECISION_DTYPES, autocast, train_step
 from ..method.layers import MaskReLU, numeric_padding
-from ..method.recompute import ConvBN, FactoConvBN
+from ..method.recompute import BN_SLICES, ConvBN, FactoConvBN
 from .meter import SavedRecord, saved_activations
 
 TOLERANCE = 0.10  # |model - profiler| / profiler on the CPU step peak (activations + gradients)
@@ -54,6 +54,7 @@ class Unit:
     kind: str
     in_bytes: int = 0  # the input map (first tensor argument)
     out_bytes: int = 0  # the output map
+    out_values: int = 0  # ... its number of values
     in_grad: bool = False  # a gradient map flows back into the input
     live: int = 0  # maps still referenced when the unit returns (its input and output, the block's
     #                input, locals of the enclosing forward), storages not stored as is, each once
@@ -187,7 +188,7 @@ class _Collector:
     def _leaf(self, frame: _Frame, out: Tensor | None) -> None:
         x = frame.x
         unit = Unit(frame.name, type(frame.module).__name__, in_bytes=_nbytes(x), out_bytes=_nbytes(out),
-                    in_grad=bool(x is not None and x.requires_grad))
+                    out_values=out.numel() if out is not None else 0, in_grad=bool(x is not None and x.requires_grad))
         self._add_records(unit, self.meter.records[frame.start:], x, out)
         self.cursor = len(self.meter.records)
         self._watch(out)
@@ -276,15 +277,26 @@ CONV_WORK = 1  # conv backward work buffer (output-sized) seen on the CPU (oneDN
 # A fused conv+BN runs BatchNorm over its recomputed input on the CPU (facto.method.recompute:
 # bn_forward_over_input for float32 maps, bn_backward_over_input for any), out of place elsewhere.
 RECOMPUTE_FORWARD = 1  # out of place: BN's input exists until BN has run (output-sized); over it: none
-# fused backward, output-sized, beside the incoming gradient. Out of place (as calibrated against the CPU
-# profiler before BN ran over its input): the recomputed BN input is freed once BN's backward has used
-# it, about one more map (ConvBN: two). Over its input (fitted to the CPU profiler: within 1.2 % on
-# simple_cnn and resnet20, batches 8 to 128): ConvBN one more map, FactoConvBN none, and its inner
-# stages three maps sized like the stored input (BN's float32 work slices are too small to count).
+# fused backward out of place, output-sized (calibrated against the CPU profiler before BN ran over its
+# input): the recomputed BN input is freed once BN's backward has used it, so beside the incoming
+# gradient about one more map (ConvBN: two) is alive
 RECOMPUTE_MAPS = {ConvBN.__name__: 2, FactoConvBN.__name__: 1}
 RECOMPUTE_INNER = 2  # FactoConvBN: the recomputed inner stage and its gradient (sized like the stored input)
-OVER_INPUT_MAPS = {ConvBN.__name__: 1, FactoConvBN.__name__: 0}
-OVER_INPUT_INNER = 3
+
+
+def _over_input_backward(u: Unit) -> int:
+    """A fused unit's backward on the CPU, two moments (fitted to the CPU profiler: within 2.5 % on
+    simple_cnn and resnet20, batches 8 to 128). BatchNorm's: the incoming gradient, the held one, y
+    written over by its gradient, the restored input, FactoConvBN's recomputed inner stage (sized like
+    the stored input) and one float32 work slice of y. The stages': the incoming gradient released
+    (the stages' backward is a node of its own), y's gradient until the last stage's backward, the
+    restored input and, for FactoConvBN, two maps sized like it (ConvBN: its input's gradient)."""
+    facto = u.kind == FactoConvBN.__name__
+    bn = (2 * u.out_bytes + u.held_grad + u.restored_bytes + (u.restored_bytes if facto else 0)
+          + 4 * u.out_values // BN_SLICES)
+    stages = u.held_grad + u.out_bytes + u.restored_bytes
+    stages += 2 * u.restored_bytes if facto else (u.in_bytes if u.in_grad else 0)
+    return max(bn, stages)
 
 
 def forward_live(u: Unit, work: Work = REFERENCE_WORK, bn_over_input: bool = False) -> int:
@@ -309,13 +321,12 @@ def backward_live(u: Unit, work: Work = REFERENCE_WORK, bn_over_input: bool = Fa
     restore_work = work.restore * u.quantized_values + work.widen * u.widened_values
     mask = work.mask * u.mask_values
     if u.kind in FUSED_KINDS:
-        if bn_over_input:
-            recompute, inner = OVER_INPUT_MAPS[u.kind] * u.out_bytes, OVER_INPUT_INNER
-        else:
-            recompute, inner = RECOMPUTE_MAPS[u.kind] * u.out_bytes, RECOMPUTE_INNER
-        if u.kind == FactoConvBN.__name__:
-            recompute += inner * u.restored_bytes
         restoring = u.out_bytes + u.held_grad + u.restored_bytes + restore_work
+        if bn_over_input:
+            return max(restoring, _over_input_backward(u))
+        recompute = RECOMPUTE_MAPS[u.kind] * u.out_bytes
+        if u.kind == FactoConvBN.__name__:
+            recompute += RECOMPUTE_INNER * u.restored_bytes
         return max(restoring, grads + u.restored_bytes + mask + recompute)
     recompute = CONV_WORK * u.out_bytes if u.kind in CONV_KINDS else 0
     # the im2col buffer of a slow CPU conv comes after the restore's work buffers are freed

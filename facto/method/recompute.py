@@ -118,7 +118,7 @@ def _run_stages(z: Tensor, weights, confs) -> list[Tensor]:
     return outs
 
 
-BN_SLICE = 1 << 17  # values of y per slice in `bn_backward_over_input` (a float32 work buffer of 512 KB)
+BN_SLICES = 8  # `bn_backward_over_input` works through the batch in this many slices (a work buffer: one slice)
 
 
 def bn_forward_over_input(y: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
@@ -140,8 +140,9 @@ def bn_backward_over_input(grad_out: Tensor, y: Tensor, weight: Tensor | None, m
     """Training-mode BatchNorm's backward, as native_batch_norm_backward computes it, with the input
     gradient written over `y` (BN's recomputed input, not read again): (y as the input gradient, or
     None without `need_input`; weight gradient; bias gradient). It never holds a second map of y's
-    size beside y and grad_out: it works through slices of the batch of about BN_SLICE values, in
-    float32 (16-bit maps through a float32 copy of a slice).
+    size beside y and grad_out: it works through the batch in BN_SLICES slices (single images below
+    BN_SLICES), so its work buffer is about 1/BN_SLICES of the map, in float32 (16-bit maps through
+    float32 copies of a slice).
 
     With means over every dimension but the channels', d_input = (grad_out - mean(grad_out) - (y - mean)
     * invstd^2 * mean(grad_out * (y - mean))) * invstd * weight, computed as y * a + b + grad_out * s."""
@@ -149,7 +150,7 @@ def bn_backward_over_input(grad_out: Tensor, y: Tensor, weight: Tensor | None, m
     count = y.numel() // channels
     view = (1, channels) + (1,) * (y.dim() - 2)
     dims = (0,) + tuple(range(2, y.dim()))
-    per = max(1, BN_SLICE // max(1, y[0].numel()))
+    per = -(-y.shape[0] // BN_SLICES)
     slices = list(zip(grad_out.split(per), y.split(per)))
     m = mean.float().view(view)
     sum_dy = torch.zeros(channels, dtype=torch.float32, device=y.device)
@@ -227,20 +228,70 @@ def _bn_step(bn: nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, float]:
     return running_mean, running_var, momentum
 
 
+class _Handoff:
+    """What _RecomputeBN's backward leaves for _StageGrads': which of s and the stage weights want a
+    gradient (set in forward) and the stages' backward still to run (set in backward)."""
+
+    def __init__(self) -> None:
+        self.need: tuple[bool, ...] = ()
+        self.pending: tuple | None = None
+
+
+class _StageGrads(torch.autograd.Function):
+    """The identity on a fused layer's stored input s, in front of _RecomputeBN; its backward runs the
+    stages' backward that _RecomputeBN's backward leaves in the handoff, giving the gradients of s and
+    of the stage weights. A node of its own, it runs after _RecomputeBN's has returned, when autograd
+    has released the gradient that node received: a full-width map fewer during the stages' backward."""
+
+    @staticmethod
+    def forward(ctx, s, handoff, *weights):
+        need = ctx.needs_input_grad
+        handoff.need = (need[0], *need[2:])
+        ctx.handoff = handoff
+        ctx.set_materialize_grads(False)  # the gradient flowing in is None: the handoff carries it
+        return s.view_as(s)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, _none):
+        pending, ctx.handoff.pending = ctx.handoff.pending, None
+        count = len(ctx.handoff.need)
+        if pending is None:  # nothing before the BatchNorm wants a gradient
+            return (None,) * (count + 1)
+        wanted, found = pending[3], _stages_backward(*pending)
+        grads = [None] * count
+        for i, g in zip(wanted, found):
+            grads[i] = g
+        return (grads[0], None, *grads[1:])
+
+
+def recompute_bn(s: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d, running_mean: Tensor | None,
+                 running_var: Tensor | None, momentum: float, weights: list[Tensor], confs: tuple,
+                 recomputed_stats: bool) -> Tensor:
+    """s -> the conv stages (weights, confs) + bias -> training-mode BatchNorm `bn`, storing only s
+    (two autograd nodes: _StageGrads, then _RecomputeBN)."""
+    handoff = _Handoff()
+    s = _StageGrads.apply(s, handoff, *weights)
+    return _RecomputeBN.apply(s, bias, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps,
+                              confs, recomputed_stats, handoff, *[w.detach() for w in weights])
+
+
 class _RecomputeBN(torch.autograd.Function):
     """s -> conv stages (+bias) -> training-mode BatchNorm, storing only s.
 
     One Function for both fusions: the stages after a FactoConv2d's stored input, or the
-    single stage of a dense conv (any groups and padding mode).
+    single stage of a dense conv (any groups and padding mode). Called by `recompute_bn`, behind
+    a _StageGrads node that takes the gradients of s and the stage weights.
 
     Saved for backward: s (an activation: the surrounding hooks compress and count it),
     BN's batch mean and inverse std (1-D), and parameters (never counted). Backward
-    recomputes y = stages(s) + bias, runs BN's backward, then the stages' backward.
+    recomputes y = stages(s) + bias, runs BN's backward, and leaves the stages' backward to
+    _StageGrads.
     """
 
     @staticmethod
     def forward(ctx, s, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
-                confs, recomputed_stats, *weights):
+                confs, recomputed_stats, handoff, *weights):
         y = _run_stages(s, weights, confs)[-1]  # under autocast: in 16 bits, as nn.Conv2d would be
         if bias is not None:
             y = y + bias.to(y.dtype).view(1, -1, 1, 1)
@@ -252,6 +303,7 @@ class _RecomputeBN(torch.autograd.Function):
                                                         running_var, True, momentum, eps)
         ctx.conf = (confs, eps, recomputed_stats, bias is not None)
         ctx.autocast = autocast_state(s.device.type)
+        ctx.handoff = handoff
         ctx.save_for_backward(s, bias, bn_weight, mean, invstd, *weights)
         return out
 
@@ -261,8 +313,8 @@ class _RecomputeBN(torch.autograd.Function):
         confs, eps, recomputed_stats, has_bias = ctx.conf
         s, bias, bn_weight, mean, invstd, *weights = ctx.saved_tensors
         need = ctx.needs_input_grad
-        need_s, need_bias, need_gamma, need_beta = need[0], need[1], need[2], need[3]
-        need_w = need[10:]
+        need_bias, need_gamma, need_beta = need[1], need[2], need[3]
+        need_s, *need_w = ctx.handoff.need
         want_graph = need_s or any(need_w)
         # The recomputation is transient: a pass-through hook pair keeps an enclosing
         # saved_activations context from compressing or counting it a second time.
@@ -293,13 +345,11 @@ class _RecomputeBN(torch.autograd.Function):
             _free(y)  # the recomputed full-width map is used: free it before the stages' backward
         del y
         g_bias = grad_y.sum((0, 2, 3)).to(bias.dtype) if need_bias else None
-        grads = [None] * (1 + len(weights))
-        if wanted:
-            for i, g in zip(wanted, _stages_backward(end, before, [s_, *ws], wanted, grad_y)):
-                grads[i] = g
+        if wanted:  # for _StageGrads, which runs once this node has returned (and grad_out is released)
+            ctx.handoff.pending = (end, before, [s_, *ws], wanted, grad_y)
         del grad_y, before
-        return (grads[0], g_bias, g_gamma if need_gamma else None, g_beta if need_beta else None,
-                None, None, None, None, None, None, *grads[1:])
+        return (None, g_bias, g_gamma if need_gamma else None, g_beta if need_beta else None,
+                None, None, None, None, None, None, None, *[None] * len(weights))
 
 
 class FactoConvBN(FactoConv2d):
@@ -349,8 +399,8 @@ class FactoConvBN(FactoConv2d):
             s = conv_stage(s, w, conf.stride, conf.padding, conf.dilation)
         weights = [w for w, _ in stages[k:]]
         confs = tuple(c for _, c in stages[k:])
-        return _RecomputeBN.apply(s, self.bias, bn.weight, bn.bias, running_mean, running_var,
-                                  momentum, bn.eps, confs, self.bn_stats == "recomputed", *weights)
+        return recompute_bn(s, self.bias, bn, running_mean, running_var, momentum, weights, confs,
+                            self.bn_stats == "recomputed")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bn_stats={self.bn_stats!r}"
@@ -389,9 +439,8 @@ class ConvBN(nn.Conv2d):
         if not _fusable_call(bn, x):
             return bn(super().forward(x))
         running_mean, running_var, momentum = _bn_step(bn)
-        return _RecomputeBN.apply(x, self.bias, bn.weight, bn.bias, running_mean, running_var,
-                                  momentum, bn.eps, (self.conf(),), self.bn_stats == "recomputed",
-                                  self.weight)
+        return recompute_bn(x, self.bias, bn, running_mean, running_var, momentum, [self.weight], (self.conf(),),
+                            self.bn_stats == "recomputed")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bn_stats={self.bn_stats!r}"

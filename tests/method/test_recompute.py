@@ -579,7 +579,7 @@ def test_batch_norm_backward_written_over_its_input_agrees_with_native(monkeypat
     the last place of a few values)."""
     from facto.method import recompute
 
-    monkeypatch.setattr(recompute, "BN_SLICE", 700)  # 6 images of 315 values: 2 per slice
+    monkeypatch.setattr(recompute, "BN_SLICES", 4)  # 6 images: slices of 2, 2 and 2
     torch.manual_seed(0)
     y = (torch.randn(6, 5, 7, 9) * 3 + 1).to(dtype)
     g = torch.randn(6, 5, 7, 9).to(dtype)
@@ -603,9 +603,10 @@ def test_batch_norm_backward_written_over_its_input_agrees_with_native(monkeypat
 @pytest.mark.parametrize("update", ["first", "core", "last"])
 def test_a_fused_layer_holds_fewer_full_width_maps_in_a_step(update):
     """Measured by the CPU profiler over a real step (conv+BN+ReLU(inplace), 16 channels, rank 1/4):
-    BatchNorm written over its recomputed input, in forward and backward, and the last stage's gradient
-    freed before the rank-width stages' backward. Forward rises by at most 1.5 full-width maps (2.0-2.3
-    with BatchNorm out of place and the ReLU writing a new map), backward by at most 3 (4.25)."""
+    BatchNorm written over its recomputed input, in forward and backward, the incoming gradient
+    released before the stages' backward (a node of its own) and the last stage's gradient before the
+    rank-width stages'. Forward rises by at most 1.5 full-width maps (2.0-2.3 with BatchNorm out of
+    place and the ReLU writing a new map), backward by at most 2.65 (4.25 with all in one node)."""
     from facto.memory.step_peak import measure_step_peak_cpu
 
     torch.manual_seed(0)
@@ -615,4 +616,23 @@ def test_a_fused_layer_holds_fewer_full_width_maps_in_a_step(update):
     x, y = torch.randn(64, 16, 16, 16), torch.randint(0, 10, (64,))
     peak = measure_step_peak_cpu(model, x, y, None)
     full = x.numel() * 4
-    assert peak.forward_rise <= 1.55 * full and peak.backward_rise <= 3.05 * full, (peak, full)
+    assert peak.forward_rise <= 1.55 * full and peak.backward_rise <= 2.7 * full, (peak, full)
+
+
+def test_the_stages_backward_handoff_survives_retained_graphs_and_partial_gradients():
+    """The stages' gradients go from _RecomputeBN's node to a node of their own through a handoff: a
+    graph kept and run twice gives twice the gradients, and a gradient asked of BatchNorm's weight
+    alone leaves the stages' backward unrun without error."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+    model = facto.factorize(dense, rank=0.5, update="core", skip_first_conv=False, recompute=True)
+    x = torch.randn(4, 4, 6, 6, requires_grad=True)
+    out = model(x)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    once = torch.autograd.grad(out.square().sum(), [x, *trained], retain_graph=True)
+    out.square().sum().backward(retain_graph=True)
+    out.square().sum().backward()
+    assert all(torch.allclose(p.grad, 2 * g, rtol=1e-5, atol=1e-7) for p, g in zip(trained, once[1:]))
+    assert torch.allclose(x.grad, 2 * once[0], rtol=1e-5, atol=1e-7)
+    (gamma,) = torch.autograd.grad(model(x).square().sum(), [model[0].bn.weight])
+    assert torch.allclose(gamma, once[1 + [id(p) for p in trained].index(id(model[0].bn.weight))], rtol=1e-5)
