@@ -302,7 +302,9 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:  # block by block: no map stays referenced here while later blocks run
+                x = block(x)
         return self.fc(self.flatten(self.pool(x)))
 
 
