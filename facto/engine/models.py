@@ -303,7 +303,9 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):
-            for block in stage:  # block by block: no map stays referenced here while later blocks run
+            # block by block: no map stays referenced here while later blocks run (a stage that is
+            # not a Sequential, e.g. wrapped for checkpointing, runs whole)
+            for block in stage if isinstance(stage, nn.Sequential) else (stage,):
                 x = block(x)
         return self.fc(self.flatten(self.pool(x)))
 

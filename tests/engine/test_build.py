@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from facto.config import RunConfig
@@ -42,11 +43,14 @@ def test_a_factorized_model_comes_back_from_its_config_and_state_dict():
     assert facto_state(rebuilt).options["rank"] == "energy:0.9"
 
 
-def test_every_method_builds_from_the_same_dense_model_without_changing_it():
-    dense = dense_model(RunConfig(), 10, 1)
+@pytest.mark.parametrize("model", ["simple_cnn", "resnet20"])
+def test_every_method_builds_from_the_same_dense_model_without_changing_it(model):
+    """Each method's model trains a step (resnet20's stages become checkpointed modules, not Sequentials)."""
+    dense = dense_model(RunConfig(model=model), 10, 1)
     reference = {k: v.clone() for k, v in dense.state_dict().items()}
     x = torch.randn(2, 1, 32, 32)
     for method in ("dense", "compress", "facto", "checkpoint"):
-        out = method_model(method, dense, RunConfig())(x)
+        out = method_model(method, dense, RunConfig(model=model))(x)
         assert out.shape == (2, 10)
+        out.square().sum().backward()
     assert all(torch.equal(reference[k], v) for k, v in dense.state_dict().items())
