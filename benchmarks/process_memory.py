@@ -7,10 +7,12 @@ malloc as configured by default and with big buffers returned to the system.
 One fresh process per (case, variant, allocator): `facto train --variants V --max-steps N --json`.
 "returned" is the `facto` program with FACTO_RETURN_MEMORY=1 (it calls facto.return_big_buffers at
 start), "default" the same program without it. Each process also times its steps (the median
-step_seconds of the JSON). Each row: the step peak above the process's resident memory with its data loaded and no
-model yet (the JSON's process_peak minus process_before_model; weights, gradients, optimizer
-state and the step's buffers), the stored bytes, and the outside check: the kernel's ru_maxrss
-of the process (a one-variant run never resets its peak) against the reported peak.
+step_seconds of the JSON). Each row: the process's resident memory before any model (its data
+loaded, and for a compressed variant the CPU kernels, which a run loads first), the step peak above
+it (the JSON's process_peak minus process_before_model; weights, gradients, optimizer state and the
+step's buffers), the stored bytes, and the outside check: the kernel's ru_maxrss of the process (a
+one-variant run never resets its peak) against the reported peak; "whole below dense" compares the
+ru_maxrss of the two processes.
 Prints a markdown table and the machine it ran on.
 """
 from __future__ import annotations
@@ -55,22 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}\n")
-    print("| case | allocator | variant | stored MB | step peak above data MB | below dense | step s | "
-          "reported peak MB | ru_maxrss MB | reported vs ru_maxrss |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | allocator | variant | stored MB | process before model MB | step peak above it MB | "
+          "below dense | step s | reported peak MB | ru_maxrss MB | reported vs ru_maxrss | whole below dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case, flags in CASES.items():
         for returned in (False, True):
-            dense = None
+            dense = whole = None
             for name, (variant, extra) in VARIANTS.items():
                 s = run(flags + extra, variant, returned, args.steps)
                 peak, before = s["process_peak"][variant], s["process_before_model"]
                 above = peak - before
-                dense = above if variant == "baseline" else dense
-                below = "" if variant == "baseline" else f"{100 * (1 - above / dense):.0f} %"
+                if variant == "baseline":
+                    dense, whole, below, below_whole = above, s["maxrss"], "", ""
+                else:
+                    below = f"{100 * (1 - above / dense):.0f} %"
+                    below_whole = f"{100 * (1 - s['maxrss'] / whole):.0f} %"
                 print(f"| {case} | {'big buffers returned' if returned else 'glibc default'} | {name} | "
-                      f"{s['act_bytes'][variant] / 1e6:,.0f} | {above / 1e6:,.0f} | {below} | "
+                      f"{s['act_bytes'][variant] / 1e6:,.0f} | {before / 1e6:,.0f} | {above / 1e6:,.0f} | {below} | "
                       f"{s['step_seconds'][variant]:.2f} | {peak / 1e6:,.0f} | "
-                      f"{s['maxrss'] / 1e6:,.0f} | {100 * (peak / s['maxrss'] - 1):+.1f} % |", flush=True)
+                      f"{s['maxrss'] / 1e6:,.0f} | {100 * (peak / s['maxrss'] - 1):+.1f} % | {below_whole} |",
+                      flush=True)
     return 0
 
 

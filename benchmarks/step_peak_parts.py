@@ -72,6 +72,20 @@ def peak_buffers(events: list[dict]) -> tuple[int, int, list[tuple[int, float, i
     return rise, sum(s for s, _, _ in at_peak.values()), list(at_peak.values())
 
 
+def phase_peaks(events: list[dict]) -> tuple[int, int]:
+    """The step's highest rise above its start during forward and during backward (from the first
+    autograd engine span on), in bytes."""
+    memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    start = min((e["ts"] for e in events if e.get("ph") == "X" and e.get("name", "").startswith(WRAPPERS[0])),
+                default=float("inf"))
+    level, peaks = 0, [0, 0]
+    for e in memory:
+        level += e["args"]["Bytes"]
+        phase = int(e["ts"] >= start)
+        peaks[phase] = max(peaks[phase], level)
+    return peaks[0], peaks[1]
+
+
 def allocated_by(events: list[dict], ts: float, tid: int) -> str:
     """'node / operator' running at time ts on thread tid: the innermost span that is not an engine
     wrapper, and the innermost ATen operator."""
@@ -106,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         for size, ts, tid in buffers:
             groups[allocated_by(events, ts, tid)].append(size)
         why = " (blocks from before the step were freed)" if held > rise else ""
-        print(f"\n{variant.name}: rise at the step's peak {rise / 1e6:.1f} MB; buffers allocated in the step and"
-              f" alive at it {held / 1e6:.1f} MB{why}")
+        forward, backward = phase_peaks(events)
+        print(f"\n{variant.name}: rise at the step's peak {rise / 1e6:.1f} MB (forward {forward / 1e6:.1f}, backward "
+              f"{backward / 1e6:.1f}); buffers allocated in the step and alive at it {held / 1e6:.1f} MB{why}")
         print("| allocated by (node / operator) | buffers | MB | largest MB |")
         print("|---|---|---|---|")
         for label, sizes in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:args.rows]:

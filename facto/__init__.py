@@ -12,7 +12,7 @@ jobs, sweeps, benchmarks), `store` (the run history), `plots` (figures), `cli` (
 from .cli.program import is_program as _is_program
 from .cli.program import quiet_start_up as _quiet_start_up
 
-__version__ = "0.7.2"
+__version__ = "0.8.0"
 
 with _quiet_start_up():  # the facto program: Ctrl-C while torch and the rest load ends with one line
     from .memory.process import return_big_buffers

@@ -24,5 +24,8 @@ def test_buffers_at_the_peak_make_the_measured_rise(name):
     measured = measure_step_peak_cpu(model, x, y, variant.bits)
     assert held == sum(size for size, _, _ in buffers) >= rise  # the rise is made of buffers it names
     assert abs(rise - max(measured.forward_rise, measured.backward_rise)) <= 0.05 * rise
+    forward, backward = bench.phase_peaks(events)  # each phase agrees with facto.memory.step_peak's own split
+    assert max(forward, backward) == rise
+    assert abs(forward - measured.forward_rise) <= 0.05 * rise and abs(backward - measured.backward_rise) <= 0.05 * rise
     labels = [bench.allocated_by(events, ts, tid) for _, ts, tid in buffers]
     assert all(" / aten::" in label for label in labels)  # each buffer is traced to the operator that made it
