@@ -172,7 +172,13 @@ class Variant:
     @property
     def bits(self) -> int | None:
         """Bits of the stored maps: the config's for compression and Facto, none for the others."""
-        return self.config.bits if self.method in ("compress", "facto") else None
+        return self.config.bits if self.uses_kernels else None
+
+    @property
+    def uses_kernels(self) -> bool:
+        """Whether its model calls facto.compress's kernels: compression only and Facto, whose ReLUs keep
+        1-bit masks whatever the bits of their other maps."""
+        return self.method in ("compress", "facto")
 
     @property
     def precision(self) -> str:

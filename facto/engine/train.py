@@ -320,7 +320,7 @@ def compare(config: RunConfig, variants: tuple[str, ...] = ("baseline", "facto")
                               seed=config.seed, max_train=config.max_train, max_test=config.max_test)
         warm_loader = distributed.shard_loader(warm_data.train_loader, config.seed)
     check_stop()
-    if any(v.bits is not None and v.bits <= 8 for v in chosen):
+    if any(v.uses_kernels for v in chosen):
         path_name(device)  # the compression kernels load (or compile) now, with the libraries, not in a step
     before_model = resident_bytes() if device.type == "cpu" else None
     dense, init_report = starting_model(config, warm_info.num_classes, warm_info.in_channels, device, history)

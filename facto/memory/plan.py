@@ -355,7 +355,7 @@ def _process_peaks(rows: Sequence[PlanRow], specs: Sequence[Variant], optimizer:
     """Fill each row's process_peak (CPU, big buffers returned); the note that says how."""
     setups: dict[bool, int | None] = {}
     for row, spec in zip(rows, specs):
-        compress = spec.bits is not None and spec.bits <= 8  # b-bit maps: the CPU kernels load
+        compress = spec.uses_kernels  # the CPU kernels load (masks, b-bit maps)
         if compress not in setups:
             say(f"measuring a training process's setup ({optimizer}{', CPU kernels' if compress else ''})")
             setups[compress] = process_setup_bytes(optimizer, compress)

@@ -54,3 +54,17 @@ def test_every_method_builds_from_the_same_dense_model_without_changing_it(model
         assert out.shape == (2, 10)
         out.square().sum().backward()
     assert all(torch.equal(reference[k], v) for k, v in dense.state_dict().items())
+
+
+@pytest.mark.parametrize("bits", [None, 4, 16])
+def test_a_variant_uses_the_kernels_exactly_when_its_model_has_relu_masks(bits):
+    """`Variant.uses_kernels` (a run loads the CPU kernels before its first model when one does): the
+    1-bit ReLU masks call them whatever the bits of the other maps."""
+    from facto.engine.build import Variant
+    from facto.method.layers import MaskReLU
+
+    dense = dense_model(RunConfig(), 10, 1)
+    for method in ("dense", "compress", "facto", "checkpoint"):
+        variant = Variant(method, method, RunConfig(bits=bits))
+        masks = any(isinstance(m, MaskReLU) for m in variant.build(dense).modules())
+        assert variant.uses_kernels is masks, (method, bits)
