@@ -91,9 +91,7 @@ def clamp_with_mask(x: Tensor, cap: float | None = None, inplace: bool = False) 
         return done
     mask = (x > 0) if cap is None else ((x > 0) & (x < cap))
     codes = pack_bits(mask.reshape(-1).to(torch.uint8), 1)
-    if inplace:
-        return (x.clamp_(min=0) if cap is None else x.clamp_(0, cap)), codes
-    return (x.clamp(min=0) if cap is None else x.clamp(0, cap)), codes
+    return (x.clamp_ if inplace else x.clamp)(0, cap), codes
 
 
 def masked_grad(grad_out: Tensor, codes: Tensor) -> Tensor:

@@ -338,9 +338,7 @@ class MaskReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _MaskedClamp.apply(x, self.cap, self.inplace)
-        if self.inplace:
-            return x.clamp_(min=0) if self.cap is None else x.clamp_(0, self.cap)
-        return x.clamp(min=0) if self.cap is None else x.clamp(0, self.cap)
+        return (x.clamp_ if self.inplace else x.clamp)(0, self.cap)
 
     def extra_repr(self) -> str:
         parts = ([] if self.cap is None else [f"cap={self.cap}"]) + (["inplace=True"] if self.inplace else [])

@@ -189,15 +189,15 @@ def _nested_grad(output: Tensor | GradientEdge, inputs: list[Tensor], grad: Tens
 
 
 def _stages_backward(end: GradientEdge, before: Tensor | None, leaves: list[Tensor], wanted: list[int],
-                     grad: Tensor) -> list[Tensor]:
-    """Gradients of `leaves[i]` for i in `wanted` (leaves: the first stage's input, then each stage's
+                     grad: Tensor) -> dict[int, Tensor]:
+    """{i: gradient of leaves[i]} for i in `wanted` (leaves: the first stage's input, then each stage's
     weight) from `grad` of the last stage's output (`end`: its gradient edge, taken before the output
     was written over; `before`: the previous stage's output, None for one stage). The last stage's
     backward runs first and `grad` (full width: the caller's own buffer) is freed before the earlier,
     rank-width stages' backward."""
     last_weight = len(leaves) - 1
     if before is None or not before.requires_grad:
-        return list(_nested_grad(end, [leaves[i] for i in wanted], grad))
+        return dict(zip(wanted, _nested_grad(end, [leaves[i] for i in wanted], grad)))
     found = _nested_grad(end, [before] + ([leaves[last_weight]] if last_weight in wanted else []), grad)
     _free(grad)
     del grad
@@ -205,7 +205,7 @@ def _stages_backward(end: GradientEdge, before: Tensor | None, leaves: list[Tens
     got = dict(zip(earlier, _nested_grad(before, [leaves[i] for i in earlier], found[0])))
     if last_weight in wanted:
         got[last_weight] = found[1]
-    return [got[i] for i in wanted]
+    return got
 
 
 def _fusable_call(bn: nn.BatchNorm2d, x: Tensor) -> bool:
@@ -255,13 +255,8 @@ class _StageGrads(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, _none):
         pending, ctx.handoff.pending = ctx.handoff.pending, None
-        count = len(ctx.handoff.need)
-        if pending is None:  # nothing before the BatchNorm wants a gradient
-            return (None,) * (count + 1)
-        wanted, found = pending[3], _stages_backward(*pending)
-        grads = [None] * count
-        for i, g in zip(wanted, found):
-            grads[i] = g
+        got = _stages_backward(*pending) if pending is not None else {}  # None: nothing wants a gradient
+        grads = [got.get(i) for i in range(len(ctx.handoff.need))]
         return (grads[0], None, *grads[1:])
 
 
